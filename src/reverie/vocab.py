@@ -1,0 +1,106 @@
+"""Which tokens a dream may use, and which prompts are allowed.
+
+Mutations only propose real, non-special tokens of the tokenizer's vocabulary (the embedding matrix
+is often larger), never partial-byte tokens that decode to U+FFFD, optionally ASCII only, and never
+a banned token. A prompt that contains a banned string (case-insensitive), or that does not
+re-tokenise to the same ids when that check is on, fails its constraints and gets f = -inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError
+
+
+def token_texts(tokenizer, n: int) -> list[str]:
+    return tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+
+
+@dataclass
+class Vocabulary:
+    """The allowed tokens (sorted ids) and the prompt-level constraints."""
+
+    tokenizer: object
+    allowed: torch.Tensor
+    banned_strings: tuple[str, ...] = ()
+    check_retokenization: bool = True
+    allowed_set: frozenset[int] = field(default=frozenset(), repr=False)
+
+    @classmethod
+    def build(cls, tokenizer, embedding_rows: int, *, ascii_only: bool = False,
+              banned_tokens: tuple[str | int, ...] = (), banned_strings: tuple[str, ...] = (),
+              check_retokenization: bool = True) -> "Vocabulary":
+        n = min(len(tokenizer), embedding_rows)
+        texts = token_texts(tokenizer, n)
+        special = set(getattr(tokenizer, "all_special_ids", []))
+        special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        banned = {resolve_token(tokenizer, t) for t in banned_tokens}
+        keep = []
+        for i, t in enumerate(texts):
+            if i in special or i in banned or not t or "\ufffd" in t:
+                continue
+            if ascii_only and not (t.isascii() and t.isprintable()):
+                continue
+            keep.append(i)
+        if not keep:
+            raise ConfigError("no token of the vocabulary is allowed: loosen --ascii-only or the banned tokens")
+        return cls(tokenizer, torch.tensor(keep), tuple(banned_strings), check_retokenization, frozenset(keep))
+
+    def __len__(self) -> int:
+        return len(self.allowed)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(ids.tolist(), clean_up_tokenization_spaces=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def ok(self, ids: torch.Tensor, texts: list[str] | None = None) -> torch.Tensor:
+        """Bool per prompt: passes banned strings and (if on) re-tokenisation."""
+        texts = self.decode(ids) if texts is None else texts
+        good = []
+        rows = ids.tolist()
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if self.check_retokenization else None
+        for j, text in enumerate(texts):
+            low = text.lower()
+            passed = not any(b.lower() in low for b in self.banned_strings)
+            if passed and encoded is not None:
+                passed = encoded[j] == rows[j]
+            good.append(passed)
+        return torch.tensor(good, dtype=torch.bool)
+
+    def random_prompts(self, m: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """m prompts of n allowed tokens; each is re-tokenised until it round-trips (bounded tries)."""
+        out = []
+        for _ in range(m):
+            ids = self.allowed[torch.randint(len(self.allowed), (n,), generator=generator)]
+            for _ in range(20):
+                if bool(self.ok(ids[None])[0]) or not self.check_retokenization:
+                    break
+                ids = self._canonical(ids, n, generator)
+            out.append(ids)
+        return torch.stack(out)
+
+    def _canonical(self, ids: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+        again = [t for t in self.encode(self.decode(ids[None])[0]) if t in self.allowed_set]
+        while len(again) < n:
+            again.append(int(self.allowed[torch.randint(len(self.allowed), (1,), generator=generator)]))
+        return torch.tensor(again[:n])
+
+
+def resolve_token(tokenizer, token: str | int) -> int:
+    """A token given as an id or as text that encodes to exactly one token."""
+    if isinstance(token, int) or (isinstance(token, str) and token.isdigit()):
+        i = int(token)
+        if not 0 <= i < len(tokenizer):
+            raise ConfigError(f"token id {i} is not in the vocabulary (0-{len(tokenizer) - 1})")
+        return i
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ConfigError(f"{token!r} is not one token of the vocabulary (it encodes to {len(ids)}: {pieces}); "
+                          "give a single token, e.g. with a leading space")
+    return ids[0]
