@@ -275,6 +275,9 @@ def load_model(spec: str = BUNDLED, *, device: str | torch.device | None = None,
         raise ModelError(f"GGUF file {path} does not exist")
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise ModelError(f"{path} is not a model folder (no config.json in it)")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         if path.endswith(".gguf"):
             hf, tokenizer = _load_gguf(Path(path))
@@ -286,4 +289,6 @@ def load_model(spec: str = BUNDLED, *, device: str | torch.device | None = None,
         lines = str(e).strip().splitlines()
         raise ModelError(f"cannot load model {spec!r}: {lines[0] if lines else type(e).__name__} "
                          "(give a hub id, a local folder, a .gguf file or 'bundled')") from e
+    finally:
+        hf_logging.enable_progress_bar()
     return Model(hf.to(device), tokenizer, spec=spec)

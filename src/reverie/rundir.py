@@ -65,7 +65,8 @@ class RunDir:
         self._checkpointed = -1  # last iteration whose rows are on disk
 
     # ---------------------------------------------------------------- writing
-    def create(self, config: dict) -> None:
+    def check_writable(self) -> None:
+        """Make the directory; fail with one line if it cannot be written or already holds a run."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / PARTS).mkdir(exist_ok=True)
@@ -77,6 +78,9 @@ class RunDir:
         if (self.path / CONFIG).exists():
             raise RunDirError(f"{self.path} already holds a run: pass --resume {self.path} to continue it, "
                               "or choose another --out")
+
+    def create(self, config: dict) -> None:
+        self.check_writable()
         self.write_json(CONFIG, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def write_json(self, name: str, data) -> None:

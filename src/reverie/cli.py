@@ -1,0 +1,197 @@
+"""The `reverie` command: a thin layer over the library.
+
+Bad input ends with one line on stderr and exit code 2; nothing computed is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import ReverieError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _frontier_table(rows, title: str, penalties=None) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    if penalties is not None:
+        table.add_column("λ", justify="right")
+    table.add_column("cross-entropy", justify="right")
+    table.add_column("activation", justify="right")
+    table.add_column("text", overflow="fold")
+    for i, (act, ce, text) in enumerate(rows):
+        cells = [f"{ce:.2f}", f"{act:.3f}" if math.isfinite(act) else "rejected", repr(text)]
+        if penalties is not None:
+            cells.insert(0, f"{float(penalties[i]):.2f}")
+        table.add_row(*cells)
+    return table
+
+
+def _default_out(target: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", target).strip("-")[:40] or "run"
+    return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@app.command()
+def dream(
+    target: Optional[str] = typer.Option(None, "--target", "-t", help='Feature to dream: neuron:L9.N402, logit:" dog", direction:L8[:file.npy], attention:L3.H2.K-2, or a hook name (neuron:blocks.9.mlp.hook_post.N402).'),
+    model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled' (SmolLM2-135M, offline)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: runs/<target>-<time>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    iters: Optional[int] = typer.Option(None, "--iters", "-n", help="Iterations T (default 300; with --resume, the new total)."),
+    population: int = typer.Option(8, help="Population size M."),
+    children: int = typer.Option(32, help="Children per member per iteration r."),
+    top_k: int = typer.Option(512, "--top-k", help="Candidate tokens per position k."),
+    length: int = typer.Option(12, help="Prompt length in tokens n (the --prompt's length wins)."),
+    penalty_min: float = typer.Option(0.1, help="Smallest fluency penalty λ."),
+    penalty_max: float = typer.Option(10.0, help="Largest fluency penalty λ."),
+    restart_every: int = typer.Option(30, help="Restart every this many iterations (0 = never)."),
+    gcg: Optional[float] = typer.Option(None, "--gcg", help="Run plain GCG with this fixed penalty (population 1, no restarts)."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same run on CPU."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Initial prompt text for every member."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop cleanly after this many seconds."),
+    ban: List[str] = typer.Option([], "--ban", help="Reject prompts containing this text (case-insensitive); repeatable."),
+    ban_token: List[str] = typer.Option([], "--ban-token", help="Never propose this token (text or id); repeatable."),
+    ascii_only: bool = typer.Option(False, "--ascii-only", help="Only printable-ASCII tokens."),
+    retokenize_check: bool = typer.Option(True, "--retokenize-check/--no-retokenize-check", help="Require prompts to re-tokenise to the same ids."),
+    batch_size: int = typer.Option(128, help="Prompts per forward pass."),
+    checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
+    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: bf16 where the hardware does it well)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
+) -> None:
+    """Dream a feature with EPO and write a resumable run directory."""
+    from .dream import dream as run_dream, resume as run_resume
+    from .epo import EPOConfig
+    from .model import load_model
+    from .rundir import RunDir
+
+    if resume is None and target is None:
+        raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
+    if resume is None:
+        common = dict(top_k=top_k, length=length, iters=300 if iters is None else iters, seed=seed,
+                      init_prompt=prompt, time_budget=time_budget, ban_tokens=tuple(ban_token),
+                      ban_strings=tuple(ban), ascii_only=ascii_only, check_retokenization=retokenize_check,
+                      batch_size=batch_size)
+        if gcg is not None:
+            config = EPOConfig.gcg(gcg, children=children, **common)
+        else:
+            config = EPOConfig(population=population, children=children, penalty_min=penalty_min,
+                               penalty_max=penalty_max, restart_every=restart_every, **common)
+        config.validate()
+        run_path = out or _default_out(target)
+        RunDir(run_path).check_writable()  # fail before the model loads
+        model_spec, total = model, config.iters
+    else:
+        saved = RunDir(resume).config()
+        run_path, model_spec, total = resume, saved["model"], iters or saved["epo"]["iters"]
+        dtype = dtype or saved.get("dtype")
+    console.print(f"[dim]loading model {model_spec} …[/dim]")
+    loaded = load_model(model_spec, dtype=dtype, device=device)
+    display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
+    try:
+        if resume is None:
+            result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every)
+        else:
+            result = run_resume(resume, model=loaded, iters=iters, time_budget=time_budget, callback=display,
+                                checkpoint_every=checkpoint_every)
+    finally:
+        display.stop()
+    front = result.frontier()
+    out_console.print(_frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
+                                      f"frontier of {result.target} ({len(front)} prompts)"))
+    out_console.print(f"{result.stopped} after {result.iterations} iterations in {result.seconds:.1f} s; "
+                      f"run directory: {run_path}")
+    if result.stopped in ("interrupted", "time"):
+        out_console.print(f"continue with: reverie dream --resume {run_path}")
+
+
+class LiveDisplay:
+    """Per-iteration callback: a progress bar and the current population (λ, cross-entropy, activation, text)."""
+
+    def __init__(self, tokenizer, total: int, enabled: bool = True):
+        self.tokenizer, self.enabled = tokenizer, enabled
+        self.progress = Progress(TextColumn("[bold]dreaming"), BarColumn(), MofNCompleteColumn(), TextColumn("iterations"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
+                                 console=console)
+        self.task = self.progress.add_task("dream", total=total, rate="")
+        self.live = Live(console=console, refresh_per_second=4) if enabled else None
+        self.started = False
+
+    def __call__(self, step) -> None:
+        if not self.enabled:
+            return
+        if not self.started:
+            self.live.start()
+            self.started = True
+        self.progress.update(self.task, completed=step.iteration, rate=f"{step.seconds:.2f} s/it")
+        texts = self.tokenizer.batch_decode(step.state.population.tolist(), clean_up_tokenization_spaces=False)
+        rows = list(zip(step.state.f.tolist(), step.state.ce.tolist(), texts))
+        self.live.update(Group(self.progress, _frontier_table(rows, "current population", step.penalties)))
+
+    def stop(self) -> None:
+        if self.started:
+            self.live.stop()
+
+
+@app.command()
+def frontier(
+    runs: List[Path] = typer.Argument(..., help="Run directories; their histories are merged."),
+    export: Optional[Path] = typer.Option(None, "--export", "-e", help="Write the frontier to .csv, .parquet or .json."),
+    max_ce: float = typer.Option(math.inf, "--max-ce", help="Only prompts with cross-entropy at most this."),
+) -> None:
+    """Print or export the Pareto frontier merged across run directories."""
+    from .dream import load_run
+    from .frontier import merge, pareto, summary
+
+    results = [load_run(r) for r in runs]
+    history = merge([r.history for r in results], [str(r) for r in runs])
+    front = pareto(history[history["cross_entropy"] <= max_ce])
+    targets = sorted({r.target for r in results})
+    if export is not None:
+        _export(front, export)
+        console.print(f"wrote {len(front)} frontier prompts to {export}")
+    out_console.print(_frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
+                                      f"frontier of {', '.join(targets)} over {len(runs)} run(s), {len(history)} prompts scored"))
+    best = summary(history)
+    for row in best.itertuples():
+        if row.text is not None:
+            out_console.print(f"best at cross-entropy <= {row.max_cross_entropy:g}: {row.activation:.3f} "
+                              f"(ce {row.cross_entropy:.2f}) {row.text!r}")
+
+
+def _export(front, path: Path) -> None:
+    frame = front.assign(ids=[list(map(int, i)) for i in front["ids"]])
+    try:
+        if path.suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif path.suffix == ".parquet":
+            frame.to_parquet(path, index=False)
+        elif path.suffix == ".json":
+            frame.to_json(path, orient="records", indent=2)
+        else:
+            raise ReverieError(f"cannot export to {path}: use a .csv, .parquet or .json file name")
+    except OSError as e:
+        raise ReverieError(f"cannot write {path} ({e.strerror})") from None
+
+
+def main() -> None:
+    try:
+        app()
+    except ReverieError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,59 @@
+"""Shared fixtures: the bundled tokenizer, tiny random-weight models of each family, the real bundled model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from reverie.model import Model, bundled_path, load_model
+
+VOCAB = 49152  # the bundled tokenizer's vocabulary; tiny models share it
+
+# model_type -> small config overrides (2-3 layers, width 64, MLP 128)
+FAMILIES = {
+    "gpt2": dict(bos_token_id=0, eos_token_id=0, n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64),
+    "gpt_neox": dict(bos_token_id=0, eos_token_id=0, num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                     max_position_embeddings=64),
+    "llama": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=64),
+    "mistral": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=128, max_position_embeddings=64),
+    "qwen2": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=64),
+    "qwen3": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=64, head_dim=16),
+    "phi": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                max_position_embeddings=64),
+    "phi3": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, max_position_embeddings=64, pad_token_id=0),
+    "gemma": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=64, head_dim=16),
+    "gemma2": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=128, max_position_embeddings=64, head_dim=16, sliding_window=16),
+    "gemma3_text": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=128, max_position_embeddings=64, head_dim=16, sliding_window=16),
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(bundled_path())
+
+
+def build_tiny(family: str, tokenizer, seed: int = 0) -> Model:
+    """A random-weight model of `family`, fp32 on CPU, with the bundled tokenizer."""
+    config = AutoConfig.for_model(family, vocab_size=VOCAB, **FAMILIES[family])
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return Model(hf, tokenizer, spec=f"tiny-{family}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tokenizer) -> Model:
+    return build_tiny("llama", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def bundled() -> Model:
+    return load_model("bundled")
