@@ -271,8 +271,11 @@ def load_model(spec: str = BUNDLED, *, device: str | torch.device | None = None,
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = parse_dtype(dtype, device)
     path = str(bundled_path()) if spec == BUNDLED else spec
-    if path.endswith(".gguf") and not Path(path).is_file():
-        raise ModelError(f"GGUF file {path} does not exist")
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or path.endswith(".gguf")
+    if looks_local and not Path(path).expanduser().exists():
+        raise ModelError(f"model {path} does not exist (give a hub id like HuggingFaceTB/SmolLM2-135M, "
+                         "a local folder, a .gguf file or 'bundled')")
+    path = str(Path(path).expanduser()) if looks_local else path
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise ModelError(f"{path} is not a model folder (no config.json in it)")
     from transformers.utils import logging as hf_logging

@@ -1,0 +1,149 @@
+"""The EPO loop: seeding, selection, restarts, constraints, stopping."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import reverie
+from reverie import EPOConfig
+from reverie.epo import EPO, objective
+from reverie.dream import _setup
+
+SMALL = dict(population=4, children=8, top_k=32, length=8, iters=5, seed=0)
+
+
+def test_same_seed_same_history(tiny_llama):
+    a = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
+    b = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
+    c = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "seed": 1}))
+    pd.testing.assert_frame_equal(a.history, b.history)
+    assert len(a.history) == 4 + 5 * 4 * 8
+    assert not a.history["text"].equals(c.history["text"])
+
+
+def test_activation_rises_and_selection_never_loses(tiny_llama):
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 10, "restart_every": 0}))
+    h = r.history
+    assert h["activation"].max() > h[h.iteration == 0]["activation"].max()
+    # without restarts, each slot's objective never decreases (parents compete with their children)
+    penalties = r.config.slot_penalties()
+    assert torch.all(objective(r.state.f, r.state.ce, penalties).diagonal() >=
+                     objective(torch.tensor(h[h.iteration == 0]["activation"].to_numpy()),
+                               torch.tensor(h[h.iteration == 0]["cross_entropy"].to_numpy()), penalties).diagonal() - 1e-6)
+
+
+def test_children_differ_from_parent_in_one_position(tiny_llama):
+    target, scorer = _setup(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
+    epo = EPO(scorer, EPOConfig(**SMALL))
+    parents = epo.state.population.clone()
+    epo.step()
+    kids = epo.history.frame(scorer.vocab.decode, since=0)
+    for row in kids.itertuples():
+        diff = (torch.tensor(row.ids) != parents[row.slot]).sum()
+        assert diff <= 1
+        assert all(int(t) in scorer.vocab.allowed_set for t in row.ids)
+
+
+def test_restart_draws_penalty_from_range_and_fills_every_slot(tiny_llama):
+    config = EPOConfig(**{**SMALL, "iters": 12, "restart_every": 3})
+    target, scorer = _setup(tiny_llama, "neuron:L1.N7", config)
+    epo = EPO(scorer, config)
+    drawn = []
+    for _ in range(12):
+        step = epo.step()
+        if step.restarted_with is not None:
+            drawn.append(step.restarted_with)
+            assert (step.state.population == step.state.population[0]).all()
+        else:
+            assert step.iteration % 3 != 0 or step.iteration == 12
+    assert len(drawn) == 3                       # at 3, 6, 9 — never at iteration 0 nor at the last one
+    assert all(0.667 <= x <= 6.0 for x in drawn)
+    assert len(set(drawn)) == 3                  # really random, not a constant
+
+
+def test_gcg_is_population_one(tiny_llama):
+    config = EPOConfig.gcg(penalty=0.5, children=16, top_k=32, length=8, iters=4)
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", config)
+    assert r.state.population.shape == (1, 8)
+    assert len(r.history) == 1 + 4 * 16
+
+
+def test_banned_string_is_never_kept(tiny_llama):
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "ban_strings": ("e",)}))
+    kept = r.history[r.history.kept]
+    valid = kept[kept.activation > -math.inf]
+    assert not valid["text"].str.lower().str.contains("e").any()
+    rejected = r.history[r.history.activation == -math.inf]
+    assert rejected["text"].str.lower().str.contains("e").all()
+
+
+def test_retokenization_check_and_allowed_tokens(tiny_llama):
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
+    tok = tiny_llama.tokenizer
+    special = set(tok.all_special_ids)
+    for row in r.history[r.history.activation > -math.inf].itertuples():
+        assert tok(row.text, add_special_tokens=False)["input_ids"] == list(row.ids)
+        assert not special & set(row.ids)
+        assert "\ufffd" not in row.text
+
+
+def test_ascii_only_and_banned_tokens(tiny_llama):
+    r = reverie.dream(tiny_llama, "neuron:L1.N7",
+                      EPOConfig(**{**SMALL, "ascii_only": True, "ban_tokens": (" the",)}))
+    the = tiny_llama.tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+    for row in r.history.itertuples():
+        assert row.text.isascii()
+        assert the not in list(row.ids)
+
+
+def test_initial_prompt_sets_population_and_length(tiny_llama):
+    r = reverie.dream(tiny_llama, "neuron:L1.N7",
+                      EPOConfig(**{**SMALL, "init_prompt": "The cat sat on the mat today"}))
+    first = r.history[r.history.iteration == 0]
+    assert set(first["text"]) == {"The cat sat on the mat today"}
+    assert r.state.population.shape[1] == len(first["ids"].iloc[0])
+
+
+def test_time_budget_and_callback_stop_cleanly(tiny_llama):
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.5}))
+    assert r.stopped == "time" and 0 < r.iterations < 1000
+    seen = []
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 100}),
+                      callback=lambda s: seen.append(s.iteration) or s.iteration < 3)
+    assert r.stopped == "callback" and seen == [1, 2, 3] and r.iterations == 3
+    assert r.history["iteration"].max() == 3
+
+
+def test_ctrl_c_keeps_completed_iterations(tiny_llama):
+    def interrupt(step):
+        if step.iteration == 2:
+            raise KeyboardInterrupt
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 50}), callback=interrupt)
+    assert r.stopped == "interrupted" and r.iterations == 2
+    assert sorted(r.history.iteration.unique()) == [0, 1, 2]
+
+
+def test_scores_are_fp32_under_bf16(tokenizer):
+    from conftest import build_tiny
+    model = build_tiny("llama", tokenizer)
+    model.hf.to(torch.bfloat16)
+    target, scorer = _setup(model, "neuron:L1.N7", EPOConfig(**SMALL))
+    ids = scorer.vocab.random_prompts(16, 8, torch.Generator().manual_seed(0))
+    f, ce = scorer.score(ids)
+    assert f.dtype == ce.dtype == torch.float32
+    # fp32 cross-entropy is not stuck on the bf16 grid (steps of 1/32 between 4 and 8)
+    assert len(set(ce.tolist())) == len(ce)
+    assert any(abs(x * 32 - round(x * 32)) > 1e-3 for x in ce.tolist())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(population=0), "population"),
+    (dict(length=1), "length"),
+    (dict(penalty_min=5, penalty_max=1), "penalty_min"),
+    (dict(population=2, penalties=(1.0,)), "penalties"),
+])
+def test_config_errors(tiny_llama, bad, message):
+    with pytest.raises(reverie.ConfigError, match=message):
+        reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, **bad}))

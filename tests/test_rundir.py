@@ -1,0 +1,109 @@
+"""Run directories: files, resume after kill -9, corrupt files, atomic writes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from safetensors import safe_open
+
+import reverie
+from reverie import EPOConfig
+
+SMALL = dict(population=4, children=8, top_k=32, length=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_llama):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama.hf.save_pretrained(path)
+    tiny_llama.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_run_directory_contents(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=6), out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "frontier.json",
+                                                     "history", "history.parquet"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["target"] == "neuron:L1.N7" and config["epo"]["iters"] == 6
+    history = pd.read_parquet(out / "history.parquet")
+    assert len(history) == len(r.history) == 4 + 6 * 32
+    assert list(history.columns) == ["iteration", "slot", "ids", "text", "activation", "cross_entropy", "kept"]
+    front = json.loads((out / "frontier.json").read_text())["frontier"]
+    assert [p["text"] for p in front] == list(r.frontier()["text"])
+    loaded = reverie.load_run(out)
+    pd.testing.assert_frame_equal(loaded.history.drop(columns="ids"), r.history.drop(columns="ids"))
+
+
+def test_resume_in_python_continues_and_matches_uninterrupted(tiny_llama, tmp_path):
+    full = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=8))
+    stop_at_5 = lambda s: s.iteration < 5  # noqa: E731
+    part = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=8), out=tmp_path / "r",
+                         callback=stop_at_5, checkpoint_every=2)
+    assert part.stopped == "callback" and part.iterations == 5
+    done = reverie.resume(tmp_path / "r", model=tiny_llama)
+    assert done.stopped == "done" and done.iterations == 8
+    pd.testing.assert_frame_equal(done.history.drop(columns="ids"), full.history.drop(columns="ids"))
+    # a finished run can be extended
+    more = reverie.resume(tmp_path / "r", model=tiny_llama, iters=10)
+    assert more.iterations == 10 and sorted(more.history.iteration.unique()) == list(range(11))
+
+
+def _checkpoint_iteration(path):
+    try:
+        with safe_open(str(path / "checkpoint.safetensors"), "pt") as fh:
+            return int(fh.metadata()["iteration"])
+    except Exception:
+        return -1
+
+
+def test_sigkill_then_resume_keeps_every_iteration(tiny_dir, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "reverie", "dream", "--model", str(tiny_dir), "--target", "neuron:L1.N7",
+           "--iters", "400", "--population", "4", "--children", "8", "--top-k", "32", "--length", "8",
+           "--checkpoint-every", "1", "--dtype", "fp32", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _checkpoint_iteration(out) < 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _checkpoint_iteration(out)
+    assert 6 <= killed_at < 400
+    assert not (out / "frontier.json").exists()
+    partial = reverie.load_run(out)          # a killed run is readable as it is
+    assert partial.iterations == killed_at and partial.stopped == "unfinished"
+
+    resumed = subprocess.run([sys.executable, "-m", "reverie", "dream", "--resume", str(out), "--iters", "20",
+                              "--quiet"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    final = reverie.load_run(out)
+    assert final.iterations == 20 and final.stopped == "done"
+    counts = final.history.groupby("iteration").size()
+    assert list(counts.index) == list(range(21))
+    assert (counts.iloc[1:] == 32).all() and counts.iloc[0] == 4
+    assert list((out / "history").iterdir()) == []
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tiny_llama, tmp_path):
+    out = tmp_path / "r"
+    reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=2), out=out)
+    (out / "checkpoint.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(reverie.RunDirError, match="checkpoint .* is unreadable"):
+        reverie.resume(out, model=tiny_llama)
+
+
+def test_existing_run_is_not_overwritten(tiny_llama, tmp_path):
+    out = tmp_path / "r"
+    reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=1), out=out)
+    before = (out / "history.parquet").read_bytes()
+    with pytest.raises(reverie.RunDirError, match="already holds a run"):
+        reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=1), out=out)
+    assert (out / "history.parquet").read_bytes() == before
