@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny
+from conftest import FAMILIES, VOCAB, build_tiny
 
 import reverie
 from reverie import EPOConfig
@@ -24,6 +24,12 @@ from reverie.targets import as_target
 from reverie.vocab import Vocabulary
 
 FAMILY_NAMES = list(FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer) -> Vocabulary:
+    """The default vocabulary of the tiny models (they all share the bundled tokenizer and its size)."""
+    return Vocabulary.build(tokenizer, VOCAB)
 
 
 def _ids(tokenizer, text: str, n: int) -> torch.Tensor:
@@ -103,7 +109,7 @@ def test_hook_points_are_the_real_ones(family, tokenizer):
 # --------------------------------------------------------------------------- 2. a short dream
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_short_dream_raises_a_neuron(family, tokenizer):
+def test_short_dream_raises_a_neuron(family, tokenizer, vocab):
     model = build_tiny(family, tokenizer)
     config = EPOConfig(iters=6, population=4, children=16, top_k=64, length=8, seed=0)
     result = reverie.dream(model, "neuron:L1.N5", config)
@@ -121,6 +127,10 @@ def test_short_dream_raises_a_neuron(family, tokenizer):
     assert np.isfinite(h["cross_entropy"].to_numpy()).all()
     assert not np.isnan(h["activation"].to_numpy()).any()
 
+    # selection never keeps a child that failed its constraints (f = -inf)
+    assert np.isfinite(h.loc[h["kept"] & (h["iteration"] > 0), "activation"].to_numpy()).all()
+
+    allowed = vocab.allowed_set
     special = set(tokenizer.all_special_ids)
     special |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     kept = np.stack(h.loc[h["kept"], "ids"].to_list())
@@ -128,15 +138,14 @@ def test_short_dream_raises_a_neuron(family, tokenizer):
     for ids in (kept, population):
         assert ids.shape[1] == 8
         assert not np.isin(ids, list(special)).any(), "a special token in a kept prompt"
-        assert ((ids >= 0) & (ids < len(tokenizer))).all()
+        assert set(ids.ravel().tolist()) <= allowed, "a token outside the allowed vocabulary"
 
 
 # --------------------------------------------------------------------------- 3. gradient sign
 
-def test_token_gradients_rank_swaps_in_the_right_direction(tiny_llama, tokenizer):
+def test_token_gradients_rank_swaps_in_the_right_direction(tiny_llama, tokenizer, vocab):
     model = tiny_llama
     target = as_target("neuron:L1.N5", model)
-    vocab = Vocabulary.build(tokenizer, model.adapter.embed.weight.shape[0])
     scorer = Scorer(model, target, vocab)
     lam = 0.5
     ids = _ids(tokenizer, "The quick brown fox jumps over the lazy dog", 8)
@@ -172,7 +181,7 @@ TARGETS = ["neuron:L0.N3", 'logit:" the"', "direction:L1", "attention:L1.H1.K0"]
 
 @pytest.mark.parametrize("spec", TARGETS)
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_every_target_kind_runs_one_step(family, spec, tokenizer):
+def test_every_target_kind_runs_one_step(family, spec, tokenizer, vocab):
     model = build_tiny(family, tokenizer)
     config = EPOConfig(iters=1, population=2, children=4, top_k=16, length=6, seed=0)
     result = reverie.dream(model, spec, config)
@@ -180,7 +189,6 @@ def test_every_target_kind_runs_one_step(family, spec, tokenizer):
     assert result.iterations == 1 and set(h["iteration"]) == {0, 1}
     assert len(h) == 2 + 2 * 4
 
-    vocab = Vocabulary.build(tokenizer, model.adapter.embed.weight.shape[0])
     ids = torch.tensor(np.stack(h["ids"].to_list()), dtype=torch.long)
     valid = vocab.ok(ids).numpy()
     f = h["activation"].to_numpy()

@@ -98,9 +98,11 @@ def dream(
         model_spec, total = model, config.iters
     else:
         saved = RunDir(resume).config()
+        RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
         run_path, model_spec, total = resume, saved["model"], iters or saved["epo"]["iters"]
         dtype = dtype or saved.get("dtype")
-    console.print(f"[dim]loading model {model_spec} …[/dim]")
+    if not quiet:
+        console.print(f"[dim]loading model {model_spec} …[/dim]", soft_wrap=True)
     loaded = load_model(model_spec, dtype=dtype, device=device)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
     try:
@@ -193,5 +195,5 @@ def main() -> None:
     try:
         app()
     except ReverieError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -138,6 +138,7 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
     `iters` may raise the iteration count of a finished run to extend it."""
     run_dir = RunDir(out)
     saved = run_dir.config()
+    state = run_dir.state()  # an unreadable checkpoint fails here, before the model loads
     config = EPOConfig.from_dict(saved["epo"])
     config = replace(config, iters=config.iters if iters is None else iters, time_budget=time_budget)
     if target is None:
@@ -148,7 +149,6 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
     if model is None:
         model = load_model(saved["model"], dtype=saved.get("dtype"))
     target, scorer = _setup(model, target, config)
-    state = run_dir.state()
     history = History()
     if state is not None:
         history.extend(run_dir.history(upto=state.iteration))

@@ -96,10 +96,11 @@ class Model:
 
     hf: nn.Module
     tokenizer: object
-    spec: str = "custom"
+    spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled"); defaults to name_or_path
     adapter: Adapter = field(init=False)
 
     def __post_init__(self) -> None:
+        self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"
         self.hf.eval()
         self.hf.requires_grad_(False)
         self.adapter = Adapter.find(self.hf)
