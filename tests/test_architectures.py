@@ -121,8 +121,6 @@ def test_short_dream_raises_a_neuron(family, tokenizer, vocab):
     best = h["activation"].max()
     assert np.isfinite(initial)
     assert best > initial, f"{family}: best {best} did not beat the initial population's best {initial}"
-    # the final population is at least as good as the best initial prompt (selection keeps parents)
-    assert float(result.state.f.max()) >= initial
 
     assert np.isfinite(h["cross_entropy"].to_numpy()).all()
     assert not np.isnan(h["activation"].to_numpy()).any()

