@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import ReverieError
+from .targets import token_arg
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
@@ -84,7 +85,7 @@ def dream(
         raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
     if resume is None:
         common = dict(top_k=top_k, length=length, iters=300 if iters is None else iters, seed=seed,
-                      init_prompt=prompt, time_budget=time_budget, ban_tokens=tuple(ban_token),
+                      init_prompt=prompt, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
                       ban_strings=tuple(ban), ascii_only=ascii_only, check_retokenization=retokenize_check,
                       batch_size=batch_size)
         if gcg is not None:

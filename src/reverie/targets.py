@@ -209,16 +209,23 @@ _USAGE = ("neuron:L9.N402, logit:\" dog\", direction:L8[:seed=N|:path.npy], atte
           "or a hook name such as neuron:blocks.9.mlp.hook_post.N402")
 
 
+def token_arg(text: str) -> str | int:
+    """A token as typed: quoted text stays text ('"5"' is the token "5"), bare digits are an id."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return int(text) if text.isdigit() else text
+
+
 def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
     """A Target from a spec string. `ban` goes to logit targets (rejected text)."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in ("neuron", "logit", "direction", "attention"):
         raise TargetError(f"cannot parse target {spec!r}: use {_USAGE}")
     if kind == "logit":
-        token = rest[1:-1] if len(rest) >= 2 and rest[0] == rest[-1] and rest[0] in "\"'" else rest
-        if not token:
+        token = token_arg(rest)
+        if token == "":
             raise TargetError(f"cannot parse target {spec!r}: name a token, e.g. logit:\" dog\"")
-        return Logit(int(token) if token.isdigit() else token, ban=tuple(ban))
+        return Logit(token, ban=tuple(ban))
     m = _PATTERNS[kind].match(rest)
     if not m:
         raise TargetError(f"cannot parse target {spec!r}: use {_USAGE}")

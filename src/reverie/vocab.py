@@ -92,9 +92,9 @@ class Vocabulary:
 
 
 def resolve_token(tokenizer, token: str | int) -> int:
-    """A token given as an id or as text that encodes to exactly one token."""
-    if isinstance(token, int) or (isinstance(token, str) and token.isdigit()):
-        i = int(token)
+    """A token given as an id (int) or as text that encodes to exactly one token."""
+    if isinstance(token, int):
+        i = token
         if not 0 <= i < len(tokenizer):
             raise ConfigError(f"token id {i} is not in the vocabulary (0-{len(tokenizer) - 1})")
         return i
