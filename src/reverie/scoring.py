@@ -2,9 +2,11 @@
 
 Cross-entropy is the mean next-token cross-entropy of the prompt itself: logits[:, :-1] against
 ids[:, 1:], no BOS added. Both f and cross-entropy are computed in fp32 even when the model runs in
-bf16. Gradients are taken with respect to the input embeddings and projected onto the allowed
-tokens' embeddings, which equals the gradient with respect to the one-hot encoding restricted to
-those tokens (up to a positive per-model embedding scale, which leaves the ranking unchanged).
+bf16. The token gradient equals the gradient with respect to the one-hot encoding, restricted to
+the allowed tokens, computed without a one-hot matmul over the whole vocabulary: the gradient with
+respect to the input embeddings, projected onto the allowed tokens' embeddings, plus the direct
+term of the cross-entropy (token i is the label of position i-1: d CE / d onehot[i, v] gets
+-log p(v | t_<i) / (n-1)).
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ class Scorer:
     def __init__(self, model: Model, target: Target, vocab: Vocabulary, batch_size: int = 128):
         self.model, self.target, self.vocab, self.batch_size = model, target, vocab, batch_size
         self.allowed = vocab.allowed.to(model.device)
-        self.allowed_embeddings = model.adapter.embed.weight[self.allowed].float()  # [A, d]
+        embed = model.adapter.embed
+        self.allowed_embeddings = embed.weight[self.allowed].float()  # [A, d]
+        # some embedding modules scale their output (Gemma 3: sqrt(d)); d(out)/d(onehot) includes it
+        with torch.inference_mode():
+            probe = self.allowed[:1]
+            out, w = embed(probe[None])[0, 0].float(), embed.weight[probe[0]].float()
+            self.embed_scale = float(out @ w / (w @ w))
 
-    def _forward(self, ids: torch.Tensor, embeddings: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f, cross-entropy) for a batch, fp32; if `embeddings` is a list, the input embeddings are appended
-        to it as a leaf that collects gradients."""
+    def _forward(self, ids: torch.Tensor, embeddings: list | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(f, cross-entropy, log-probs) for a batch, fp32; if `embeddings` is a list, the input embeddings
+        are appended to it as a leaf that collects gradients."""
         hooks = []
         if embeddings is not None:
             def leaf(module, args, out):
@@ -41,16 +50,16 @@ class Scorer:
                 h.remove()
         logits = out.logits.float()
         cache["logits"] = logits
-        b, n, v = logits.shape
-        ce = F.cross_entropy(logits[:, :-1].reshape(-1, v), ids[:, 1:].reshape(-1), reduction="none")
-        return self.target.value(cache).float(), ce.view(b, n - 1).mean(-1)
+        logprobs = logits[:, :-1].log_softmax(-1)
+        ce = -logprobs.gather(-1, ids[:, 1:, None])[..., 0].mean(-1)
+        return self.target.value(cache).float(), ce, logprobs
 
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, cross-entropy) on the CPU, in batches of `batch_size`."""
         fs, ces = [], []
         with torch.inference_mode():
             for chunk in ids.split(self.batch_size):
-                f, ce = self._forward(chunk.to(self.model.device))
+                f, ce, _ = self._forward(chunk.to(self.model.device))
                 fs.append(f.cpu())
                 ces.append(ce.cpu())
         return torch.cat(fs), torch.cat(ces)
@@ -60,11 +69,14 @@ class Scorer:
         grads = []
         for chunk, lam in zip(ids.split(self.batch_size), penalties.split(self.batch_size)):
             embeddings: list[torch.Tensor] = []
+            lam = lam.to(self.model.device)
             with torch.enable_grad():
-                f, ce = self._forward(chunk.to(self.model.device), embeddings)
-                objective = (f - lam.to(f.device) * ce).sum()
-                (g,) = torch.autograd.grad(objective, embeddings[0])
-            grads.append((g.float() @ self.allowed_embeddings.T).cpu())
+                f, ce, logprobs = self._forward(chunk.to(self.model.device), embeddings)
+                (g,) = torch.autograd.grad((f - lam * ce).sum(), embeddings[0])
+            grad = self.embed_scale * (g.float() @ self.allowed_embeddings.T)            # through the context
+            n = chunk.shape[1]
+            grad[:, 1:] += (lam[:, None, None] / (n - 1)) * logprobs.detach()[..., self.allowed]  # as a label
+            grads.append(grad.cpu())
         return torch.cat(grads)
 
     def top_k(self, ids: torch.Tensor, penalties: torch.Tensor, k: int) -> torch.Tensor:
