@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed-stamp
-TARGET ?= neuron:L14.N856
+TARGET ?= neuron:L3.N492
 ITERS  ?= 60
 
 .PHONY: install demo test test-fast clean
