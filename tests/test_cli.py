@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,5 +97,6 @@ def test_hub_id_without_network_is_one_line(monkeypatch, capsys):
 
 
 def test_console_script_entry_point():
-    res = subprocess.run(["reverie", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).parent / "reverie"      # installed next to the interpreter
+    res = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "dream" in res.stdout and "frontier" in res.stdout

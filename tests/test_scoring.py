@@ -36,3 +36,24 @@ def test_score_matches_plain_cross_entropy(tiny_llama):
     logits = tiny_llama.hf(ids).logits.float()
     expected = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").mean(-1)
     assert torch.allclose(ce, expected, atol=1e-5)
+
+
+FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", "direction:L1", 'logit:" the"'])
+def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
+    """Children scored on top of their parent's cached prefix get the same activation and cross-entropy."""
+    model = build_tiny(family, tokenizer)
+    target, scorer = _setup(model, spec, EPOConfig(length=7, batch_size=5))
+    gen = torch.Generator().manual_seed(0)
+    parents = scorer.vocab.random_prompts(3, 7, gen)
+    parent = torch.randint(3, (24,), generator=gen)
+    pos = torch.randint(7, (24,), generator=gen)
+    children = parents[parent].clone()
+    children[torch.arange(24), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (24,), generator=gen)]
+    f, ce = scorer.score_children(parents, children, parent, pos)
+    f0, ce0 = scorer.score(children)
+    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)

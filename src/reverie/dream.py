@@ -80,7 +80,7 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
         return model.tokenizer.batch_decode([list(map(int, r)) for r in ids], clean_up_tokenization_spaces=False)
 
     start = time.perf_counter()
-    if run_dir is not None and run_dir._checkpointed < epo.state.iteration:
+    if run_dir is not None and run_dir.checkpointed < epo.state.iteration:
         run_dir.checkpoint(epo.state, epo.history, decode)
 
     def on_step(step: Step):

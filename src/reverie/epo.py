@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .errors import ConfigError, ReverieError
+from .errors import ConfigError
 from .history import History
 from .scoring import Scorer
 
@@ -161,15 +161,24 @@ class EPO:
         return EPOState(0, population, f, ce, self.generator.get_state())
 
     # ---------------------------------------------------------------- scoring with a memo
-    def _score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f and CE of each row; unique prompts not seen before go through the model once."""
+    def _score(self, ids: torch.Tensor, parents: torch.Tensor | None = None, parent: torch.Tensor | None = None,
+               pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """f and CE of each row; prompts not seen before go through the model once. Children (given their
+        parents, parent index and mutated position) run only from the mutated position on."""
         keys = [tuple(r) for r in ids.tolist()]
-        new = list(dict.fromkeys(k for k in keys if k not in self.memo))
-        if new:
-            new_ids = torch.tensor(new)
-            f, ce = self.scorer.score(new_ids)
+        first = {}
+        for j, k in enumerate(keys):
+            if k not in self.memo and k not in first:
+                first[k] = j
+        if first:
+            rows = torch.tensor(list(first.values()))
+            new_ids = ids[rows]
+            if parents is None:
+                f, ce = self.scorer.score(new_ids)
+            else:
+                f, ce = self.scorer.score_children(parents, new_ids, parent[rows], pos[rows])
             f[~self.vocab.ok(new_ids)] = -torch.inf
-            self.memo.update(zip(new, zip(f.tolist(), ce.tolist())))
+            self.memo.update(zip(first, zip(f.tolist(), ce.tolist())))
         f, ce = zip(*(self.memo[k] for k in keys))
         return torch.tensor(f), torch.tensor(ce)
 
@@ -203,8 +212,9 @@ class EPO:
         children = children.reshape(M * c.children, n)
         t2 = time.perf_counter(); phases["children"] = t2 - t1
 
-        # 3. scoring: f and CE of every child (memoised; constraint failures get f = −∞)
-        f_child, ce_child = self._score(children)
+        # 3. scoring: f and CE of every child (memoised, run from the mutated position on over the parent's
+        #    cached prefix; constraint failures get f = −∞)
+        f_child, ce_child = self._score(children, s.population, parent.reshape(-1), pos.reshape(-1))
         t3 = time.perf_counter(); phases["scoring"] = t3 - t2
 
         # 4. selection: each slot takes the best of parents ∪ children under its own λ, with replacement

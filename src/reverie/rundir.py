@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -62,7 +61,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._checkpointed = -1  # last iteration whose rows are on disk
+        self.checkpointed = -1  # last iteration whose rows are on disk
 
     # ---------------------------------------------------------------- writing
     def check_writable(self) -> None:
@@ -89,7 +88,7 @@ class RunDir:
 
     def checkpoint(self, state: EPOState, history: History, decode) -> None:
         """Rows since the last checkpoint go to a new part file, then the state (atomically, in that order)."""
-        rows = history.frame(decode, since=self._checkpointed)
+        rows = history.frame(decode, since=self.checkpointed)
         rows = rows[rows["iteration"] <= state.iteration]
         if len(rows):
             _write_parquet(rows, self.path / PARTS / f"part-{state.iteration:07d}.parquet")
@@ -97,7 +96,7 @@ class RunDir:
                    "ce": state.ce.contiguous(), "rng": state.rng.contiguous()}
         _atomic(self.path / CHECKPOINT,
                 lambda tmp: save_file(tensors, tmp, metadata={"iteration": str(state.iteration)}))
-        self._checkpointed = state.iteration
+        self.checkpointed = state.iteration
 
     def finish(self, history: pd.DataFrame, summary: dict) -> None:
         """Consolidate every row into history.parquet, drop the parts, write the frontier."""
@@ -132,7 +131,7 @@ class RunDir:
         except (OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
             raise RunDirError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                               "delete it to restart the run from scratch") from None
-        self._checkpointed = iteration
+        self.checkpointed = iteration
         return state
 
     def history(self, upto: int | None = None) -> pd.DataFrame:
