@@ -67,8 +67,10 @@ def test_bad_target_or_option_is_one_line_exit_2(monkeypatch, capsys, tiny_dir, 
 
 
 def test_missing_model_and_unwritable_output(monkeypatch, capsys, tiny_dir, tmp_path):
+    monkeypatch.chdir(tmp_path)
     code, _, err = run(monkeypatch, capsys, "dream", "--model", tmp_path / "nope", "--target", "neuron:L1.N1")
     assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "runs").exists()            # a failed start leaves no empty run directory
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N1",

@@ -118,9 +118,9 @@ def dream(
     out_console.print(_frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
                                       f"frontier of {result.target} ({len(front)} prompts)"))
     out_console.print(f"{result.stopped} after {result.iterations} iterations in {result.seconds:.1f} s; "
-                      f"run directory: {run_path}")
+                      f"run directory: {run_path}", soft_wrap=True)
     if result.stopped in ("interrupted", "time"):
-        out_console.print(f"continue with: reverie dream --resume {run_path}")
+        out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
 
 
 class LiveDisplay:

@@ -65,21 +65,24 @@ class RunDir:
 
     # ---------------------------------------------------------------- writing
     def check_writable(self) -> None:
-        """Make the directory; fail with one line if it cannot be written or already holds a run."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / PARTS).mkdir(exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise RunDirError(f"cannot write to run directory {self.path} ({e.strerror}): choose another --out") from None
+        """Fail with one line if the directory cannot be created or written, or already holds a run.
+        Creates nothing."""
         if (self.path / CONFIG).exists():
             raise RunDirError(f"{self.path} already holds a run: pass --resume {self.path} to continue it, "
                               "or choose another --out")
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise RunDirError(f"cannot write to run directory {self.path} ({existing} is not a writable folder): "
+                              "choose another --out")
 
     def create(self, config: dict) -> None:
         self.check_writable()
+        try:
+            (self.path / PARTS).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot write to run directory {self.path} ({e.strerror}): choose another --out") from None
         self.write_json(CONFIG, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def write_json(self, name: str, data) -> None:
