@@ -57,3 +57,28 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     f0, ce0 = scorer.score(children)
     assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
     assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatch):
+    target, scorer = _setup(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, batch_size=32))
+    ids = scorer.vocab.random_prompts(20, 6, torch.Generator().manual_seed(3))
+    expected = scorer.score(ids)
+    forward = tiny_llama.hf.forward
+
+    def small_batches_only(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llama.hf, "forward", small_batches_only)
+    got = scorer.score(ids)
+    assert scorer.batch_size <= 4
+    assert torch.allclose(got[0], expected[0], atol=1e-5) and torch.allclose(got[1], expected[1], atol=1e-5)
+
+
+def test_automatic_batch_size_fits_free_memory(tiny_llama):
+    from reverie.scoring import auto_batch_size, free_memory
+    b = auto_batch_size(tiny_llama)
+    assert 1 <= b <= 512
+    per_prompt = 12 * 49152 * 12
+    assert b * per_prompt <= free_memory(tiny_llama.device)

@@ -69,7 +69,7 @@ def dream(
     ban_token: List[str] = typer.Option([], "--ban-token", help="Never propose this token (text or id); repeatable."),
     ascii_only: bool = typer.Option(False, "--ascii-only", help="Only printable-ASCII tokens."),
     retokenize_check: bool = typer.Option(True, "--retokenize-check/--no-retokenize-check", help="Require prompts to re-tokenise to the same ids."),
-    batch_size: int = typer.Option(128, help="Prompts per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts per forward pass (default: from free memory, halved on out-of-memory)."),
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: bf16 where the hardware does it well)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),

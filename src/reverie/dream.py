@@ -22,7 +22,7 @@ from .frontier import best_at, pareto, summary
 from .history import History
 from .model import Model, load_model
 from .rundir import RunDir
-from .scoring import Scorer
+from .scoring import Scorer, auto_batch_size
 from .targets import Target, as_target
 from .vocab import Vocabulary
 
@@ -72,7 +72,8 @@ def _setup(model: Model, target, config: EPOConfig) -> tuple[Target, Scorer]:
         model.tokenizer, model.adapter.embed.weight.shape[0], ascii_only=config.ascii_only,
         banned_tokens=config.ban_tokens, banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
         check_retokenization=config.check_retokenization)
-    return target, Scorer(model, target, vocab, batch_size=config.batch_size)
+    length = _prompt_length(model, config)
+    return target, Scorer(model, target, vocab, batch_size=config.batch_size or auto_batch_size(model, length))
 
 
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int) -> DreamResult:

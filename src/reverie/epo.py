@@ -49,7 +49,7 @@ class EPOConfig:
     ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
     ascii_only: bool = False
     check_retokenization: bool = True         # decode→encode must give back the same ids
-    batch_size: int = 128                     # prompts per forward pass
+    batch_size: int | None = None             # prompts per forward pass; None = from free memory
 
     @classmethod
     def gcg(cls, penalty: float = 0.0, **kwargs) -> "EPOConfig":
@@ -66,7 +66,7 @@ class EPOConfig:
 
     def validate(self) -> None:
         for name in ("population", "children", "top_k", "length", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.length < 2:
             raise ConfigError("length must be at least 2 tokens (cross-entropy needs a next token)")

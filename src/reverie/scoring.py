@@ -20,9 +20,10 @@ from .vocab import Vocabulary
 
 
 class Scorer:
-    def __init__(self, model: Model, target: Target, vocab: Vocabulary, batch_size: int = 128,
+    def __init__(self, model: Model, target: Target, vocab: Vocabulary, batch_size: int | None = None,
                  prefix_buckets: int = 3):
-        self.model, self.target, self.vocab, self.batch_size = model, target, vocab, batch_size
+        self.model, self.target, self.vocab = model, target, vocab
+        self.batch_size = batch_size or auto_batch_size(model)
         self.prefix_buckets = prefix_buckets
         self.allowed = vocab.allowed.to(model.device)
         embed = model.adapter.embed
@@ -63,6 +64,9 @@ class Scorer:
 
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, cross-entropy) on the CPU, in batches of `batch_size`."""
+        return self._backoff(self._score, ids)
+
+    def _score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fs, ces = [], []
         with torch.inference_mode():
             for chunk in ids.split(self.batch_size):
@@ -86,6 +90,9 @@ class Scorer:
         groups keep batches large; many skip more tokens). Same results as `score` within dtype tolerance."""
         if not self.reuses_prefix or self.prefix_buckets < 2:
             return self.score(children)
+        return self._backoff(self._score_children, parents, children, parent, pos)
+
+    def _score_children(self, parents, children, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
         device, n = self.model.device, children.shape[1]
         starts = torch.linspace(0, n, self.prefix_buckets + 1)[:-1].floor().long().unique()
         bucket = starts[torch.searchsorted(starts, pos, right=True) - 1]
@@ -109,6 +116,9 @@ class Scorer:
 
     def token_gradients(self, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
         """d(f - penalty * CE) / d(one-hot) for each prompt, over the allowed tokens: [B, n, A] on the CPU."""
+        return self._backoff(self._token_gradients, ids, penalties)
+
+    def _token_gradients(self, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
         grads = []
         for chunk, lam in zip(ids.split(self.batch_size), penalties.split(self.batch_size)):
             embeddings: list[torch.Tensor] = []
@@ -122,8 +132,45 @@ class Scorer:
             grads.append(grad.cpu())
         return torch.cat(grads)
 
+    def _backoff(self, fn, *args):
+        """Run fn; on out-of-memory, halve the batch size and run it again."""
+        while True:
+            try:
+                return fn(*args)
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _is_oom(e) or self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                if self.model.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
     def top_k(self, ids: torch.Tensor, penalties: torch.Tensor, k: int) -> torch.Tensor:
         """Per prompt and position, the k allowed tokens whose swap most increases the objective: [B, n, k] ids."""
         grad = self.token_gradients(ids, penalties)
         idx = grad.topk(min(k, grad.shape[-1]), dim=-1).indices
         return self.vocab.allowed[idx]
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on the device (GPU memory, or available system memory for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def auto_batch_size(model: Model, length: int = 12, limit: int = 512) -> int:
+    """Prompts per forward pass from free memory: logits dominate (model dtype, an fp32 copy and fp32
+    log-probs per position), with activations on top; use at most half of what is free."""
+    vocab = model.adapter.unembed.weight.shape[0]
+    per_prompt = length * (vocab * (model.dtype.itemsize + 8) + 16 * model.adapter.d_mlp * model.dtype.itemsize)
+    return max(1, min(limit, free_memory(model.device) // 2 // per_prompt))

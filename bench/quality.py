@@ -1,0 +1,77 @@
+"""Search quality: best activation at cross-entropy <= 4, 5, 6 and unconstrained, reverie vs the reference path.
+
+    python bench/quality.py [--neurons ../shared/bench/neurons.txt] [--limit 4] [--seeds 0 1]
+                            [--iters 40] [--seconds 60] [--out bench/results/quality.json]
+
+Each (neuron, seed) runs twice per path: once for a fixed number of iterations, once for a fixed
+wall-clock budget. A faster iteration that finds worse prompts is not faster, so both must hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+import reverie
+from reverie import EPOConfig
+from reverie.dream import _setup
+from reverie.epo import EPO
+from reverie.frontier import summary
+
+try:
+    from reference import ReferenceEPO, ReferenceScorer
+except ImportError:
+    from bench.reference import ReferenceEPO, ReferenceScorer
+
+THRESHOLDS = (4.0, 5.0, 6.0, math.inf)
+
+
+def one_run(model, spec, seed, iters, seconds, reference):
+    config = EPOConfig(seed=seed, iters=iters if seconds is None else 10**6, time_budget=seconds)
+    _, scorer = _setup(model, spec, config)
+    if reference:
+        scorer.__class__ = ReferenceScorer
+    epo = (ReferenceEPO if reference else EPO)(scorer, config)
+    epo.run()
+    history = epo.history.frame(scorer.vocab.decode)
+    best = summary(history, THRESHOLDS)
+    return {"iterations": epo.state.iteration,
+            **{f"ce<={x:g}": (None if pd.isna(a) else float(a)) for x, a in zip(best.max_cross_entropy, best.activation)}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--neurons", default=str(Path(__file__).resolve().parents[2] / "shared/bench/neurons.txt"))
+    ap.add_argument("--limit", type=int, default=None, help="only the first N neurons")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--out", default="bench/results/quality.json")
+    args = ap.parse_args()
+
+    specs = [line.strip() for line in Path(args.neurons).read_text().splitlines() if line.strip()][:args.limit]
+    model = reverie.load_model(args.model)
+    rows = []
+    for spec in specs:
+        for seed in args.seeds:
+            for path in ("reverie", "reference"):
+                for budget, (iters, seconds) in {"iterations": (args.iters, None), "wall-clock": (None, args.seconds)}.items():
+                    r = one_run(model, spec, seed, iters, seconds, path == "reference")
+                    rows.append({"target": spec, "seed": seed, "path": path, "budget": budget, **r})
+                    print(json.dumps(rows[-1]), flush=True)
+    df = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args), "runs": rows}, indent=2))
+    cols = [c for c in df.columns if c.startswith("ce<=")]
+    table = df.groupby(["budget", "path"])[cols + ["iterations"]].mean().round(3)
+    print(table.to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Seconds per EPO iteration: reverie vs the reference path vs the plain-forward floor, in one process.
+
+    python bench/speed.py [--iters 20] [--target neuron:L2.N148] [--out bench/results/speed.json]
+
+The floor is one plain batched forward pass (full logits) over as many n-token prompts as an
+iteration has children. Writes JSON and prints a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import reverie
+from reverie import EPOConfig
+from reverie.dream import _setup
+from reverie.epo import EPO
+
+try:
+    from reference import ReferenceEPO, ReferenceScorer
+except ImportError:  # run as a module from the repository root
+    from bench.reference import ReferenceEPO, ReferenceScorer
+
+
+def time_run(epo_cls, scorer, config, iters):
+    epo = epo_cls(scorer, config)
+    seconds, phases = [], []
+    for _ in range(iters):
+        step = epo.step()
+        seconds.append(step.seconds)
+        phases.append(step.phases)
+    med = statistics.median(seconds)
+    return {"seconds_per_iteration": med,
+            "children_per_second": config.population * config.children / med,
+            "phases": {k: statistics.median(p[k] for p in phases) for k in phases[0]}}
+
+
+def time_floor(model, vocab, prompts, n, repeats=5):
+    ids = vocab.random_prompts(prompts, n, torch.Generator().manual_seed(0)).to(model.device)
+    with torch.inference_mode():
+        model.hf(input_ids=ids, use_cache=False)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model.hf(input_ids=ids, use_cache=False).logits.float()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--target", default="neuron:L2.N148")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--out", default="bench/results/speed.json")
+    args = ap.parse_args()
+
+    model = reverie.load_model(args.model, dtype=args.dtype)
+    config = EPOConfig(iters=10**6, seed=0, batch_size=256)   # paper settings: M=8, r=32, k=512, n=12
+    _, scorer = _setup(model, args.target, config)
+    _, ref_scorer = _setup(model, args.target, config)
+    ref_scorer.__class__ = ReferenceScorer
+    floor = time_floor(model, scorer.vocab, config.population * config.children, config.length)
+    fast = time_run(EPO, scorer, config, args.iters)
+    ref = time_run(ReferenceEPO, ref_scorer, config, args.iters)
+    result = {
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "device": str(model.device),
+        "dtype": str(model.dtype), "model": model.spec, "target": args.target, "iterations": args.iters,
+        "settings": {"M": config.population, "r": config.children, "k": config.top_k, "n": config.length},
+        "floor_seconds": floor, "reverie": fast, "reference": ref,
+        "speedup_vs_reference": ref["seconds_per_iteration"] / fast["seconds_per_iteration"],
+        "ratio_to_floor": fast["seconds_per_iteration"] / floor,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{'path':<12}{'s/iter':>9}{'children/s':>12}  phases (median s)")
+    for name in ("reverie", "reference"):
+        r = result[name]
+        phases = " ".join(f"{k}={v:.3f}" for k, v in r["phases"].items())
+        print(f"{name:<12}{r['seconds_per_iteration']:>9.3f}{r['children_per_second']:>12.0f}  {phases}")
+    print(f"{'floor':<12}{floor:>9.3f}{'':>12}  one plain forward of {config.population * config.children}"
+          f"x{config.length} prompts")
+    print(f"speed-up vs reference {result['speedup_vs_reference']:.2f}x; reverie / floor {result['ratio_to_floor']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
