@@ -57,3 +57,12 @@ def tiny_llama(tokenizer) -> Model:
 @pytest.fixture(scope="session")
 def bundled() -> Model:
     return load_model("bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_llama):
+    """The tiny llama saved as a model folder, for `load_model(path)` and the CLI."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama.hf.save_pretrained(path)
+    tiny_llama.tokenizer.save_pretrained(path)
+    return path

@@ -11,14 +11,6 @@ import reverie
 from reverie.cli import main
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny_llama):
-    path = tmp_path_factory.mktemp("tiny-llama-cli")
-    tiny_llama.hf.save_pretrained(path)
-    tiny_llama.tokenizer.save_pretrained(path)
-    return path
-
-
 def run(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["reverie", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:

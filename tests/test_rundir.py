@@ -17,14 +17,6 @@ from reverie import EPOConfig
 SMALL = dict(population=4, children=8, top_k=32, length=8, seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny_llama):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama.hf.save_pretrained(path)
-    tiny_llama.tokenizer.save_pretrained(path)
-    return path
-
-
 def test_run_directory_contents(tiny_llama, tmp_path):
     out = tmp_path / "run"
     r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=6), out=out)
