@@ -198,3 +198,6 @@ def main() -> None:
     except ReverieError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # during loading; a running dream stops cleanly on its own
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
