@@ -5,6 +5,7 @@ Bad input ends with one line on stderr and exit code 2; nothing computed is lost
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -177,8 +178,87 @@ def frontier(
                               f"(ce {row.cross_entropy:.2f}) {row.text!r}")
 
 
-def _export(front, path: Path) -> None:
-    frame = front.assign(ids=[list(map(int, i)) for i in front["ids"]])
+@app.command()
+def scan(
+    target: List[str] = typer.Option(..., "--target", "-t", help="Target to scan for (neuron, logit or direction spec); repeatable."),
+    corpus: str = typer.Option("bundled", "--corpus", "-c", help="Text file, folder, .jsonl, .parquet, hf:NAME, or 'bundled' (a Wikipedia shard)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for scan.parquet and scan.json."),
+    model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after this many corpus tokens."),
+    window: int = typer.Option(12, help="Tokens per re-scored window (the dreams' length)."),
+    top: int = typer.Option(20, help="Examples kept per target."),
+    candidates: int = typer.Option(200, help="In-context positions per target re-scored as windows."),
+    batch_size: int = typer.Option(8, help="Chunks per forward pass."),
+    chunk: int = typer.Option(256, help="Tokens per chunk."),
+    field: str = typer.Option("text", help="JSONL field or Parquet column holding the text."),
+    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+) -> None:
+    """Find the corpus windows that most activate each target, in one pass over the corpus."""
+    from .model import load_model
+    from .rundir import RunDir
+    from .scan import ScanConfig, scan as run_scan
+
+    config = ScanConfig(window=window, top=top, candidates=candidates, chunk=chunk, batch_size=batch_size,
+                        max_tokens=max_tokens, field=field)
+    RunDir(out).check_writable()
+    loaded = load_model(model, dtype=dtype, device=device)
+    progress = Progress(TextColumn("[bold]scanning"), BarColumn(), TextColumn("{task.completed:,} tokens"),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+    task = progress.add_task("scan", total=max_tokens, rate="")
+    start = time.perf_counter()
+
+    def on_progress(tokens: int) -> None:
+        progress.update(task, completed=tokens, rate=f"{tokens / (time.perf_counter() - start):,.0f} tok/s")
+
+    with progress:
+        result = run_scan(loaded, target, corpus, config, progress=on_progress)
+    seconds = time.perf_counter() - start
+    tokens = int(progress.tasks[0].completed)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        result.assign(ids=[list(map(int, i)) for i in result["ids"]]).to_parquet(out / "scan.parquet", index=False)
+        (out / "scan.json").write_text(json.dumps({"model": model, "corpus": corpus, "targets": target,
+                                                   "tokens": tokens, "seconds": round(seconds, 1),
+                                                   "config": vars(config)}, indent=2))
+    except OSError as e:
+        raise ReverieError(f"cannot write the scan to {out} ({e.strerror})") from None
+    for spec, group in result.groupby("target", sort=False):
+        best = group.iloc[0]
+        out_console.print(f"{spec}: best window {best.activation:.3f} (ce {best.cross_entropy:.2f}) {best.text!r}",
+                          soft_wrap=True)
+    out_console.print(f"scanned {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tok/s); "
+                      f"wrote {out / 'scan.parquet'}", soft_wrap=True)
+
+
+@app.command()
+def attribute(
+    target: str = typer.Option(..., "--target", "-t", help="Target spec, as for dream."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt to explain."),
+    model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
+    k: int = typer.Option(32, "-k", help="Gradient candidates substituted per position."),
+    export: Optional[Path] = typer.Option(None, "--export", "-e", help="Also write the table to .csv, .parquet or .json."),
+    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+) -> None:
+    """Causal token attribution: how much the activation drops when each token is substituted."""
+    from .attribution import attribute as run_attribute
+    from .model import load_model
+
+    table = run_attribute(load_model(model, dtype=dtype), target, prompt, k=k)
+    view = Table(title=f"{target}: activation {table.baseline.iloc[0]:.3f}, "
+                       f"cross-entropy {table.attrs['cross_entropy']:.2f}", title_justify="left")
+    for col in ("token", "drop by worst substitute", "drop by best alternative", "best alternative"):
+        view.add_column(col, justify="left" if col in ("token", "best alternative") else "right")
+    for r in table.itertuples():
+        view.add_row(repr(r.token), f"{r.drop_worst:.3f}", f"{r.drop_best:.3f}", repr(r.best_substitute))
+    out_console.print(view)
+    if export is not None:
+        _export(table.drop(columns="substitutes"), export)
+
+
+def _export(frame, path: Path) -> None:
+    if "ids" in frame.columns:
+        frame = frame.assign(ids=[list(map(int, i)) for i in frame["ids"]])
     try:
         if path.suffix == ".csv":
             frame.to_csv(path, index=False)

@@ -99,9 +99,9 @@ class Logit(Target):
 
     def value(self, cache):
         logits = cache["logits"][:, self.position].float()
-        own = logits[:, self.token_id]
+        own = logits[..., self.token_id]
         others = logits.clone()
-        others[:, self.token_id] = -torch.inf
+        others[..., self.token_id] = -torch.inf
         return own - others.max(-1).values
 
     @property

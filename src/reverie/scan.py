@@ -1,0 +1,221 @@
+"""Max-activating dataset examples: the corpus windows that most activate one or many targets.
+
+The model runs once over long chunks of each document, recording every target at every position in
+the same forward pass; the top positions per target become candidates, and each candidate is
+re-scored as an n-token window (inside its document) ending at that position — activation at the
+last token and the same cross-entropy EPO uses — so dreams and data sit on the same axes.
+
+Corpus sources: a text file or a folder of them (one document per file), JSONL (`field`), Parquet
+(column `field`), `hf:NAME` (a Hugging Face dataset, streamed; needs `datasets`), or `bundled` — the
+Wikipedia shard shipped in gensim's test data, extracted to clean prose once and cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pandas as pd
+import torch
+
+from .errors import ConfigError, ReverieError, TargetError
+from .model import Model, cache_dir
+from .scoring import Scorer
+from .targets import Attention, Target, as_target
+from .vocab import Vocabulary
+
+BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+@dataclass
+class ScanConfig:
+    window: int = 12                 # n: tokens per re-scored window, as in the dreams
+    top: int = 20                    # examples kept per target
+    candidates: int = 200            # in-context positions per target re-scored as windows
+    chunk: int = 256                 # tokens per forward pass row
+    batch_size: int = 8              # rows per forward pass
+    max_tokens: int | None = None    # stop after this many corpus tokens
+    field: str = "text"              # JSONL field / Parquet column
+
+
+# ------------------------------------------------------------------------------------ corpora
+
+def bundled_corpus() -> Path:
+    """Clean prose of gensim's Wikipedia shard as JSONL (one article per line), extracted once and cached."""
+    out = cache_dir() / "enwiki-shard.jsonl"
+    if out.exists():
+        return out
+    spec = importlib.util.find_spec("gensim")
+    if spec is None:
+        raise ReverieError("the bundled corpus needs gensim: pip install gensim (or reverie[scan])")
+    source = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / BUNDLED_WIKI
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    import bz2
+
+    lines = []
+    with bz2.open(source) as fh:
+        for title, text, _ in extract_pages(fh):
+            if not text or text.lstrip().lower().startswith("#redirect"):
+                continue
+            prose = _clean(filter_wiki(text))
+            if len(prose) > 200:
+                lines.append(json.dumps({"title": title, "text": prose}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".enwiki-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def _clean(text: str) -> str:
+    """Drop what filter_wiki leaves of tables, files and headings; keep paragraphs of prose."""
+    paragraphs = []
+    for line in text.splitlines():
+        line = re.sub(r"\s+", " ", line).strip()
+        if len(line) < 40 or line.startswith(("|", "!", "{", "=", "*", "#", "Category:", "File:", "Image:", "thumb")):
+            continue
+        paragraphs.append(line)
+    return "\n".join(paragraphs)
+
+
+def documents(source: str, field: str = "text") -> Iterator[str]:
+    """Documents of a corpus source, as strings."""
+    if source == "bundled":
+        source = str(bundled_corpus())
+    if source.startswith("hf:"):
+        try:
+            from datasets import load_dataset
+        except ImportError:
+            raise ReverieError("hf: corpora need the datasets package: pip install datasets") from None
+        for row in load_dataset(source[3:], split="train", streaming=True):
+            yield row[field]
+        return
+    path = Path(source)
+    if not path.exists():
+        raise ReverieError(f"corpus {source} does not exist: give a text file, a folder, .jsonl, .parquet, "
+                           "hf:NAME or bundled")
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md", "")):
+            yield file.read_text(errors="replace")
+    elif path.suffix == ".jsonl":
+        with path.open() as fh:
+            for i, line in enumerate(fh):
+                if line.strip():
+                    row = json.loads(line)
+                    if field not in row:
+                        raise ReverieError(f"{path} line {i + 1} has no field {field!r}: pass --field")
+                    yield row[field]
+    elif path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+        if field not in frame.columns:
+            raise ReverieError(f"{path} has no column {field!r} (columns: {list(frame.columns)}): pass --field")
+        yield from frame[field].astype(str)
+    else:
+        yield path.read_text(errors="replace")
+
+
+# ------------------------------------------------------------------------------------ scanning
+
+def _per_position(target: Target) -> Target:
+    """A copy of the target that reads every position instead of the last one."""
+    if isinstance(target, Attention) or not hasattr(target, "position"):
+        raise TargetError(f"{target.spec}: scans support neuron, logit and direction targets")
+    every = copy.copy(target)
+    every.position = slice(None)
+    return every
+
+
+def _chunks(model: Model, docs: Iterable[str], config: ScanConfig) -> Iterator[tuple[int, int, list[int]]]:
+    """(document index, offset of the chunk in the document, token ids), chunks of at most config.chunk."""
+    for d, text in enumerate(docs):
+        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), config.chunk):
+            piece = ids[start:start + config.chunk]
+            if len(piece) >= 2:
+                yield d, start, piece
+
+
+def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
+         config: ScanConfig | None = None, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """Top `config.top` corpus windows per target, re-scored as n-token prompts.
+
+    Returns one row per (target, example): target, rank, activation, cross_entropy (of the window),
+    in_context (the activation at that position in its chunk), doc, position, ids, text."""
+    config = config or ScanConfig()
+    if config.window < 2:
+        raise ConfigError("window must be at least 2 tokens")
+    targets = [as_target(t, model) for t in targets]
+    readers = [_per_position(t) for t in targets]
+    hooks = sorted({h for t in targets for h in t.hooks})
+    docs_tokens: dict[int, list[int]] = {}
+    best = [(torch.empty(0), torch.empty(0, 2, dtype=torch.long)) for _ in targets]  # values, (doc, position)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    batch: list[tuple[int, int, list[int]]] = []
+    seen = 0
+    source = documents(corpus, config.field) if isinstance(corpus, str) else iter(corpus)
+
+    def flush():
+        nonlocal batch
+        width = max(len(p) for _, _, p in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        for i, (_, _, piece) in enumerate(batch):
+            ids[i, :len(piece)] = torch.tensor(piece)
+        with torch.inference_mode(), model.capture(hooks) as cache:
+            cache["logits"] = model.hf(input_ids=ids.to(model.device), use_cache=False).logits
+            values = [r.value(cache).float().cpu() for r in readers]              # each [rows, width]
+        doc = torch.tensor([d for d, _, _ in batch])[:, None].expand(-1, width)
+        pos = torch.tensor([o for _, o, _ in batch])[:, None] + torch.arange(width)[None]
+        valid = torch.zeros(len(batch), width, dtype=torch.bool)
+        for i, (_, _, piece) in enumerate(batch):
+            valid[i, :len(piece)] = True
+        valid &= pos >= config.window - 1                        # a whole window fits inside the document
+        keys = torch.stack([doc[valid], pos[valid]], -1)
+        for t, v in enumerate(values):
+            vals = torch.cat([best[t][0], v[valid]])
+            both = torch.cat([best[t][1], keys])
+            keep = vals.topk(min(config.candidates, len(vals))).indices
+            best[t] = (vals[keep], both[keep])
+        batch = []
+
+    for d, offset, piece in _chunks(model, source, config):
+        if config.max_tokens is not None and seen >= config.max_tokens:
+            break
+        docs_tokens.setdefault(d, []).extend(piece)
+        batch.append((d, offset, piece))
+        seen += len(piece)
+        if len(batch) == config.batch_size:
+            flush()
+            if progress:
+                progress(seen)
+    if batch:
+        flush()
+        if progress:
+            progress(seen)
+
+    vocab = Vocabulary.build(model.tokenizer, model.adapter.embed.weight.shape[0], check_retokenization=False)
+    rows = []
+    for target, (in_context, keys) in zip(targets, best):
+        if not len(keys):
+            continue
+        windows = torch.stack([torch.tensor(docs_tokens[int(d)][int(p) - config.window + 1:int(p) + 1])
+                               for d, p in keys.tolist()])
+        f, ce = Scorer(model, target, vocab, batch_size=64).score(windows)
+        texts = vocab.decode(windows)
+        frame = pd.DataFrame({"target": target.spec, "activation": f.numpy(), "cross_entropy": ce.numpy(),
+                              "in_context": in_context.numpy(), "doc": keys[:, 0].numpy(),
+                              "position": keys[:, 1].numpy(), "ids": list(windows.numpy()), "text": texts})
+        frame = frame.sort_values("activation", ascending=False).drop_duplicates("text").head(config.top)
+        rows.append(frame.assign(rank=range(len(frame))))
+    if not rows:
+        return pd.DataFrame(columns=["target", "rank", "activation", "cross_entropy", "in_context", "doc",
+                                     "position", "ids", "text"])
+    out = pd.concat(rows, ignore_index=True)
+    return out[["target", "rank", "activation", "cross_entropy", "in_context", "doc", "position", "ids", "text"]]
