@@ -33,12 +33,15 @@ CONFIG, HISTORY, PARTS, CHECKPOINT, FRONTIER = (
     "config.json", "history.parquet", "history", "checkpoint.safetensors", "frontier.json")
 
 
-def _atomic(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path onto path."""
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename tmp_path onto path: readers see the old file or the new one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,7 +51,7 @@ def _atomic(path: Path, write) -> None:
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     frame = frame.assign(ids=[list(map(int, i)) for i in frame["ids"]])
     table = pa.Table.from_pandas(frame[COLUMNS], preserve_index=False)
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -87,7 +90,7 @@ class RunDir:
 
     def write_json(self, name: str, data) -> None:
         text = json.dumps(data, indent=2, default=str)
-        _atomic(self.path / name, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
 
     def checkpoint(self, state: EPOState, history: History, decode) -> None:
         """Rows since the last checkpoint go to a new part file, then the state (atomically, in that order)."""
@@ -97,7 +100,7 @@ class RunDir:
             _write_parquet(rows, self.path / PARTS / f"part-{state.iteration:07d}.parquet")
         tensors = {"population": state.population.contiguous(), "f": state.f.contiguous(),
                    "ce": state.ce.contiguous(), "rng": state.rng.contiguous()}
-        _atomic(self.path / CHECKPOINT,
+        atomic_write(self.path / CHECKPOINT,
                 lambda tmp: save_file(tensors, tmp, metadata={"iteration": str(state.iteration)}))
         self.checkpointed = state.iteration
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -27,6 +25,7 @@ import torch
 
 from .errors import ConfigError, ReverieError, TargetError
 from .model import Model, cache_dir
+from .rundir import atomic_write
 from .scoring import Scorer
 from .targets import Attention, Target, as_target
 from .vocab import Vocabulary
@@ -49,7 +48,7 @@ class ScanConfig:
 
 def bundled_corpus() -> Path:
     """Clean prose of gensim's Wikipedia shard as JSONL (one article per line), extracted once and cached."""
-    out = cache_dir() / "enwiki-shard.jsonl"
+    out = cache_dir() / "enwiki-shard-v2.jsonl"
     if out.exists():
         return out
     spec = importlib.util.find_spec("gensim")
@@ -68,10 +67,7 @@ def bundled_corpus() -> Path:
             if len(prose) > 200:
                 lines.append(json.dumps({"title": title, "text": prose}))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".enwiki-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return out
 
 
@@ -79,7 +75,7 @@ def _clean(text: str) -> str:
     """Drop what filter_wiki leaves of tables, files and headings; keep paragraphs of prose."""
     paragraphs = []
     for line in text.splitlines():
-        line = re.sub(r"\s+", " ", line).strip()
+        line = re.sub(r"\s+", " ", line.replace("'''", "").replace("''", "")).strip()
         if len(line) < 40 or line.startswith(("|", "!", "{", "=", "*", "#", "Category:", "File:", "Image:", "thumb")):
             continue
         paragraphs.append(line)
