@@ -77,9 +77,7 @@ def _setup(model: Model, target, config: EPOConfig) -> tuple[Target, Scorer]:
 
 
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int) -> DreamResult:
-    def decode(ids) -> list[str]:
-        return model.tokenizer.batch_decode([list(map(int, r)) for r in ids], clean_up_tokenization_spaces=False)
-
+    decode = epo.vocab.decode
     start = time.perf_counter()
     if run_dir is not None and run_dir.checkpointed < epo.state.iteration:
         run_dir.checkpoint(epo.state, epo.history, decode)

@@ -52,7 +52,8 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.allowed)
 
-    def decode(self, ids: torch.Tensor) -> list[str]:
+    def decode(self, ids) -> list[str]:
+        """Texts of a [rows, n] tensor or array of token ids."""
         return self.tokenizer.batch_decode(ids.tolist(), clean_up_tokenization_spaces=False)
 
     def encode(self, text: str) -> list[int]:
