@@ -27,7 +27,7 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
     if len(ids) < 2:
         raise ConfigError(f"the prompt is {len(ids)} token(s); attribution needs at least 2")
     target.check_length(len(ids))
-    vocab = Vocabulary.build(model.tokenizer, model.adapter.embed.weight.shape[0], check_retokenization=False)
+    vocab = Vocabulary.for_model(model, check_retokenization=False)
     scorer = Scorer(model, target, vocab, batch_size=auto_batch_size(model, len(ids)))
     base = torch.tensor([ids])
     f0, ce0 = scorer.score(base)
@@ -43,6 +43,8 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
     f, _ = scorer.score(torch.tensor(variants))
     rows = []
     tokens = vocab.decode(torch.tensor(ids)[:, None])
+    unique = sorted({t for _, t in where})
+    text = dict(zip(unique, vocab.decode(torch.tensor(unique)[:, None])))   # each substitute decoded once
     baseline = float(f0[0])
     for i, token in enumerate(tokens):
         mine = [(float(f[j]), t) for j, (pos, t) in enumerate(where) if pos == i]
@@ -52,9 +54,8 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
             "position": i, "token": token, "token_id": ids[i], "baseline": baseline,
             "worst_activation": worst[0], "best_activation": best[0],
             "drop_worst": baseline - worst[0], "drop_best": baseline - best[0],
-            "worst_substitute": vocab.decode(torch.tensor([[worst[1]]]))[0],
-            "best_substitute": vocab.decode(torch.tensor([[best[1]]]))[0],
-            "substitutes": [(vocab.decode(torch.tensor([[t]]))[0], a) for a, t in mine],
+            "worst_substitute": text[worst[1]], "best_substitute": text[best[1]],
+            "substitutes": [(text[t], a) for a, t in mine],
         })
     frame = pd.DataFrame(rows)
     frame.attrs["cross_entropy"] = float(ce0[0])

@@ -68,8 +68,8 @@ def _setup(model: Model, target, config: EPOConfig) -> tuple[Target, Scorer]:
     config.validate()
     target = as_target(target, model, ban=config.ban_strings)
     target.check_length(_prompt_length(model, config))
-    vocab = Vocabulary.build(
-        model.tokenizer, model.adapter.embed.weight.shape[0], ascii_only=config.ascii_only,
+    vocab = Vocabulary.for_model(
+        model, ascii_only=config.ascii_only,
         banned_tokens=config.ban_tokens, banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
         check_retokenization=config.check_retokenization)
     length = _prompt_length(model, config)

@@ -196,7 +196,7 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         if progress:
             progress(seen)
 
-    vocab = Vocabulary.build(model.tokenizer, model.adapter.embed.weight.shape[0], check_retokenization=False)
+    vocab = Vocabulary.for_model(model, check_retokenization=False)
     rows = []
     for target, (in_context, keys) in zip(targets, best):
         if not len(keys):

@@ -49,6 +49,11 @@ class Vocabulary:
             raise ConfigError("no token of the vocabulary is allowed: loosen --ascii-only or the banned tokens")
         return cls(tokenizer, torch.tensor(keep), tuple(banned_strings), check_retokenization, frozenset(keep))
 
+    @classmethod
+    def for_model(cls, model, **options) -> "Vocabulary":
+        """The vocabulary of a loaded `Model` (tokenizer entries that have an embedding row)."""
+        return cls.build(model.tokenizer, model.adapter.embed.weight.shape[0], **options)
+
     def __len__(self) -> int:
         return len(self.allowed)
 
