@@ -56,3 +56,29 @@ def merge(histories: Iterable[pd.DataFrame], names: Iterable[str] | None = None)
     histories = list(histories)
     names = list(names) if names is not None else [str(i) for i in range(len(histories))]
     return pd.concat([h.assign(run=n) for h, n in zip(histories, names)], ignore_index=True)
+
+
+def versus_data(history: pd.DataFrame, windows: pd.DataFrame) -> dict | None:
+    """The paper's claim, checked: the best dataset window against the best dream at a cross-entropy
+    no higher than that window's. `margin` > 0 means the dream wins at equal fluency."""
+    windows = _valid(windows)
+    if windows.empty:
+        return None
+    window = windows.loc[windows["activation"].idxmax()]
+    dream = best_at(history, float(window["cross_entropy"]))
+    return {"window_activation": float(window["activation"]), "window_cross_entropy": float(window["cross_entropy"]),
+            "window_text": window["text"],
+            "dream_activation": np.nan if dream is None else float(dream["activation"]),
+            "dream_cross_entropy": np.nan if dream is None else float(dream["cross_entropy"]),
+            "dream_text": None if dream is None else dream["text"],
+            "margin": np.nan if dream is None else float(dream["activation"] - window["activation"]),
+            "windows": len(windows), "windows_above": int(sum(_above(history, windows)))}
+
+
+def _above(history: pd.DataFrame, windows: pd.DataFrame) -> list[bool]:
+    """For each window: does it beat every dream that is at least as fluent?"""
+    out = []
+    for w in windows.itertuples():
+        best = best_at(history, float(w.cross_entropy))
+        out.append(best is None or float(w.activation) > float(best["activation"]))
+    return out

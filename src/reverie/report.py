@@ -1,0 +1,165 @@
+"""One self-contained `report.html` per run: configuration, frontier, the paper's plots, causal token
+attribution for chosen frontier points, and the top dataset windows beside the dreams.
+
+The page works offline (plots are embedded PNGs, styles inline, no script) and every piece of
+model-generated text goes through Jinja's autoescaping, so a dreamed `<script>` shows as text.
+Attribution and the random-prompt baseline need the model; without it the report says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, plots
+from .attribution import attribute
+from .baseline import random_baseline
+from .dream import DreamResult, load_run
+from .errors import ReverieError, RunDirError
+from .frontier import THRESHOLDS, best_at, pareto, summary, versus_data
+from .model import Model
+from .rundir import atomic_write
+from .targets import Direction, as_target
+
+REPORT = "report.html"
+
+
+def _jinja():
+    try:
+        import jinja2
+    except ImportError:
+        raise ReverieError("reports need jinja2 and matplotlib: pip install 'reverie[report]'") from None
+    env = jinja2.Environment(loader=jinja2.PackageLoader("reverie", "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda x, d=3: "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.{d}f}"
+    env.filters["shown"] = lambda text: repr(str(text))[1:-1]
+    return env
+
+
+def read_scan(scan: str | Path | pd.DataFrame | None) -> pd.DataFrame | None:
+    """A scan's windows: a DataFrame as is, or `SCAN_DIR` / `SCAN_DIR/scan.parquet` from `reverie scan`."""
+    if scan is None or isinstance(scan, pd.DataFrame):
+        return scan
+    path = Path(scan)
+    path = path / "scan.parquet" if path.is_dir() else path
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"cannot read the scan {path} ({e}): pass the folder `reverie scan --out` wrote") from None
+
+
+def _png(fig) -> str:
+    return "data:image/png;base64," + base64.b64encode(plots.png(fig)).decode()
+
+
+def _points(history: pd.DataFrame, n: int) -> list[pd.Series]:
+    """Frontier points worth explaining: the best at cross-entropy <= 4, 5, 6 and unconstrained."""
+    picks, seen = [], set()
+    for limit in THRESHOLDS:
+        row = best_at(history, limit)
+        if row is not None and tuple(row["ids"]) not in seen:
+            seen.add(tuple(row["ids"]))
+            picks.append(row)
+    return picks[-n:] if n > 0 else []
+
+
+def _heatmap(table: pd.DataFrame) -> list[dict]:
+    """Per token: text, colour (drop under the worst substitute) and bar (drop under the best alternative),
+    both relative to the prompt's activation, and the hover details."""
+    base = float(table["baseline"].iloc[0])
+    scale = abs(base) if abs(base) > 1e-6 else 1.0
+    tokens = []
+    for r in table.itertuples():
+        subs = ", ".join(f"{plots.label(t, 16)} {a:.2f}" for t, a in r.substitutes[:8])
+        tokens.append({
+            "text": str(r.token).replace("\n", "↵"),
+            "heat": float(np.clip(r.drop_worst / scale, 0, 1)),
+            "bar": float(np.clip(r.drop_best / scale, 0, 1)),
+            "tip": (f"token {r.token!r} (id {r.token_id})\n"
+                    f"worst substitute {r.worst_substitute!r}: {r.worst_activation:.3f} (drop {r.drop_worst:.3f})\n"
+                    f"best alternative {r.best_substitute!r}: {r.best_activation:.3f} (drop {r.drop_best:.3f})\n"
+                    f"top substitutes: {subs}"),
+        })
+    return tokens
+
+
+def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | None = None, target=None,
+                 points: int = 4, k: int = 32, baseline_prompts: int = 512) -> str:
+    """The report's HTML. `model` (and `target`, for Python-only targets) enables attribution and the
+    random-prompt baseline; `scan` adds the dataset windows for this run's target."""
+    run = run if isinstance(run, DreamResult) else load_run(run)
+    history = run.history
+    front = pareto(history)
+    title = f"{run.target} — {run.model}"
+    notes = []
+
+    windows = read_scan(scan)
+    if windows is not None:
+        windows = windows[windows["target"] == run.target].sort_values("activation", ascending=False)
+        if windows.empty:
+            notes.append(f"The scan has no windows for {run.target}; scan it with `reverie scan --target '{run.target}'`.")
+            windows = None
+
+    baseline, attributions = None, []
+    resolved = None
+    if model is not None:
+        try:
+            resolved = as_target(target if target is not None else run.target, model)
+        except ReverieError as e:
+            notes.append(f"No attribution or baseline: {e}")
+    else:
+        notes.append("Attribution and the random-prompt baseline need the model: `reverie report RUN_DIR` loads it.")
+    if resolved is not None:
+        length = len(history["ids"].iloc[0]) if len(history) else run.config.length
+        baseline = random_baseline(model, resolved, n=baseline_prompts, length=length, seed=run.config.seed)
+        for row in _points(history, points):
+            if row["activation"] <= baseline.mean + 2 * baseline.std:
+                continue  # nothing above random prompts to explain
+            table = attribute(model, resolved, [int(t) for t in row["ids"]], k=k)
+            attributions.append({"activation": float(row["activation"]), "cross_entropy": float(row["cross_entropy"]),
+                                 "text": row["text"], "tokens": _heatmap(table)})
+    zscores = baseline is not None and isinstance(resolved, Direction)
+
+    figures = [("Pareto frontier", _png(plots.frontier_plot(history, f"{run.target}: frontier")))]
+    if windows is not None:
+        figures.append(("Dreams vs dataset windows", _png(plots.dreams_vs_data(history, windows, f"{run.target}: dreams vs data"))))
+    figures.append(("Frontier over iterations", _png(plots.frontier_over_iterations(history, title=f"{run.target}: search progress"))))
+
+    def z(x):
+        return float(baseline.z(x)) if zscores else None
+
+    frontier_rows = [{"iteration": int(r.iteration), "activation": r.activation, "z": z(r.activation),
+                      "cross_entropy": r.cross_entropy, "text": r.text} for r in front.itertuples()]
+    best_rows = [{"max_ce": "any" if math.isinf(r.max_cross_entropy) else f"≤ {r.max_cross_entropy:g}",
+                  "activation": r.activation, "z": None if r.text is None else z(r.activation),
+                  "cross_entropy": r.cross_entropy, "text": r.text} for r in summary(history).itertuples()]
+    config = {"model": run.model, "target": run.target, "iterations": run.iterations, "stopped": run.stopped,
+              "prompts scored": len(history), **{f"epo.{k}": v for k, v in run.config.to_dict().items()}}
+    return _jinja().get_template("report.html.j2").render(
+        title=title, run=run, config=config, best=best_rows, frontier=frontier_rows, figures=figures,
+        attributions=attributions, k=k, baseline=baseline, zscores=zscores, notes=notes,
+        windows=None if windows is None else windows.head(20).to_dict("records"),
+        versus=None if windows is None else versus_data(history, windows),
+        version=__version__, created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
+
+
+def write_report(run: DreamResult | str | Path, *, out: str | Path | None = None, **kw) -> Path:
+    """Write `report.html` into the run directory (or to `out`); returns its path. Options as for
+    `build_report`."""
+    run = run if isinstance(run, DreamResult) else load_run(run)
+    if out is None and run.run_dir is None:
+        raise RunDirError("this result has no run directory: pass out='report.html'")
+    html = build_report(run, **kw)
+    path = Path(out) if out is not None else run.run_dir / REPORT
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    except OSError as e:
+        raise RunDirError(f"cannot write the report {path} ({e.strerror})") from None
+    return path
+
+

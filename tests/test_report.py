@@ -1,0 +1,189 @@
+"""Reports: the random-prompt baseline, the paper's plots, and a self-contained report.html that renders in
+a real browser (headless Chromium via Playwright), escapes every dreamed text and runs no script."""
+
+import math
+import os
+import shutil
+import sys
+
+import pandas as pd
+import pytest
+
+import reverie
+from reverie import EPOConfig, dream, random_baseline
+from reverie.frontier import versus_data
+from reverie.report import build_report, write_report
+from reverie.scan import ScanConfig, scan
+
+from test_cli import SMALL, run
+
+XSS = "<script>alert(1)</script></div>"
+CONFIG = EPOConfig(population=4, children=8, top_k=32, length=8, iters=4, seed=0)
+TEXTS = ["The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
+         "Rivers carry sediment from mountains to the sea, building deltas where the water slows down."]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    for i, text in enumerate(TEXTS):
+        (folder / f"doc{i}.txt").write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_llama):
+    out = tmp_path_factory.mktemp("runs") / "n7"
+    dream(tiny_llama, "neuron:L1.N7", CONFIG, out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def xss_run(tmp_path_factory, tiny_llama):
+    """A real run whose best dream is `<script>alert(1)</script></div>` (its history row is rewritten to
+    that text and those tokens, as if EPO had found it)."""
+    out = tmp_path_factory.mktemp("runs") / "xss"
+    dream(tiny_llama, "neuron:L1.N7", EPOConfig(population=2, children=4, top_k=16, length=8, iters=2,
+                                                 init_prompt=XSS, check_retokenization=False), out=out)
+    history = pd.read_parquet(out / "history.parquet")
+    best = history["activation"].idxmax()
+    history.at[best, "text"] = XSS
+    history.at[best, "ids"] = tiny_llama.tokenizer(XSS, add_special_tokens=False)["input_ids"]
+    history.to_parquet(out / "history.parquet", index=False)
+    return out
+
+
+def test_random_baseline_matches_a_direct_computation(tiny_llama):
+    base = random_baseline(tiny_llama, "direction:L1", n=64, length=8, seed=3)
+    assert base.n == 64 and base.length == 8 and base.std > 0
+    assert random_baseline(tiny_llama, "direction:L1", n=64, length=8, seed=3) == base  # seeded
+    assert abs(float(base.z(base.mean))) < 1e-9 and math.isclose(float(base.z(base.mean + base.std)), 1.0)
+    # a dream of the direction sits many standard deviations above random prompts
+    result = dream(tiny_llama, "direction:L1", EPOConfig(population=4, children=16, top_k=64, length=8, iters=15))
+    assert base.z(result.best()["activation"]) > 3
+
+
+def test_versus_data_compares_at_equal_fluency():
+    history = pd.DataFrame({"iteration": 0, "ids": [[1], [2], [3]], "text": ["a", "b", "c"],
+                            "activation": [1.0, 3.0, 5.0], "cross_entropy": [4.0, 6.0, 9.0]})
+    windows = pd.DataFrame({"activation": [2.0, 2.5], "cross_entropy": [6.5, 3.0], "text": ["w1", "w2"]})
+    v = versus_data(history, windows)
+    assert v["window_activation"] == 2.5 and v["dream_activation"] is not None
+    assert math.isnan(v["dream_activation"]) and v["windows_above"] == 1   # nothing as fluent as 3.0
+    v = versus_data(history, windows.iloc[:1])
+    assert v["dream_activation"] == 3.0 and v["margin"] == 1.0 and v["windows_above"] == 0
+
+
+def test_report_has_every_section(run_dir, tiny_llama, corpus):
+    windows = scan(tiny_llama, ["neuron:L1.N7", "neuron:L1.N8"], str(corpus), ScanConfig(window=8, top=5, chunk=16))
+    html = build_report(run_dir, scan=windows, model=tiny_llama, points=2, k=4)
+    front = reverie.load_run(run_dir).frontier()
+    assert html.count('src="data:image/png;base64,') == 3          # frontier, dreams vs data, over iterations
+    assert html.count("<tr>") >= len(front) + 5 + 4                  # frontier rows + windows + best table
+    assert 'id="windows"' in html and "Best dataset window" in html
+    assert 'class="tok"' in html and "Random-prompt baseline" in html
+    assert "http://" not in html and "https://" not in html           # nothing fetched from anywhere
+    without = build_report(run_dir)                                   # no model: says so, still renders
+    assert "need the model" in without and 'class="tok"' not in without and without.count("data:image/png") == 2
+
+
+def test_direction_report_shows_z_scores(tmp_path, tiny_llama):
+    dream(tiny_llama, "direction:L1", CONFIG, out=tmp_path / "d")
+    html = build_report(tmp_path / "d", model=tiny_llama, points=1, k=4, baseline_prompts=64)
+    assert "<th>z</th>" in html
+    assert "<th>z</th>" not in build_report(tmp_path / "d")           # no baseline without the model
+
+
+def test_dreamed_markup_is_escaped(xss_run, tiny_llama):
+    html = build_report(xss_run, model=tiny_llama, points=4, k=4)
+    assert "<script" not in html and "alert(1)" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;/div&gt;" in html
+
+
+def test_cli_dream_writes_report_and_report_command(monkeypatch, capsys, tiny_dir, tmp_path, corpus):
+    code, out, err = run(monkeypatch, capsys, "scan", "--model", tiny_dir, "--target", "neuron:L1.N7",
+                         "--corpus", corpus, "--out", tmp_path / "scan", "--window", "8", "--chunk", "16")
+    assert code in (0, None), err
+    code, out, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7",
+                         "--out", tmp_path / "a", "--scan", tmp_path / "scan", *SMALL)
+    assert code in (0, None), err
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert 'id="windows"' in html and 'class="tok"' in html
+    code, out, err = run(monkeypatch, capsys, "report", tmp_path / "a", "--no-model", "--out", tmp_path / "r.html")
+    assert code in (0, None), err
+    assert (tmp_path / "r.html").exists() and 'class="tok"' not in (tmp_path / "r.html").read_text()
+    code, _, err = run(monkeypatch, capsys, "report", tmp_path / "a", "--scan", tmp_path / "nowhere")
+    assert code == 2 and "cannot read the scan" in err
+    code, _, err = run(monkeypatch, capsys, "report", tmp_path / "nothing")
+    assert code == 2
+    code, _, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7",
+                       "--out", tmp_path / "b", "--scan", tmp_path / "nowhere", *SMALL)
+    assert code == 2 and not (tmp_path / "b").exists()              # fails before any work
+
+
+# ------------------------------------------------------------------------------ in a real browser
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    executable = _chromium()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("no chromium on this machine: apt-get install chromium")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def _open(browser, path):
+    page = browser.new_page()
+    problems, dialogs = [], []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("requestfailed", lambda r: problems.append(f"failed {r.url}"))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page, problems, dialogs
+
+
+def test_report_renders_in_chromium(browser, run_dir, tiny_llama, corpus, tmp_path):
+    windows = scan(tiny_llama, ["neuron:L1.N7"], str(corpus), ScanConfig(window=8, top=5, chunk=16))
+    path = write_report(run_dir, scan=windows, model=tiny_llama, points=2, k=4, out=tmp_path / "report.html")
+    page, problems, dialogs = _open(browser, path)
+    assert problems == [] and dialogs == []
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) == 3 and min(widths) > 300                     # every plot decoded
+    rows = page.locator("#frontier tr").count() - 1
+    assert rows == len(reverie.load_run(run_dir).frontier()) and page.locator("#frontier").is_visible()
+    assert page.locator("#windows tr").count() > 1
+    tokens = page.locator(".attr .tok")
+    assert tokens.count() >= 8
+    tip = tokens.first.locator(".tip")
+    assert not tip.is_visible()
+    tokens.first.hover()
+    assert tip.is_visible() and "worst substitute" in tip.inner_text()   # hover details
+    page.close()
+
+
+def test_dreamed_script_is_text_in_chromium(browser, xss_run, tiny_llama):
+    path = write_report(xss_run, model=tiny_llama, points=4, k=4)
+    page, problems, dialogs = _open(browser, path)
+    assert dialogs == [] and problems == []                            # alert(1) never ran
+    assert page.evaluate("document.scripts.length") == 0
+    assert XSS in page.locator("#frontier").inner_text() or XSS in page.locator("#best").inner_text()
+    assert page.locator("h2").count() >= 5                             # the stray </div> broke no layout
+    page.close()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
