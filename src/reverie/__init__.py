@@ -7,10 +7,19 @@ from .epo import EPO, EPOConfig, EPOState, Step  # noqa: E402
 from .errors import ConfigError, ModelError, ReverieError, RunDirError, TargetError  # noqa: E402
 from .frontier import best_at, merge, pareto, summary  # noqa: E402
 from .model import Model, load_model  # noqa: E402
+from .baseline import Baseline, random_baseline  # noqa: E402
 from .targets import Attention, Custom, Direction, Logit, Neuron, Target, parse_target  # noqa: E402
+
+
+def write_report(run, **kw):
+    """Write a run's self-contained report.html (see `reverie.report.write_report`; needs reverie[report])."""
+    from .report import write_report as write
+    return write(run, **kw)
+
 
 __all__ = [
     "Attention", "ConfigError", "Custom", "Direction", "DreamResult", "EPO", "EPOConfig", "EPOState",
     "Logit", "Model", "ModelError", "Neuron", "ReverieError", "RunDirError", "Step", "Target", "TargetError",
-    "best_at", "dream", "load_model", "load_run", "merge", "pareto", "parse_target", "resume", "summary",
+    "Baseline", "best_at", "dream", "load_model", "load_run", "merge", "pareto", "parse_target", "random_baseline",
+    "resume", "summary", "write_report",
 ]

@@ -75,8 +75,10 @@ def dream(
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: bf16 where the hardware does it well)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
+    scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: put its top windows for this target in the report."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory at the end."),
 ) -> None:
-    """Dream a feature with EPO and write a resumable run directory."""
+    """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
     from .dream import dream as run_dream, resume as run_resume
     from .epo import EPOConfig
     from .model import load_model
@@ -103,6 +105,7 @@ def dream(
         RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
         run_path, model_spec, total = resume, saved["model"], iters or saved["epo"]["iters"]
         dtype = dtype or saved.get("dtype")
+    windows = _read_scan(scan_dir) if report else None  # a bad --scan fails before any work
     if not quiet:
         console.print(f"[dim]loading model {model_spec} …[/dim]", soft_wrap=True)
     loaded = load_model(model_spec, dtype=dtype, device=device)
@@ -122,6 +125,28 @@ def dream(
                       f"run directory: {run_path}", soft_wrap=True)
     if result.stopped in ("interrupted", "time"):
         out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
+    if report:
+        _write_report(run_path, scan=windows, model=loaded, quiet=quiet)
+
+
+def _read_scan(scan_dir: Optional[Path]):
+    if scan_dir is None:
+        return None
+    from .report import read_scan
+    return read_scan(scan_dir)
+
+
+def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
+    """Write the run's report; a failure here is reported but loses nothing (the run is already saved)."""
+    try:
+        from .report import write_report
+        if not quiet:
+            console.print("[dim]writing the report (attribution, baseline, plots) …[/dim]")
+        path = write_report(run_path, **kw)
+    except ReverieError as e:
+        console.print(f"no report: {e}", soft_wrap=True)
+    else:
+        out_console.print(f"report: {path}", soft_wrap=True)
 
 
 class LiveDisplay:
@@ -254,6 +279,32 @@ def attribute(
     out_console.print(view)
     if export is not None:
         _export(table.drop(columns="substitutes"), export)
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="A run directory written by `reverie dream`."),
+    scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: show its top windows for the run's target beside the dreams."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the HTML (default: RUN/report.html)."),
+    points: int = typer.Option(4, help="Frontier prompts to explain with attribution heat-maps."),
+    k: int = typer.Option(32, "-k", help="Gradient candidates substituted per position in the attribution."),
+    no_model: bool = typer.Option(False, "--no-model", help="Do not load the model: no attribution, no baseline (fast)."),
+    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default: the run's)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+) -> None:
+    """Write a self-contained report.html for a run: frontier, plots, attribution, dataset windows."""
+    from .dream import load_run
+    from .model import load_model
+    from .report import read_scan, write_report
+    from .rundir import RunDir
+
+    result = load_run(run)
+    windows = read_scan(scan_dir)
+    loaded = None
+    if not no_model:
+        loaded = load_model(result.model, dtype=dtype or RunDir(run).config().get("dtype"), device=device)
+    path = write_report(result, out=out or run / "report.html", scan=windows, model=loaded, points=points, k=k)
+    out_console.print(f"report: {path}", soft_wrap=True)
 
 
 def _export(frame, path: Path) -> None:
