@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from reverie import EPOConfig, TargetError
+from reverie import ConfigError, EPOConfig, TargetError
 from reverie.dream import _setup
 from reverie.scan import ScanConfig, bundled_corpus, documents, scan
 
@@ -103,3 +103,27 @@ def test_bundled_corpus_is_clean_prose():
     text = "\n".join(docs)
     assert "[[" not in text and "{{" not in text and "<ref" not in text and "''" not in text
     assert " the " in text
+
+
+def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
+    """Half the slots start at the windows that suit their λ; the frontier begins at the data."""
+    from reverie import dream, load_run, resume
+    from reverie.frontier import versus_data
+    windows = scan(tiny_llama, ["neuron:L1.N5"], str(corpus_dir), ScanConfig(window=8, top=10, chunk=16))
+    config = EPOConfig(population=4, children=8, top_k=32, length=8, iters=4, check_retokenization=False)
+    result = dream(tiny_llama, "neuron:L1.N5", config, starts=windows, out=tmp_path / "run")
+    first = result.history[result.history["iteration"] == 0]
+    by_text = {tuple(map(int, i)) for i in windows["ids"]}
+    started = [tuple(map(int, i)) in by_text for i in first["ids"]]
+    assert started == [False, True, False, True]                        # every other slot, the rest random
+    lam = config.slot_penalties()
+    best_for = lambda slot: tuple(windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"])
+    assert result.config.init_ids[3] == best_for(3)                    # the most fluent slot: the most fluent good window
+    assert result.config.init_ids[1] in (best_for(1), best_for(3))       # (unless slot 3 took it already)
+    assert versus_data(result.history, windows)["margin"] >= 0         # never below the best window
+    assert load_run(tmp_path / "run").config.init_ids == result.config.init_ids
+    assert resume(tmp_path / "run", model=tiny_llama, iters=6).iterations == 6
+    with pytest.raises(ConfigError, match="no windows for neuron:L1.N6"):
+        dream(tiny_llama, "neuron:L1.N6", config, starts=windows)
+    with pytest.raises(ConfigError, match="no 12-token window"):
+        dream(tiny_llama, "neuron:L1.N5", EPOConfig(iters=1, length=12), starts=windows)

@@ -77,6 +77,7 @@ def dream(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
     scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: put its top windows for this target in the report."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory at the end."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: half the population starts at its top windows for this target."),
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
     from .dream import dream as run_dream, resume as run_resume
@@ -86,6 +87,8 @@ def dream(
 
     if resume is None and target is None:
         raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
+    if resume is not None and init_from is not None:
+        raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
         common = dict(top_k=top_k, length=length, iters=300 if iters is None else iters, seed=seed,
                       init_prompt=prompt, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
@@ -105,14 +108,16 @@ def dream(
         RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
         run_path, model_spec, total = resume, saved["model"], iters or saved["epo"]["iters"]
         dtype = dtype or saved.get("dtype")
-    windows = _read_scan(scan_dir) if report else None  # a bad --scan fails before any work
+    windows = _read_scan(scan_dir) if report else None  # a bad --scan or --init-from fails before any work
+    starts = _read_scan(init_from)
     if not quiet:
         console.print(f"[dim]loading model {model_spec} …[/dim]", soft_wrap=True)
     loaded = load_model(model_spec, dtype=dtype, device=device)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
     try:
         if resume is None:
-            result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every)
+            result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every,
+                               starts=starts)
         else:
             result = run_resume(resume, model=loaded, iters=iters, time_budget=time_budget, callback=display,
                                 checkpoint_every=checkpoint_every)
@@ -132,7 +137,7 @@ def dream(
 def _read_scan(scan_dir: Optional[Path]):
     if scan_dir is None:
         return None
-    from .report import read_scan
+    from .scan import read_scan
     return read_scan(scan_dir)
 
 
@@ -295,7 +300,8 @@ def report(
     """Write a self-contained report.html for a run: frontier, plots, attribution, dataset windows."""
     from .dream import load_run
     from .model import load_model
-    from .report import read_scan, write_report
+    from .report import write_report
+    from .scan import read_scan
     from .rundir import RunDir
 
     result = load_run(run)

@@ -22,6 +22,7 @@ from .frontier import best_at, pareto, summary
 from .history import History
 from .model import Model, load_model
 from .rundir import RunDir
+from .scan import data_starts, read_scan
 from .scoring import Scorer, auto_batch_size
 from .targets import Target, as_target
 from .vocab import Vocabulary
@@ -105,13 +106,15 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
 def dream(model: Model | str = "bundled", target: Target | str | Callable = "neuron:L9.N402",
           config: EPOConfig | None = None, *, out: str | Path | None = None,
           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
-          dtype: str | None = None, device: str | None = None) -> DreamResult:
+          dtype: str | None = None, device: str | None = None, starts=None) -> DreamResult:
     """Find short, fluent prompts that drive `target` high.
 
     model: a loaded `Model`, or a spec for `load_model` (hub id, folder, .gguf, "bundled").
     target: a spec string (`neuron:L9.N402`, `logit:" dog"`, ...), a `Target`, or a callable.
     out: a run directory to write (config, checkpoints, history, frontier); resumable with `resume`.
     callback: called after every iteration with a `Step`; return False to stop.
+    starts: dataset windows to start from (a `reverie scan` folder or its DataFrame): half the slots
+        begin at the windows that suit their λ best, the other half at random prompts.
     """
     config = config or EPOConfig()
     config.validate()
@@ -120,6 +123,12 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
     target, scorer = _setup(model, target, config)
+    if starts is not None:
+        windows = read_scan(starts)
+        windows = windows[windows["target"] == target.spec]
+        if windows.empty:
+            raise ConfigError(f"the scan has no windows for {target.spec}: scan it with --target '{target.spec}'")
+        config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
     run_dir = None
     if out is not None:
         run_dir = RunDir(out)

@@ -44,6 +44,7 @@ class EPOConfig:
     restart_penalty: tuple[float, float] = (0.667, 6.0)
     seed: int = 0
     init_prompt: str | None = None
+    init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
     time_budget: float | None = None          # seconds; stop cleanly when spent
     ban_tokens: tuple[str, ...] = ()          # tokens never proposed (text or id)
     ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
@@ -76,6 +77,12 @@ class EPOConfig:
             raise ConfigError(f"need 0 < penalty_min <= penalty_max, got {self.penalty_min} and {self.penalty_max}")
         if self.penalties is not None and len(self.penalties) != self.population:
             raise ConfigError(f"{len(self.penalties)} penalties given for a population of {self.population}")
+        if len(self.init_ids) > self.population:
+            raise ConfigError(f"{len(self.init_ids)} starting prompts given for a population of {self.population}")
+        if any(len(p) not in (0, self.length) for p in self.init_ids):
+            raise ConfigError(f"every starting prompt must be {self.length} tokens (the prompt length)")
+        if self.init_ids and self.init_prompt:
+            raise ConfigError("give an initial prompt or starting prompts, not both")
         lo, hi = self.restart_penalty
         if not 0 <= lo <= hi:
             raise ConfigError(f"restart_penalty must be a range lo <= hi, got {self.restart_penalty}")
@@ -93,6 +100,7 @@ class EPOConfig:
         for key in ("penalties", "restart_penalty", "ban_tokens", "ban_strings"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
+        d["init_ids"] = tuple(tuple(int(t) for t in p) for p in d.get("init_ids") or ())
         return cls(**d)
 
 
@@ -156,6 +164,9 @@ class EPO:
             population = torch.tensor(ids)[None].repeat(c.population, 1)
         else:
             population = self.vocab.random_prompts(c.population, c.length, self.generator)
+            for i, ids in enumerate(c.init_ids):
+                if ids:
+                    population[i] = torch.tensor(ids)
         f, ce = self._score(population)
         self.history.add(0, torch.arange(c.population), population, f, ce, torch.ones(c.population, dtype=torch.bool))
         return EPOState(0, population, f, ce, self.generator.get_state())

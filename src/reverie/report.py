@@ -24,6 +24,7 @@ from .errors import ReverieError, RunDirError
 from .frontier import THRESHOLDS, best_at, pareto, summary, versus_data
 from .model import Model
 from .rundir import atomic_write
+from .scan import read_scan
 from .targets import Direction, as_target
 
 REPORT = "report.html"
@@ -39,18 +40,6 @@ def _jinja():
     env.filters["num"] = lambda x, d=3: "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.{d}f}"
     env.filters["shown"] = lambda text: repr(str(text))[1:-1]
     return env
-
-
-def read_scan(scan: str | Path | pd.DataFrame | None) -> pd.DataFrame | None:
-    """A scan's windows: a DataFrame as is, or `SCAN_DIR` / `SCAN_DIR/scan.parquet` from `reverie scan`."""
-    if scan is None or isinstance(scan, pd.DataFrame):
-        return scan
-    path = Path(scan)
-    path = path / "scan.parquet" if path.is_dir() else path
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"cannot read the scan {path} ({e}): pass the folder `reverie scan --out` wrote") from None
 
 
 def _png(fig) -> str:

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 import torch
 
-from .errors import ConfigError, ReverieError, TargetError
+from .errors import ConfigError, ReverieError, RunDirError, TargetError
 from .model import Model, cache_dir
 from .rundir import atomic_write
 from .scoring import Scorer
@@ -215,3 +215,45 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
                                      "position", "ids", "text"])
     out = pd.concat(rows, ignore_index=True)
     return out[["target", "rank", "activation", "cross_entropy", "in_context", "doc", "position", "ids", "text"]]
+
+
+# ------------------------------------------------------------------------------------ reading scans, data starts
+
+def read_scan(scan: str | Path | pd.DataFrame | None) -> pd.DataFrame | None:
+    """A scan's windows: a DataFrame as is, or `SCAN_DIR` / `SCAN_DIR/scan.parquet` from `reverie scan`."""
+    if scan is None or isinstance(scan, pd.DataFrame):
+        return scan
+    path = Path(scan)
+    path = path / "scan.parquet" if path.is_dir() else path
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"cannot read the scan {path} ({e}): pass the folder `reverie scan --out` wrote") from None
+
+
+def data_starts(windows: pd.DataFrame, penalties: torch.Tensor, vocab: Vocabulary, length: int,
+                every: int = 2) -> tuple[tuple[int, ...], ...]:
+    """Starting prompts from a scan's windows, so a dream's frontier begins at the data and can only climb.
+
+    Every `every`-th slot, from the most fluent (largest λ) down, takes the unused window that
+    maximises its own objective f − λ·CE; the other slots start random (exploration). Windows of
+    another length, or that fail the vocabulary's checks (banned text, re-tokenisation), are skipped."""
+    windows = windows[[len(i) == length for i in windows["ids"]]]
+    if windows.empty:
+        raise ConfigError(f"the scan has no {length}-token window for this target: scan with --window {length}")
+    ids = torch.tensor([list(map(int, i)) for i in windows["ids"]])
+    usable = vocab.ok(ids)
+    ids, f = ids[usable], torch.tensor(windows["activation"].to_numpy(), dtype=torch.float32)[usable]
+    ce = torch.tensor(windows["cross_entropy"].to_numpy(), dtype=torch.float32)[usable]
+    if len(ids) == 0:
+        raise ConfigError("none of the scan's windows for this target passes the prompt checks (banned text, re-tokenisation)")
+    starts: list[tuple[int, ...]] = [()] * len(penalties)
+    free = torch.ones(len(ids), dtype=torch.bool)
+    for slot in range(len(penalties) - 1, -1, -every):
+        if not free.any():
+            break
+        score = torch.where(free, f - float(penalties[slot]) * ce, -torch.inf)
+        j = int(score.argmax())
+        free[j] = False
+        starts[slot] = tuple(ids[j].tolist())
+    return tuple(starts)
