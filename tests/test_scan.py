@@ -120,7 +120,7 @@ def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     best_for = lambda slot: tuple(windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"])
     assert result.config.init_ids[3] == best_for(3)                    # the most fluent slot: the most fluent good window
     assert result.config.init_ids[1] in (best_for(1), best_for(3))       # (unless slot 3 took it already)
-    assert versus_data(result.history, windows)["margin"] >= 0         # never below the best window
+    assert versus_data(result.history, windows)["margin"] >= -1e-4     # never below the best window
     assert load_run(tmp_path / "run").config.init_ids == result.config.init_ids
     assert resume(tmp_path / "run", model=tiny_llama, iters=6).iterations == 6
     with pytest.raises(ConfigError, match="no windows for neuron:L1.N6"):
