@@ -6,7 +6,7 @@ fp32 logits. All targets read the last prompt position unless given another `pos
 
 Spec strings: `neuron:L9.N402`, `neuron:blocks.9.mlp.hook_post.N402`, `logit:" dog"`,
 `direction:L8` (seeded random unit vector), `direction:L8:seed=3`, `direction:L8:path.npy`,
-`direction:blocks.8.hook_resid_pre`, `attention:L3.H2.K-2`.
+`direction:blocks.8.hook_resid_pre`, `attention:L3.H2.K-2`, `sae:FOLDER:F123` (see `sae.py`).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ _PATTERNS = {
     "attention": re.compile(r"^L(?P<layer>\d+)\.H(?P<head>\d+)\.K(?P<key>-?\d+)$"),
 }
 _USAGE = ("neuron:L9.N402, logit:\" dog\", direction:L8[:seed=N|:path.npy], attention:L3.H2.K-2, "
-          "or a hook name such as neuron:blocks.9.mlp.hook_post.N402")
+          "sae:SAE_FOLDER:F123, or a hook name such as neuron:blocks.9.mlp.hook_post.N402")
 
 
 def token_arg(text: str) -> str | int:
@@ -219,8 +219,14 @@ def token_arg(text: str) -> str | int:
 def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
     """A Target from a spec string. `ban` goes to logit targets (rejected text)."""
     kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("neuron", "logit", "direction", "attention"):
+    if not sep or kind not in ("neuron", "logit", "direction", "attention", "sae"):
         raise TargetError(f"cannot parse target {spec!r}: use {_USAGE}")
+    if kind == "sae":
+        from .sae import SAEFeature
+        path, sep, feature = rest.rpartition(":F")
+        if not sep or not path or not feature.isdigit():
+            raise TargetError(f"cannot parse target {spec!r}: use sae:SAE_FOLDER:F123")
+        return SAEFeature(path, int(feature))
     if kind == "logit":
         token = token_arg(rest)
         if token == "":
