@@ -147,3 +147,22 @@ def test_scores_are_fp32_under_bf16(tokenizer):
 def test_config_errors(tiny_llama, bad, message):
     with pytest.raises(reverie.ConfigError, match=message):
         reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, **bad}))
+
+
+def test_top_k_schedule_grows_k(tiny_llama):
+    config = EPOConfig(population=2, children=16, top_k=64, top_k_start=1, length=6, iters=11, restart_every=0,
+                       check_retokenization=False)
+    _, scorer = _setup(tiny_llama, "neuron:L1.N3", config)
+    epo = EPO(scorer, config)
+    assert [epo.k_at(t) for t in (0, 5, 10)] == [1, 32, 64]
+    top = scorer.top_k(epo.state.population, epo.penalties, 64)
+    parents = epo.state.population.clone()
+    epo.step()
+    children = torch.tensor([list(map(int, i)) for i in epo.history.frame(scorer.vocab.decode).query("iteration == 1")["ids"]])
+    for j, child in enumerate(children):
+        slot = j // 16
+        changed = (child != parents[slot]).nonzero()
+        for p in changed[:, 0].tolist():                    # k = 1 at iteration 0: only each position's best token
+            assert child[p] == top[slot, p, 0]
+    with pytest.raises(reverie.ConfigError, match="cannot exceed"):
+        EPOConfig(top_k=8, top_k_start=9).validate()

@@ -58,6 +58,7 @@ def dream(
     population: int = typer.Option(8, help="Population size M."),
     children: int = typer.Option(32, help="Children per member per iteration r."),
     top_k: int = typer.Option(512, "--top-k", help="Candidate tokens per position k."),
+    top_k_start: Optional[int] = typer.Option(None, "--top-k-start", help="Grow k linearly from this to --top-k over the run."),
     length: int = typer.Option(12, help="Prompt length in tokens n (the --prompt's length wins)."),
     penalty_min: float = typer.Option(0.1, help="Smallest fluency penalty λ."),
     penalty_max: float = typer.Option(10.0, help="Largest fluency penalty λ."),
@@ -90,7 +91,7 @@ def dream(
     if resume is not None and init_from is not None:
         raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
-        common = dict(top_k=top_k, length=length, iters=300 if iters is None else iters, seed=seed,
+        common = dict(top_k=top_k, top_k_start=top_k_start, length=length, iters=300 if iters is None else iters, seed=seed,
                       init_prompt=prompt, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
                       ban_strings=tuple(ban), ascii_only=ascii_only, check_retokenization=retokenize_check,
                       batch_size=batch_size)
@@ -327,6 +328,101 @@ def _export(frame, path: Path) -> None:
             raise ReverieError(f"cannot export to {path}: use a .csv, .parquet or .json file name")
     except OSError as e:
         raise ReverieError(f"cannot write {path} ({e.strerror})") from None
+
+
+@app.command()
+def sweep(
+    targets: List[str] = typer.Option(..., "--targets", "-t", help="Target specs: a file (one per line, # comments), a range (neuron:L9.N0-63, neuron:L*.N5) or a comma list; repeatable."),
+    seeds: str = typer.Option("0", "--seeds", "-s", help="Seeds per target: 0-4, 0,2,5 or one number."),
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep folder; rerun the same command to resume. On Ray, a path every node can reach."),
+    model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on Ray (pip install 'reverie[ray]'): a local cluster unless --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); implies --ray."),
+    actors: Optional[int] = typer.Option(None, help="Ray actors (default: one per slot of the cluster)."),
+    cpus_per_actor: float = typer.Option(1.0, help="CPUs per Ray actor (its torch threads)."),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default 1 if the cluster has GPUs, else 0)."),
+    retries: int = typer.Option(2, help="Tries after a job's first failure before it is recorded as failed."),
+    iters: int = typer.Option(300, "--iters", "-n", help="Iterations per run."),
+    population: int = typer.Option(8, help="Population size M."),
+    children: int = typer.Option(32, help="Children per member per iteration r."),
+    top_k: int = typer.Option(512, "--top-k", help="Candidate tokens per position k."),
+    length: int = typer.Option(12, help="Prompt length in tokens n."),
+    penalty_min: float = typer.Option(0.1, help="Smallest fluency penalty λ."),
+    penalty_max: float = typer.Option(10.0, help="Largest fluency penalty λ."),
+    restart_every: int = typer.Option(30, help="Restart every this many iterations (0 = never)."),
+    ban: List[str] = typer.Option([], "--ban", help="Reject prompts containing this text; repeatable."),
+    ascii_only: bool = typer.Option(False, "--ascii-only", help="Only printable-ASCII tokens."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts per forward pass (default: from free memory)."),
+    checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write each run's report.html when it finishes."),
+    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (in-process; Ray actors use what they are given)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
+) -> None:
+    """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
+    from .epo import EPOConfig
+    from .sweep import sweep as run_sweep
+
+    config = EPOConfig(population=population, children=children, top_k=top_k, length=length, iters=iters,
+                       penalty_min=penalty_min, penalty_max=penalty_max, restart_every=restart_every,
+                       ban_strings=tuple(ban), ascii_only=ascii_only, batch_size=batch_size)
+    display = SweepDisplay(enabled=not quiet)
+    try:
+        index = run_sweep(model, targets, seeds, out, config, executor="ray" if use_ray or ray_address else "local",
+                          ray_address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
+                          gpus_per_actor=gpus_per_actor, retries=retries, checkpoint_every=checkpoint_every,
+                          report=report, dtype=dtype, device=device, progress=display)
+    finally:
+        display.stop()
+    table = Table(title=f"best dreams of {len(index)} targets", title_justify="left")
+    for col in ("target", "status", "best, ce ≤ 5", "best", "prompt"):
+        table.add_column(col, overflow="fold", justify="right" if col.startswith("best") else "left")
+    for r in index.sort_values("activation_any", ascending=False).head(20).itertuples():
+        table.add_row(r.target, r.status, f"{r.activation_ce5:.3f}", f"{r.activation_any:.3f}",
+                      repr(r.prompt_any) if isinstance(r.prompt_any, str) else "")
+    out_console.print(table)
+    failed = int(index["seeds_failed"].sum())
+    out_console.print(f"{int(index['seeds_done'].sum())} runs done, {failed} failed; index: {out / 'index.html'}",
+                      soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+class SweepDisplay:
+    """Sweep progress callback: one bar for the sweep (done / failed / left, ETA), one line per running job."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.jobs = enabled, {}
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console, disable=not enabled)
+        self.sweep = None
+
+    def __call__(self, e) -> None:
+        if e.kind == "loading":
+            console.print("[dim]loading model …[/dim]") if self.enabled else None
+            return
+        if self.sweep is None and e.kind != "end":
+            self.progress.start()
+            self.sweep = self.progress.add_task("[bold]sweep", total=e.total, completed=e.done, note="")
+        if self.sweep is None:
+            return
+        self.progress.update(self.sweep, completed=e.done + e.failed,
+                             note=f"{e.done} done · {e.failed} failed · {e.total - e.done - e.failed} left")
+        key = (e.job.spec, e.job.seed) if e.job is not None else None
+        if e.kind == "job" and key not in self.jobs:
+            self.jobs[key] = self.progress.add_task(f"  {e.job}", total=e.iters, note="iterations")
+        elif e.kind == "iteration" and key in self.jobs:
+            self.progress.update(self.jobs[key], completed=e.iteration)
+        elif e.kind in ("done", "failed", "retry") and key in self.jobs:
+            self.progress.remove_task(self.jobs.pop(key))
+            if e.error:
+                what = {"done": "no report:", "retry": "retrying after", "failed": "failed:"}[e.kind]
+                self.progress.console.print(f"{e.job}: {what} {e.error}", soft_wrap=True, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        if self.sweep is not None:
+            self.progress.stop()
 
 
 def main() -> None:

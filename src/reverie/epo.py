@@ -35,6 +35,7 @@ class EPOConfig:
     population: int = 8                       # M
     children: int = 32                        # r, children per member per iteration
     top_k: int = 512                          # k, candidate tokens per position
+    top_k_start: int | None = None            # grow k linearly from this to top_k over the run (None: fixed k)
     length: int = 12                          # n, prompt tokens (the initial prompt's length wins)
     iters: int = 300                          # T
     penalty_min: float = 0.1                  # λ_min
@@ -66,7 +67,7 @@ class EPOConfig:
         return torch.logspace(math.log10(self.penalty_min), math.log10(self.penalty_max), self.population)
 
     def validate(self) -> None:
-        for name in ("population", "children", "top_k", "length", "batch_size"):
+        for name in ("population", "children", "top_k", "top_k_start", "length", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.length < 2:
@@ -77,6 +78,8 @@ class EPOConfig:
             raise ConfigError(f"need 0 < penalty_min <= penalty_max, got {self.penalty_min} and {self.penalty_max}")
         if self.penalties is not None and len(self.penalties) != self.population:
             raise ConfigError(f"{len(self.penalties)} penalties given for a population of {self.population}")
+        if self.top_k_start is not None and self.top_k_start > self.top_k:
+            raise ConfigError(f"top_k_start ({self.top_k_start}) cannot exceed top_k ({self.top_k})")
         if len(self.init_ids) > self.population:
             raise ConfigError(f"{len(self.init_ids)} starting prompts given for a population of {self.population}")
         if any(len(p) not in (0, self.length) for p in self.init_ids):
@@ -203,6 +206,13 @@ class EPO:
         self._topk_cache = {k: self._topk_cache[k] for k in keys}
         return torch.stack([self._topk_cache[k] for k in keys])
 
+    def k_at(self, iteration: int) -> int:
+        """Candidate tokens per position at an iteration: top_k, or the linear schedule from top_k_start."""
+        c = self.config
+        if c.top_k_start is None or c.iters <= 1:
+            return c.top_k
+        return round(c.top_k_start + (c.top_k - c.top_k_start) * min(iteration / (c.iters - 1), 1.0))
+
     # ---------------------------------------------------------------- one iteration
     def step(self) -> Step:
         c, s, gen = self.config, self.state, self.generator
@@ -216,7 +226,7 @@ class EPO:
 
         # 2. children: r per member, one position swapped for a token drawn from that position's top-k
         pos = torch.randint(n, (M, c.children), generator=gen)
-        pick = torch.randint(top.shape[-1], (M, c.children), generator=gen)
+        pick = torch.randint(min(top.shape[-1], self.k_at(s.iteration)), (M, c.children), generator=gen)
         parent = torch.arange(M)[:, None].expand(M, c.children)
         children = s.population[parent].clone()                          # [M, r, n]
         children.scatter_(2, pos[..., None], top[parent, pos, pick][..., None])
