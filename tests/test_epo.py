@@ -166,3 +166,30 @@ def test_top_k_schedule_grows_k(tiny_llama):
             assert child[p] == top[slot, p, 0]
     with pytest.raises(reverie.ConfigError, match="cannot exceed"):
         EPOConfig(top_k=8, top_k_start=9).validate()
+
+
+def test_adaptive_restart_waits_for_stagnation(tiny_llama, tmp_path):
+    config = EPOConfig(population=3, children=2, top_k=2, length=6, iters=40, restart_every=3, adaptive_restart=True,
+                       check_retokenization=False)
+    _, scorer = _setup(tiny_llama, "neuron:L1.N3", config)
+    epo = EPO(scorer, config)
+    stale, restarts = [0], []
+
+    def record(step):
+        stale.append(step.state.stale)
+        if step.restarted_with is not None:
+            restarts.append(step.iteration)
+
+    epo.run(record)
+    assert restarts                                                       # it did stagnate here (k = 2)
+    for t in restarts:
+        assert stale[t - 1] == 2 and stale[t] == 0                           # 3 iterations without improvement
+    for t in range(1, 40):
+        if t not in restarts:
+            assert stale[t] in (0, stale[t - 1] + 1) and stale[t] < 3
+    # the stale count survives a checkpoint: a resumed run is the same run
+    whole = reverie.dream(tiny_llama, "neuron:L1.N3", config, out=tmp_path / "a").history
+    reverie.dream(tiny_llama, "neuron:L1.N3", config, out=tmp_path / "b", callback=lambda s: s.iteration < 7,
+                  checkpoint_every=1)
+    resumed = reverie.resume(tmp_path / "b", model=tiny_llama).history
+    pd.testing.assert_frame_equal(whole, resumed)

@@ -63,6 +63,7 @@ def dream(
     penalty_min: float = typer.Option(0.1, help="Smallest fluency penalty λ."),
     penalty_max: float = typer.Option(10.0, help="Largest fluency penalty λ."),
     restart_every: int = typer.Option(30, help="Restart every this many iterations (0 = never)."),
+    adaptive_restart: bool = typer.Option(False, "--adaptive-restart", help="Restart only after --restart-every iterations in which no slot improved."),
     gcg: Optional[float] = typer.Option(None, "--gcg", help="Run plain GCG with this fixed penalty (population 1, no restarts)."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same run on CPU."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Initial prompt text for every member."),
@@ -99,7 +100,8 @@ def dream(
             config = EPOConfig.gcg(gcg, children=children, **common)
         else:
             config = EPOConfig(population=population, children=children, penalty_min=penalty_min,
-                               penalty_max=penalty_max, restart_every=restart_every, **common)
+                               penalty_max=penalty_max, restart_every=restart_every,
+                               adaptive_restart=adaptive_restart, **common)
         config.validate()
         run_path = out or _default_out(target)
         RunDir(run_path).check_writable()  # fail before the model loads

@@ -42,6 +42,7 @@ class EPOConfig:
     penalty_max: float = 10.0                 # λ_max
     penalties: tuple[float, ...] | None = None  # explicit λ per slot (overrides min/max)
     restart_every: int = 30                   # T_restart; 0 = never
+    adaptive_restart: bool = False            # restart only after restart_every iterations with no slot improving
     restart_penalty: tuple[float, float] = (0.667, 6.0)
     seed: int = 0
     init_prompt: str | None = None
@@ -116,6 +117,7 @@ class EPOState:
     f: torch.Tensor           # [M]
     ce: torch.Tensor          # [M]
     rng: torch.Tensor         # torch.Generator state
+    stale: int = 0            # iterations since any slot last improved its own objective
 
 
 @dataclass
@@ -248,19 +250,25 @@ class EPO:
         kept = torch.zeros(len(children), dtype=torch.bool)
         kept[best[best >= M] - M] = True
         population, f, ce = pool[best], f_pool[best], ce_pool[best]
+        own = torch.arange(M)
+        improved = bool((score[own, best] > score[own, own] + 1e-6).any())
+        stale = 0 if improved else s.stale + 1
         t4 = time.perf_counter(); phases["selection"] = t4 - t3
 
-        # 5. restart: every T_restart iterations, one random λ_r picks the prompt that fills every slot
+        # 5. restart: every T_restart iterations (adaptive: once no slot has improved for T_restart
+        #    iterations), one random λ_r picks the prompt that fills every slot
         iteration = s.iteration + 1
         restarted = None
-        if c.restart_every and iteration % c.restart_every == 0 and iteration < c.iters:
+        due = stale >= c.restart_every if c.adaptive_restart else iteration % max(c.restart_every, 1) == 0
+        if c.restart_every and due and iteration < c.iters:
             lo, hi = c.restart_penalty
             restarted = lo + (hi - lo) * float(torch.rand(1, generator=gen))
             j = int(objective(f, ce, torch.tensor([restarted]))[0].argmax())
             population, f, ce = population[j].repeat(M, 1), f[j].repeat(M), ce[j].repeat(M)
+            stale = 0
 
         self.history.add(iteration, parent.reshape(-1), children, f_child, ce_child, kept)
-        self.state = EPOState(iteration, population, f, ce, gen.get_state())
+        self.state = EPOState(iteration, population, f, ce, gen.get_state(), stale)
         phases["bookkeeping"] = time.perf_counter() - t4
         return Step(iteration, self.state, self.penalties, self.history, time.perf_counter() - t0, phases, restarted)
 

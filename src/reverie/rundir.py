@@ -101,7 +101,7 @@ class RunDir:
         tensors = {"population": state.population.contiguous(), "f": state.f.contiguous(),
                    "ce": state.ce.contiguous(), "rng": state.rng.contiguous()}
         atomic_write(self.path / CHECKPOINT,
-                lambda tmp: save_file(tensors, tmp, metadata={"iteration": str(state.iteration)}))
+                lambda tmp: save_file(tensors, tmp, metadata={"iteration": str(state.iteration), "stale": str(state.stale)}))
         self.checkpointed = state.iteration
 
     def finish(self, history: pd.DataFrame, summary: dict) -> None:
@@ -133,7 +133,8 @@ class RunDir:
             with safe_open(str(path), "pt") as fh:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
                 iteration = int(fh.metadata()["iteration"])
-            state = EPOState(iteration, tensors["population"], tensors["f"], tensors["ce"], tensors["rng"])
+                stale = int(fh.metadata().get("stale", 0))
+            state = EPOState(iteration, tensors["population"], tensors["f"], tensors["ce"], tensors["rng"], stale)
         except (OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
             raise RunDirError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                               "delete it to restart the run from scratch") from None
