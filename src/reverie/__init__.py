@@ -9,6 +9,7 @@ from .frontier import best_at, merge, pareto, summary  # noqa: E402
 from .model import Model, load_model  # noqa: E402
 from .baseline import Baseline, random_baseline  # noqa: E402
 from .targets import Attention, Custom, Direction, Logit, Neuron, Target, parse_target  # noqa: E402
+from .sweep import SweepEvent, sweep  # noqa: E402  (reverie.sweep is this function; the module is sys.modules["reverie.sweep"])
 
 
 def write_report(run, **kw):
@@ -22,4 +23,5 @@ __all__ = [
     "Logit", "Model", "ModelError", "Neuron", "ReverieError", "RunDirError", "Step", "Target", "TargetError",
     "Baseline", "best_at", "dream", "load_model", "load_run", "merge", "pareto", "parse_target", "random_baseline",
     "resume", "summary", "write_report",
+    "SweepEvent", "sweep",
 ]

@@ -14,33 +14,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .display import LiveDisplay, SweepDisplay, console, frontier_table
 from .errors import ReverieError
 from .targets import token_arg
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
-console = Console(stderr=True)
+
 out_console = Console()
-
-
-def _frontier_table(rows, title: str, penalties=None) -> Table:
-    table = Table(title=title, title_justify="left", expand=False)
-    if penalties is not None:
-        table.add_column("λ", justify="right")
-    table.add_column("cross-entropy", justify="right")
-    table.add_column("activation", justify="right")
-    table.add_column("text", overflow="fold")
-    for i, (act, ce, text) in enumerate(rows):
-        cells = [f"{ce:.2f}", f"{act:.3f}" if math.isfinite(act) else "rejected", repr(text)]
-        if penalties is not None:
-            cells.insert(0, f"{float(penalties[i]):.2f}")
-        table.add_row(*cells)
-    return table
 
 
 def _default_out(target: str) -> Path:
@@ -127,7 +112,7 @@ def dream(
     finally:
         display.stop()
     front = result.frontier()
-    out_console.print(_frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
+    out_console.print(frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
                                       f"frontier of {result.target} ({len(front)} prompts)"))
     out_console.print(f"{result.stopped} after {result.iterations} iterations in {result.seconds:.1f} s; "
                       f"run directory: {run_path}", soft_wrap=True)
@@ -157,34 +142,6 @@ def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
         out_console.print(f"report: {path}", soft_wrap=True)
 
 
-class LiveDisplay:
-    """Per-iteration callback: a progress bar and the current population (λ, cross-entropy, activation, text)."""
-
-    def __init__(self, tokenizer, total: int, enabled: bool = True):
-        self.tokenizer, self.enabled = tokenizer, enabled
-        self.progress = Progress(TextColumn("[bold]dreaming"), BarColumn(), MofNCompleteColumn(), TextColumn("iterations"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
-                                 console=console)
-        self.task = self.progress.add_task("dream", total=total, rate="")
-        self.live = Live(console=console, refresh_per_second=4) if enabled else None
-        self.started = False
-
-    def __call__(self, step) -> None:
-        if not self.enabled:
-            return
-        if not self.started:
-            self.live.start()
-            self.started = True
-        self.progress.update(self.task, completed=step.iteration, rate=f"{step.seconds:.2f} s/it")
-        texts = self.tokenizer.batch_decode(step.state.population.tolist(), clean_up_tokenization_spaces=False)
-        rows = list(zip(step.state.f.tolist(), step.state.ce.tolist(), texts))
-        self.live.update(Group(self.progress, _frontier_table(rows, "current population", step.penalties)))
-
-    def stop(self) -> None:
-        if self.started:
-            self.live.stop()
-
-
 @app.command()
 def frontier(
     runs: List[Path] = typer.Argument(..., help="Run directories; their histories are merged."),
@@ -202,7 +159,7 @@ def frontier(
     if export is not None:
         _export(front, export)
         console.print(f"wrote {len(front)} frontier prompts to {export}")
-    out_console.print(_frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
+    out_console.print(frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
                                       f"frontier of {', '.join(targets)} over {len(runs)} run(s), {len(history)} prompts scored"))
     best = summary(history)
     for row in best.itertuples():
@@ -338,7 +295,7 @@ def sweep(
     seeds: str = typer.Option("0", "--seeds", "-s", help="Seeds per target: 0-4, 0,2,5 or one number."),
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder; rerun the same command to resume. On Ray, a path every node can reach."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
-    use_ray: bool = typer.Option(False, "--ray", help="Run on Ray (pip install 'reverie[ray]'): a local cluster unless --ray-address."),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on Ray (pip install 'reverie\\[ray]'): a local cluster unless --ray-address."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); implies --ray."),
     actors: Optional[int] = typer.Option(None, help="Ray actors (default: one per slot of the cluster)."),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per Ray actor (its torch threads)."),
@@ -358,8 +315,11 @@ def sweep(
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write each run's report.html when it finishes."),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (in-process; Ray actors use what they are given)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present; a Ray actor sees only the GPUs it is given)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: every dream starts half its population at its target's top windows."),
+    top_k_start: Optional[int] = typer.Option(None, "--top-k-start", help="Grow k linearly from this to --top-k over each run."),
+    adaptive_restart: bool = typer.Option(False, "--adaptive-restart", help="Restart only after --restart-every iterations in which no slot improved."),
 ) -> None:
     """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
     from .epo import EPOConfig
@@ -367,13 +327,14 @@ def sweep(
 
     config = EPOConfig(population=population, children=children, top_k=top_k, length=length, iters=iters,
                        penalty_min=penalty_min, penalty_max=penalty_max, restart_every=restart_every,
-                       ban_strings=tuple(ban), ascii_only=ascii_only, batch_size=batch_size)
+                       ban_strings=tuple(ban), ascii_only=ascii_only, batch_size=batch_size, top_k_start=top_k_start,
+                       adaptive_restart=adaptive_restart)
     display = SweepDisplay(enabled=not quiet)
     try:
         index = run_sweep(model, targets, seeds, out, config, executor="ray" if use_ray or ray_address else "local",
                           ray_address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
                           gpus_per_actor=gpus_per_actor, retries=retries, checkpoint_every=checkpoint_every,
-                          report=report, dtype=dtype, device=device, progress=display)
+                          report=report, dtype=dtype, device=device, progress=display, starts=init_from)
     finally:
         display.stop()
     table = Table(title=f"best dreams of {len(index)} targets", title_justify="left")
@@ -388,43 +349,6 @@ def sweep(
                       soft_wrap=True)
     if failed:
         raise typer.Exit(1)
-
-
-class SweepDisplay:
-    """Sweep progress callback: one bar for the sweep (done / failed / left, ETA), one line per running job."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled, self.jobs = enabled, {}
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, disable=not enabled)
-        self.sweep = None
-
-    def __call__(self, e) -> None:
-        if e.kind == "loading":
-            console.print("[dim]loading model …[/dim]") if self.enabled else None
-            return
-        if self.sweep is None and e.kind != "end":
-            self.progress.start()
-            self.sweep = self.progress.add_task("[bold]sweep", total=e.total, completed=e.done, note="")
-        if self.sweep is None:
-            return
-        self.progress.update(self.sweep, completed=e.done + e.failed,
-                             note=f"{e.done} done · {e.failed} failed · {e.total - e.done - e.failed} left")
-        key = (e.job.spec, e.job.seed) if e.job is not None else None
-        if e.kind == "job" and key not in self.jobs:
-            self.jobs[key] = self.progress.add_task(f"  {e.job}", total=e.iters, note="iterations")
-        elif e.kind == "iteration" and key in self.jobs:
-            self.progress.update(self.jobs[key], completed=e.iteration)
-        elif e.kind in ("done", "failed", "retry") and key in self.jobs:
-            self.progress.remove_task(self.jobs.pop(key))
-            if e.error:
-                what = {"done": "no report:", "retry": "retrying after", "failed": "failed:"}[e.kind]
-                self.progress.console.print(f"{e.job}: {what} {e.error}", soft_wrap=True, markup=False, highlight=False)
-
-    def stop(self) -> None:
-        if self.sweep is not None:
-            self.progress.stop()
 
 
 def main() -> None:

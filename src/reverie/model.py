@@ -264,13 +264,14 @@ def bundled_path() -> Path:
     return target
 
 
-def load_model(spec: str = BUNDLED, *, device: str | torch.device | None = None,
+def load_model(spec: str | os.PathLike = BUNDLED, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, trust_remote_code: bool = False) -> Model:
     """Load a frozen causal LM from a hub id, a local folder, a `.gguf` file, or "bundled"."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = parse_dtype(dtype, device)
+    spec = os.fspath(spec)
     path = str(bundled_path()) if spec == BUNDLED else spec
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or path.endswith(".gguf")
     if looks_local and not Path(path).expanduser().exists():

@@ -1,0 +1,450 @@
+"""Sweeps: dream many targets x seeds, in this process or on a Ray cluster, resumably, with one index.
+
+    DIR/sweep.json                               model, dtype, EPO options (seed aside), targets, seeds
+    DIR/runs/<target-slug>/seed<k>/              one run directory per (target, seed) job (rundir.py)
+    DIR/runs/<target-slug>/seed<k>.failed.json   the error of a job that failed every attempt
+    DIR/index.parquet, DIR/index.html            one row per target, its seeds merged into one frontier
+
+A job's state lives on disk only: done when its frontier.json says the run finished, resumed from its
+checkpoint when it has one, otherwise started from scratch. Rerunning a killed sweep therefore skips
+finished jobs (never rewriting them) and resumes the rest; the index is always rebuilt from the runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from . import __version__
+from .epo import EPOConfig
+from .errors import ConfigError, ModelError, ReverieError, RunDirError
+from .frontier import summary
+from .model import BUNDLED, Model, bundled_path, load_model
+from .rundir import CHECKPOINT, FRONTIER, atomic_write
+from .specs import expand_targets, parse_seeds, slug
+
+# ---------------------------------------------------------------- jobs
+
+@dataclass(frozen=True)
+class Job:
+    """One (target, seed) dream of a sweep."""
+
+    spec: str
+    seed: int
+    target: object = field(compare=False, repr=False)   # the spec string, or a Target object
+
+    @property
+    def slug(self) -> str:
+        return slug(self.spec)
+
+    def path(self, out: Path) -> Path:
+        return Path(out) / "runs" / self.slug / f"seed{self.seed}"
+
+    def failed_path(self, out: Path) -> Path:
+        return Path(out) / "runs" / self.slug / f"seed{self.seed}.failed.json"
+
+    def __str__(self) -> str:
+        return f"{self.spec} seed {self.seed}"
+
+
+def _jobs(targets: list, seeds: list[int]) -> list[Job]:
+    return [Job(t if isinstance(t, str) else t.spec, s, t) for t in targets for s in seeds]
+
+
+# ---------------------------------------------------------------- one job (in this process or in an actor)
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finished(path: Path) -> dict | None:
+    """The frontier.json of a run that reached its last iteration, else None."""
+    info = _read_json(path / FRONTIER)
+    return info if info is not None and info.get("stopped") == "done" else None
+
+
+def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_every: int = 5,
+            on_iteration: Callable[[int], None] | None = None, report: bool = False, starts=None) -> dict:
+    """Run one job to the end: skip it if finished, resume it from its checkpoint, or start it afresh;
+    then write its report.html if asked (a report that fails loses nothing: the run is saved).
+    Returns an outcome dict (ok, seconds | error, retryable, traceback); raises only KeyboardInterrupt."""
+    from .dream import dream, resume
+
+    path = job.path(out)
+    if _finished(path):
+        return {"ok": True, "seconds": 0.0, "skipped": True}
+    callback = None if on_iteration is None else (lambda step: on_iteration(step.iteration))
+    try:
+        if (path / CHECKPOINT).exists():
+            result = resume(path, model=model, target=job.target, iters=config.iters, callback=callback,
+                            checkpoint_every=checkpoint_every)
+        else:
+            if path.exists():
+                shutil.rmtree(path)        # started, never checkpointed: nothing to keep
+            result = dream(model, job.target, replace(config, seed=job.seed), out=path, callback=callback,
+                           checkpoint_every=checkpoint_every, starts=starts)
+    except Exception as e:  # noqa: BLE001 - any failure is recorded, the sweep goes on
+        error = str(e) if isinstance(e, ReverieError) else f"{type(e).__name__}: {e}"
+        return {"ok": False, "error": error, "retryable": not isinstance(e, ReverieError),
+                "traceback": traceback.format_exc()}
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    if report:
+        try:
+            from .report import write_report
+            write_report(path, model=model, target=job.target)
+        except Exception as e:  # noqa: BLE001
+            return {"ok": True, "seconds": result.seconds, "report_error": f"{type(e).__name__}: {e}"}
+    return {"ok": True, "seconds": result.seconds}
+
+
+class _Dreamer:
+    """A Ray actor: loads the model once, then runs the jobs the driver hands it."""
+
+    def __init__(self, model: str, dtype: str | None, device: str | None, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.model = load_model(model, dtype=dtype, device=device)
+        self.now: tuple | None = None
+
+    def run(self, job: Job, config: EPOConfig, out: str, checkpoint_every: int, report: bool, starts) -> dict:
+        self.now = (job, 0)
+        try:
+            return run_job(self.model, job, config, Path(out), checkpoint_every,
+                           lambda it: setattr(self, "now", (job, it)), report, starts)
+        finally:
+            self.now = None
+
+    def progress(self) -> tuple | None:
+        return self.now
+
+
+# ---------------------------------------------------------------- bookkeeping and progress
+
+@dataclass
+class SweepEvent:
+    """What a sweep's `progress` callback sees. kind: "loading", "start", "job" (an attempt starts),
+    "iteration", "retry", "done", "failed", "end". `error`: why an attempt failed (or, on "done", why
+    its report could not be written)."""
+
+    kind: str
+    total: int
+    done: int
+    failed: int
+    job: Job | None = None
+    iteration: int | None = None
+    iters: int | None = None
+    attempt: int = 1
+    error: str | None = None
+
+
+class _Tracker:
+    """Counts, failure records, retries and a throttled index, shared by both executors."""
+
+    def __init__(self, out: Path, jobs: list[Job], config: EPOConfig, retries: int, progress, meta: dict):
+        self.out, self.jobs, self.iters, self.retries, self.meta = out, jobs, config.iters, retries, meta
+        self.progress = progress or (lambda event: None)
+        self.done = sum(_finished(j.path(out)) is not None for j in jobs)
+        self.failed, self.written = 0, time.monotonic()
+
+    def emit(self, kind: str, job: Job | None = None, **kw) -> None:
+        self.progress(SweepEvent(kind, len(self.jobs), self.done, self.failed, job, iters=self.iters, **kw))
+
+    def begin(self, job: Job, attempt: int) -> None:
+        job.failed_path(self.out).unlink(missing_ok=True)
+        self.emit("job", job, attempt=attempt)
+
+    def end(self, job: Job, attempt: int, outcome: dict) -> bool:
+        """Record an attempt's outcome; True if the job should be tried again."""
+        if outcome["ok"]:
+            self.done += 1
+            self.emit("done", job, attempt=attempt, error=outcome.get("report_error"))
+        elif outcome.get("retryable") and attempt <= self.retries:
+            self.emit("retry", job, attempt=attempt, error=outcome["error"])
+            return True
+        else:
+            self.failed += 1
+            data = {"target": job.spec, "seed": job.seed, "attempts": attempt, "error": outcome["error"],
+                    "traceback": outcome.get("traceback"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            job.failed_path(self.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(job.failed_path(self.out), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+            self.emit("failed", job, attempt=attempt, error=outcome["error"])
+        if time.monotonic() - self.written > 30:
+            write_index(self.out, self.jobs, self.meta)
+            self.written = time.monotonic()
+        return False
+
+
+def _run_local(model: Model, todo: list[Job], tracker: _Tracker, config: EPOConfig, checkpoint_every: int,
+               report: bool, starts) -> None:
+    for job in todo:
+        for attempt in itertools.count(1):
+            tracker.begin(job, attempt)
+            outcome = run_job(model, job, config, tracker.out, checkpoint_every,
+                              lambda it, job=job: tracker.emit("iteration", job, iteration=it), report, starts)
+            if not tracker.end(job, attempt, outcome):
+                break
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the Ray executor needs Ray: pip install 'reverie[ray]'") from None
+    return ray
+
+
+def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job], tracker: _Tracker,
+             config: EPOConfig, checkpoint_every: int, report: bool, address: str | None, actors: int | None,
+             cpus_per_actor: float, gpus_per_actor: float | None, starts) -> None:
+    """One actor per slot loads the model once; the driver hands out jobs as actors free up."""
+    ray = _import_ray()
+    from ray.exceptions import RayActorError, RayError
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, log_to_driver=False)
+    pool: list = []
+    try:
+        resources = ray.cluster_resources()
+        gpus = (1.0 if resources.get("GPU", 0) else 0.0) if gpus_per_actor is None else gpus_per_actor
+        slots = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus_per_actor)
+        n = max(1, min(actors or slots, len(todo)))
+        remote = ray.remote(_Dreamer).options(num_cpus=cpus_per_actor, num_gpus=gpus, max_concurrency=2)
+        spawn = lambda: remote.remote(model, dtype, device, max(1, int(cpus_per_actor)))  # noqa: E731
+        pool = [spawn() for _ in range(n)]
+        try:
+            ray.get([a.progress.remote() for a in pool])   # each has loaded the model
+        except RayError as e:
+            lines = [ln for ln in str(e).splitlines() if "Error" in ln]
+            raise ModelError(f"the Ray workers could not load {model}: {lines[-1].strip() if lines else e}") from None
+        queue, busy, idle = deque((job, 1) for job in todo), {}, list(pool)
+        while queue or busy:
+            while queue and idle:
+                actor, (job, attempt) = idle.pop(), queue.popleft()
+                tracker.begin(job, attempt)
+                busy[actor.run.remote(job, config, str(tracker.out), checkpoint_every, report, starts)] = (actor, job, attempt)
+            ready, _ = ray.wait(list(busy), num_returns=1, timeout=1.0)
+            if not ready:   # ask busy actors which iteration they are on; best-effort
+                try:
+                    for now in ray.get([a.progress.remote() for a, _, _ in busy.values()], timeout=2.0):
+                        if now is not None:
+                            tracker.emit("iteration", now[0], iteration=now[1])
+                except RayError:
+                    pass
+            for ref in ready:
+                actor, job, attempt = busy.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except RayActorError as e:   # the worker died (killed, out of memory, node lost): a failed attempt
+                    outcome = {"ok": False, "retryable": True, "error": f"Ray worker died: {str(e).strip()[:500]}"}
+                    pool.remove(actor)
+                    ray.kill(actor)
+                    actor = spawn()
+                    pool.append(actor)
+                except RayError as e:
+                    outcome = {"ok": False, "retryable": True, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+                idle.append(actor)
+                if tracker.end(job, attempt, outcome):
+                    queue.append((job, attempt + 1))
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- the index
+
+_TAGS = {4.0: "ce4", 5.0: "ce5", 6.0: "ce6", math.inf: "any"}
+
+
+def build_index(out: str | Path, jobs: list[Job]) -> pd.DataFrame:
+    """One row per target, from the run directories: seeds merged into one frontier."""
+    out, rows = Path(out), []
+    for spec, group in itertools.groupby(jobs, key=lambda j: j.spec):
+        group = list(group)
+        points, done, failed, errors, seconds, runs = [], [], [], {}, 0.0, []
+        for job in group:
+            info = _finished(job.path(out))
+            if info is not None:
+                done.append(job.seed)
+                seconds += float(info.get("seconds") or 0.0)
+                points += info.get("frontier", [])
+                runs.append(str(job.path(out).relative_to(out)))
+            elif (fail := _read_json(job.failed_path(out))) is not None:
+                failed.append(job.seed)
+                errors.setdefault(str(fail.get("error")), []).append(str(job.seed))
+        status = ("done" if len(done) == len(group) else "failed" if len(failed) == len(group)
+                  else "partial" if done and len(done) + len(failed) == len(group) else "pending")
+        row = {"target": spec, "slug": group[0].slug, "status": status, "seeds": len(group),
+               "seeds_done": len(done), "seeds_failed": len(failed)}
+        points = pd.DataFrame(points, columns=["text", "ids", "activation", "cross_entropy", "iteration"])
+        best = summary(points.astype({"activation": float, "cross_entropy": float}))
+        for b in best.itertuples():
+            tag = _TAGS[b.max_cross_entropy]
+            row[f"activation_{tag}"], row[f"cross_entropy_{tag}"], row[f"prompt_{tag}"] = (
+                b.activation, b.cross_entropy, b.text)
+        error = "; ".join(f"seed{'s' * (len(k) > 1)} {','.join(k)}: {e}" for e, k in errors.items())
+        row.update(seconds=round(seconds, 2), error=error or None, runs=runs)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_index(out: str | Path, jobs: list[Job], meta: dict) -> pd.DataFrame:
+    """Rebuild DIR/index.parquet and DIR/index.html (atomically) from the run directories."""
+    import jinja2
+
+    out = Path(out)
+    index = build_index(out, jobs)
+    atomic_write(out / "index.parquet", lambda tmp: index.to_parquet(tmp, index=False))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
+    seed_links = {}
+    for job in jobs:   # each seed links to its report.html when written, else to its frontier.json
+        path = job.path(out)
+        page = next((p for p in (path / "report.html", path / FRONTIER) if p.exists()), None)
+        seed_links.setdefault(job.spec, []).append(
+            {"seed": job.seed, "href": page and str(page.relative_to(out)),
+             "failed": job.failed_path(out).exists() and page is None})
+    html = env.get_template("index.html.j2").render(
+        meta=meta, rows=index.sort_values("activation_any", ascending=False, na_position="last").to_dict("records"),
+        links=seed_links, tags=[("ce4", "≤ 4"), ("ce5", "≤ 5"), ("ce6", "≤ 6"), ("any", "any")],
+        counts=index["status"].value_counts().to_dict(), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+        isfinite=lambda v: v is not None and isinstance(v, float) and math.isfinite(v))
+    atomic_write(out / "index.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    return index
+
+
+def rebuild_index(out: str | Path) -> pd.DataFrame:
+    """Rebuild the index of the sweep in `out` from its sweep.json and run directories."""
+    meta = _read_json(Path(out) / "sweep.json")
+    if meta is None:
+        raise RunDirError(f"{out} is not a sweep folder (no readable sweep.json)")
+    return write_index(out, _jobs(meta["targets"], meta["seeds"]), meta)
+
+
+# ---------------------------------------------------------------- the sweep
+
+def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets: list, seeds: list[int],
+           starts: str | None = None) -> dict:
+    """Check DIR/sweep.json agrees with this sweep (model, dtype, EPO options but seed and batch size),
+    then (re)write it with this call's targets and seeds."""
+    def options(c: EPOConfig) -> dict:
+        return json.loads(json.dumps({k: v for k, v in c.to_dict().items() if k not in ("seed", "batch_size")}))
+
+    identity = {"model": model, "dtype": dtype or "auto", "epo": options(config), "starts": starts}
+    old = _read_json(out / "sweep.json")
+    if old is not None:
+        old["epo"] = {**options(EPOConfig()), **old.get("epo", {})}   # options added since: their defaults
+        old.setdefault("starts", None)
+        for key in ("model", "dtype", "epo", "starts"):
+            if old.get(key) != identity[key]:
+                what = key if key != "epo" else "EPO options (" + ", ".join(
+                    f"{k}: {old[key].get(k)!r} here, {v!r} now" for k, v in identity[key].items()
+                    if old[key].get(k) != v) + ")"
+                raise ConfigError(f"{out} holds a sweep with different {what}; use the same options to continue "
+                                  "it, or another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise RunDirError(f"{out} exists and is not a sweep folder: choose another --out")
+    meta = {**identity, "targets": [t if isinstance(t, str) else t.spec for t in targets], "seeds": seeds,
+            "reverie": __version__, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    except OSError as e:
+        raise RunDirError(f"cannot write to sweep folder {out} ({e.strerror}): choose another --out") from None
+    return meta
+
+
+def _layer_count(model: str) -> int:
+    """Layers of a model given by spec, from its config when possible (no weights loaded)."""
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(str(bundled_path()) if model == BUNDLED else model)
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
+    except Exception:  # noqa: BLE001 - bundled, .gguf, odd configs: load it
+        return load_model(model, device="cpu").n_layers
+
+
+def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out: str | Path = "sweep",
+          config: EPOConfig | None = None, *, executor: str = "local", ray_address: str | None = None,
+          actors: int | None = None, cpus_per_actor: float = 1, gpus_per_actor: float | None = None,
+          retries: int = 2, checkpoint_every: int = 5, report: bool = True, dtype: str | None = None,
+          device: str | None = None, progress: Callable[[SweepEvent], None] | None = None,
+          starts: str | Path | None = None) -> pd.DataFrame:
+    """Dream every target with every seed; return the index (one row per target) as a DataFrame.
+
+    targets: specs as `expand_targets` takes them (a file, `neuron:L9.N0-63`, `neuron:L*.N5`, a list).
+    seeds: `0-4`, `0,2,5`, one int, or a list. out: the sweep folder; calling again resumes it.
+    executor: "local" (this process, the model loaded once) or "ray" (one actor per slot, each loading
+    the model once; `ray_address` joins an existing cluster, None starts a local one). A failing job is
+    tried `retries` more times (bad input such as a target the model lacks is not retried), then
+    recorded as failed; the sweep goes on. `report` writes each run's report.html (attribution, plots)
+    when it finishes. `progress` gets a `SweepEvent` as jobs start, iterate and end. `starts`: a
+    `reverie scan` folder every node can read; each dream starts half its population at its target's
+    top windows (see `dream`).
+    """
+    config = config or EPOConfig()
+    config.validate()
+    if config.time_budget is not None:
+        raise ConfigError("a sweep's runs have no time budget: give iterations (iters) instead")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"unknown executor {executor!r}: use 'local' or 'ray'")
+    if retries < 0 or checkpoint_every < 1 or cpus_per_actor <= 0 or (actors is not None and actors < 1):
+        raise ConfigError("need retries >= 0, checkpoint_every >= 1, cpus_per_actor > 0 and actors >= 1")
+    if executor == "ray":
+        _import_ray()
+    out = Path(out)
+    progress = progress or (lambda event: None)
+    loaded = model if isinstance(model, Model) else None
+    spec = loaded.spec if loaded is not None else model
+    if loaded is not None and dtype is None:
+        from .dream import DTYPE_NAMES
+        dtype = DTYPE_NAMES.get(loaded.dtype)
+
+    def n_layers() -> int:
+        nonlocal loaded
+        if loaded is None and executor == "local":
+            progress(SweepEvent("loading", 0, 0, 0))
+            loaded = load_model(spec, dtype=dtype, device=device)
+        return loaded.n_layers if loaded is not None else _layer_count(spec)
+
+    targets = expand_targets(targets, n_layers)
+    seeds = parse_seeds(seeds)
+    if starts is not None:
+        from .scan import read_scan
+        read_scan(starts)   # unreadable: fail now, not in every job
+        starts = str(Path(starts).resolve())
+    meta = _claim(out, spec, dtype, config, targets, seeds, starts)
+    jobs = _jobs(targets, seeds)
+    tracker = _Tracker(out, jobs, config, retries, progress, meta)
+    todo = [j for j in jobs if _finished(j.path(out)) is None]
+    try:
+        if todo and executor == "local":
+            n_layers()   # loads the model if not loaded yet
+            tracker.emit("start")
+            _run_local(loaded, todo, tracker, config, checkpoint_every, report, starts)
+        elif todo:
+            tracker.emit("start")
+            _run_ray(spec, dtype, device, todo, tracker, config, checkpoint_every, report, ray_address, actors,
+                     cpus_per_actor, gpus_per_actor, starts)
+    finally:
+        index = write_index(out, jobs, meta)
+        tracker.emit("end")
+    return index
