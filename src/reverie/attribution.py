@@ -18,8 +18,10 @@ from .targets import Target, as_target
 from .vocab import Vocabulary
 
 
-def attribute(model: Model, target: Target | str, prompt: str | list[int], k: int = 32) -> pd.DataFrame:
-    """One row per prompt token: token, baseline, worst/best substitute activations and drops, substitutes."""
+def attribute(model: Model, target: Target | str, prompt: str | list[int], k: int = 32,
+              template: str | None = None) -> pd.DataFrame:
+    """One row per prompt token: token, baseline, worst/best substitute activations and drops, substitutes.
+    `template`: the fixed context the prompt was dreamed in (see `EPOConfig.template`)."""
     if k < 1:
         raise ConfigError("k must be at least 1")
     target = as_target(target, model)
@@ -28,7 +30,7 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
         raise ConfigError(f"the prompt is {len(ids)} token(s); attribution needs at least 2")
     target.check_length(len(ids))
     vocab = Vocabulary.for_model(model, check_retokenization=False)
-    scorer = Scorer(model, target, vocab, batch_size=auto_batch_size(model, len(ids)))
+    scorer = Scorer(model, target, vocab, batch_size=auto_batch_size(model, len(ids)), template=template)
     base = torch.tensor([ids])
     f0, ce0 = scorer.score(base)
     top = scorer.top_k(base, torch.zeros(1), k + 1)[0]                      # [n, k+1]

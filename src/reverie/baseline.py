@@ -34,12 +34,14 @@ class Baseline:
         return asdict(self)
 
 
-def random_baseline(model: Model, target: Target | str, n: int = 512, length: int = 12, seed: int = 0) -> Baseline:
-    """Mean and standard deviation of `target` over `n` random prompts of `length` allowed tokens."""
+def random_baseline(model: Model, target: Target | str, n: int = 512, length: int = 12, seed: int = 0,
+                    template: str | None = None) -> Baseline:
+    """Mean and standard deviation of `target` over `n` random prompts of `length` allowed tokens
+    (inside `template` if given)."""
     target = as_target(target, model)
     target.check_length(length)
     vocab = Vocabulary.for_model(model, check_retokenization=False)
-    scorer = Scorer(model, target, vocab, batch_size=auto_batch_size(model, length))
+    scorer = Scorer(model, target, vocab, batch_size=auto_batch_size(model, length), template=template)
     prompts = vocab.random_prompts(n, length, torch.Generator().manual_seed(seed))
     f, _ = scorer.score(prompts)
     f = f[torch.isfinite(f)].double()

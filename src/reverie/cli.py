@@ -52,6 +52,7 @@ def dream(
     gcg: Optional[float] = typer.Option(None, "--gcg", help="Run plain GCG with this fixed penalty (population 1, no restarts)."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same run on CPU."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Initial prompt text for every member."),
+    template: Optional[str] = typer.Option(None, "--template", help='Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last prompt token.'),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop cleanly after this many seconds."),
     ban: List[str] = typer.Option([], "--ban", help="Reject prompts containing this text (case-insensitive); repeatable."),
     ban_token: List[str] = typer.Option([], "--ban-token", help="Never propose this token (text or id); repeatable."),
@@ -78,7 +79,7 @@ def dream(
         raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
         common = dict(top_k=top_k, top_k_start=top_k_start, length=length, iters=300 if iters is None else iters, seed=seed,
-                      init_prompt=prompt, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
+                      init_prompt=prompt, template=template, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
                       ban_strings=tuple(ban), ascii_only=ascii_only, check_retokenization=retokenize_check,
                       batch_size=batch_size)
         if gcg is not None:

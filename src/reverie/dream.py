@@ -74,7 +74,8 @@ def _setup(model: Model, target, config: EPOConfig) -> tuple[Target, Scorer]:
         banned_tokens=config.ban_tokens, banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
         check_retokenization=config.check_retokenization)
     length = _prompt_length(model, config)
-    return target, Scorer(model, target, vocab, batch_size=config.batch_size or auto_batch_size(model, length))
+    return target, Scorer(model, target, vocab, batch_size=config.batch_size or auto_batch_size(model, length),
+                          template=config.template)
 
 
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int) -> DreamResult:

@@ -46,6 +46,7 @@ class EPOConfig:
     restart_penalty: tuple[float, float] = (0.667, 6.0)
     seed: int = 0
     init_prompt: str | None = None
+    template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
     time_budget: float | None = None          # seconds; stop cleanly when spent
     ban_tokens: tuple[str, ...] = ()          # tokens never proposed (text or id)
@@ -79,6 +80,8 @@ class EPOConfig:
             raise ConfigError(f"need 0 < penalty_min <= penalty_max, got {self.penalty_min} and {self.penalty_max}")
         if self.penalties is not None and len(self.penalties) != self.population:
             raise ConfigError(f"{len(self.penalties)} penalties given for a population of {self.population}")
+        if self.template is not None and self.template.count("{prompt}") != 1:
+            raise ConfigError(f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {self.template!r}")
         if self.top_k_start is not None and self.top_k_start > self.top_k:
             raise ConfigError(f"top_k_start ({self.top_k_start}) cannot exceed top_k ({self.top_k})")
         if len(self.init_ids) > self.population:

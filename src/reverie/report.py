@@ -105,11 +105,12 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
         notes.append("Attribution and the random-prompt baseline need the model: `reverie report RUN_DIR` loads it.")
     if resolved is not None:
         length = len(history["ids"].iloc[0]) if len(history) else run.config.length
-        baseline = random_baseline(model, resolved, n=baseline_prompts, length=length, seed=run.config.seed)
+        baseline = random_baseline(model, resolved, n=baseline_prompts, length=length, seed=run.config.seed,
+                                   template=run.config.template)
         for row in _points(history, points):
             if row["activation"] <= baseline.mean + 2 * baseline.std:
                 continue  # nothing above random prompts to explain
-            table = attribute(model, resolved, [int(t) for t in row["ids"]], k=k)
+            table = attribute(model, resolved, [int(t) for t in row["ids"]], k=k, template=run.config.template)
             attributions.append({"activation": float(row["activation"]), "cross_entropy": float(row["cross_entropy"]),
                                  "text": row["text"], "tokens": _heatmap(table)})
     zscores = baseline is not None and isinstance(resolved, Direction)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from .errors import ConfigError
 from .model import Model
 from .targets import Target
 from .vocab import Vocabulary
@@ -21,8 +22,10 @@ from .vocab import Vocabulary
 
 class Scorer:
     def __init__(self, model: Model, target: Target, vocab: Vocabulary, batch_size: int | None = None,
-                 prefix_buckets: int = 3):
+                 prefix_buckets: int = 3, template: str | None = None):
         self.model, self.target, self.vocab = model, target, vocab
+        self.before, self.after = (t.to(model.device) for t in template_ids(model.tokenizer, template))
+        self.first = 0 if len(self.before) else 1   # the first prompt token with a cross-entropy term
         self.batch_size = batch_size or auto_batch_size(model)
         self.prefix_buckets = prefix_buckets
         self.allowed = vocab.allowed.to(model.device)
@@ -48,19 +51,44 @@ class Scorer:
                 embeddings.append(out)
                 return out
             hooks.append(self.model.adapter.embed.register_forward_hook(leaf))
+        full = self._in_template(ids)
         try:
             with self.model.capture(list(self.target.hooks)) as cache:
-                out = self.model.hf(input_ids=ids[:, start:], past_key_values=past, use_cache=past is not None)
+                out = self.model.hf(input_ids=full[:, start:], past_key_values=past, use_cache=past is not None)
         finally:
             for h in hooks:
                 h.remove()
         logits = out.logits.float()
+        if self.templated:
+            return self._in_context(ids, cache, logits)
         cache["logits"] = logits
         logprobs = logits[:, :-1].log_softmax(-1)
         total = logprobs.gather(-1, ids[:, start + 1:, None])[..., 0].sum(-1)
         if prefix_logprob is not None:
             total = total + prefix_logprob
         return self.target.value(cache).float(), -total / (ids.shape[1] - 1), logprobs
+
+    # ---------------------------------------------------------------- a fixed context around the prompt
+    @property
+    def templated(self) -> bool:
+        return len(self.before) + len(self.after) > 0
+
+    def _in_template(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.templated:
+            return ids
+        b = len(ids)
+        return torch.cat([self.before.expand(b, -1), ids, self.after.expand(b, -1)], 1)
+
+    def _in_context(self, ids, cache, logits):
+        """f and CE of the prompt span inside its template: the target sees activations of the prompt
+        positions only (position -1 = the last prompt token); CE covers every prompt token."""
+        L, n = len(self.before), ids.shape[1]
+        logprobs = logits[:, L + self.first - 1:L + n - 1].log_softmax(-1)     # predicting prompt tokens first..n-1
+        total = logprobs.gather(-1, ids[:, self.first:, None])[..., 0].sum(-1)
+        span = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
+                for name, t in cache.items()}
+        span["logits"] = logits[:, L:L + n]
+        return self.target.value(span).float(), -total / (n - self.first), logprobs
 
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, cross-entropy) on the CPU, in batches of `batch_size`."""
@@ -78,7 +106,7 @@ class Scorer:
     @property
     def reuses_prefix(self) -> bool:
         """Prefix reuse needs a target read at the last position (a suffix forward still sees all of it)."""
-        return getattr(self.target, "position", None) == -1
+        return getattr(self.target, "position", None) == -1 and not self.templated
 
     def score_children(self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor,
                        pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,9 +154,9 @@ class Scorer:
             with torch.enable_grad():
                 f, ce, logprobs = self._forward(chunk.to(self.model.device), embeddings)
                 (g,) = torch.autograd.grad((f - lam * ce).sum(), embeddings[0])
-            grad = self.embed_scale * (g.float() @ self.allowed_embeddings.T)            # through the context
-            n = chunk.shape[1]
-            grad[:, 1:] += (lam[:, None, None] / (n - 1)) * logprobs.detach()[..., self.allowed]  # as a label
+            n, L = chunk.shape[1], len(self.before)
+            grad = self.embed_scale * (g[:, L:L + n].float() @ self.allowed_embeddings.T)  # through the context
+            grad[:, self.first:] += (lam[:, None, None] / (n - self.first)) * logprobs.detach()[..., self.allowed]  # as a label
             grads.append(grad.cpu())
         return torch.cat(grads)
 
@@ -149,6 +177,19 @@ class Scorer:
         grad = self.token_gradients(ids, penalties)
         idx = grad.topk(min(k, grad.shape[-1]), dim=-1).indices
         return self.vocab.allowed[idx]
+
+
+def template_ids(tokenizer, template: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of the fixed text before and after `{prompt}` in a template (empty without one).
+
+    Trailing spaces before `{prompt}` are dropped: the space belongs to the prompt's first token."""
+    if not template:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    if template.count("{prompt}") != 1:
+        raise ConfigError(f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {template!r}")
+    before, after = template.split("{prompt}")
+    encode = lambda text: torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)  # noqa: E731
+    return encode(before.rstrip(" ")), encode(after)
 
 
 def _is_oom(e: BaseException) -> bool:
