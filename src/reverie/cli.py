@@ -52,6 +52,8 @@ def dream(
     gcg: Optional[float] = typer.Option(None, "--gcg", help="Run plain GCG with this fixed penalty (population 1, no restarts)."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same run on CPU."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Initial prompt text for every member."),
+    fluency: List[str] = typer.Option([], "--fluency", help="A model whose cross-entropy counts as fluency, SPEC[:WEIGHT] ('self' = the target model); repeatable. Default: the target model alone."),
+    repetition_penalty: float = typer.Option(0.0, "--repetition-penalty", help="Selection subtracts this times the fraction of tokens that repeat an earlier one."),
     template: Optional[str] = typer.Option(None, "--template", help='Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last prompt token.'),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop cleanly after this many seconds."),
     ban: List[str] = typer.Option([], "--ban", help="Reject prompts containing this text (case-insensitive); repeatable."),
@@ -79,7 +81,8 @@ def dream(
         raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
         common = dict(top_k=top_k, top_k_start=top_k_start, length=length, iters=300 if iters is None else iters, seed=seed,
-                      init_prompt=prompt, template=template, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
+                      init_prompt=prompt, template=template, fluency=tuple(_fluency_arg(f) for f in fluency),
+                      repetition_penalty=repetition_penalty, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
                       ban_strings=tuple(ban), ascii_only=ascii_only, check_retokenization=retokenize_check,
                       batch_size=batch_size)
         if gcg is not None:
@@ -121,6 +124,15 @@ def dream(
         out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
     if report:
         _write_report(run_path, scan=windows, model=loaded, quiet=quiet)
+
+
+def _fluency_arg(text: str) -> tuple[str, float]:
+    """SPEC[:WEIGHT] -> (spec, weight)."""
+    spec, sep, weight = text.rpartition(":")
+    try:
+        return (spec, float(weight)) if sep and spec else (text, 1.0)
+    except ValueError:
+        return text, 1.0
 
 
 def _read_scan(scan_dir: Optional[Path]):

@@ -65,7 +65,23 @@ def _prompt_length(model: Model, config: EPOConfig) -> int:
     return config.length
 
 
-def _setup(model: Model, target, config: EPOConfig) -> tuple[Target, Scorer]:
+def _fluency(model: Model, config: EPOConfig, loaded: dict | None) -> list | None:
+    """The fluency models of a config, (Model or None for the target model, weight); loads what is not given."""
+    if not config.fluency:
+        return None
+    loaded = dict(loaded or {})
+    out = []
+    for spec, weight in config.fluency:
+        if spec in ("self", model.spec):
+            out.append((None, weight))
+            continue
+        if spec not in loaded:
+            loaded[spec] = load_model(spec, dtype=DTYPE_NAMES.get(model.dtype), device=str(model.device))
+        out.append((loaded[spec], weight))
+    return out
+
+
+def _setup(model: Model, target, config: EPOConfig, fluency_models: dict | None = None) -> tuple[Target, Scorer]:
     config.validate()
     target = as_target(target, model, ban=config.ban_strings)
     target.check_length(_prompt_length(model, config))
@@ -75,7 +91,7 @@ def _setup(model: Model, target, config: EPOConfig) -> tuple[Target, Scorer]:
         check_retokenization=config.check_retokenization)
     length = _prompt_length(model, config)
     return target, Scorer(model, target, vocab, batch_size=config.batch_size or auto_batch_size(model, length),
-                          template=config.template)
+                          template=config.template, fluency=_fluency(model, config, fluency_models))
 
 
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int) -> DreamResult:
@@ -107,7 +123,8 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
 def dream(model: Model | str = "bundled", target: Target | str | Callable = "neuron:L9.N402",
           config: EPOConfig | None = None, *, out: str | Path | None = None,
           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
-          dtype: str | None = None, device: str | None = None, starts=None) -> DreamResult:
+          dtype: str | None = None, device: str | None = None, starts=None,
+          fluency_models: dict[str, Model] | None = None) -> DreamResult:
     """Find short, fluent prompts that drive `target` high.
 
     model: a loaded `Model`, or a spec for `load_model` (hub id, folder, .gguf, "bundled").
@@ -116,6 +133,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     callback: called after every iteration with a `Step`; return False to stop.
     starts: dataset windows to start from (a `reverie scan` folder or its DataFrame): half the slots
         begin at the windows that suit their λ best, the other half at random prompts.
+    fluency_models: loaded models for the specs in `config.fluency` (others are loaded by spec).
     """
     config = config or EPOConfig()
     config.validate()
@@ -123,7 +141,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
         raise ConfigError("checkpoint_every must be at least 1")
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
-    target, scorer = _setup(model, target, config)
+    target, scorer = _setup(model, target, config, fluency_models)
     if starts is not None:
         windows = read_scan(starts)
         windows = windows[windows["target"] == target.spec]
@@ -141,7 +159,8 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
 
 def resume(out: str | Path, *, model: Model | None = None, target: Target | Callable | None = None,
            iters: int | None = None, time_budget: float | None = None,
-           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5) -> DreamResult:
+           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
+           fluency_models: dict[str, Model] | None = None) -> DreamResult:
     """Continue the run in `out` from its last checkpoint (after Ctrl-C, a crash or kill -9).
 
     `iters` may raise the iteration count of a finished run to extend it."""
@@ -157,7 +176,7 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
         target = saved["target"]
     if model is None:
         model = load_model(saved["model"], dtype=saved.get("dtype"))
-    target, scorer = _setup(model, target, config)
+    target, scorer = _setup(model, target, config, fluency_models)
     history = History()
     if state is not None:
         history.extend(run_dir.history(upto=state.iteration))

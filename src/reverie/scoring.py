@@ -11,6 +11,8 @@ term of the cross-entropy (token i is the label of position i-1: d CE / d onehot
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import DynamicCache
 
@@ -21,21 +23,30 @@ from .vocab import Vocabulary
 
 
 class Scorer:
+    """`fluency`: the models whose cross-entropy measures fluency, with weights: (None = the target
+    model, weight) pairs; default the target model alone. Other models must share its tokenizer."""
+
     def __init__(self, model: Model, target: Target, vocab: Vocabulary, batch_size: int | None = None,
-                 prefix_buckets: int = 3, template: str | None = None):
+                 prefix_buckets: int = 3, template: str | None = None,
+                 fluency: list[tuple[Model | None, float]] | None = None):
         self.model, self.target, self.vocab = model, target, vocab
         self.before, self.after = (t.to(model.device) for t in template_ids(model.tokenizer, template))
         self.first = 0 if len(self.before) else 1   # the first prompt token with a cross-entropy term
         self.batch_size = batch_size or auto_batch_size(model)
         self.prefix_buckets = prefix_buckets
         self.allowed = vocab.allowed.to(model.device)
-        embed = model.adapter.embed
-        self.allowed_embeddings = embed.weight[self.allowed].float()  # [A, d]
-        # some embedding modules scale their output (Gemma 3: sqrt(d)); d(out)/d(onehot) includes it
-        with torch.inference_mode():
-            probe = self.allowed[:1]
-            out, w = embed(probe[None])[0, 0].float(), embed.weight[probe[0]].float()
-            self.embed_scale = float(out @ w / (w @ w))
+        self.allowed_embeddings, self.embed_scale = _projection(model, self.allowed)
+        fluency = fluency or [(None, 1.0)]
+        total = sum(w for _, w in fluency)
+        if not total > 0 or any(w < 0 for _, w in fluency):
+            raise ConfigError("fluency weights must be >= 0 and not all 0")
+        self.self_weight = sum(w for m, w in fluency if m is None) / total
+        self.others = []    # (model, normalised weight, allowed embeddings, embedding scale)
+        for m, w in fluency:
+            if m is not None:
+                if m.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+                    raise ConfigError(f"the fluency model {m.spec} does not share the tokenizer of {model.spec}")
+                self.others.append((m, w / total, *_projection(m, self.allowed.to(m.device))))
 
     def _forward(self, ids: torch.Tensor, embeddings: list | None = None, start: int = 0, past=None,
                  prefix_logprob: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -44,20 +55,9 @@ class Scorer:
         With `past` (the keys/values of ids[:, :start]) only ids[:, start:] runs through the model and
         `prefix_logprob` holds the log-probabilities of tokens 1..start, read from the parent's logits.
         If `embeddings` is a list, the input embeddings are appended to it as a leaf that collects gradients."""
-        hooks = []
-        if embeddings is not None:
-            def leaf(module, args, out):
-                out = out.detach().requires_grad_(True)
-                embeddings.append(out)
-                return out
-            hooks.append(self.model.adapter.embed.register_forward_hook(leaf))
-        full = self._in_template(ids)
-        try:
-            with self.model.capture(list(self.target.hooks)) as cache:
-                out = self.model.hf(input_ids=full[:, start:], past_key_values=past, use_cache=past is not None)
-        finally:
-            for h in hooks:
-                h.remove()
+        with _embedding_leaf(self.model, embeddings), self.model.capture(list(self.target.hooks)) as cache:
+            out = self.model.hf(input_ids=self._in_template(ids)[:, start:], past_key_values=past,
+                                use_cache=past is not None)
         logits = out.logits.float()
         if self.templated:
             return self._in_context(ids, cache, logits)
@@ -67,6 +67,15 @@ class Scorer:
         if prefix_logprob is not None:
             total = total + prefix_logprob
         return self.target.value(cache).float(), -total / (ids.shape[1] - 1), logprobs
+
+    def _cross_entropy(self, model: Model, ids: torch.Tensor, embeddings: list | None = None):
+        """(CE, log-probs) of the prompt under another fluency model (in the template, if any)."""
+        with _embedding_leaf(model, embeddings):
+            logits = model.hf(input_ids=self._in_template(ids.to(model.device))).logits.float()
+        L, n = len(self.before), ids.shape[1]
+        logprobs = logits[:, L + self.first - 1:L + n - 1].log_softmax(-1)
+        total = logprobs.gather(-1, ids.to(model.device)[:, self.first:, None])[..., 0].sum(-1)
+        return -total / (n - self.first), logprobs
 
     # ---------------------------------------------------------------- a fixed context around the prompt
     @property
@@ -99,6 +108,9 @@ class Scorer:
         with torch.inference_mode():
             for chunk in ids.split(self.batch_size):
                 f, ce, _ = self._forward(chunk.to(self.model.device))
+                if self.others:
+                    ce = self.self_weight * ce + sum(w * self._cross_entropy(m, chunk)[0].to(ce.device)
+                                                     for m, w, _, _ in self.others)
                 fs.append(f.cpu())
                 ces.append(ce.cpu())
         return torch.cat(fs), torch.cat(ces)
@@ -106,7 +118,7 @@ class Scorer:
     @property
     def reuses_prefix(self) -> bool:
         """Prefix reuse needs a target read at the last position (a suffix forward still sees all of it)."""
-        return getattr(self.target, "position", None) == -1 and not self.templated
+        return getattr(self.target, "position", None) == -1 and not self.templated and not self.others
 
     def score_children(self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor,
                        pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,10 +165,18 @@ class Scorer:
             lam = lam.to(self.model.device)
             with torch.enable_grad():
                 f, ce, logprobs = self._forward(chunk.to(self.model.device), embeddings)
-                (g,) = torch.autograd.grad((f - lam * ce).sum(), embeddings[0])
+                (g,) = torch.autograd.grad((f - lam * self.self_weight * ce).sum(), embeddings[0])
             n, L = chunk.shape[1], len(self.before)
             grad = self.embed_scale * (g[:, L:L + n].float() @ self.allowed_embeddings.T)  # through the context
-            grad[:, self.first:] += (lam[:, None, None] / (n - self.first)) * logprobs.detach()[..., self.allowed]  # as a label
+            lam_n = lam[:, None, None] / (n - self.first)
+            grad[:, self.first:] += lam_n * self.self_weight * logprobs.detach()[..., self.allowed]  # as a label
+            for m, w, allowed_embeddings, scale in self.others:     # other fluency models, the same two terms
+                leaf: list[torch.Tensor] = []
+                with torch.enable_grad():
+                    ce_m, logprobs_m = self._cross_entropy(m, chunk.to(m.device), leaf)
+                    (g,) = torch.autograd.grad((-lam.to(m.device) * w * ce_m).sum(), leaf[0])
+                grad += (scale * (g[:, L:L + n].float() @ allowed_embeddings.T)).to(grad.device)
+                grad[:, self.first:] += (lam_n * w).to(grad.device) * logprobs_m.detach()[..., self.allowed.to(m.device)].to(grad.device)
             grads.append(grad.cpu())
         return torch.cat(grads)
 
@@ -177,6 +197,35 @@ class Scorer:
         grad = self.token_gradients(ids, penalties)
         idx = grad.topk(min(k, grad.shape[-1]), dim=-1).indices
         return self.vocab.allowed[idx]
+
+
+@contextlib.contextmanager
+def _embedding_leaf(model: Model, embeddings: list | None):
+    """If `embeddings` is a list, append the input embeddings to it as a leaf that collects gradients."""
+    if embeddings is None:
+        yield
+        return
+
+    def leaf(module, args, out):
+        out = out.detach().requires_grad_(True)
+        embeddings.append(out)
+        return out
+
+    hook = model.adapter.embed.register_forward_hook(leaf)
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+def _projection(model: Model, allowed: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The allowed tokens' embeddings [A, d], and the embedding module's output scale (Gemma 3: sqrt(d)),
+    which d(output)/d(one-hot) includes."""
+    embed = model.adapter.embed
+    with torch.inference_mode():
+        probe = allowed[:1]
+        out, w = embed(probe[None])[0, 0].float(), embed.weight[probe[0]].float()
+    return embed.weight[allowed].float(), float(out @ w / (w @ w))
 
 
 def template_ids(tokenizer, template: str | None) -> tuple[torch.Tensor, torch.Tensor]:
