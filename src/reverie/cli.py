@@ -68,6 +68,7 @@ def dream(
     scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: put its top windows for this target in the report."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory at the end."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: half the population starts at its top windows for this target."),
+    diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
     from .dream import dream as run_dream, resume as run_resume
@@ -107,7 +108,14 @@ def dream(
     loaded = load_model(model_spec, dtype=dtype, device=device)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
     try:
-        if resume is None:
+        if diverse > 1:
+            if resume is not None:
+                raise ReverieError("rerun the same --diverse command with the same --out to continue diverse dreams")
+            from .diverse import diverse as run_diverse
+            faces = run_diverse(loaded, target, config, k=diverse, out=run_path, callback=display,
+                                checkpoint_every=checkpoint_every, starts=starts)
+            result = faces[-1]
+        elif resume is None:
             result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every,
                                starts=starts)
         else:
@@ -122,8 +130,24 @@ def dream(
                       f"run directory: {run_path}", soft_wrap=True)
     if result.stopped in ("interrupted", "time"):
         out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
-    if report:
+    if diverse > 1:
+        _write_faces(run_path, faces, report, dict(scan=windows, model=loaded, quiet=quiet))
+    elif report:
         _write_report(run_path, scan=windows, model=loaded, quiet=quiet)
+
+
+def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
+    for j, face in enumerate(faces):
+        best = face.best()
+        if best is not None:
+            out_console.print(f"face {j}: {best.activation:.3f} (ce {best.cross_entropy:.2f}) {best.text!r}", soft_wrap=True)
+        if report:
+            _write_report(face.run_dir, **options)
+    try:
+        from .diverse import write_faces
+        out_console.print(f"faces: {write_faces(run_path, faces)}", soft_wrap=True)
+    except ReverieError as e:
+        console.print(f"no faces page: {e}", soft_wrap=True)
 
 
 def _fluency_arg(text: str) -> tuple[str, float]:

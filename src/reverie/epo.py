@@ -48,6 +48,8 @@ class EPOConfig:
     init_prompt: str | None = None
     fluency: tuple[tuple[str, float], ...] = ()  # (model spec or "self", weight): whose CE is fluency; () = self
     repetition_penalty: float = 0.0           # ρ: selection subtracts ρ · (fraction of tokens repeating an earlier one)
+    avoid_ids: tuple[int, ...] = ()           # tokens of earlier dreams (diverse dreams)...
+    avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
     time_budget: float | None = None          # seconds; stop cleanly when spent
@@ -82,7 +84,7 @@ class EPOConfig:
             raise ConfigError(f"need 0 < penalty_min <= penalty_max, got {self.penalty_min} and {self.penalty_max}")
         if self.penalties is not None and len(self.penalties) != self.population:
             raise ConfigError(f"{len(self.penalties)} penalties given for a population of {self.population}")
-        if self.repetition_penalty < 0 or any(w < 0 for _, w in self.fluency) or (
+        if self.repetition_penalty < 0 or self.avoid_penalty < 0 or any(w < 0 for _, w in self.fluency) or (
                 self.fluency and not sum(w for _, w in self.fluency) > 0):
             raise ConfigError("repetition_penalty and fluency weights must be >= 0 (and some fluency weight > 0)")
         if self.template is not None and self.template.count("{prompt}") != 1:
@@ -109,7 +111,7 @@ class EPOConfig:
         if unknown:
             raise ConfigError(f"unknown EPO options {sorted(unknown)}")
         d = dict(d)
-        for key in ("penalties", "restart_penalty", "ban_tokens", "ban_strings"):
+        for key in ("penalties", "restart_penalty", "ban_tokens", "ban_strings", "avoid_ids"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         d["fluency"] = tuple((str(m), float(w)) for m, w in d.get("fluency") or ())
@@ -217,12 +219,16 @@ class EPO:
         self._topk_cache = {k: self._topk_cache[k] for k in keys}
         return torch.stack([self._topk_cache[k] for k in keys])
 
-    def _repetition(self, ids: torch.Tensor) -> torch.Tensor:
-        """ρ · the fraction of each prompt's tokens that repeat an earlier token (0 unless configured)."""
-        if not self.config.repetition_penalty:
-            return torch.zeros(len(ids))
-        repeats = (ids[:, :, None] == ids[:, None, :]).triu(1).any(1)    # token j equals some token i < j
-        return self.config.repetition_penalty * repeats.float().mean(1)
+    def _penalty(self, ids: torch.Tensor) -> torch.Tensor:
+        """What selection subtracts from f besides λ·CE: ρ · the fraction of tokens that repeat an earlier
+        token, plus the avoid penalty · the fraction of tokens from earlier dreams (0 unless configured)."""
+        c, out = self.config, torch.zeros(len(ids))
+        if c.repetition_penalty:
+            repeats = (ids[:, :, None] == ids[:, None, :]).triu(1).any(1)    # token j equals some token i < j
+            out += c.repetition_penalty * repeats.float().mean(1)
+        if c.avoid_penalty and c.avoid_ids:
+            out += c.avoid_penalty * torch.isin(ids, torch.tensor(c.avoid_ids)).float().mean(1)
+        return out
 
     def k_at(self, iteration: int) -> int:
         """Candidate tokens per position at an iteration: top_k, or the linear schedule from top_k_start."""
@@ -259,7 +265,7 @@ class EPO:
         # 4. selection: each slot takes the best of parents ∪ children under its own λ, with replacement
         pool = torch.cat([s.population, children])
         f_pool, ce_pool = torch.cat([s.f, f_child]), torch.cat([s.ce, ce_child])
-        score = objective(f_pool - self._repetition(pool), ce_pool, self.penalties)   # [M, M + M·r]
+        score = objective(f_pool - self._penalty(pool), ce_pool, self.penalties)      # [M, M + M·r]
         best = score.argmax(1)
         stuck = torch.isinf(score.max(1).values)                         # nothing valid: keep the parent
         best[stuck] = torch.arange(M)[stuck]
@@ -279,7 +285,7 @@ class EPO:
         if c.restart_every and due and iteration < c.iters:
             lo, hi = c.restart_penalty
             restarted = lo + (hi - lo) * float(torch.rand(1, generator=gen))
-            j = int(objective(f - self._repetition(population), ce, torch.tensor([restarted]))[0].argmax())
+            j = int(objective(f - self._penalty(population), ce, torch.tensor([restarted]))[0].argmax())
             population, f, ce = population[j].repeat(M, 1), f[j].repeat(M), ce[j].repeat(M)
             stale = 0
 

@@ -1,0 +1,100 @@
+"""Diverse dreams: K distinct dreams of one feature, so a polysemantic feature shows its several faces.
+
+Face 0 is an ordinary dream. Face j dreams again (seed + j) while avoiding the tokens of every earlier
+face's best prompts (the best at cross-entropy <= 4, 5, 6 and unconstrained): selection subtracts
+`overlap` x |face 0's best activation| x the fraction of a prompt's tokens among them, so copying an
+earlier face costs about as much as that face's whole activation. Each face is an ordinary run
+directory (OUT/face0, OUT/face1, ...) that resumes on its own; OUT/faces.html shows them side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from .dream import DreamResult, dream, load_run, resume
+from .epo import EPOConfig
+from .errors import ConfigError
+from .frontier import THRESHOLDS, best_at
+from .model import Model, load_model
+from .rundir import CHECKPOINT, atomic_write
+
+
+def _faces_so_far(path: Path) -> str:
+    """"done" if the face's run finished, "started" if it has a checkpoint, else "new"."""
+    try:
+        if json.loads((path / "frontier.json").read_text()).get("stopped") == "done":
+            return "done"
+    except (OSError, ValueError):
+        pass
+    return "started" if (path / CHECKPOINT).exists() else "new"
+
+
+def avoided_tokens(results: list[DreamResult]) -> tuple[int, ...]:
+    """Every token of the best prompts (at cross-entropy <= 4, 5, 6, any) of earlier faces."""
+    tokens = set()
+    for r in results:
+        for limit in THRESHOLDS:
+            best = best_at(r.history, limit)
+            if best is not None:
+                tokens.update(int(t) for t in best["ids"])
+    return tuple(sorted(tokens))
+
+
+def diverse(model: Model | str, target, config: EPOConfig | None = None, k: int = 3, *, out: str | Path | None = None,
+            overlap: float = 1.0, callback=None, **dream_options) -> list[DreamResult]:
+    """K dreams of `target`, each avoiding the tokens of the ones before; with `out`, resumable, with
+    OUT/face{j} run directories and OUT/faces.html."""
+    config = config or EPOConfig()
+    if k < 1 or overlap < 0:
+        raise ConfigError("diverse dreams need k >= 1 and overlap >= 0")
+    if isinstance(model, str):
+        model = load_model(model)
+    results: list[DreamResult] = []
+    for j in range(k):
+        path = None if out is None else Path(out) / f"face{j}"
+        state = "new" if path is None else _faces_so_far(path)
+        if state == "done":
+            results.append(load_run(path))
+            continue
+        if state == "started":
+            results.append(resume(path, model=model, target=None if isinstance(target, str) else target,
+                                  callback=callback))
+            if results[-1].stopped != "done":
+                break
+            continue
+        face = replace(config, seed=config.seed + j)
+        if results:
+            scale = abs(float(results[0].best()["activation"])) if results[0].best() is not None else 1.0
+            face = replace(face, avoid_ids=avoided_tokens(results), avoid_penalty=overlap * (scale or 1.0))
+        results.append(dream(model, target, face, out=path, callback=callback, **dream_options))
+        if results[-1].stopped != "done":
+            break                      # Ctrl-C, a time budget or the callback: the next faces wait for a rerun
+    return results
+
+
+def write_faces(out: str | Path, results: list[DreamResult] | None = None) -> Path:
+    """OUT/faces.html: the faces side by side (best prompts, frontier plot, link to each face's report)."""
+    from . import plots
+    from .report import _jinja, _png
+
+    out = Path(out)
+    results = results or [load_run(p) for p in sorted(out.glob("face*"), key=lambda p: int(p.name[4:]))]
+    faces = []
+    for j, r in enumerate(results):
+        best = []
+        for limit in THRESHOLDS:
+            row = best_at(r.history, limit)
+            best.append({"limit": "any" if math.isinf(limit) else f"≤ {limit:g}",
+                         "activation": None if row is None else float(row["activation"]),
+                         "cross_entropy": None if row is None else float(row["cross_entropy"]),
+                         "text": None if row is None else row["text"]})
+        faces.append({"name": f"face {j}", "href": f"face{j}/report.html", "best": best,
+                      "avoided": len(r.config.avoid_ids),
+                      "plot": _png(plots.frontier_plot(r.history, f"face {j}", annotate=3))})
+    html = _jinja().get_template("faces.html.j2").render(target=results[0].target, model=results[0].model, faces=faces)
+    path = out / "faces.html"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    return path
