@@ -45,6 +45,10 @@ def dream(
     top_k: int = typer.Option(512, "--top-k", help="Candidate tokens per position k."),
     top_k_start: Optional[int] = typer.Option(None, "--top-k-start", help="Grow k linearly from this to --top-k over the run."),
     length: int = typer.Option(12, help="Prompt length in tokens n (the --prompt's length wins)."),
+    insert_rate: float = typer.Option(0.0, "--insert-rate", help="Probability that a child inserts a token (lengths then vary)."),
+    delete_rate: float = typer.Option(0.0, "--delete-rate", help="Probability that a child deletes a token."),
+    min_length: Optional[int] = typer.Option(None, "--min-length", help="Shortest prompt with insertions/deletions (default length - 4)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest prompt with insertions/deletions (default length + 4)."),
     penalty_min: float = typer.Option(0.1, help="Smallest fluency penalty λ."),
     penalty_max: float = typer.Option(10.0, help="Largest fluency penalty λ."),
     restart_every: int = typer.Option(30, help="Restart every this many iterations (0 = never)."),
@@ -81,7 +85,8 @@ def dream(
     if resume is not None and init_from is not None:
         raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
-        common = dict(top_k=top_k, top_k_start=top_k_start, length=length, iters=300 if iters is None else iters, seed=seed,
+        common = dict(top_k=top_k, top_k_start=top_k_start, length=length, insert_rate=insert_rate,
+                      delete_rate=delete_rate, min_length=min_length, max_length=max_length, iters=300 if iters is None else iters, seed=seed,
                       init_prompt=prompt, template=template, fluency=tuple(_fluency_arg(f) for f in fluency),
                       repetition_penalty=repetition_penalty, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
                       ban_strings=tuple(ban), ascii_only=ascii_only, check_retokenization=retokenize_check,

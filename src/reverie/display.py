@@ -47,7 +47,8 @@ class LiveDisplay:
             self.live.start()
             self.started = True
         self.progress.update(self.task, completed=step.iteration, rate=f"{step.seconds:.2f} s/it")
-        texts = self.tokenizer.batch_decode(step.state.population.tolist(), clean_up_tokenization_spaces=False)
+        rows = [[t for t in r if t >= 0] for r in step.state.population.tolist()]   # -1 pads shorter prompts
+        texts = self.tokenizer.batch_decode(rows, clean_up_tokenization_spaces=False)
         rows = list(zip(step.state.f.tolist(), step.state.ce.tolist(), texts))
         self.live.update(Group(self.progress, frontier_table(rows, "current population", step.penalties)))
 

@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
+from .edits import PAD, edit_children, lengths, trim, unpad
 from .errors import ConfigError
 from .history import History
 from .scoring import Scorer
@@ -37,6 +39,10 @@ class EPOConfig:
     top_k: int = 512                          # k, candidate tokens per position
     top_k_start: int | None = None            # grow k linearly from this to top_k over the run (None: fixed k)
     length: int = 12                          # n, prompt tokens (the initial prompt's length wins)
+    insert_rate: float = 0.0                  # probability that a child is an insertion...
+    delete_rate: float = 0.0                  # ...or a deletion (the rest are swaps); see edits.py
+    min_length: int | None = None             # prompt length bounds with insertions/deletions
+    max_length: int | None = None             #   (default: length - 4 and length + 4)
     iters: int = 300                          # T
     penalty_min: float = 0.1                  # λ_min
     penalty_max: float = 10.0                 # λ_max
@@ -89,6 +95,11 @@ class EPOConfig:
             raise ConfigError("repetition_penalty and fluency weights must be >= 0 (and some fluency weight > 0)")
         if self.template is not None and self.template.count("{prompt}") != 1:
             raise ConfigError(f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {self.template!r}")
+        if not (0 <= self.insert_rate and 0 <= self.delete_rate and self.insert_rate + self.delete_rate <= 1):
+            raise ConfigError("insert_rate and delete_rate must be >= 0 with a sum <= 1")
+        lo, hi = self.length_bounds()
+        if self.variable_length and not 2 <= lo <= self.length <= hi:
+            raise ConfigError(f"need 2 <= min_length <= length <= max_length, got {lo}, {self.length}, {hi}")
         if self.top_k_start is not None and self.top_k_start > self.top_k:
             raise ConfigError(f"top_k_start ({self.top_k_start}) cannot exceed top_k ({self.top_k})")
         if len(self.init_ids) > self.population:
@@ -100,6 +111,14 @@ class EPOConfig:
         lo, hi = self.restart_penalty
         if not 0 <= lo <= hi:
             raise ConfigError(f"restart_penalty must be a range lo <= hi, got {self.restart_penalty}")
+
+    @property
+    def variable_length(self) -> bool:
+        return self.insert_rate > 0 or self.delete_rate > 0
+
+    def length_bounds(self) -> tuple[int, int]:
+        return (self.min_length if self.min_length is not None else max(2, self.length - 4),
+                self.max_length if self.max_length is not None else self.length + 4)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,7 +211,7 @@ class EPO:
                pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """f and CE of each row; prompts not seen before go through the model once. Children (given their
         parents, parent index and mutated position) run only from the mutated position on."""
-        keys = [tuple(r) for r in ids.tolist()]
+        keys = [tuple(t for t in r if t != PAD) for r in ids.tolist()]
         first = {}
         for j, k in enumerate(keys):
             if k not in self.memo and k not in first:
@@ -200,7 +219,13 @@ class EPO:
         if first:
             rows = torch.tensor(list(first.values()))
             new_ids = ids[rows]
-            if parents is None:
+            if (new_ids == PAD).any():              # prompts of several lengths: score each length apart
+                n = lengths(new_ids)
+                f, ce = torch.empty(len(rows)), torch.empty(len(rows))
+                for length in n.unique().tolist():
+                    same = (n == length).nonzero()[:, 0]
+                    f[same], ce[same] = self.scorer.score(new_ids[same, :length])
+            elif parents is None or (parents == PAD).any():
                 f, ce = self.scorer.score(new_ids)
             else:
                 f, ce = self.scorer.score_children(parents, new_ids, parent[rows], pos[rows])
@@ -209,25 +234,30 @@ class EPO:
         f, ce = zip(*(self.memo[k] for k in keys))
         return torch.tensor(f), torch.tensor(ce)
 
-    def _top_k(self, population: torch.Tensor) -> torch.Tensor:
-        """Top-k tokens per member and position; survivors that keep their slot keep their gradients."""
-        keys = [(tuple(p), float(lam)) for p, lam in zip(population.tolist(), self.penalties)]
+    def _top_k(self, population: torch.Tensor) -> list[torch.Tensor]:
+        """Top-k tokens per member and position ([n_m, k] each); survivors that keep their slot keep their
+        gradients."""
+        rows = unpad(population)
+        keys = [(tuple(p.tolist()), float(lam)) for p, lam in zip(rows, self.penalties)]
         missing = [i for i, k in enumerate(keys) if k not in self._topk_cache]
-        if missing:
-            fresh = self.scorer.top_k(population[missing], self.penalties[missing], self.config.top_k)
-            self._topk_cache.update({keys[i]: t for i, t in zip(missing, fresh)})
+        for length in sorted({len(rows[i]) for i in missing}):       # one batch per prompt length
+            group = [i for i in missing if len(rows[i]) == length]
+            fresh = self.scorer.top_k(torch.stack([rows[i] for i in group]), self.penalties[group], self.config.top_k)
+            self._topk_cache.update({keys[i]: t for i, t in zip(group, fresh)})
         self._topk_cache = {k: self._topk_cache[k] for k in keys}
-        return torch.stack([self._topk_cache[k] for k in keys])
+        return [self._topk_cache[k] for k in keys]
 
     def _penalty(self, ids: torch.Tensor) -> torch.Tensor:
         """What selection subtracts from f besides λ·CE: ρ · the fraction of tokens that repeat an earlier
         token, plus the avoid penalty · the fraction of tokens from earlier dreams (0 unless configured)."""
         c, out = self.config, torch.zeros(len(ids))
+        real, n = ids != PAD, lengths(ids)
         if c.repetition_penalty:
-            repeats = (ids[:, :, None] == ids[:, None, :]).triu(1).any(1)    # token j equals some token i < j
-            out += c.repetition_penalty * repeats.float().mean(1)
+            same = (ids[:, :, None] == ids[:, None, :]) & real[:, :, None]
+            repeats = same.triu(1).any(1) & real                        # token j equals some token i < j
+            out += c.repetition_penalty * repeats.sum(1) / n
         if c.avoid_penalty and c.avoid_ids:
-            out += c.avoid_penalty * torch.isin(ids, torch.tensor(c.avoid_ids)).float().mean(1)
+            out += c.avoid_penalty * torch.isin(ids, torch.tensor(c.avoid_ids)).sum(1) / n
         return out
 
     def k_at(self, iteration: int) -> int:
@@ -245,25 +275,33 @@ class EPO:
         phases = {}
 
         # 1. gradients: top-k loss-decreasing tokens per member and position, under the slot's own λ
-        top = self._top_k(s.population)                                  # [M, n, k]
+        top = self._top_k(s.population)                                  # M × [n, k]
         t1 = time.perf_counter(); phases["gradients"] = t1 - t0
 
         # 2. children: r per member, one position swapped for a token drawn from that position's top-k
-        pos = torch.randint(n, (M, c.children), generator=gen)
-        pick = torch.randint(min(top.shape[-1], self.k_at(s.iteration)), (M, c.children), generator=gen)
-        parent = torch.arange(M)[:, None].expand(M, c.children)
-        children = s.population[parent].clone()                          # [M, r, n]
-        children.scatter_(2, pos[..., None], top[parent, pos, pick][..., None])
-        children = children.reshape(M * c.children, n)
+        #    (or, with insert/delete rates, a token inserted or deleted: see edits.py)
+        if c.variable_length:
+            children, parent, pos = edit_children(s.population, top, c.children, self.k_at(s.iteration), gen,
+                                                   c.insert_rate, c.delete_rate, *c.length_bounds())
+        else:
+            top = torch.stack(top)                                       # [M, n, k]
+            pos = torch.randint(n, (M, c.children), generator=gen)
+            pick = torch.randint(min(top.shape[-1], self.k_at(s.iteration)), (M, c.children), generator=gen)
+            parent = torch.arange(M)[:, None].expand(M, c.children)
+            children = s.population[parent].clone()                      # [M, r, n]
+            children.scatter_(2, pos[..., None], top[parent, pos, pick][..., None])
+            children, parent, pos = children.reshape(M * c.children, n), parent.reshape(-1), pos.reshape(-1)
         t2 = time.perf_counter(); phases["children"] = t2 - t1
 
         # 3. scoring: f and CE of every child (memoised, run from the mutated position on over the parent's
         #    cached prefix; constraint failures get f = −∞)
-        f_child, ce_child = self._score(children, s.population, parent.reshape(-1), pos.reshape(-1))
+        f_child, ce_child = self._score(children, s.population, parent, pos)
         t3 = time.perf_counter(); phases["scoring"] = t3 - t2
 
         # 4. selection: each slot takes the best of parents ∪ children under its own λ, with replacement
-        pool = torch.cat([s.population, children])
+        width = max(s.population.shape[1], children.shape[1])
+        pool = torch.cat([F.pad(s.population, (0, width - s.population.shape[1]), value=PAD),
+                          F.pad(children, (0, width - children.shape[1]), value=PAD)])
         f_pool, ce_pool = torch.cat([s.f, f_child]), torch.cat([s.ce, ce_child])
         score = objective(f_pool - self._penalty(pool), ce_pool, self.penalties)      # [M, M + M·r]
         best = score.argmax(1)
@@ -271,7 +309,7 @@ class EPO:
         best[stuck] = torch.arange(M)[stuck]
         kept = torch.zeros(len(children), dtype=torch.bool)
         kept[best[best >= M] - M] = True
-        population, f, ce = pool[best], f_pool[best], ce_pool[best]
+        population, f, ce = trim(pool[best]), f_pool[best], ce_pool[best]
         own = torch.arange(M)
         improved = bool((score[own, best] > score[own, own] + 1e-6).any())
         stale = 0 if improved else s.stale + 1
@@ -289,7 +327,7 @@ class EPO:
             population, f, ce = population[j].repeat(M, 1), f[j].repeat(M), ce[j].repeat(M)
             stale = 0
 
-        self.history.add(iteration, parent.reshape(-1), children, f_child, ce_child, kept)
+        self.history.add(iteration, parent, children, f_child, ce_child, kept)
         self.state = EPOState(iteration, population, f, ce, gen.get_state(), stale)
         phases["bookkeeping"] = time.perf_counter() - t4
         return Step(iteration, self.state, self.penalties, self.history, time.perf_counter() - t0, phases, restarted)

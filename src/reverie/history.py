@@ -22,10 +22,11 @@ class History:
 
     def add(self, iteration: int, slot: torch.Tensor, ids: torch.Tensor, f: torch.Tensor,
             ce: torch.Tensor, kept: torch.Tensor) -> None:
+        ids = ids.numpy().astype(np.int32)
         self._chunks.append({
             "iteration": np.full(len(ids), iteration, dtype=np.int32),
             "slot": slot.numpy().astype(np.int16),
-            "ids": ids.numpy().astype(np.int32),
+            "ids": [r[r >= 0] for r in ids] if (ids < 0).any() else list(ids),   # -1 pads shorter prompts
             "activation": f.numpy().astype(np.float32),
             "cross_entropy": ce.numpy().astype(np.float32),
             "kept": kept.numpy().astype(bool),
@@ -44,14 +45,14 @@ class History:
             yield from zip((tuple(np.asarray(i).tolist()) for i in frame["ids"]), frame["activation"].tolist(),
                             frame["cross_entropy"].tolist())
         for c in self._chunks:
-            yield from zip(map(tuple, c["ids"].tolist()), c["activation"].tolist(), c["cross_entropy"].tolist())
+            yield from zip((tuple(r.tolist()) for r in c["ids"]), c["activation"].tolist(), c["cross_entropy"].tolist())
 
     def frame(self, decode, since: int = -1) -> pd.DataFrame:
-        """Rows with iteration > `since` as a DataFrame; `decode` maps a [rows, n] id array to texts."""
+        """Rows with iteration > `since` as a DataFrame; `decode` maps a list of id arrays to texts."""
         parts = [f[f["iteration"] > since] for f in self._frames]
         chunks = [c for c in self._chunks if c["iteration"][0] > since] if self._chunks else []
         if chunks:
-            ids = np.concatenate([c["ids"] for c in chunks])
+            ids = [r for c in chunks for r in c["ids"]]
             new = pd.DataFrame({k: np.concatenate([c[k] for c in chunks]) for k in COLUMNS if k not in ("ids", "text")})
             new.insert(2, "ids", list(ids))
             new.insert(3, "text", decode(ids))

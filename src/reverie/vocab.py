@@ -58,8 +58,8 @@ class Vocabulary:
         return len(self.allowed)
 
     def decode(self, ids) -> list[str]:
-        """Texts of a [rows, n] tensor or array of token ids."""
-        return self.tokenizer.batch_decode(ids.tolist(), clean_up_tokenization_spaces=False)
+        """Texts of a [rows, n] tensor or array of token ids, or of a list of id sequences; -1 is padding."""
+        return self.tokenizer.batch_decode(_rows(ids), clean_up_tokenization_spaces=False)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -68,7 +68,7 @@ class Vocabulary:
         """Bool per prompt: passes banned strings and (if on) re-tokenisation."""
         texts = self.decode(ids) if texts is None else texts
         good = []
-        rows = ids.tolist()
+        rows = _rows(ids)
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if self.check_retokenization else None
         for j, text in enumerate(texts):
             low = text.lower()
@@ -95,6 +95,12 @@ class Vocabulary:
         while len(again) < n:
             again.append(int(self.allowed[torch.randint(len(self.allowed), (1,), generator=generator)]))
         return torch.tensor(again[:n])
+
+
+def _rows(ids) -> list[list[int]]:
+    """Id sequences without padding (-1) from a tensor, an array or a list of sequences."""
+    rows = ids.tolist() if hasattr(ids, "tolist") else [list(map(int, r)) for r in ids]
+    return [[t for t in r if t >= 0] for r in rows]
 
 
 def resolve_token(tokenizer, token: str | int) -> int:
