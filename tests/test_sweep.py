@@ -163,7 +163,7 @@ def test_index_html_escapes_dreamed_text_and_links_reports(tiny_llama, tmp_path)
     front = json.loads(front_path.read_text())
     front["frontier"][0].update(text="</span><script>alert(1)</script>", activation=1e6, cross_entropy=3.0)
     front_path.write_text(json.dumps(front))
-    index = sw.rebuild_index(out)
+    index = importlib.import_module("reverie.sweep_index").rebuild_index(out)
     assert index.loc[0, "prompt_ce4"] == "</span><script>alert(1)</script>"
     html = (out / "index.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

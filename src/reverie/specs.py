@@ -1,15 +1,18 @@
-"""Many targets and seeds from one spec: ranges (`neuron:L9.N0-63`, `neuron:L*.N5`), comma lists, files
+"""Sweep jobs: many targets and seeds from one spec, and where each (target, seed) job lives. Targets: ranges (`neuron:L9.N0-63`, `neuron:L*.N5`), comma lists, files
 of specs (one per line, `#` comments); seeds as `0-4`, `0,2,5` or one number. Used by sweeps."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import ConfigError, TargetError
+from .rundir import FRONTIER
 from .targets import Custom, Target, parse_target
 
 _RANGE = re.compile(r"(?<![^.])([LNH])(\*|\d+-\d+)(?![^.])")   # L0-5 / L* / N0-63 / H0-3 between dots
@@ -115,3 +118,44 @@ def slug(spec: str) -> str:
     if clean.replace("_", ":", 1) != spec:
         clean = f"{clean[:71]}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
     return clean
+
+
+# ---------------------------------------------------------------- jobs and their run directories
+
+@dataclass(frozen=True)
+class Job:
+    """One (target, seed) dream of a sweep."""
+
+    spec: str
+    seed: int
+    target: object = field(compare=False, repr=False)   # the spec string, or a Target object
+
+    @property
+    def slug(self) -> str:
+        return slug(self.spec)
+
+    def path(self, out: Path) -> Path:
+        return Path(out) / "runs" / self.slug / f"seed{self.seed}"
+
+    def failed_path(self, out: Path) -> Path:
+        return Path(out) / "runs" / self.slug / f"seed{self.seed}.failed.json"
+
+    def __str__(self) -> str:
+        return f"{self.spec} seed {self.seed}"
+
+
+def make_jobs(targets: list, seeds: list[int]) -> list[Job]:
+    return [Job(t if isinstance(t, str) else t.spec, s, t) for t in targets for s in seeds]
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished(path: Path) -> dict | None:
+    """The frontier.json of a run that reached its last iteration, else None."""
+    info = read_json(path / FRONTIER)
+    return info if info is not None and info.get("stopped") == "done" else None

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import shutil
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,53 +27,12 @@ import pandas as pd
 from . import __version__
 from .epo import EPOConfig
 from .errors import ConfigError, ModelError, ReverieError, RunDirError
-from .frontier import summary
 from .model import BUNDLED, Model, bundled_path, load_model
-from .rundir import CHECKPOINT, FRONTIER, atomic_write
-from .specs import expand_targets, parse_seeds, slug
-
-# ---------------------------------------------------------------- jobs
-
-@dataclass(frozen=True)
-class Job:
-    """One (target, seed) dream of a sweep."""
-
-    spec: str
-    seed: int
-    target: object = field(compare=False, repr=False)   # the spec string, or a Target object
-
-    @property
-    def slug(self) -> str:
-        return slug(self.spec)
-
-    def path(self, out: Path) -> Path:
-        return Path(out) / "runs" / self.slug / f"seed{self.seed}"
-
-    def failed_path(self, out: Path) -> Path:
-        return Path(out) / "runs" / self.slug / f"seed{self.seed}.failed.json"
-
-    def __str__(self) -> str:
-        return f"{self.spec} seed {self.seed}"
-
-
-def _jobs(targets: list, seeds: list[int]) -> list[Job]:
-    return [Job(t if isinstance(t, str) else t.spec, s, t) for t in targets for s in seeds]
-
+from .rundir import CHECKPOINT, atomic_write
+from .specs import Job, expand_targets, finished, make_jobs, parse_seeds, read_json
+from .sweep_index import write_index
 
 # ---------------------------------------------------------------- one job (in this process or in an actor)
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _finished(path: Path) -> dict | None:
-    """The frontier.json of a run that reached its last iteration, else None."""
-    info = _read_json(path / FRONTIER)
-    return info if info is not None and info.get("stopped") == "done" else None
-
 
 def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_every: int = 5,
             on_iteration: Callable[[int], None] | None = None, report: bool = False, starts=None) -> dict:
@@ -84,7 +42,7 @@ def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_eve
     from .dream import dream, resume
 
     path = job.path(out)
-    if _finished(path):
+    if finished(path):
         return {"ok": True, "seconds": 0.0, "skipped": True}
     callback = None if on_iteration is None else (lambda step: on_iteration(step.iteration))
     try:
@@ -158,7 +116,7 @@ class _Tracker:
     def __init__(self, out: Path, jobs: list[Job], config: EPOConfig, retries: int, progress, meta: dict):
         self.out, self.jobs, self.iters, self.retries, self.meta = out, jobs, config.iters, retries, meta
         self.progress = progress or (lambda event: None)
-        self.done = sum(_finished(j.path(out)) is not None for j in jobs)
+        self.done = sum(finished(j.path(out)) is not None for j in jobs)
         self.failed, self.written = 0, time.monotonic()
 
     def emit(self, kind: str, job: Job | None = None, **kw) -> None:
@@ -268,75 +226,6 @@ def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job],
             ray.shutdown()
 
 
-# ---------------------------------------------------------------- the index
-
-_TAGS = {4.0: "ce4", 5.0: "ce5", 6.0: "ce6", math.inf: "any"}
-
-
-def build_index(out: str | Path, jobs: list[Job]) -> pd.DataFrame:
-    """One row per target, from the run directories: seeds merged into one frontier."""
-    out, rows = Path(out), []
-    for spec, group in itertools.groupby(jobs, key=lambda j: j.spec):
-        group = list(group)
-        points, done, failed, errors, seconds, runs = [], [], [], {}, 0.0, []
-        for job in group:
-            info = _finished(job.path(out))
-            if info is not None:
-                done.append(job.seed)
-                seconds += float(info.get("seconds") or 0.0)
-                points += info.get("frontier", [])
-                runs.append(str(job.path(out).relative_to(out)))
-            elif (fail := _read_json(job.failed_path(out))) is not None:
-                failed.append(job.seed)
-                errors.setdefault(str(fail.get("error")), []).append(str(job.seed))
-        status = ("done" if len(done) == len(group) else "failed" if len(failed) == len(group)
-                  else "partial" if done and len(done) + len(failed) == len(group) else "pending")
-        row = {"target": spec, "slug": group[0].slug, "status": status, "seeds": len(group),
-               "seeds_done": len(done), "seeds_failed": len(failed)}
-        points = pd.DataFrame(points, columns=["text", "ids", "activation", "cross_entropy", "iteration"])
-        best = summary(points.astype({"activation": float, "cross_entropy": float}))
-        for b in best.itertuples():
-            tag = _TAGS[b.max_cross_entropy]
-            row[f"activation_{tag}"], row[f"cross_entropy_{tag}"], row[f"prompt_{tag}"] = (
-                b.activation, b.cross_entropy, b.text)
-        error = "; ".join(f"seed{'s' * (len(k) > 1)} {','.join(k)}: {e}" for e, k in errors.items())
-        row.update(seconds=round(seconds, 2), error=error or None, runs=runs)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def write_index(out: str | Path, jobs: list[Job], meta: dict) -> pd.DataFrame:
-    """Rebuild DIR/index.parquet and DIR/index.html (atomically) from the run directories."""
-    import jinja2
-
-    out = Path(out)
-    index = build_index(out, jobs)
-    atomic_write(out / "index.parquet", lambda tmp: index.to_parquet(tmp, index=False))
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
-    seed_links = {}
-    for job in jobs:   # each seed links to its report.html when written, else to its frontier.json
-        path = job.path(out)
-        page = next((p for p in (path / "report.html", path / FRONTIER) if p.exists()), None)
-        seed_links.setdefault(job.spec, []).append(
-            {"seed": job.seed, "href": page and str(page.relative_to(out)),
-             "failed": job.failed_path(out).exists() and page is None})
-    html = env.get_template("index.html.j2").render(
-        meta=meta, rows=index.sort_values("activation_any", ascending=False, na_position="last").to_dict("records"),
-        links=seed_links, tags=[("ce4", "≤ 4"), ("ce5", "≤ 5"), ("ce6", "≤ 6"), ("any", "any")],
-        counts=index["status"].value_counts().to_dict(), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-        isfinite=lambda v: v is not None and isinstance(v, float) and math.isfinite(v))
-    atomic_write(out / "index.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
-    return index
-
-
-def rebuild_index(out: str | Path) -> pd.DataFrame:
-    """Rebuild the index of the sweep in `out` from its sweep.json and run directories."""
-    meta = _read_json(Path(out) / "sweep.json")
-    if meta is None:
-        raise RunDirError(f"{out} is not a sweep folder (no readable sweep.json)")
-    return write_index(out, _jobs(meta["targets"], meta["seeds"]), meta)
-
-
 # ---------------------------------------------------------------- the sweep
 
 def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets: list, seeds: list[int],
@@ -347,7 +236,7 @@ def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets:
         return json.loads(json.dumps({k: v for k, v in c.to_dict().items() if k not in ("seed", "batch_size")}))
 
     identity = {"model": model, "dtype": dtype or "auto", "epo": options(config), "starts": starts}
-    old = _read_json(out / "sweep.json")
+    old = read_json(out / "sweep.json")
     if old is not None:
         old["epo"] = {**options(EPOConfig()), **old.get("epo", {})}   # options added since: their defaults
         old.setdefault("starts", None)
@@ -432,9 +321,9 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
         read_scan(starts)   # unreadable: fail now, not in every job
         starts = str(Path(starts).resolve())
     meta = _claim(out, spec, dtype, config, targets, seeds, starts)
-    jobs = _jobs(targets, seeds)
+    jobs = make_jobs(targets, seeds)
     tracker = _Tracker(out, jobs, config, retries, progress, meta)
-    todo = [j for j in jobs if _finished(j.path(out)) is None]
+    todo = [j for j in jobs if finished(j.path(out)) is None]
     try:
         if todo and executor == "local":
             n_layers()   # loads the model if not loaded yet
