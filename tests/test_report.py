@@ -109,6 +109,10 @@ def test_cli_dream_writes_report_and_report_command(monkeypatch, capsys, tiny_di
     assert code in (0, None), err
     html = (tmp_path / "a" / "report.html").read_text()
     assert 'id="windows"' in html and 'class="tok"' in html
+    assert any(reverie.load_run(tmp_path / "a").config.init_ids)        # --scan also starts from the data...
+    code, out, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7", "--out",
+                         tmp_path / "plain", "--scan", tmp_path / "scan", "--random-start", "--no-report", *SMALL)
+    assert code in (0, None) and not any(reverie.load_run(tmp_path / "plain").config.init_ids)   # ...unless told not to
     code, out, err = run(monkeypatch, capsys, "report", tmp_path / "a", "--no-model", "--out", tmp_path / "r.html")
     assert code in (0, None), err
     assert (tmp_path / "r.html").exists() and 'class="tok"' not in (tmp_path / "r.html").read_text()

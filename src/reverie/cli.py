@@ -69,7 +69,8 @@ def dream(
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: bf16 where the hardware does it well)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
-    scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: put its top windows for this target in the report."),
+    scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: start half the population at its top windows for this target (unless --random-start) and show them in the report."),
+    random_start: bool = typer.Option(False, "--random-start", help="With --scan: start every slot at random prompts (the paper), using the scan only in the report."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory at the end."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: half the population starts at its top windows for this target."),
     diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),
@@ -106,8 +107,12 @@ def dream(
         RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
         run_path, model_spec, total = resume, saved["model"], iters or saved["epo"]["iters"]
         dtype = dtype or saved.get("dtype")
-    windows = _read_scan(scan_dir) if report else None  # a bad --scan or --init-from fails before any work
+    windows = _read_scan(scan_dir)  # a bad --scan or --init-from fails before any work
     starts = _read_scan(init_from)
+    if starts is None and windows is not None and not random_start and resume is None:
+        from .targets import parse_target     # --scan: start from its windows when it has some for this target
+        spec = parse_target(target, tuple(ban)).spec
+        starts = windows if (windows["target"] == spec).any() else None
     if not quiet:
         console.print(f"[dim]loading model {model_spec} …[/dim]", soft_wrap=True)
     loaded = load_model(model_spec, dtype=dtype, device=device)
