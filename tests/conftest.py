@@ -36,6 +36,16 @@ FAMILIES = {
 }
 
 
+def checkpoint_iteration(run_dir) -> int:
+    """The iteration of a run directory's checkpoint, or -1 if there is none (yet) or it is being written."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(run_dir / "checkpoint.safetensors"), "pt") as fh:
+            return int(fh.metadata()["iteration"])
+    except Exception:
+        return -1
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return AutoTokenizer.from_pretrained(bundled_path())

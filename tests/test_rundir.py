@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from safetensors import safe_open
+from conftest import checkpoint_iteration
 
 import reverie
 from reverie import EPOConfig
@@ -47,14 +47,6 @@ def test_resume_in_python_continues_and_matches_uninterrupted(tiny_llama, tmp_pa
     assert more.iterations == 10 and sorted(more.history.iteration.unique()) == list(range(11))
 
 
-def _checkpoint_iteration(path):
-    try:
-        with safe_open(str(path / "checkpoint.safetensors"), "pt") as fh:
-            return int(fh.metadata()["iteration"])
-    except Exception:
-        return -1
-
-
 def test_sigkill_then_resume_keeps_every_iteration(tiny_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "reverie", "dream", "--model", str(tiny_dir), "--target", "neuron:L1.N7",
@@ -62,12 +54,12 @@ def test_sigkill_then_resume_keeps_every_iteration(tiny_dir, tmp_path):
            "--checkpoint-every", "1", "--dtype", "fp32", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while _checkpoint_iteration(out) < 6 and time.time() < deadline and proc.poll() is None:
+    while checkpoint_iteration(out) < 6 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = _checkpoint_iteration(out)
+    killed_at = checkpoint_iteration(out)
     assert 6 <= killed_at < 400
     assert not (out / "frontier.json").exists()
     partial = reverie.load_run(out)          # a killed run is readable as it is

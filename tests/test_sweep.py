@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import checkpoint_iteration
 
 import reverie
 from reverie import ConfigError, EPOConfig, TargetError
@@ -170,15 +171,6 @@ def test_index_html_escapes_dreamed_text_and_links_reports(tiny_llama, tmp_path)
     assert html.count("<script>") == 1                   # only the page's own sorting code
 
 
-def _checkpoint_iteration(path):
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path / "checkpoint.safetensors"), "pt") as fh:
-            return int(fh.metadata()["iteration"])
-    except Exception:
-        return -1
-
-
 def test_sigkill_then_rerun_does_every_job_once(tiny_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "reverie", "sweep", "--model", str(tiny_dir), "--targets", "neuron:L0-1.N3",
@@ -189,12 +181,12 @@ def test_sigkill_then_rerun_does_every_job_once(tiny_dir, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and not (
-            (runs[0] / "frontier.json").exists() and _checkpoint_iteration(runs[1]) >= 3):
+            (runs[0] / "frontier.json").exists() and checkpoint_iteration(runs[1]) >= 3):
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = _checkpoint_iteration(runs[1])
+    killed_at = checkpoint_iteration(runs[1])
     assert 3 <= killed_at < 12 and not (runs[1] / "frontier.json").exists()
     finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in runs[0].rglob("*") if p.is_file()}
     started = (runs[1] / "config.json").stat().st_mtime_ns

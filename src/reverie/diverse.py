@@ -9,7 +9,6 @@ directory (OUT/face0, OUT/face1, ...) that resumes on its own; OUT/faces.html sh
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -20,15 +19,13 @@ from .errors import ConfigError
 from .frontier import THRESHOLDS, best_at
 from .model import Model, load_model
 from .rundir import CHECKPOINT, atomic_write
+from .specs import finished
 
 
 def _faces_so_far(path: Path) -> str:
     """"done" if the face's run finished, "started" if it has a checkpoint, else "new"."""
-    try:
-        if json.loads((path / "frontier.json").read_text()).get("stopped") == "done":
-            return "done"
-    except (OSError, ValueError):
-        pass
+    if finished(path):
+        return "done"
     return "started" if (path / CHECKPOINT).exists() else "new"
 
 

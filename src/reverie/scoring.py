@@ -72,9 +72,13 @@ class Scorer:
         """(CE, log-probs) of the prompt under another fluency model (in the template, if any)."""
         with _embedding_leaf(model, embeddings):
             logits = model.hf(input_ids=self._in_template(ids.to(model.device))).logits.float()
+        return self._prompt_cross_entropy(logits, ids.to(model.device))
+
+    def _prompt_cross_entropy(self, logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CE, log-probs) of the prompt tokens first..n-1 from the logits of the whole templated input."""
         L, n = len(self.before), ids.shape[1]
-        logprobs = logits[:, L + self.first - 1:L + n - 1].log_softmax(-1)
-        total = logprobs.gather(-1, ids.to(model.device)[:, self.first:, None])[..., 0].sum(-1)
+        logprobs = logits[:, L + self.first - 1:L + n - 1].log_softmax(-1)     # predicting prompt tokens first..n-1
+        total = logprobs.gather(-1, ids[:, self.first:, None])[..., 0].sum(-1)
         return -total / (n - self.first), logprobs
 
     # ---------------------------------------------------------------- a fixed context around the prompt
@@ -92,12 +96,11 @@ class Scorer:
         """f and CE of the prompt span inside its template: the target sees activations of the prompt
         positions only (position -1 = the last prompt token); CE covers every prompt token."""
         L, n = len(self.before), ids.shape[1]
-        logprobs = logits[:, L + self.first - 1:L + n - 1].log_softmax(-1)     # predicting prompt tokens first..n-1
-        total = logprobs.gather(-1, ids[:, self.first:, None])[..., 0].sum(-1)
+        ce, logprobs = self._prompt_cross_entropy(logits, ids)
         span = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
                 for name, t in cache.items()}
         span["logits"] = logits[:, L:L + n]
-        return self.target.value(span).float(), -total / (n - self.first), logprobs
+        return self.target.value(span).float(), ce, logprobs
 
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, cross-entropy) on the CPU, in batches of `batch_size`."""
