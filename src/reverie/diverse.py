@@ -75,7 +75,8 @@ def diverse(model: Model | str, target, config: EPOConfig | None = None, k: int 
 def write_faces(out: str | Path, results: list[DreamResult] | None = None) -> Path:
     """OUT/faces.html: the faces side by side (best prompts, frontier plot, link to each face's report)."""
     from . import plots
-    from .report import _jinja, _png
+    from .pages import environment
+    from .report import _png
 
     out = Path(out)
     results = results or [load_run(p) for p in sorted(out.glob("face*"), key=lambda p: int(p.name[4:]))]
@@ -91,7 +92,7 @@ def write_faces(out: str | Path, results: list[DreamResult] | None = None) -> Pa
         faces.append({"name": f"face {j}", "href": f"face{j}/report.html", "best": best,
                       "avoided": len(r.config.avoid_ids),
                       "plot": _png(plots.frontier_plot(r.history, f"face {j}", annotate=3))})
-    html = _jinja().get_template("faces.html.j2").render(target=results[0].target, model=results[0].model, faces=faces)
+    html = environment().get_template("faces.html.j2").render(target=results[0].target, model=results[0].model, faces=faces)
     path = out / "faces.html"
     atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return path

@@ -23,23 +23,12 @@ from .dream import DreamResult, load_run
 from .errors import ReverieError, RunDirError
 from .frontier import THRESHOLDS, best_at, pareto, summary, versus_data
 from .model import Model
+from .pages import environment
 from .rundir import atomic_write
 from .scan import read_scan
 from .targets import Direction, as_target
 
 REPORT = "report.html"
-
-
-def _jinja():
-    try:
-        import jinja2
-    except ImportError:
-        raise ReverieError("reports need jinja2 and matplotlib: pip install 'reverie[report]'") from None
-    env = jinja2.Environment(loader=jinja2.PackageLoader("reverie", "templates"),
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda x, d=3: "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.{d}f}"
-    env.filters["shown"] = lambda text: repr(str(text))[1:-1]
-    return env
 
 
 def _png(fig) -> str:
@@ -130,7 +119,7 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
                   "cross_entropy": r.cross_entropy, "text": r.text} for r in summary(history).itertuples()]
     config = {"model": run.model, "target": run.target, "iterations": run.iterations, "stopped": run.stopped,
               "prompts scored": len(history), **{f"epo.{k}": v for k, v in run.config.to_dict().items()}}
-    return _jinja().get_template("report.html.j2").render(
+    return environment().get_template("report.html.j2").render(
         title=title, run=run, config=config, best=best_rows, frontier=frontier_rows, figures=figures,
         attributions=attributions, k=k, baseline=baseline, zscores=zscores, notes=notes,
         windows=None if windows is None else windows.head(20).to_dict("records"),

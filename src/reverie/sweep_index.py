@@ -12,6 +12,7 @@ import pandas as pd
 
 from .errors import RunDirError
 from .frontier import summary
+from .pages import environment
 from .rundir import FRONTIER, atomic_write
 from .specs import Job, finished, make_jobs, read_json
 
@@ -52,12 +53,9 @@ def build_index(out: str | Path, jobs: list[Job]) -> pd.DataFrame:
 
 def write_index(out: str | Path, jobs: list[Job], meta: dict) -> pd.DataFrame:
     """Rebuild DIR/index.parquet and DIR/index.html (atomically) from the run directories."""
-    import jinja2
-
     out = Path(out)
     index = build_index(out, jobs)
     atomic_write(out / "index.parquet", lambda tmp: index.to_parquet(tmp, index=False))
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
     seed_links = {}
     for job in jobs:   # each seed links to its report.html when written, else to its frontier.json
         path = job.path(out)
@@ -65,7 +63,7 @@ def write_index(out: str | Path, jobs: list[Job], meta: dict) -> pd.DataFrame:
         seed_links.setdefault(job.spec, []).append(
             {"seed": job.seed, "href": page and str(page.relative_to(out)),
              "failed": job.failed_path(out).exists() and page is None})
-    html = env.get_template("index.html.j2").render(
+    html = environment().get_template("index.html.j2").render(
         meta=meta, rows=index.sort_values("activation_any", ascending=False, na_position="last").to_dict("records"),
         links=seed_links, tags=[("ce4", "≤ 4"), ("ce5", "≤ 5"), ("ce6", "≤ 6"), ("any", "any")],
         counts=index["status"].value_counts().to_dict(), generated=time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -1,0 +1,20 @@
+"""The Jinja environment every HTML page (report, faces, sweep index) renders with: the package's
+templates, autoescaping on (dreamed text may contain markup), and the number and prompt filters."""
+
+from __future__ import annotations
+
+import math
+
+from .errors import ReverieError
+
+
+def environment():
+    try:
+        import jinja2
+    except ImportError:
+        raise ReverieError("HTML pages need jinja2 (and reports matplotlib): pip install 'reverie[report]'") from None
+    env = jinja2.Environment(loader=jinja2.PackageLoader("reverie", "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda x, d=3: "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.{d}f}"
+    env.filters["shown"] = lambda text: repr(str(text))[1:-1]
+    return env
