@@ -1,8 +1,9 @@
 """The reference path: a straightforward implementation of the paper, kept to measure reverie against.
 
 Same algorithm and random draws as `reverie.epo.EPO`, without the speed work: every child gets a full
-forward pass (no prefix reuse, no memo of scored prompts), every member's gradient is recomputed each
-iteration, through a one-hot matmul over the whole embedding matrix in the forward pass.
+forward pass with full fp32 log-softmax (no prefix reuse, no memo of scored prompts, no fused
+cross-entropy), every member's gradient is recomputed each iteration, through a one-hot matmul over
+the whole embedding matrix in the forward pass.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ class ReferenceScorer(Scorer):
             grads.append(g.float()[..., self.allowed].cpu())
         return torch.cat(grads)
 
+    def _score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fs, ces = [], []
+        with torch.inference_mode():
+            for chunk in ids.split(self.batch_size):
+                chunk = chunk.to(self.model.device)
+                with self.model.capture(list(self.target.hooks)) as cache:
+                    logits = self.model.hf(input_ids=chunk, use_cache=False).logits.float()
+                cache["logits"] = logits
+                ce = -logits[:, :-1].log_softmax(-1).gather(-1, chunk[:, 1:, None])[..., 0].mean(-1)
+                fs.append(self.target.value(cache).float().cpu())
+                ces.append(ce.cpu())
+        return torch.cat(fs), torch.cat(ces)
+
     def score_children(self, parents, children, parent, pos):
         return self.score(children)
 
@@ -41,4 +55,4 @@ class ReferenceEPO(EPO):
         return f, ce
 
     def _top_k(self, population):
-        return self.scorer.top_k(population, self.penalties, self.config.top_k)
+        return list(self.scorer.top_k(population, self.penalties, self.config.top_k))

@@ -52,7 +52,7 @@ def test_best_window_is_the_true_best(tiny_llama, corpus_dir, spec):
 
 def test_many_targets_cost_one_pass(tiny_llama, corpus_dir):
     calls = []
-    handle = tiny_llama.hf.register_forward_hook(lambda *a: calls.append(1))
+    handle = tiny_llama.hf.base_model.register_forward_hook(lambda *a: calls.append(1))
     config = ScanConfig(window=6, top=3, chunk=16, batch_size=2)
     try:
         one = scan(tiny_llama, ["neuron:L1.N5"], str(corpus_dir), config)

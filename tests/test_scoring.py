@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from conftest import build_tiny
 
-from reverie import EPOConfig
+from reverie import EPOConfig, scoring
 from reverie.dream import _setup
+from reverie.model import Model
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3_text", "gpt_neox"])
@@ -29,13 +30,50 @@ def test_token_gradients_equal_one_hot_gradients(family, tokenizer):
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_score_matches_plain_cross_entropy(tiny_llama):
-    target, scorer = _setup(tiny_llama, "neuron:L1.N5", EPOConfig(length=6))
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("spec", ["neuron:L1.N5", 'logit:" the"'])
+def test_score_matches_plain_cross_entropy(family, spec, tokenizer):
+    """Scoring runs the base model and unembeds only the positions it needs (Gemma 2: soft-capped);
+    f and CE equal those from the model's own full logits."""
+    model = build_tiny(family, tokenizer)
+    assert model.split_head
+    target, scorer = _setup(model, spec, EPOConfig(length=6))
     ids = scorer.vocab.random_prompts(5, 6, torch.Generator().manual_seed(1))
     f, ce = scorer.score(ids)
-    logits = tiny_llama.hf(ids).logits.float()
+    with model.capture(list(target.hooks)) as cache:
+        logits = model.hf(ids).logits.float()
+    cache["logits"] = logits
     expected = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").mean(-1)
     assert torch.allclose(ce, expected, atol=1e-5)
+    assert torch.allclose(f, target.value(cache).float(), atol=1e-5)
+
+
+def test_an_output_layer_beyond_unembedding_falls_back_to_full_logits(tokenizer):
+    """If base model + unembedding (+ soft cap) does not reproduce the logits, scoring uses the whole model."""
+    model = build_tiny("llama", tokenizer)
+    model.hf.config.final_logit_softcapping = 2.0        # Llama ignores it, so the split would be wrong
+    model = Model(model.hf, tokenizer)
+    assert not model.split_head
+    _, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=6))
+    ids = scorer.vocab.random_prompts(4, 6, torch.Generator().manual_seed(2))
+    logits = model.hf(ids).logits.float()
+    expected = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").mean(-1)
+    assert torch.allclose(scorer.score(ids)[1], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_label_logprobs_equal_fp32_log_softmax(compiled, monkeypatch):
+    """The fused cross-entropy kernel (torch.compile) and its plain fallback give fp32 log-probabilities
+    of bf16 logits, equal to an fp32 log-softmax."""
+    monkeypatch.setattr(scoring, "_fused", None)
+    monkeypatch.setenv("REVERIE_COMPILE", "1" if compiled else "0")
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(6, 11, 5000, generator=gen)).bfloat16()
+    labels = torch.randint(5000, (6, 11), generator=gen)
+    got = scoring.label_logprobs(logits, labels)
+    expected = logits.float().log_softmax(-1).gather(-1, labels[..., None])[..., 0]
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
+    assert bool(scoring._fused) == compiled
 
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2"]
@@ -63,14 +101,14 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatc
     target, scorer = _setup(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, batch_size=32))
     ids = scorer.vocab.random_prompts(20, 6, torch.Generator().manual_seed(3))
     expected = scorer.score(ids)
-    forward = tiny_llama.hf.forward
+    forward = tiny_llama.hf.base_model.forward
 
     def small_batches_only(*args, **kwargs):
         if kwargs["input_ids"].shape[0] > 4:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_llama.hf, "forward", small_batches_only)
+    monkeypatch.setattr(tiny_llama.hf.base_model, "forward", small_batches_only)
     got = scorer.score(ids)
     assert scorer.batch_size <= 4
     assert torch.allclose(got[0], expected[0], atol=1e-5) and torch.allclose(got[1], expected[1], atol=1e-5)

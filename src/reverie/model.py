@@ -98,12 +98,14 @@ class Model:
     tokenizer: object
     spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled"); defaults to name_or_path
     adapter: Adapter = field(init=False)
+    split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
 
     def __post_init__(self) -> None:
         self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"
         self.hf.eval()
         self.hf.requires_grad_(False)
         self.adapter = Adapter.find(self.hf)
+        self.split_head = self._head_splits()
 
     @property
     def device(self) -> torch.device:
@@ -116,6 +118,47 @@ class Model:
     @property
     def n_layers(self) -> int:
         return self.adapter.n_layers
+
+    def trunk(self, input_ids: torch.Tensor, past=None) -> torch.Tensor:
+        """The final hidden states (after the last norm): `head(trunk(ids))` equals the model's logits.
+
+        For architectures whose output layer is more than the unembedding and an optional soft cap
+        (checked once on a probe), the trunk is the whole model and the head the identity."""
+        if self.split_head:
+            return self._base_hidden(input_ids, past)
+        return self.hf(input_ids=input_ids, past_key_values=past, use_cache=past is not None).logits
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (model dtype) from final hidden states."""
+        return self._unembed(hidden) if self.split_head else hidden
+
+    def _head_splits(self) -> bool:
+        """Whether base model + unembedding (+ soft cap) reproduces the logits, so that positions whose
+        logits are not needed can skip the unembedding."""
+        base = getattr(self.hf, "base_model", None)
+        if base is None or base is self.hf or self.adapter.unembed is None:
+            return False
+        probe = torch.arange(4, device=self.device)[None]
+        with torch.inference_mode():
+            plain = self.hf(input_ids=probe, use_cache=False).logits.float()
+            try:
+                split = self._unembed(self._base_hidden(probe)).float()
+            except Exception:       # an architecture whose base model needs more than input ids
+                return False
+        return split.shape == plain.shape and bool(torch.allclose(split, plain, rtol=1e-3, atol=1e-3))
+
+    def _base_hidden(self, input_ids: torch.Tensor, past=None) -> torch.Tensor:
+        return self.hf.base_model(input_ids=input_ids, past_key_values=past, use_cache=past is not None).last_hidden_state
+
+    def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.adapter.unembed(hidden)
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @property
+    def text_config(self):
+        cfg = self.hf.config
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
     def use_eager_attention(self) -> None:
         """Attention probabilities are only materialised by the eager implementation."""

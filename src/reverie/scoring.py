@@ -12,6 +12,7 @@ term of the cross-entropy (token i is the label of position i-1: d CE / d onehot
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from transformers import DynamicCache
@@ -49,37 +50,46 @@ class Scorer:
                 self.others.append((m, w / total, *_projection(m, self.allowed.to(m.device))))
 
     def _forward(self, ids: torch.Tensor, embeddings: list | None = None, start: int = 0, past=None,
-                 prefix_logprob: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 prefix_logprob: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(f, cross-entropy, log-probs) for a batch, fp32.
 
         With `past` (the keys/values of ids[:, :start]) only ids[:, start:] runs through the model and
         `prefix_logprob` holds the log-probabilities of tokens 1..start, read from the parent's logits.
-        If `embeddings` is a list, the input embeddings are appended to it as a leaf that collects gradients."""
-        with _embedding_leaf(self.model, embeddings), self.model.capture(list(self.target.hooks)) as cache:
-            out = self.model.hf(input_ids=self._in_template(ids)[:, start:], past_key_values=past,
-                                use_cache=past is not None)
-        logits = out.logits.float()
-        if self.templated:
-            return self._in_context(ids, cache, logits)
-        cache["logits"] = logits
-        logprobs = logits[:, :-1].log_softmax(-1)
-        total = logprobs.gather(-1, ids[:, start + 1:, None])[..., 0].sum(-1)
+        If `embeddings` is a list, the input embeddings are appended to it as a leaf that collects
+        gradients, and the log-probabilities over the allowed tokens come back too; otherwise only the
+        prompt tokens' own log-probabilities are computed (None comes back)."""
+        with _embedding_leaf(self.model, embeddings), self.model.capture(list(self.target.hooks)) as hooks:
+            hidden = self.model.trunk(self._in_template(ids)[:, start:], past)
+        total, logprobs = self._prompt_logprob(self.model, hidden, ids, start, full=embeddings is not None)
         if prefix_logprob is not None:
             total = total + prefix_logprob
-        return self.target.value(cache).float(), -total / (ids.shape[1] - 1), logprobs
+        L, n = len(self.before), ids.shape[1]
+        if self.templated:   # the target sees the prompt positions only (position -1 = the last prompt token)
+            hooks = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
+                     for name, t in hooks.items()}
+            hidden = hidden[:, L:L + n]
+        return self.target.value(_Cache(hooks, hidden, self.model.head)).float(), -total / (n - self.first), logprobs
+
+    def _prompt_logprob(self, model: Model, hidden: torch.Tensor, ids: torch.Tensor, start: int = 0,
+                        full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sum of log p(prompt token j | what precedes it) over j = first (start + 1 after a prefix)..n-1, from the final
+        hidden states of the (templated) input from position `start` on, fp32; with `full`, also the
+        log-probabilities over the allowed tokens at each of those positions."""
+        L, n = len(self.before), ids.shape[1]
+        j0 = max(self.first, start + 1) if start else self.first
+        h, labels = hidden[:, L + j0 - 1 - start:L + n - 1 - start].contiguous(), ids[:, j0:]
+        if not full:
+            return label_logprobs(model.head(h), labels).sum(-1), None
+        logprobs = model.head(h).float().log_softmax(-1)
+        return logprobs.gather(-1, labels[..., None])[..., 0].sum(-1), logprobs[..., self.allowed.to(logprobs.device)]
 
     def _cross_entropy(self, model: Model, ids: torch.Tensor, embeddings: list | None = None):
-        """(CE, log-probs) of the prompt under another fluency model (in the template, if any)."""
+        """(CE, log-probs over the allowed tokens or None) of the prompt under another fluency model."""
+        ids = ids.to(model.device)
         with _embedding_leaf(model, embeddings):
-            logits = model.hf(input_ids=self._in_template(ids.to(model.device))).logits.float()
-        return self._prompt_cross_entropy(logits, ids.to(model.device))
-
-    def _prompt_cross_entropy(self, logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(CE, log-probs) of the prompt tokens first..n-1 from the logits of the whole templated input."""
-        L, n = len(self.before), ids.shape[1]
-        logprobs = logits[:, L + self.first - 1:L + n - 1].log_softmax(-1)     # predicting prompt tokens first..n-1
-        total = logprobs.gather(-1, ids[:, self.first:, None])[..., 0].sum(-1)
-        return -total / (n - self.first), logprobs
+            hidden = model.trunk(self._in_template(ids))
+        total, logprobs = self._prompt_logprob(model, hidden, ids, full=embeddings is not None)
+        return -total / (ids.shape[1] - self.first), logprobs
 
     # ---------------------------------------------------------------- a fixed context around the prompt
     @property
@@ -92,16 +102,6 @@ class Scorer:
         b = len(ids)
         return torch.cat([self.before.expand(b, -1), ids, self.after.expand(b, -1)], 1)
 
-    def _in_context(self, ids, cache, logits):
-        """f and CE of the prompt span inside its template: the target sees activations of the prompt
-        positions only (position -1 = the last prompt token); CE covers every prompt token."""
-        L, n = len(self.before), ids.shape[1]
-        ce, logprobs = self._prompt_cross_entropy(logits, ids)
-        span = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
-                for name, t in cache.items()}
-        span["logits"] = logits[:, L:L + n]
-        return self.target.value(span).float(), ce, logprobs
-
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, cross-entropy) on the CPU, in batches of `batch_size`."""
         return self._backoff(self._score, ids)
@@ -109,7 +109,7 @@ class Scorer:
     def _score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fs, ces = [], []
         with torch.inference_mode():
-            for chunk in ids.split(self.batch_size):
+            for chunk in _even_split(ids, self.batch_size):
                 f, ce, _ = self._forward(chunk.to(self.model.device))
                 if self.others:
                     ce = self.self_weight * ce + sum(w * self._cross_entropy(m, chunk)[0].to(ce.device)
@@ -144,15 +144,18 @@ class Scorer:
             out = self.model.hf(input_ids=parents.to(device), use_cache=True)
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             parent_lp = out.logits[:, :-1].float().log_softmax(-1)                       # [M, n-1, V]
+            # log p(child token j+1 | the parent's tokens 0..j): the child's own term wherever j < pos
+            child_lp = parent_lp[parent[:, None].to(device), torch.arange(n - 1, device=device),
+                                 children[:, 1:].to(device)]                               # [C, n-1]
             for p in bucket.unique().tolist():
                 rows = (bucket == p).nonzero()[:, 0]
-                for chunk in rows.split(self.batch_size):
+                for chunk in _even_split(rows, self.batch_size):
                     kids, par = children[chunk].to(device), parent[chunk].to(device)
                     if p == 0:
                         f_c, ce_c, _ = self._forward(kids)
                     else:
                         past = DynamicCache([(k[par, :, :p], v[par, :, :p]) for k, v in kv], config=self.model.hf.config)
-                        prefix = parent_lp[par, :p].gather(-1, kids[:, 1:p + 1, None])[..., 0].sum(-1)
+                        prefix = child_lp[chunk.to(device), :p].sum(-1)
                         f_c, ce_c, _ = self._forward(kids, start=p, past=past, prefix_logprob=prefix)
                     f[chunk], ce[chunk] = f_c.cpu(), ce_c.cpu()
         return f, ce
@@ -172,14 +175,14 @@ class Scorer:
             n, L = chunk.shape[1], len(self.before)
             grad = self.embed_scale * (g[:, L:L + n].float() @ self.allowed_embeddings.T)  # through the context
             lam_n = lam[:, None, None] / (n - self.first)
-            grad[:, self.first:] += lam_n * self.self_weight * logprobs.detach()[..., self.allowed]  # as a label
+            grad[:, self.first:] += lam_n * self.self_weight * logprobs.detach()        # as a label
             for m, w, allowed_embeddings, scale in self.others:     # other fluency models, the same two terms
                 leaf: list[torch.Tensor] = []
                 with torch.enable_grad():
                     ce_m, logprobs_m = self._cross_entropy(m, chunk.to(m.device), leaf)
                     (g,) = torch.autograd.grad((-lam.to(m.device) * w * ce_m).sum(), leaf[0])
                 grad += (scale * (g[:, L:L + n].float() @ allowed_embeddings.T)).to(grad.device)
-                grad[:, self.first:] += (lam_n * w).to(grad.device) * logprobs_m.detach()[..., self.allowed.to(m.device)].to(grad.device)
+                grad[:, self.first:] += (lam_n * w).to(grad.device) * logprobs_m.detach().to(grad.device)
             grads.append(grad.cpu())
         return torch.cat(grads)
 
@@ -200,6 +203,54 @@ class Scorer:
         grad = self.token_gradients(ids, penalties)
         idx = grad.topk(min(k, grad.shape[-1]), dim=-1).indices
         return self.vocab.allowed[idx]
+
+
+class _Cache(dict):
+    """What a target reads: the captured hook points, and "logits" (fp32), computed only if read."""
+
+    def __init__(self, hooks: dict, hidden: torch.Tensor, head):
+        super().__init__(hooks)
+        self.hidden, self.head = hidden, head
+
+    def __contains__(self, key) -> bool:
+        return key == "logits" or super().__contains__(key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        if key != "logits":
+            raise KeyError(key)
+        self["logits"] = self.head(self.hidden.contiguous()).float()
+        return self["logits"]
+
+
+def _label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    x = logits.float()
+    return x.gather(-1, labels[..., None])[..., 0] - x.logsumexp(-1)
+
+
+_fused = None   # the compiled _label_logprobs once it has worked; False where compiling failed or is off
+
+
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[..., label] in fp32 for logits of any dtype.
+
+    Plain torch makes several passes over an fp32 copy of the logits, which costs more than the
+    unembedding itself on a CPU; under torch.compile it is one fused pass (about 4x faster here). The
+    compiled kernel is used where compiling works (a C++ compiler on CPU, Triton on CUDA) and
+    REVERIE_COMPILE is not 0; otherwise plain torch, with the same result within fp32 rounding."""
+    global _fused
+    if _fused is None:
+        _fused = os.environ.get("REVERIE_COMPILE", "1") != "0" and torch.compile(_label_logprobs, dynamic=True)
+    if _fused:
+        try:
+            return _fused(logits, labels)
+        except Exception as e:       # no compiler, an unsupported device: plain torch from now on
+            if _is_oom(e):
+                raise
+            _fused = False
+    return _label_logprobs(logits, labels)
 
 
 @contextlib.contextmanager
@@ -244,6 +295,12 @@ def template_ids(tokenizer, template: str | None) -> tuple[torch.Tensor, torch.T
     return encode(before.rstrip(" ")), encode(after)
 
 
+def _even_split(t: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """As few chunks of at most `size` rows as possible, of equal sizes (129 rows at 128: 65 + 64, not
+    128 + 1: every pass streams all the weights, so a nearly empty pass costs nearly a full one)."""
+    return t.tensor_split(-(-len(t) // size)) if len(t) else (t,)
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e)
 
@@ -261,9 +318,16 @@ def free_memory(device: torch.device) -> int:
     return 4 << 30
 
 
+CPU_TOKENS_PER_PASS = 1536   # larger CPU batches run slower per token (activations spill out of cache)
+
+
 def auto_batch_size(model: Model, length: int = 12, limit: int = 512) -> int:
     """Prompts per forward pass from free memory: logits dominate (model dtype, an fp32 copy and fp32
-    log-probs per position), with activations on top; use at most half of what is free."""
+    log-probs per position), with activations on top; use at most half of what is free. On a CPU, also
+    at most CPU_TOKENS_PER_PASS tokens per pass (SmolLM2-135M, bf16, 2 cores: 256 prompts of 12 tokens
+    take 1.26 s in one pass and 0.83 s in two; see bench/speed.py)."""
     vocab = model.adapter.unembed.weight.shape[0]
     per_prompt = length * (vocab * (model.dtype.itemsize + 8) + 16 * model.adapter.d_mlp * model.dtype.itemsize)
+    if model.device.type == "cpu":
+        limit = min(limit, max(1, CPU_TOKENS_PER_PASS // length))
     return max(1, min(limit, free_memory(model.device) // 2 // per_prompt))

@@ -1,0 +1,117 @@
+"""Which additions beyond the paper help: best activation at cross-entropy <= 5, mean and spread over seeds.
+
+    python bench/ablation.py --scan SCAN_DIR [--targets ../shared/bench/neurons.txt] [--limit N]
+                             [--seeds 0-2] [--iters 60] [--variants baseline,data-starts,...]
+                             [--executor ray] [--out runs/ablation]
+
+Every variant is the paper's EPO (random starts, fixed restarts, fixed k) with one addition switched on.
+Each runs as a resumable sweep in OUT/<variant>, so an interrupted benchmark continues where it
+stopped. Prints, per neuron, mean ± standard deviation over seeds of the best activation at
+cross-entropy <= 5 for each variant, then the mean over neurons and how often each addition beats
+the baseline; and per neuron the best scan window vs the best dream (all variants' seeds merged) at a
+cross-entropy no higher. Writes OUT/ablation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+import reverie
+from reverie import EPOConfig
+from reverie.frontier import summary, versus_data
+from reverie.scan import read_scan
+from reverie.specs import expand_targets, finished, make_jobs, parse_seeds
+
+VARIANTS = {   # name -> (EPOConfig options on top of the paper's, start from the scan's windows)
+    "baseline": ({}, False),
+    "data-starts": ({}, True),
+    "insert-delete": ({"insert_rate": 0.1, "delete_rate": 0.1}, False),
+    "adaptive-restart": ({"adaptive_restart": True}, False),
+    "k-schedule": ({"top_k_start": 32}, False),
+}
+
+
+def frontier_points(path: Path) -> pd.DataFrame | None:
+    info = finished(path)
+    if info is None:
+        return None
+    points = pd.DataFrame(info.get("frontier", []), columns=["text", "ids", "activation", "cross_entropy", "iteration"])
+    return points.astype({"activation": float, "cross_entropy": float})
+
+
+def best_at(points: pd.DataFrame, max_ce: float) -> float:
+    row = summary(points, (max_ce,)).iloc[0]
+    return float(row.activation) if pd.notna(row.activation) else math.nan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--targets", default=str(Path(__file__).resolve().parents[2] / "shared/bench/neurons.txt"))
+    ap.add_argument("--limit", type=int, default=None, help="only the first N targets")
+    ap.add_argument("--scan", required=True, help="a scan folder of the same targets (data starts, and the windows to beat)")
+    ap.add_argument("--seeds", default="0-2")
+    ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--max-ce", type=float, default=5.0)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--executor", default="ray", choices=["local", "ray"])
+    ap.add_argument("--out", default="runs/ablation")
+    args = ap.parse_args()
+
+    targets = expand_targets(args.targets)[:args.limit]
+    seeds = parse_seeds(args.seeds)
+    variants = args.variants.split(",")
+    out = Path(args.out)
+    model = args.model if args.executor == "ray" else reverie.load_model(args.model)
+    for name in variants:
+        options, data = VARIANTS[name]
+        print(f"== {name}", flush=True)
+        reverie.sweep(model, targets, seeds, out / name, EPOConfig(iters=args.iters, **options),
+                      executor=args.executor, report=False, starts=args.scan if data else None)
+
+    scan = read_scan(args.scan)
+    rows, versus = [], []
+    for spec in targets:
+        merged = []
+        for name in variants:
+            for job in make_jobs([spec], seeds):
+                points = frontier_points(job.path(out / name))
+                if points is not None:
+                    rows.append({"target": spec, "variant": name, "seed": job.seed, "best": best_at(points, args.max_ce)})
+                    merged.append(points)
+        windows = scan[scan.target == spec]
+        if merged and len(windows):
+            v = versus_data(pd.concat(merged), windows)
+            if v is not None:
+                versus.append({"target": spec, **v})
+    runs = pd.DataFrame(rows)
+    table = runs.groupby(["target", "variant"], sort=False)["best"].agg(["mean", "std", "count"]).reset_index()
+    cell = {(r.target, r.variant): f"{r.mean:.2f} ± {r.std:.2f}" if pd.notna(r.mean) else "none" for r in table.itertuples()}
+    print(f"\nbest activation at cross-entropy <= {args.max_ce:g}, mean ± sd over seeds {args.seeds}, {args.iters} iterations")
+    print("| neuron | " + " | ".join(variants) + " |")
+    print("|---" * (len(variants) + 1) + "|")
+    for spec in targets:
+        print(f"| {spec.removeprefix('neuron:')} | " + " | ".join(cell.get((spec, v), "-") for v in variants) + " |")
+    per_target = runs.groupby(["target", "variant"])["best"].mean().unstack()
+    print("| mean over neurons | " + " | ".join(f"{per_target[v].mean():.2f}" for v in variants) + " |")
+    if "baseline" in per_target:
+        wins = {v: int((per_target[v] > per_target["baseline"]).sum()) for v in variants if v != "baseline"}
+        print("neurons where the addition beats the baseline (mean over seeds): "
+              + ", ".join(f"{v} {k}/{len(per_target)}" for v, k in wins.items()))
+    print("\n| neuron | best window (act @ ce) | best dream at ce <= window's | windows above the dreams |")
+    print("|---|---|---|---|")
+    for v in versus:
+        dream = "none that fluent" if math.isnan(v["dream_activation"]) else f"{v['dream_activation']:.2f} @ {v['dream_cross_entropy']:.2f}"
+        print(f"| {v['target'].removeprefix('neuron:')} | {v['window_activation']:.2f} @ {v['window_cross_entropy']:.2f} | "
+              f"{dream} | {v['windows_above']}/{v['windows']} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps({"settings": vars(args), "runs": rows, "versus": versus}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
