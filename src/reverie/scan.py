@@ -26,7 +26,7 @@ import torch
 from .errors import ConfigError, ReverieError, RunDirError, TargetError
 from .model import Model, cache_dir
 from .rundir import atomic_write
-from .scoring import Scorer
+from .scoring import Scorer, TargetCache
 from .targets import Attention, Target, as_target
 from .vocab import Vocabulary
 
@@ -165,7 +165,8 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         for i, (_, _, piece) in enumerate(batch):
             ids[i, :len(piece)] = torch.tensor(piece)
         with torch.inference_mode(), model.capture(hooks) as cache:
-            cache["logits"] = model.hf(input_ids=ids.to(model.device), use_cache=False).logits
+            hidden = model.trunk(ids.to(model.device))
+            cache = TargetCache(cache, hidden, model.head)                      # logits only if a target reads them
             values = [r.value(cache).float().cpu() for r in readers]              # each [rows, width]
         doc = torch.tensor([d for d, _, _ in batch])[:, None].expand(-1, width)
         pos = torch.tensor([o for _, o, _ in batch])[:, None] + torch.arange(width)[None]

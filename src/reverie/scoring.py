@@ -7,6 +7,10 @@ the allowed tokens, computed without a one-hot matmul over the whole vocabulary:
 respect to the input embeddings, projected onto the allowed tokens' embeddings, plus the direct
 term of the cross-entropy (token i is the label of position i-1: d CE / d onehot[i, v] gets
 -log p(v | t_<i) / (n-1)).
+
+Scoring (no gradients) never materialises fp32 log-probabilities over the vocabulary: it unembeds
+only the positions that predict a prompt token and takes each label's log-probability in one fused
+pass (`label_logprobs`), which on a CPU costs less than the plain log-softmax it replaces.
 """
 
 from __future__ import annotations
@@ -68,13 +72,13 @@ class Scorer:
             hooks = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
                      for name, t in hooks.items()}
             hidden = hidden[:, L:L + n]
-        return self.target.value(_Cache(hooks, hidden, self.model.head)).float(), -total / (n - self.first), logprobs
+        return self.target.value(TargetCache(hooks, hidden, self.model.head)).float(), -total / (n - self.first), logprobs
 
     def _prompt_logprob(self, model: Model, hidden: torch.Tensor, ids: torch.Tensor, start: int = 0,
                         full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sum of log p(prompt token j | what precedes it) over j = first (start + 1 after a prefix)..n-1, from the final
-        hidden states of the (templated) input from position `start` on, fp32; with `full`, also the
-        log-probabilities over the allowed tokens at each of those positions."""
+        """Sum of log p(prompt token j | what precedes it) over j = first (start + 1 after a prefix) .. n-1,
+        fp32, from the final hidden states of the (templated) input from position `start` on. Only those
+        positions are unembedded; with `full`, the log-probabilities over the allowed tokens there too."""
         L, n = len(self.before), ids.shape[1]
         j0 = max(self.first, start + 1) if start else self.first
         h, labels = hidden[:, L + j0 - 1 - start:L + n - 1 - start].contiguous(), ids[:, j0:]
@@ -205,7 +209,7 @@ class Scorer:
         return self.vocab.allowed[idx]
 
 
-class _Cache(dict):
+class TargetCache(dict):
     """What a target reads: the captured hook points, and "logits" (fp32), computed only if read."""
 
     def __init__(self, hooks: dict, hidden: torch.Tensor, head):
