@@ -1,6 +1,7 @@
 """Seconds per EPO iteration: reverie vs the reference path vs the plain-forward floor, in one process.
 
     python bench/speed.py [--iters 20] [--target neuron:L2.N148] [--batch-size B] [--out bench/results/speed.json]
+    python bench/speed.py --model random-1b --out bench/results/speed-gpu.json     # on a GPU
 
 The floor is one plain batched forward pass (full logits) over as many n-token prompts as an
 iteration has children; the batched floor is the same pass split into the batch size both paths use.
@@ -57,9 +58,25 @@ def time_floor(model, vocab, prompts, n, batch_size, repeats=5):
     return statistics.median(times)
 
 
+def random_1b(dtype: str | None) -> reverie.Model:
+    """A ~1.2B-parameter Llama-style model with random weights and the bundled tokenizer (cost does not
+    depend on the weights): 16 layers, width 2048, MLP 8192, vocabulary 49152."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from reverie.model import bundled_path, default_device, parse_dtype
+
+    device = default_device()
+    config = LlamaConfig(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = LlamaForCausalLM(config).to(parse_dtype(dtype, device))
+    return reverie.Model(hf, AutoTokenizer.from_pretrained(bundled_path()), spec="random-1b")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--model", default="bundled", help='a model spec, or "random-1b" (a ~1.2B Llama built from a config, for GPUs)')
     ap.add_argument("--target", default="neuron:L2.N148")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--dtype", default=None)
@@ -67,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/speed.json")
     args = ap.parse_args()
 
-    model = reverie.load_model(args.model, dtype=args.dtype)
+    model = random_1b(args.dtype) if args.model == "random-1b" else reverie.load_model(args.model, dtype=args.dtype)
     config = EPOConfig(iters=10**6, seed=0, batch_size=args.batch_size)  # paper settings: M=8, r=32, k=512, n=12
     _, scorer = _setup(model, args.target, config)
     _, ref_scorer = _setup(model, args.target, config)

@@ -101,6 +101,32 @@ def test_rerun_skips_finished_jobs_and_refuses_other_options(local_sweep, tiny_d
         reverie.sweep("other-model", TARGETS, "0-1", out, EPOConfig(**SMALL, iters=4), dtype="fp32")
 
 
+def test_a_second_sweep_process_on_the_same_folder_is_refused(local_sweep, tiny_dir):
+    """While one process holds the sweep folder, another is refused with one line and writes nothing."""
+    out, _ = local_sweep
+    before = (out / "sweep.json").read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from pathlib import Path
+from reverie.sweep import _lock
+with _lock(Path({str(out)!r})):
+    print("locked", flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = subprocess.run([sys.executable, "-m", "reverie", "sweep", "--model", str(tiny_dir), "--targets", TARGETS,
+                            "--seeds", "0-1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and f"another sweep (pid {holder.pid}) is running" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert (out / "sweep.json").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    again = reverie.sweep(str(tiny_dir), TARGETS, "0-1", out, EPOConfig(**SMALL, iters=4), dtype="fp32", report=False)
+    assert (again["status"] == "done").all()                   # the lock died with its process
+
+
 def die_once(marker):
     """A custom feature whose first evaluation kills the process it runs in (a dying Ray worker)."""
     def feature(cache):

@@ -12,15 +12,17 @@ finished jobs (never rewriting them) and resumes the rest; the index is always r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import shutil
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -228,6 +230,36 @@ def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job],
 
 # ---------------------------------------------------------------- the sweep
 
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """Hold DIR/.lock for the sweep: a second sweep process on the same folder is refused with one line
+    instead of running the same jobs twice. Released when the process ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:     # not POSIX: no lock
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK, "a+")
+    except OSError as e:
+        raise RunDirError(f"cannot write to sweep folder {out} ({e.strerror}): choose another --out") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            raise RunDirError(f"another sweep (pid {handle.read().strip() or '?'}) is running in {out}: "
+                              "wait for it to finish, or use another --out") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
 def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets: list, seeds: list[int],
            starts: str | None = None) -> dict:
     """Check DIR/sweep.json agrees with this sweep (model, dtype, EPO options but seed and batch size),
@@ -247,7 +279,7 @@ def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets:
                     if old[key].get(k) != v) + ")"
                 raise ConfigError(f"{out} holds a sweep with different {what}; use the same options to continue "
                                   "it, or another --out")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise RunDirError(f"{out} exists and is not a sweep folder: choose another --out")
     meta = {**identity, "targets": [t if isinstance(t, str) else t.spec for t in targets], "seeds": seeds,
             "reverie": __version__, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -320,20 +352,21 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
         from .scan import read_scan
         read_scan(starts)   # unreadable: fail now, not in every job
         starts = str(Path(starts).resolve())
-    meta = _claim(out, spec, dtype, config, targets, seeds, starts)
-    jobs = make_jobs(targets, seeds)
-    tracker = _Tracker(out, jobs, config, retries, progress, meta)
-    todo = [j for j in jobs if finished(j.path(out)) is None]
-    try:
-        if todo and executor == "local":
-            n_layers()   # loads the model if not loaded yet
-            tracker.emit("start")
-            _run_local(loaded, todo, tracker, config, checkpoint_every, report, starts)
-        elif todo:
-            tracker.emit("start")
-            _run_ray(spec, dtype, device, todo, tracker, config, checkpoint_every, report, ray_address, actors,
-                     cpus_per_actor, gpus_per_actor, starts)
-    finally:
-        index = write_index(out, jobs, meta)
-        tracker.emit("end")
-    return index
+    with _lock(out):   # one sweep process per folder
+        meta = _claim(out, spec, dtype, config, targets, seeds, starts)
+        jobs = make_jobs(targets, seeds)
+        tracker = _Tracker(out, jobs, config, retries, progress, meta)
+        todo = [j for j in jobs if finished(j.path(out)) is None]
+        try:
+            if todo and executor == "local":
+                n_layers()   # loads the model if not loaded yet
+                tracker.emit("start")
+                _run_local(loaded, todo, tracker, config, checkpoint_every, report, starts)
+            elif todo:
+                tracker.emit("start")
+                _run_ray(spec, dtype, device, todo, tracker, config, checkpoint_every, report, ray_address, actors,
+                         cpus_per_actor, gpus_per_actor, starts)
+        finally:
+            index = write_index(out, jobs, meta)
+            tracker.emit("end")
+        return index
