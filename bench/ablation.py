@@ -77,22 +77,27 @@ def main() -> None:
     scan = read_scan(args.scan)
     rows, versus = [], []
     for spec in targets:
-        merged = []
+        windows = scan[scan.target == spec]
         for name in variants:
+            merged = []
             for job in make_jobs([spec], seeds):
                 points = frontier_points(job.path(out / name))
                 if points is not None:
                     rows.append({"target": spec, "variant": name, "seed": job.seed, "best": best_at(points, args.max_ce)})
                     merged.append(points)
-        windows = scan[scan.target == spec]
-        if merged and len(windows):
-            v = versus_data(pd.concat(merged), windows)
-            if v is not None:
-                versus.append({"target": spec, **v})
+            if merged and len(windows) and (v := versus_data(pd.concat(merged, ignore_index=True), windows)):
+                versus.append({"target": spec, "variant": name, **v})
     runs = pd.DataFrame(rows)
     table = runs.groupby(["target", "variant"], sort=False)["best"].agg(["mean", "std", "count"]).reset_index()
-    cell = {(r.target, r.variant): f"{r.mean:.2f} ± {r.std:.2f}" if pd.notna(r.mean) else "none" for r in table.itertuples()}
-    print(f"\nbest activation at cross-entropy <= {args.max_ce:g}, mean ± sd over seeds {args.seeds}, {args.iters} iterations")
+    def fmt(r) -> str:   # seeds that found nothing at cross-entropy <= max_ce are counted, not averaged
+        if pd.isna(r.mean):
+            return "none"
+        text = f"{r.mean:.2f} ± {r.std:.2f}" if r.count > 1 else f"{r.mean:.2f}"
+        return text + (f" ({r.count}/{len(seeds)} seeds)" if r.count < len(seeds) else "")
+
+    cell = {(r.target, r.variant): fmt(r) for r in table.itertuples()}
+    print(f"\nbest activation at cross-entropy <= {args.max_ce:g}, mean ± sd over seeds {args.seeds}, {args.iters} iterations"
+          " (seeds with nothing that fluent are left out and counted)")
     print("| neuron | " + " | ".join(variants) + " |")
     print("|---" * (len(variants) + 1) + "|")
     for spec in targets:
@@ -103,12 +108,20 @@ def main() -> None:
         wins = {v: int((per_target[v] > per_target["baseline"]).sum()) for v in variants if v != "baseline"}
         print("neurons where the addition beats the baseline (mean over seeds): "
               + ", ".join(f"{v} {k}/{len(per_target)}" for v, k in wins.items()))
-    print("\n| neuron | best window (act @ ce) | best dream at ce <= window's | windows above the dreams |")
-    print("|---|---|---|---|")
-    for v in versus:
-        dream = "none that fluent" if math.isnan(v["dream_activation"]) else f"{v['dream_activation']:.2f} @ {v['dream_cross_entropy']:.2f}"
-        print(f"| {v['target'].removeprefix('neuron:')} | {v['window_activation']:.2f} @ {v['window_cross_entropy']:.2f} | "
-              f"{dream} | {v['windows_above']}/{v['windows']} |")
+    print("\nbest dream (seeds merged) at a cross-entropy no higher than the best scan window's, margin over the "
+          "window, windows above the dreams' frontier")
+    print("| neuron | best window (act @ ce) | " + " | ".join(variants) + " |")
+    print("|---" * (len(variants) + 2) + "|")
+    vs = {(v["target"], v["variant"]): v for v in versus}
+    for spec in targets:
+        cells = []
+        for name in variants:
+            v = vs.get((spec, name))
+            cells.append("-" if v is None else "none that fluent" if math.isnan(v["dream_activation"]) else
+                         f"{v['dream_activation']:.2f} ({v['margin']:+.2f}, {v['windows_above']}/{v['windows']})")
+        w = next((v for v in versus if v["target"] == spec), None)
+        window = "-" if w is None else f"{w['window_activation']:.2f} @ {w['window_cross_entropy']:.2f}"
+        print(f"| {spec.removeprefix('neuron:')} | {window} | " + " | ".join(cells) + " |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps({"settings": vars(args), "runs": rows, "versus": versus}, indent=2, default=str))
 
