@@ -23,9 +23,10 @@ import pandas as pd
 
 import reverie
 from reverie import EPOConfig
-from reverie.frontier import summary, versus_data
+from reverie.frontier import best_at, versus_data
 from reverie.scan import read_scan
 from reverie.specs import expand_targets, finished, make_jobs, parse_seeds
+from reverie.sweep_index import frontier_frame
 
 VARIANTS = {   # name -> (EPOConfig options on top of the paper's, start from the scan's windows)
     "baseline": ({}, False),
@@ -38,15 +39,12 @@ VARIANTS = {   # name -> (EPOConfig options on top of the paper's, start from th
 
 def frontier_points(path: Path) -> pd.DataFrame | None:
     info = finished(path)
-    if info is None:
-        return None
-    points = pd.DataFrame(info.get("frontier", []), columns=["text", "ids", "activation", "cross_entropy", "iteration"])
-    return points.astype({"activation": float, "cross_entropy": float})
+    return None if info is None else frontier_frame(info.get("frontier", []))
 
 
-def best_at(points: pd.DataFrame, max_ce: float) -> float:
-    row = summary(points, (max_ce,)).iloc[0]
-    return float(row.activation) if pd.notna(row.activation) else math.nan
+def best_activation(points: pd.DataFrame, max_ce: float) -> float:
+    row = best_at(points, max_ce)
+    return math.nan if row is None else float(row["activation"])
 
 
 def main() -> None:
@@ -83,7 +81,7 @@ def main() -> None:
             for job in make_jobs([spec], seeds):
                 points = frontier_points(job.path(out / name))
                 if points is not None:
-                    rows.append({"target": spec, "variant": name, "seed": job.seed, "best": best_at(points, args.max_ce)})
+                    rows.append({"target": spec, "variant": name, "seed": job.seed, "best": best_activation(points, args.max_ce)})
                     merged.append(points)
             if merged and len(windows) and (v := versus_data(pd.concat(merged, ignore_index=True), windows)):
                 versus.append({"target": spec, "variant": name, **v})

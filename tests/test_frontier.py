@@ -45,3 +45,12 @@ def test_merge_runs():
     m = merge([a, b], ["a", "b"])
     front = pareto(m)
     assert list(front.run) == ["b"]
+
+
+def test_best_at_on_concatenated_histories_with_repeated_index():
+    """Frames concatenated without ignore_index (seeds of several runs) still give one best row."""
+    a = pd.DataFrame({"activation": [1.0, 3.0], "cross_entropy": [4.0, 6.0], "text": ["a", "b"]})
+    b = pd.DataFrame({"activation": [2.0, 0.5], "cross_entropy": [4.5, 3.0], "text": ["c", "d"]})
+    both = pd.concat([a, b])
+    assert best_at(both, 5.0)["text"] == "c" and float(best_at(both, 5.0)["activation"]) == 2.0
+    assert summary(both, (5.0,)).iloc[0].activation == 2.0

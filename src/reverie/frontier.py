@@ -36,7 +36,7 @@ def best_at(history: pd.DataFrame, max_ce: float = math.inf) -> pd.Series | None
     """The highest-activation prompt with cross-entropy <= max_ce, or None."""
     df = _valid(history)
     df = df[df["cross_entropy"] <= max_ce]
-    return None if df.empty else df.loc[df["activation"].idxmax()]
+    return None if df.empty else df.iloc[int(np.argmax(df["activation"].to_numpy()))]   # by position: any index
 
 
 def summary(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> pd.DataFrame:

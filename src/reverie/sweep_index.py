@@ -19,6 +19,12 @@ from .specs import Job, finished, make_jobs, read_json
 _TAGS = {4.0: "ce4", 5.0: "ce5", 6.0: "ce6", math.inf: "any"}
 
 
+def frontier_frame(points: list[dict]) -> pd.DataFrame:
+    """The frontier points of one or more runs' frontier.json as a history-like DataFrame."""
+    frame = pd.DataFrame(points, columns=["text", "ids", "activation", "cross_entropy", "iteration"])
+    return frame.astype({"activation": float, "cross_entropy": float})
+
+
 def build_index(out: str | Path, jobs: list[Job]) -> pd.DataFrame:
     """One row per target, from the run directories: seeds merged into one frontier."""
     out, rows = Path(out), []
@@ -39,8 +45,7 @@ def build_index(out: str | Path, jobs: list[Job]) -> pd.DataFrame:
                   else "partial" if done and len(done) + len(failed) == len(group) else "pending")
         row = {"target": spec, "slug": group[0].slug, "status": status, "seeds": len(group),
                "seeds_done": len(done), "seeds_failed": len(failed)}
-        points = pd.DataFrame(points, columns=["text", "ids", "activation", "cross_entropy", "iteration"])
-        best = summary(points.astype({"activation": float, "cross_entropy": float}))
+        best = summary(frontier_frame(points))
         for b in best.itertuples():
             tag = _TAGS[b.max_cross_entropy]
             row[f"activation_{tag}"], row[f"cross_entropy_{tag}"], row[f"prompt_{tag}"] = (
