@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import build_tiny
 
-from reverie import EPOConfig, scoring
+from reverie import EPOConfig, attention, scoring
 from reverie.dream import _setup
 from reverie.model import Model
 
@@ -93,10 +93,30 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     pos = torch.randint(7, (24,), generator=gen)
     children = parents[parent].clone()
     children[torch.arange(24), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (24,), generator=gen)]
+    assert scorer.reuses_prefix                     # the packed path runs, not the plain fallback
     f, ce = scorer.score_children(parents, children, parent, pos)
     f0, ce0 = scorer.score(children)
     assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
     assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_whose_attention_ignores_the_packed_layout_scores_children_plainly(tokenizer, monkeypatch):
+    """An architecture that runs its own attention over the packed row would mix children: the probe
+    catches it, and children are scored in full instead, with the same results."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, attention.NAME, sdpa_attention_forward)
+    model = build_tiny("llama", tokenizer)
+    target, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=7))
+    assert not scorer.reuses_prefix and model.packs_children is False
+    parents = scorer.vocab.random_prompts(2, 7, torch.Generator().manual_seed(4))
+    parent, pos = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 3, 6, 2])
+    children = parents[parent].clone()
+    children[torch.arange(4), pos] = scorer.vocab.allowed[:4]
+    f, ce = scorer.score_children(parents, children, parent, pos)
+    f0, ce0 = scorer.score(children)
+    assert torch.equal(f, f0) and torch.equal(ce, ce0)
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatch):

@@ -99,6 +99,7 @@ class Model:
     spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled"); defaults to name_or_path
     adapter: Adapter = field(init=False)
     split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
+    packs_children: bool | None = field(init=False, default=None)   # see packing.packs, which sets it
 
     def __post_init__(self) -> None:
         self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"
@@ -119,14 +120,14 @@ class Model:
     def n_layers(self) -> int:
         return self.adapter.n_layers
 
-    def trunk(self, input_ids: torch.Tensor, past=None) -> torch.Tensor:
+    def trunk(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states (after the last norm): `head(trunk(ids))` equals the model's logits.
 
         For architectures whose output layer is more than the unembedding and an optional soft cap
         (checked once on a probe), the trunk is the whole model and the head the identity."""
         if self.split_head:
-            return self._base_hidden(input_ids, past)
-        return self.hf(input_ids=input_ids, past_key_values=past, use_cache=past is not None).logits
+            return self._base_hidden(input_ids, position_ids)
+        return self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits (model dtype) from final hidden states."""
@@ -147,8 +148,8 @@ class Model:
                 return False
         return split.shape == plain.shape and bool(torch.allclose(split, plain, rtol=1e-3, atol=1e-3))
 
-    def _base_hidden(self, input_ids: torch.Tensor, past=None) -> torch.Tensor:
-        return self.hf.base_model(input_ids=input_ids, past_key_values=past, use_cache=past is not None).last_hidden_state
+    def _base_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.adapter.unembed(hidden)

@@ -105,9 +105,10 @@ class RunDir:
         self.checkpointed = state.iteration
 
     def finish(self, history: pd.DataFrame, summary: dict) -> None:
-        """Consolidate every row into history.parquet, drop the parts, write the frontier."""
+        """Consolidate every row into history.parquet, drop the parts (and any half-written part a killed
+        process left), write the frontier."""
         _write_parquet(history, self.path / HISTORY)
-        for part in (self.path / PARTS).glob("part-*.parquet"):
+        for part in [*(self.path / PARTS).glob("part-*.parquet"), *(self.path / PARTS).glob(".part-*.parquet.*")]:
             part.unlink()
         front = pareto(history)
         self.write_json(FRONTIER, {**summary, "frontier": [

@@ -19,10 +19,10 @@ import contextlib
 import os
 
 import torch
-from transformers import DynamicCache
 
 from .errors import ConfigError
 from .model import Model
+from .attention import Packed, attention, packs
 from .targets import Target
 from .vocab import Vocabulary
 
@@ -32,13 +32,12 @@ class Scorer:
     model, weight) pairs; default the target model alone. Other models must share its tokenizer."""
 
     def __init__(self, model: Model, target: Target, vocab: Vocabulary, batch_size: int | None = None,
-                 prefix_buckets: int = 3, template: str | None = None,
+                 template: str | None = None,
                  fluency: list[tuple[Model | None, float]] | None = None):
         self.model, self.target, self.vocab = model, target, vocab
         self.before, self.after = (t.to(model.device) for t in template_ids(model.tokenizer, template))
         self.first = 0 if len(self.before) else 1   # the first prompt token with a cross-entropy term
         self.batch_size = batch_size or auto_batch_size(model)
-        self.prefix_buckets = prefix_buckets
         self.allowed = vocab.allowed.to(model.device)
         self.allowed_embeddings, self.embed_scale = _projection(model, self.allowed)
         fluency = fluency or [(None, 1.0)]
@@ -53,20 +52,15 @@ class Scorer:
                     raise ConfigError(f"the fluency model {m.spec} does not share the tokenizer of {model.spec}")
                 self.others.append((m, w / total, *_projection(m, self.allowed.to(m.device))))
 
-    def _forward(self, ids: torch.Tensor, embeddings: list | None = None, start: int = 0, past=None,
-                 prefix_logprob: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _forward(self, ids: torch.Tensor, embeddings: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(f, cross-entropy, log-probs) for a batch, fp32.
 
-        With `past` (the keys/values of ids[:, :start]) only ids[:, start:] runs through the model and
-        `prefix_logprob` holds the log-probabilities of tokens 1..start, read from the parent's logits.
         If `embeddings` is a list, the input embeddings are appended to it as a leaf that collects
         gradients, and the log-probabilities over the allowed tokens come back too; otherwise only the
         prompt tokens' own log-probabilities are computed (None comes back)."""
         with _embedding_leaf(self.model, embeddings), self.model.capture(list(self.target.hooks)) as hooks:
-            hidden = self.model.trunk(self._in_template(ids)[:, start:], past)
-        total, logprobs = self._prompt_logprob(self.model, hidden, ids, start, full=embeddings is not None)
-        if prefix_logprob is not None:
-            total = total + prefix_logprob
+            hidden = self.model.trunk(self._in_template(ids))
+        total, logprobs = self._prompt_logprob(self.model, hidden, ids, full=embeddings is not None)
         L, n = len(self.before), ids.shape[1]
         if self.templated:   # the target sees the prompt positions only (position -1 = the last prompt token)
             hooks = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
@@ -74,14 +68,13 @@ class Scorer:
             hidden = hidden[:, L:L + n]
         return self.target.value(TargetCache(hooks, hidden, self.model.head)).float(), -total / (n - self.first), logprobs
 
-    def _prompt_logprob(self, model: Model, hidden: torch.Tensor, ids: torch.Tensor, start: int = 0,
+    def _prompt_logprob(self, model: Model, hidden: torch.Tensor, ids: torch.Tensor,
                         full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sum of log p(prompt token j | what precedes it) over j = first (start + 1 after a prefix) .. n-1,
-        fp32, from the final hidden states of the (templated) input from position `start` on. Only those
-        positions are unembedded; with `full`, the log-probabilities over the allowed tokens there too."""
+        """Sum of log p(prompt token j | what precedes it) over j = first .. n-1, fp32, from the final
+        hidden states of the (templated) input. Only those positions are unembedded; with `full`, the
+        log-probabilities over the allowed tokens there too."""
         L, n = len(self.before), ids.shape[1]
-        j0 = max(self.first, start + 1) if start else self.first
-        h, labels = hidden[:, L + j0 - 1 - start:L + n - 1 - start].contiguous(), ids[:, j0:]
+        h, labels = hidden[:, L + self.first - 1:L + n - 1].contiguous(), ids[:, self.first:]
         if not full:
             return label_logprobs(model.head(h), labels).sum(-1), None
         logprobs = model.head(h).float().log_softmax(-1)
@@ -124,44 +117,48 @@ class Scorer:
 
     @property
     def reuses_prefix(self) -> bool:
-        """Prefix reuse needs a target read at the last position (a suffix forward still sees all of it)."""
-        return getattr(self.target, "position", None) == -1 and not self.templated and not self.others
+        """Prefix reuse needs the target read at the last position, no template and no other fluency model,
+        and a model whose attention runs packed (checked once per model on a probe, see `attention`)."""
+        return (getattr(self.target, "position", None) == -1 and not self.templated and not self.others
+                and packs(self.model))
 
     def score_children(self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor,
                        pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `score(children)`, where child j equals parents[parent[j]] before position pos[j].
 
-        The parents run once with a key/value cache; children are grouped into `prefix_buckets` ranges of
-        mutated positions, and each group runs only from the start of its range on, on top of the parents'
-        cached prefix, taking the prefix's cross-entropy terms from the parents' log-probabilities (few
-        groups keep batches large; many skip more tokens). Same results as `score` within dtype tolerance."""
-        if not self.reuses_prefix or self.prefix_buckets < 2:
+        The parents run once with a key/value cache; the children run only from their mutated position
+        on, packed into one row (`attention.Packed`) on top of their parents' keys and values, and take
+        their prefix's cross-entropy terms from their parents' logits. Same results as `score` within
+        dtype tolerance."""
+        if not self.reuses_prefix:
             return self.score(children)
         return self._backoff(self._score_children, parents, children, parent, pos)
 
     def _score_children(self, parents, children, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
         device, n = self.model.device, children.shape[1]
-        starts = torch.linspace(0, n, self.prefix_buckets + 1)[:-1].floor().long().unique()
-        bucket = starts[torch.searchsorted(starts, pos, right=True) - 1]
+        children, parent, pos = children.to(device), parent.to(device), pos.to(device)
         f, ce = torch.empty(len(children)), torch.empty(len(children))
+        patterns = any(h.endswith("hook_pattern") for h in self.target.hooks)
         with torch.inference_mode():
             out = self.model.hf(input_ids=parents.to(device), use_cache=True)
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             parent_lp = out.logits[:, :-1].float().log_softmax(-1)                       # [M, n-1, V]
             # log p(child token j+1 | the parent's tokens 0..j): the child's own term wherever j < pos
-            child_lp = parent_lp[parent[:, None].to(device), torch.arange(n - 1, device=device),
-                                 children[:, 1:].to(device)]                               # [C, n-1]
-            for p in bucket.unique().tolist():
-                rows = (bucket == p).nonzero()[:, 0]
-                for chunk in _even_split(rows, self.batch_size):
-                    kids, par = children[chunk].to(device), parent[chunk].to(device)
-                    if p == 0:
-                        f_c, ce_c, _ = self._forward(kids)
-                    else:
-                        past = DynamicCache([(k[par, :, :p], v[par, :, :p]) for k, v in kv], config=self.model.hf.config)
-                        prefix = child_lp[chunk.to(device), :p].sum(-1)
-                        f_c, ce_c, _ = self._forward(kids, start=p, past=past, prefix_logprob=prefix)
-                    f[chunk], ce[chunk] = f_c.cpu(), ce_c.cpu()
+            child_lp = parent_lp[parent[:, None], torch.arange(n - 1, device=device), children[:, 1:]]
+            prefix = child_lp.where(torch.arange(n - 1, device=device) < pos[:, None], 0).sum(-1)
+            passes = -(-int((n - pos).sum()) // (self.batch_size * n))          # batch_size × n tokens per pass
+            for chunk in torch.arange(len(children), device=device).tensor_split(passes):
+                packed, rows = Packed(kv, parent[chunk], pos[chunk], n, weights=patterns), children[chunk]
+                with self.model.capture(list(self.target.hooks)) as hooks, attention(self.model, packed):
+                    hidden = self.model.trunk(packed.gather(rows), position_ids=packed.position[None])[0]
+                last = packed.last        # the target reads each child's last token: [C, 1, ...] as if unpacked
+                hooks = {name: t[0].transpose(0, 1)[last, :, None] if name.endswith("hook_pattern") else t[0, last, None]
+                         for name, t in hooks.items()}
+                f[chunk.cpu()] = self.target.value(TargetCache(hooks, hidden[last, None], self.model.head)).float().cpu()
+                label = packed.position < n - 1           # the positions that predict one of the child's own tokens
+                lp = label_logprobs(self.model.head(hidden[label])[None],
+                                    rows[packed.child[label], packed.position[label] + 1][None])[0]
+                ce[chunk.cpu()] = (-prefix[chunk].index_add(0, packed.child[label], lp) / (n - self.first)).cpu()
         return f, ce
 
     def token_gradients(self, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:

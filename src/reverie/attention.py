@@ -1,0 +1,141 @@
+"""Children packed onto their parents' key/value cache: one forward pass over only their own tokens.
+
+A child equals its parent before its mutated position p, so its keys and values there are the
+parent's. Only the child's own tokens, p..n-1, need a forward pass: all children's own tokens are
+concatenated into one row of T = Σ (n - p) tokens (about half of all children × n), with each token's
+position in its child as its position id. Every linear layer runs on the packed row with no padding;
+attention, which costs next to nothing at prompt lengths, unpacks each child to [n] positions, takes
+its prefix keys and values from its parent's cache, and packs the result again.
+
+This runs through transformers' attention interface, selected for the duration of one pass
+(`attention(model, layout)`), so it works for every architecture whose attention modules use it;
+whether a model does is checked once on a probe against plain scoring (`packs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from .model import Model
+
+NAME = "reverie"
+
+
+class Packed:
+    """Children rows[i] = parents[parent[i]] up to pos[i], laid out as one packed row."""
+
+    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], parent: torch.Tensor, pos: torch.Tensor, n: int,
+                 weights: bool = False):
+        self.kv, self.parent, self.n = kv, parent, n             # kv: per layer, the parents' [M, heads, n, d]
+        self.weights = weights                                    # also return attention probabilities [1, heads, T, n]
+        own = n - pos                                             # tokens each child runs itself
+        self.child = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)   # [T]
+        start = torch.cumsum(own, 0) - own
+        self.position = pos[self.child] + torch.arange(len(self.child), device=pos.device) - start[self.child]
+        self.last = start + own - 1                               # each child's last token in the row
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """The packed row of token ids: [1, T]."""
+        return rows[self.child, self.position][None]
+
+
+_layout: Packed | None = None      # the layout of the pass in progress
+
+
+@contextlib.contextmanager
+def attention(model: Model, layout: Packed):
+    """Within the block, the model's attention runs packed children on `layout`."""
+    global _layout
+    configs = {id(c): c for c in [model.hf.config, getattr(model.hf.base_model, "config", None),
+                                   *(getattr(a, "config", None) for a in model.adapter.attn)] if c is not None}
+    before = {k: c._attn_implementation_internal for k, c in configs.items()}
+    _layout = layout
+    for c in configs.values():
+        c._attn_implementation_internal = NAME
+    try:
+        yield
+    finally:
+        _layout = None
+        for k, c in configs.items():
+            c._attn_implementation_internal = before[k]
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+               sliding_window=None, **kwargs):
+    """Packed [1, heads, T, d] queries, keys and values -> ([1, T, heads, d] output, [1, heads, T, n]
+    probabilities if the layout asks for them). Each child's keys are its parent's before its mutated
+    position and its own from there on; causal, within `sliding_window` and soft-capped if given."""
+    layout = _layout
+    if layout is None or kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
+        raise NotImplementedError("packed attention outside a packed pass, or with sinks or position bias")
+    scaling = scaling or 1 / math.sqrt(query.shape[-1])
+    k_parent, v_parent = layout.kv[module.layer_idx]
+    c, at = layout.child, layout.position
+    keys, values = k_parent[layout.parent], v_parent[layout.parent]                   # [C, kv heads, n, d]
+    keys[c, :, at], values[c, :, at] = key[0].transpose(0, 1), value[0].transpose(0, 1)
+    queries = query.new_zeros(len(layout.parent), query.shape[1], layout.n, query.shape[3])
+    queries[c, :, at] = query[0].transpose(0, 1)
+    out, probs = _causal(queries, keys, values, scaling, softcap, sliding_window, layout.weights)
+    return out[c, :, at][None], None if probs is None else probs[c, :, at].transpose(0, 1)[None]
+
+
+def _causal(q, k, v, scaling, softcap, sliding_window, weights: bool):
+    """Causal attention of [b, heads, n, d] tensors (grouped-query keys and values allowed): output
+    [b, heads, n, d] and, with `weights`, the probabilities."""
+    n = q.shape[2]
+    i = torch.arange(n, device=q.device)
+    windowed = bool(sliding_window) and sliding_window < n
+    mask = (i[None] <= i[:, None]) & (i[:, None] - i[None] < (sliding_window if windowed else n))
+    groups = q.shape[1] // k.shape[1]
+    if not (weights or softcap is not None):   # a causal flag is much faster than a mask for CPU SDPA
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if windowed else None, is_causal=not windowed,
+                                             scale=scaling, enable_gqa=groups > 1)
+        return out, None
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    scores = q @ k.transpose(-1, -2) * scaling
+    if softcap is not None:                  # Gemma 2's soft-capped attention logits
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = scores.float().masked_fill(~mask, -torch.inf).softmax(-1).to(v.dtype)
+    return probs @ v, probs if weights else None
+
+
+def packs(model: Model) -> bool:
+    """Whether this model's attention runs packed: checked once, on a probe of three children of two
+    parents, against the plain forward pass of the same children."""
+    if model.packs_children is None:
+        model.packs_children = _probe(model)
+    return model.packs_children
+
+
+def _probe(model: Model, n: int = 6) -> bool:
+    device = model.device
+    vocab = model.adapter.embed.weight.shape[0]
+    parents = (torch.arange(2 * n, device=device).view(2, n) * 7 + 11) % vocab
+    parent, pos = torch.tensor([0, 1, 0], device=device), torch.tensor([0, 2, n - 1], device=device)
+    children = parents[parent].clone()
+    children[torch.arange(3), pos] = (parents[parent, pos] + 1) % vocab
+    try:
+        with torch.inference_mode():
+            out = model.hf(input_ids=parents, use_cache=True)
+            layout = Packed([(layer.keys, layer.values) for layer in out.past_key_values.layers], parent, pos, n)
+            with attention(model, layout):
+                got = model.trunk(layout.gather(children), position_ids=layout.position[None])[0].float()
+            plain = model.trunk(children)[layout.child, layout.position].float()
+    except Exception:   # an architecture that does not take the packed layout (its own attention, shared caches...)
+        return False
+    error = (got - plain).norm(dim=-1) / plain.norm(dim=-1).clamp_min(1e-6)
+    return got.shape == plain.shape and bool((error < 0.05).all())
+
+
+def _no_mask(*args, **kwargs):
+    return None
+
+
+AttentionInterface.register(NAME, _attention)
+AttentionMaskInterface.register(NAME, _no_mask)
