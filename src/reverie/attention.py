@@ -28,21 +28,28 @@ NAME = "reverie"
 
 
 class Packed:
-    """Children rows[i] = parents[parent[i]] up to pos[i], laid out as one packed row."""
+    """Children (child i = parents[parent[i]] before pos[i]) laid out as one packed row.
 
-    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], parent: torch.Tensor, pos: torch.Tensor, n: int,
+    With `lead` > 0, the row starts with the `lead` parents themselves, in full: each layer then
+    stores their keys and values into `kv` (layer index -> [M, kv heads, n, d]) before the children
+    read them, so the parents need no pass of their own, and later rows reuse `kv`."""
+
+    def __init__(self, kv: dict, parent: torch.Tensor, pos: torch.Tensor, n: int, lead: int = 0,
                  weights: bool = False):
-        self.kv, self.parent, self.n = kv, parent, n             # kv: per layer, the parents' [M, heads, n, d]
+        self.kv, self.n, self.lead = kv, n, lead
         self.weights = weights                                    # also return attention probabilities [1, heads, T, n]
-        own = n - pos                                             # tokens each child runs itself
-        self.child = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)   # [T]
+        pos = torch.cat([pos.new_zeros(lead), pos])               # entries: the leading parents, then the children
+        self.parent = torch.cat([parent.new_zeros(lead), parent])
+        own = n - pos                                             # tokens each entry runs itself
+        self.entry = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)   # [T]
         start = torch.cumsum(own, 0) - own
-        self.position = pos[self.child] + torch.arange(len(self.child), device=pos.device) - start[self.child]
-        self.last = start + own - 1                               # each child's last token in the row
+        self.position = pos[self.entry] + torch.arange(len(self.entry), device=pos.device) - start[self.entry]
+        self.last = (start + own - 1)[lead:]                      # each child's last token in the row
 
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+    def gather(self, parents: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
         """The packed row of token ids: [1, T]."""
-        return rows[self.child, self.position][None]
+        rows = torch.cat([parents[:self.lead], children])
+        return rows[self.entry, self.position][None]
 
 
 _layout: Packed | None = None      # the layout of the pass in progress
@@ -75,8 +82,12 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     if layout is None or kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
         raise NotImplementedError("packed attention outside a packed pass, or with sinks or position bias")
     scaling = scaling or 1 / math.sqrt(query.shape[-1])
+    if layout.lead:                          # the parents lead the row: keep their keys and values
+        m, n = layout.lead, layout.n
+        layout.kv[module.layer_idx] = (key[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1),
+                                       value[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1))
     k_parent, v_parent = layout.kv[module.layer_idx]
-    c, at = layout.child, layout.position
+    c, at = layout.entry, layout.position
     keys, values = k_parent[layout.parent], v_parent[layout.parent]                   # [C, kv heads, n, d]
     keys[c, :, at], values[c, :, at] = key[0].transpose(0, 1), value[0].transpose(0, 1)
     queries = query.new_zeros(len(layout.parent), query.shape[1], layout.n, query.shape[3])
@@ -122,11 +133,10 @@ def _probe(model: Model, n: int = 6) -> bool:
     children[torch.arange(3), pos] = (parents[parent, pos] + 1) % vocab
     try:
         with torch.inference_mode():
-            out = model.hf(input_ids=parents, use_cache=True)
-            layout = Packed([(layer.keys, layer.values) for layer in out.past_key_values.layers], parent, pos, n)
+            layout = Packed({}, parent, pos, n, lead=2)
             with attention(model, layout):
-                got = model.trunk(layout.gather(children), position_ids=layout.position[None])[0].float()
-            plain = model.trunk(children)[layout.child, layout.position].float()
+                got = model.trunk(layout.gather(parents, children), position_ids=layout.position[None])[0].float()
+            plain = model.trunk(torch.cat([parents, children]))[layout.entry, layout.position].float()
     except Exception:   # an architecture that does not take the packed layout (its own attention, shared caches...)
         return False
     error = (got - plain).norm(dim=-1) / plain.norm(dim=-1).clamp_min(1e-6)

@@ -126,39 +126,41 @@ class Scorer:
                        pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `score(children)`, where child j equals parents[parent[j]] before position pos[j].
 
-        The parents run once with a key/value cache; the children run only from their mutated position
-        on, packed into one row (`attention.Packed`) on top of their parents' keys and values, and take
-        their prefix's cross-entropy terms from their parents' logits. Same results as `score` within
-        dtype tolerance."""
+        The children run only from their mutated position on, packed into one row (`attention.Packed`)
+        on top of their parents' keys and values (the parents lead the first row), and take their
+        prefix's cross-entropy terms from their parents' logits. Same results as `score` within dtype
+        tolerance."""
         if not self.reuses_prefix:
             return self.score(children)
         return self._backoff(self._score_children, parents, children, parent, pos)
 
     def _score_children(self, parents, children, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
-        device, n = self.model.device, children.shape[1]
-        children, parent, pos = children.to(device), parent.to(device), pos.to(device)
+        device, (m, n) = self.model.device, parents.shape
+        parents, children, parent, pos = parents.to(device), children.to(device), parent.to(device), pos.to(device)
         f, ce = torch.empty(len(children)), torch.empty(len(children))
         patterns = any(h.endswith("hook_pattern") for h in self.target.hooks)
+        kv, own = {}, torch.zeros(len(children), device=device)       # own: sum of each child's own log-probs
+        passes = -(-(m * n + int((n - pos).sum())) // (self.batch_size * n))    # batch_size × n tokens per pass
         with torch.inference_mode():
-            out = self.model.hf(input_ids=parents.to(device), use_cache=True)
-            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-            parent_lp = out.logits[:, :-1].float().log_softmax(-1)                       # [M, n-1, V]
-            # log p(child token j+1 | the parent's tokens 0..j): the child's own term wherever j < pos
-            child_lp = parent_lp[parent[:, None], torch.arange(n - 1, device=device), children[:, 1:]]
-            prefix = child_lp.where(torch.arange(n - 1, device=device) < pos[:, None], 0).sum(-1)
-            passes = -(-int((n - pos).sum()) // (self.batch_size * n))          # batch_size × n tokens per pass
-            for chunk in torch.arange(len(children), device=device).tensor_split(passes):
-                packed, rows = Packed(kv, parent[chunk], pos[chunk], n, weights=patterns), children[chunk]
+            for i, chunk in enumerate(torch.arange(len(children), device=device).tensor_split(passes)):
+                packed = Packed(kv, parent[chunk], pos[chunk], n, lead=m if i == 0 else 0, weights=patterns)
                 with self.model.capture(list(self.target.hooks)) as hooks, attention(self.model, packed):
-                    hidden = self.model.trunk(packed.gather(rows), position_ids=packed.position[None])[0]
+                    hidden = self.model.trunk(packed.gather(parents, children[chunk]), position_ids=packed.position[None])[0]
+                if i == 0:            # the parents' logits: the children's prefix terms
+                    parent_lp = self.model.head(hidden[:m * n]).unflatten(0, (m, n))[:, :-1].float().log_softmax(-1)
                 last = packed.last        # the target reads each child's last token: [C, 1, ...] as if unpacked
                 hooks = {name: t[0].transpose(0, 1)[last, :, None] if name.endswith("hook_pattern") else t[0, last, None]
                          for name, t in hooks.items()}
                 f[chunk.cpu()] = self.target.value(TargetCache(hooks, hidden[last, None], self.model.head)).float().cpu()
-                label = packed.position < n - 1           # the positions that predict one of the child's own tokens
-                lp = label_logprobs(self.model.head(hidden[label])[None],
-                                    rows[packed.child[label], packed.position[label] + 1][None])[0]
-                ce[chunk.cpu()] = (-prefix[chunk].index_add(0, packed.child[label], lp) / (n - self.first)).cpu()
+                # the positions that predict one of a child's own tokens
+                label = (packed.position < n - 1) & (packed.entry >= packed.lead)
+                kid = chunk[packed.entry[label] - packed.lead]
+                lp = label_logprobs(self.model.head(hidden[label])[None], children[kid, packed.position[label] + 1][None])[0]
+                own.index_add_(0, kid, lp)
+            # log p(child token j+1 | the parent's tokens 0..j): the child's own term wherever j < pos
+            child_lp = parent_lp[parent[:, None], torch.arange(n - 1, device=device), children[:, 1:]]
+            prefix = child_lp.where(torch.arange(n - 1, device=device) < pos[:, None], 0).sum(-1)
+            ce[:] = (-(prefix + own) / (n - self.first)).cpu()
         return f, ce
 
     def token_gradients(self, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
