@@ -1,11 +1,12 @@
-"""Children packed onto their parents' key/value cache: one forward pass over only their own tokens.
+"""Children packed onto their parents' keys and values: one forward pass over only their own tokens.
 
 A child equals its parent before its mutated position p, so its keys and values there are the
-parent's. Only the child's own tokens, p..n-1, need a forward pass: all children's own tokens are
-concatenated into one row of T = Σ (n - p) tokens (about half of all children × n), with each token's
-position in its child as its position id. Every linear layer runs on the packed row with no padding;
-attention, which costs next to nothing at prompt lengths, unpacks each child to [n] positions, takes
-its prefix keys and values from its parent's cache, and packs the result again.
+parent's. Only the child's own tokens, p..n-1, need a forward pass: the parents' tokens and all
+children's own tokens are concatenated into one row of M·n + Σ (n - p) tokens (about half of all
+children × n), with each token's position in its prompt as its position id. Every linear layer runs
+on the packed row with no padding; attention, which costs next to nothing at prompt lengths, takes
+each layer's parent keys and values from the head of the row, unpacks each child to [n] positions on
+top of its parent's, and packs the result again.
 
 This runs through transformers' attention interface, selected for the duration of one pass
 (`attention(model, layout)`), so it works for every architecture whose attention modules use it;
