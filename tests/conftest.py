@@ -51,9 +51,9 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(bundled_path())
 
 
-def build_tiny(family: str, tokenizer, seed: int = 0) -> Model:
+def build_tiny(family: str, tokenizer, seed: int = 0, **overrides) -> Model:
     """A random-weight model of `family`, fp32 on CPU, with the bundled tokenizer."""
-    config = AutoConfig.for_model(family, vocab_size=VOCAB, **FAMILIES[family])
+    config = AutoConfig.for_model(family, vocab_size=VOCAB, **{**FAMILIES[family], **overrides})
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return Model(hf, tokenizer, spec=f"tiny-{family}")

@@ -100,6 +100,22 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
+def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, tokenizer):
+    """Packed attention keeps a sliding window (and Gemma 2's soft cap) that cuts into the prompt."""
+    model = build_tiny(family, tokenizer, sliding_window=3, **({"layer_types": None} if family != "mistral" else {}))
+    target, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=7, batch_size=4))
+    assert scorer.reuses_prefix
+    gen = torch.Generator().manual_seed(5)
+    parents = scorer.vocab.random_prompts(2, 7, gen)
+    parent, pos = torch.randint(2, (12,), generator=gen), torch.randint(7, (12,), generator=gen)
+    children = parents[parent].clone()
+    children[torch.arange(12), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (12,), generator=gen)]
+    f, ce = scorer.score_children(parents, children, parent, pos)
+    f0, ce0 = scorer.score(children)
+    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4) and torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+
+
 def test_a_model_whose_attention_ignores_the_packed_layout_scores_children_plainly(tokenizer, monkeypatch):
     """An architecture that runs its own attention over the packed row would mix children: the probe
     catches it, and children are scored in full instead, with the same results."""
