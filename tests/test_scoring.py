@@ -100,6 +100,25 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", 'logit:" the"'])
+@pytest.mark.parametrize("template", ["Once upon a time {prompt}", "Q: {prompt} A:"])
+def test_prefix_reuse_in_a_template_matches_plain_scoring(family, spec, template, tokenizer):
+    """With a fixed context around the prompt, children still run only from their mutated position on
+    (the text before the prompt is shared too); the target reads the last prompt token."""
+    model = build_tiny(family, tokenizer)
+    target, scorer = _setup(model, spec, EPOConfig(length=6, batch_size=4, template=template))
+    assert scorer.templated and scorer.reuses_prefix
+    gen = torch.Generator().manual_seed(6)
+    parents = scorer.vocab.random_prompts(3, 6, gen)
+    parent, pos = torch.randint(3, (16,), generator=gen), torch.randint(6, (16,), generator=gen)
+    children = parents[parent].clone()
+    children[torch.arange(16), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (16,), generator=gen)]
+    f, ce = scorer.score_children(parents, children, parent, pos)
+    f0, ce0 = scorer.score(children)
+    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4) and torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
 def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, tokenizer):
     """Packed attention keeps a sliding window (and Gemma 2's soft cap) that cuts into the prompt."""

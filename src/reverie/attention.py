@@ -45,7 +45,11 @@ class Packed:
         self.entry = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)   # [T]
         start = torch.cumsum(own, 0) - own
         self.position = pos[self.entry] + torch.arange(len(self.entry), device=pos.device) - start[self.entry]
-        self.last = (start + own - 1)[lead:]                      # each child's last token in the row
+        self.start, self.pos = start[lead:], pos[lead:]           # each child's first token in the row, and position
+
+    def at(self, position: int) -> torch.Tensor:
+        """Where each child's token at `position` (at or after its mutated position) lies in the row."""
+        return self.start + position - self.pos
 
     def gather(self, parents: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
         """The packed row of token ids: [1, T]."""

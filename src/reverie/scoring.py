@@ -117,50 +117,54 @@ class Scorer:
 
     @property
     def reuses_prefix(self) -> bool:
-        """Prefix reuse needs the target read at the last position, no template and no other fluency model,
-        and a model whose attention runs packed (checked once per model on a probe, see `attention`)."""
-        return (getattr(self.target, "position", None) == -1 and not self.templated and not self.others
-                and packs(self.model))
+        """Prefix reuse needs the target read at the last prompt position, no other fluency model, and a
+        model whose attention runs packed (checked once per model on a probe, see `attention`)."""
+        return getattr(self.target, "position", None) == -1 and not self.others and packs(self.model)
 
     def score_children(self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor,
                        pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `score(children)`, where child j equals parents[parent[j]] before position pos[j].
 
-        The children run only from their mutated position on, packed into one row (`attention.Packed`)
-        on top of their parents' keys and values (the parents lead the first row), and take their
-        prefix's cross-entropy terms from their parents' logits. Same results as `score` within dtype
-        tolerance."""
+        The children run only from their mutated position on (the template's text before the prompt
+        is part of the shared prefix), packed into one row (`attention.Packed`) on top of their
+        parents' keys and values (the parents lead the first row), and take their prefix's
+        cross-entropy terms from their parents' logits. Same results as `score` within dtype tolerance."""
         if not self.reuses_prefix:
             return self.score(children)
         return self._backoff(self._score_children, parents, children, parent, pos)
 
     def _score_children(self, parents, children, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
-        device, (m, n) = self.model.device, parents.shape
+        device, (m, n), L, first = self.model.device, parents.shape, len(self.before), self.first
         parents, children, parent, pos = parents.to(device), children.to(device), parent.to(device), pos.to(device)
+        full_parents, full_children = self._in_template(parents), self._in_template(children)
+        N = full_parents.shape[1]                       # template + prompt tokens; a child runs from L + pos on
         f, ce = torch.empty(len(children)), torch.empty(len(children))
         patterns = any(h.endswith("hook_pattern") for h in self.target.hooks)
         kv, own = {}, torch.zeros(len(children), device=device)       # own: sum of each child's own log-probs
-        passes = -(-(m * n + int((n - pos).sum())) // (self.batch_size * n))    # batch_size × n tokens per pass
+        passes = -(-(m * N + int((N - L - pos).sum())) // (self.batch_size * N))   # batch_size × N tokens per pass
         with torch.inference_mode():
             for i, chunk in enumerate(torch.arange(len(children), device=device).tensor_split(passes)):
-                packed = Packed(kv, parent[chunk], pos[chunk], n, lead=m if i == 0 else 0, weights=patterns)
+                packed = Packed(kv, parent[chunk], L + pos[chunk], N, lead=m if i == 0 else 0, weights=patterns)
                 with self.model.capture(list(self.target.hooks)) as hooks, attention(self.model, packed):
-                    hidden = self.model.trunk(packed.gather(parents, children[chunk]), position_ids=packed.position[None])[0]
-                if i == 0:            # the parents' logits: the children's prefix terms
-                    parent_lp = self.model.head(hidden[:m * n]).unflatten(0, (m, n))[:, :-1].float().log_softmax(-1)
-                last = packed.last        # the target reads each child's last token: [C, 1, ...] as if unpacked
-                hooks = {name: t[0].transpose(0, 1)[last, :, None] if name.endswith("hook_pattern") else t[0, last, None]
-                         for name, t in hooks.items()}
-                f[chunk.cpu()] = self.target.value(TargetCache(hooks, hidden[last, None], self.model.head)).float().cpu()
-                # the positions that predict one of a child's own tokens
-                label = (packed.position < n - 1) & (packed.entry >= packed.lead)
+                    row = packed.gather(full_parents, full_children[chunk])
+                    hidden = self.model.trunk(row, position_ids=packed.position[None])[0]
+                if i == 0:            # the parents' log-probs of prompt tokens first..n-1: the children's prefix terms
+                    h = hidden[:m * N].unflatten(0, (m, N))[:, L + first - 1:L + n - 1]
+                    parent_lp = self.model.head(h).float().log_softmax(-1)               # [M, n - first, V]
+                read = packed.at(L + n - 1)     # the target reads each child's last prompt token, as if unpacked
+                hooks = {name: t[0].transpose(0, 1)[read, :, None, L:L + n] if name.endswith("hook_pattern")
+                         else t[0, read, None] for name, t in hooks.items()}
+                f[chunk.cpu()] = self.target.value(TargetCache(hooks, hidden[read, None], self.model.head)).float().cpu()
+                # the positions that predict one of a child's own prompt tokens (j = q - L + 1 > pos)
+                q = packed.position
+                label = (q >= L + first - 1) & (q <= L + n - 2) & (packed.entry >= packed.lead)
                 kid = chunk[packed.entry[label] - packed.lead]
-                lp = label_logprobs(self.model.head(hidden[label])[None], children[kid, packed.position[label] + 1][None])[0]
+                lp = label_logprobs(self.model.head(hidden[label])[None], children[kid, q[label] - L + 1][None])[0]
                 own.index_add_(0, kid, lp)
-            # log p(child token j+1 | the parent's tokens 0..j): the child's own term wherever j < pos
-            child_lp = parent_lp[parent[:, None], torch.arange(n - 1, device=device), children[:, 1:]]
-            prefix = child_lp.where(torch.arange(n - 1, device=device) < pos[:, None], 0).sum(-1)
-            ce[:] = (-(prefix + own) / (n - self.first)).cpu()
+            # log p(prompt token j | the parent's tokens before it): the child's own term wherever j <= pos
+            j = torch.arange(first, n, device=device)
+            prefix = parent_lp[parent[:, None], j - first, children[:, j]].where(j <= pos[:, None], 0).sum(-1)
+            ce[:] = (-(prefix + own) / (n - first)).cpu()
         return f, ce
 
     def token_gradients(self, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
