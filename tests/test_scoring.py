@@ -135,6 +135,27 @@ def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, to
     assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4) and torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("template", [None, "Once upon a time {prompt}"])
+def test_the_unembedding_only_sees_contiguous_hidden_states(template, tiny_llama):
+    """A strided input makes the lm_head matmul copy its weight per batch row (DESIGN §3): every
+    scoring path hands it contiguous hidden states."""
+    seen = []
+    hook = tiny_llama.adapter.unembed.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        _, scorer = _setup(tiny_llama, 'logit:" the"', EPOConfig(length=6, template=template))
+        gen = torch.Generator().manual_seed(7)
+        parents = scorer.vocab.random_prompts(2, 6, gen)
+        parent, pos = torch.tensor([0, 1, 1]), torch.tensor([0, 2, 5])
+        children = parents[parent].clone()
+        children[torch.arange(3), pos] = scorer.vocab.allowed[:3]
+        scorer.score_children(parents, children, parent, pos)
+        scorer.score(children)
+        scorer.token_gradients(children, torch.ones(3))
+    finally:
+        hook.remove()
+    assert seen and all(seen)
+
+
 def test_a_model_whose_attention_ignores_the_packed_layout_scores_children_plainly(tokenizer, monkeypatch):
     """An architecture that runs its own attention over the packed row would mix children: the probe
     catches it, and children are scored in full instead, with the same results."""

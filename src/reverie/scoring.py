@@ -149,7 +149,7 @@ class Scorer:
                     row = packed.gather(full_parents, full_children[chunk])
                     hidden = self.model.trunk(row, position_ids=packed.position[None])[0]
                 if i == 0:            # the parents' log-probs of prompt tokens first..n-1: the children's prefix terms
-                    h = hidden[:m * N].unflatten(0, (m, N))[:, L + first - 1:L + n - 1]
+                    h = hidden[:m * N].unflatten(0, (m, N))[:, L + first - 1:L + n - 1].contiguous()   # (DESIGN §3)
                     parent_lp = self.model.head(h).float().log_softmax(-1)               # [M, n - first, V]
                 read = packed.at(L + n - 1)     # the target reads each child's last prompt token, as if unpacked
                 hooks = {name: t[0].transpose(0, 1)[read, :, None, L:L + n] if name.endswith("hook_pattern")
