@@ -325,14 +325,15 @@ def free_memory(device: torch.device) -> int:
     return 4 << 30
 
 
-CPU_TOKENS_PER_PASS = 1536   # larger CPU batches run slower per token (activations spill out of cache)
+CPU_TOKENS_PER_PASS = 2048   # larger CPU batches run slower per token (activations spill out of cache)
 
 
 def auto_batch_size(model: Model, length: int = 12, limit: int = 512) -> int:
     """Prompts per forward pass from free memory: logits dominate (model dtype, an fp32 copy and fp32
     log-probs per position), with activations on top; use at most half of what is free. On a CPU, also
     at most CPU_TOKENS_PER_PASS tokens per pass (SmolLM2-135M, bf16, 2 cores: 256 prompts of 12 tokens
-    take 1.26 s in one pass and 0.83 s in two; see bench/speed.py)."""
+    take 1.26 s in one pass and 0.83 s in two, while the ~1760-token packed row of an iteration's
+    children scores in 0.65 s in one pass and 0.74 s in two; see bench/speed.py --batch-size)."""
     vocab = model.adapter.unembed.weight.shape[0]
     per_prompt = length * (vocab * (model.dtype.itemsize + 8) + 16 * model.adapter.d_mlp * model.dtype.itemsize)
     if model.device.type == "cpu":
