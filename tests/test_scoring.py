@@ -78,6 +78,19 @@ def test_label_logprobs_equal_fp32_log_softmax(compiled, monkeypatch):
     assert bool(scoring._fused) == compiled
 
 
+def assert_children_score_as_plain(scorer, parents: int, children: int, length: int, seed: int) -> None:
+    """Random parents and one-token mutants of them: score_children equals scoring the children in full."""
+    gen = torch.Generator().manual_seed(seed)
+    tops = scorer.vocab.random_prompts(parents, length, gen)
+    parent, pos = torch.randint(parents, (children,), generator=gen), torch.randint(length, (children,), generator=gen)
+    kids = tops[parent].clone()
+    kids[torch.arange(children), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (children,), generator=gen)]
+    f, ce = scorer.score_children(tops, kids, parent, pos)
+    f0, ce0 = scorer.score(kids)
+    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+
+
 FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2"]
 
 
@@ -87,17 +100,8 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     """Children scored on top of their parent's cached prefix get the same activation and cross-entropy."""
     model = build_tiny(family, tokenizer)
     target, scorer = _setup(model, spec, EPOConfig(length=7, batch_size=5))
-    gen = torch.Generator().manual_seed(0)
-    parents = scorer.vocab.random_prompts(3, 7, gen)
-    parent = torch.randint(3, (24,), generator=gen)
-    pos = torch.randint(7, (24,), generator=gen)
-    children = parents[parent].clone()
-    children[torch.arange(24), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (24,), generator=gen)]
     assert scorer.reuses_prefix                     # the packed path runs, not the plain fallback
-    f, ce = scorer.score_children(parents, children, parent, pos)
-    f0, ce0 = scorer.score(children)
-    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
-    assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+    assert_children_score_as_plain(scorer, parents=3, children=24, length=7, seed=0)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
@@ -109,14 +113,7 @@ def test_prefix_reuse_in_a_template_matches_plain_scoring(family, spec, template
     model = build_tiny(family, tokenizer)
     target, scorer = _setup(model, spec, EPOConfig(length=6, batch_size=4, template=template))
     assert scorer.templated and scorer.reuses_prefix
-    gen = torch.Generator().manual_seed(6)
-    parents = scorer.vocab.random_prompts(3, 6, gen)
-    parent, pos = torch.randint(3, (16,), generator=gen), torch.randint(6, (16,), generator=gen)
-    children = parents[parent].clone()
-    children[torch.arange(16), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (16,), generator=gen)]
-    f, ce = scorer.score_children(parents, children, parent, pos)
-    f0, ce0 = scorer.score(children)
-    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4) and torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+    assert_children_score_as_plain(scorer, parents=3, children=16, length=6, seed=6)
 
 
 @pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
@@ -125,14 +122,7 @@ def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, to
     model = build_tiny(family, tokenizer, sliding_window=3, **({"layer_types": None} if family != "mistral" else {}))
     target, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=7, batch_size=4))
     assert scorer.reuses_prefix
-    gen = torch.Generator().manual_seed(5)
-    parents = scorer.vocab.random_prompts(2, 7, gen)
-    parent, pos = torch.randint(2, (12,), generator=gen), torch.randint(7, (12,), generator=gen)
-    children = parents[parent].clone()
-    children[torch.arange(12), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (12,), generator=gen)]
-    f, ce = scorer.score_children(parents, children, parent, pos)
-    f0, ce0 = scorer.score(children)
-    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4) and torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+    assert_children_score_as_plain(scorer, parents=2, children=12, length=7, seed=5)
 
 
 @pytest.mark.parametrize("template", [None, "Once upon a time {prompt}"])

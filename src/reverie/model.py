@@ -99,7 +99,7 @@ class Model:
     spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled"); defaults to name_or_path
     adapter: Adapter = field(init=False)
     split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
-    packs_children: bool | None = field(init=False, default=None)   # see packing.packs, which sets it
+    packs_children: bool | None = field(init=False, default=None)   # see attention.packs, which sets it
 
     def __post_init__(self) -> None:
         self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"

@@ -20,9 +20,9 @@ import os
 
 import torch
 
+from .attention import Packed, attention, packs
 from .errors import ConfigError
 from .model import Model
-from .attention import Packed, attention, packs
 from .targets import Target
 from .vocab import Vocabulary
 
