@@ -193,3 +193,27 @@ def test_adaptive_restart_waits_for_stagnation(tiny_llama, tmp_path):
                   checkpoint_every=1)
     resumed = reverie.resume(tmp_path / "b", model=tiny_llama).history
     pd.testing.assert_frame_equal(whole, resumed)
+
+
+def test_gradients_are_taken_once_per_distinct_prompt(tiny_llama):
+    """Slots sharing a prompt share its gradient pass, a prompt that survives or moves to another slot
+    keeps its gradient, and every slot still takes its top-k under its own λ."""
+    config = EPOConfig(population=4, children=8, top_k=16, length=6, iters=5, restart_every=0, check_retokenization=False)
+    _, scorer = _setup(tiny_llama, "neuron:L1.N3", config)
+    epo = EPO(scorer, config)
+    passes, parts = [], scorer.gradient_parts
+    scorer.gradient_parts = lambda ids: passes.append({tuple(r) for r in ids.tolist()}) or parts(ids)
+    population = epo.state.population.clone()
+    population[1], population[3] = population[0], population[2]
+    prompts = [tuple(r) for r in population.tolist()]
+
+    top = epo._top_k(population)
+    assert passes == [{prompts[0], prompts[2]}]
+    for got, expected in zip(top, scorer.top_k(population, epo.penalties, 16)):
+        assert torch.equal(got.sort(-1).values, expected.sort(-1).values)
+
+    moved = population[[2, 0, 0, 3]].clone()          # slot 0 takes slot 2's prompt; slot 3 gets a new one
+    moved[3, 0] = int(scorer.vocab.allowed[0]) if moved[3, 0] != scorer.vocab.allowed[0] else int(scorer.vocab.allowed[1])
+    del passes[:]
+    epo._top_k(moved)
+    assert passes == [{tuple(moved[3].tolist())}]

@@ -10,12 +10,14 @@ from reverie.dream import _setup
 from reverie.model import Model
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3_text", "gpt_neox"])
-def test_token_gradients_equal_one_hot_gradients(family, tokenizer):
-    """d(f − λ·CE)/d(one-hot), where CE = −Σ log_softmax(logits[:-1]) · one_hot[1:] / (n−1) as in the paper."""
-    model = build_tiny(family, tokenizer)
-    target, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=6))
-    ids = scorer.vocab.random_prompts(3, 6, torch.Generator().manual_seed(0))
+FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2"]
+
+
+def assert_gradients_equal_one_hot_gradients(model, spec: str, length: int = 6) -> None:
+    """d(f − λ·CE)/d(one-hot), where CE = −Σ log_softmax(logits[:-1]) · one_hot[1:] / (n−1) as in the paper,
+    computed by the model's own forward pass in fp32."""
+    target, scorer = _setup(model, spec, EPOConfig(length=length))
+    ids = scorer.vocab.random_prompts(3, length, torch.Generator().manual_seed(0))
     lam = torch.tensor([0.0, 0.5, 3.0])
     E = model.adapter.embed.weight
     one_hot = F.one_hot(ids, E.shape[0]).float().requires_grad_(True)
@@ -28,6 +30,21 @@ def test_token_gradients_equal_one_hot_gradients(family, tokenizer):
     expected = one_hot.grad[..., scorer.vocab.allowed]
     got = scorer.token_gradients(ids, lam)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2"])
+def test_token_gradients_equal_one_hot_gradients(family, spec, tokenizer):
+    """The gradient pass (attention in fp32 through reverie's layout) equals the paper's one-hot gradient."""
+    model = build_tiny(family, tokenizer)
+    assert attention.packs(model)                   # the fp32 attention of gradient passes runs
+    assert_gradients_equal_one_hot_gradients(model, spec)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
+def test_token_gradients_within_a_sliding_window_shorter_than_the_prompt(family, tokenizer):
+    model = build_tiny(family, tokenizer, sliding_window=3, **({"layer_types": None} if family != "mistral" else {}))
+    assert_gradients_equal_one_hot_gradients(model, "neuron:L1.N5", length=7)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi", "gemma2", "gemma3_text"])
@@ -89,9 +106,6 @@ def assert_children_score_as_plain(scorer, parents: int, children: int, length: 
     f0, ce0 = scorer.score(kids)
     assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
     assert torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
-
-
-FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

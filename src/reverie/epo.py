@@ -179,6 +179,7 @@ class EPO:
         self.penalties = config.slot_penalties()
         self.history = history if history is not None else History()
         self.memo: dict[tuple[int, ...], tuple[float, float]] = {k: (f, ce) for k, f, ce in self.history.items()}
+        self._gradients: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}   # prompt -> (df, dCE)
         self._topk_cache: dict[tuple, torch.Tensor] = {}
         self.generator = torch.Generator()
         self.stopped = "done"
@@ -235,15 +236,19 @@ class EPO:
         return torch.tensor(f), torch.tensor(ce)
 
     def _top_k(self, population: torch.Tensor) -> list[torch.Tensor]:
-        """Top-k tokens per member and position ([n_m, k] each); survivors that keep their slot keep their
-        gradients."""
-        rows = unpad(population)
-        keys = [(tuple(p.tolist()), float(lam)) for p, lam in zip(rows, self.penalties)]
-        missing = [i for i, k in enumerate(keys) if k not in self._topk_cache]
-        for length in sorted({len(rows[i]) for i in missing}):       # one batch per prompt length
-            group = [i for i in missing if len(rows[i]) == length]
-            fresh = self.scorer.top_k(torch.stack([rows[i] for i in group]), self.penalties[group], self.config.top_k)
-            self._topk_cache.update({keys[i]: t for i, t in zip(group, fresh)})
+        """Top-k tokens per member and position ([n_m, k] each) under the slot's own λ. The gradient of
+        L_λ is df − λ·dCE: its two parts are taken once per distinct prompt, and kept while the prompt
+        stays in the population, whichever slots it fills (survivors keep their gradients)."""
+        prompts = [tuple(p.tolist()) for p in unpad(population)]
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._gradients]
+        for length in sorted({len(p) for p in missing}):                 # one batch per prompt length
+            group = [p for p in missing if len(p) == length]
+            self._gradients.update(zip(group, zip(*self.scorer.gradient_parts(torch.tensor(group)))))
+        self._gradients = {p: self._gradients[p] for p in prompts}
+        keys = [(p, float(lam)) for p, lam in zip(prompts, self.penalties)]
+        for p, lam in dict.fromkeys(k for k in keys if k not in self._topk_cache):
+            df, dce = self._gradients[p]
+            self._topk_cache[p, lam] = self.vocab.allowed[(df - lam * dce).topk(min(self.config.top_k, df.shape[-1])).indices]
         self._topk_cache = {k: self._topk_cache[k] for k in keys}
         return [self._topk_cache[k] for k in keys]
 

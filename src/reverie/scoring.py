@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from .attention import Packed, attention, packs
+from .attention import Packed, Rows, attention, packs
 from .errors import ConfigError
 from .model import Model
 from .targets import Target
@@ -52,13 +52,16 @@ class Scorer:
                     raise ConfigError(f"the fluency model {m.spec} does not share the tokenizer of {model.spec}")
                 self.others.append((m, w / total, *_projection(m, self.allowed.to(m.device))))
 
-    def _forward(self, ids: torch.Tensor, embeddings: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _forward(self, ids: torch.Tensor, embeddings: list | None = None,
+                 layout: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(f, cross-entropy, log-probs) for a batch, fp32.
 
         If `embeddings` is a list, the input embeddings are appended to it as a leaf that collects
         gradients, and the log-probabilities over the allowed tokens come back too; otherwise only the
-        prompt tokens' own log-probabilities are computed (None comes back)."""
-        with _embedding_leaf(self.model, embeddings), self.model.capture(list(self.target.hooks)) as hooks:
+        prompt tokens' own log-probabilities are computed (None comes back). With a `layout`, attention
+        runs on it (`attention.Rows`: in fp32)."""
+        with _embedding_leaf(self.model, embeddings), self.model.capture(list(self.target.hooks)) as hooks, \
+                _attention(self.model, layout):
             hidden = self.model.trunk(self._in_template(ids))
         total, logprobs = self._prompt_logprob(self.model, hidden, ids, full=embeddings is not None)
         L, n = len(self.before), ids.shape[1]
@@ -80,10 +83,11 @@ class Scorer:
         logprobs = model.head(h).float().log_softmax(-1)
         return logprobs.gather(-1, labels[..., None])[..., 0].sum(-1), logprobs[..., self.allowed.to(logprobs.device)]
 
-    def _cross_entropy(self, model: Model, ids: torch.Tensor, embeddings: list | None = None):
+    def _cross_entropy(self, model: Model, ids: torch.Tensor, embeddings: list | None = None,
+                       layout: Rows | None = None):
         """(CE, log-probs over the allowed tokens or None) of the prompt under another fluency model."""
         ids = ids.to(model.device)
-        with _embedding_leaf(model, embeddings):
+        with _embedding_leaf(model, embeddings), _attention(model, layout):
             hidden = model.trunk(self._in_template(ids))
         total, logprobs = self._prompt_logprob(model, hidden, ids, full=embeddings is not None)
         return -total / (ids.shape[1] - self.first), logprobs
@@ -167,31 +171,59 @@ class Scorer:
             ce[:] = (-(prefix + own) / (n - first)).cpu()
         return f, ce
 
+    def gradient_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d f / d one-hot, d CE / d one-hot) for each prompt, over the allowed tokens: two [B, n, A]
+        tensors on the CPU. The gradient of L_λ = f − λ·CE is df − λ·dCE, so one pass per prompt serves
+        every penalty (a prompt often fills several slots)."""
+        return self._backoff(self._gradient_parts, ids)
+
+    def _gradient_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dfs, dces = [], []
+        n, L = ids.shape[1], len(self.before)
+        for chunk in ids.split(self.batch_size):
+            chunk, leaf = chunk.to(self.model.device), []
+            with torch.enable_grad():
+                f, ce, logprobs = self._forward(chunk, leaf, self._rows(self.model))
+                (g_f,) = torch.autograd.grad(f.sum(), leaf[0], retain_graph=self.self_weight > 0)
+                g_ce = torch.autograd.grad(ce.sum(), leaf[0])[0] if self.self_weight > 0 else None
+            df = self._through_context(g_f[:, L:L + n], self.allowed_embeddings, self.embed_scale)
+            dce = torch.zeros_like(df)
+            if g_ce is not None:
+                dce += self.self_weight * self._as_label(self._through_context(g_ce[:, L:L + n], self.allowed_embeddings,
+                                                                              self.embed_scale), logprobs)
+            for m, w, allowed_embeddings, scale in self.others:     # other fluency models, the same two terms
+                leaf = []
+                with torch.enable_grad():
+                    ce_m, logprobs_m = self._cross_entropy(m, chunk.to(m.device), leaf, self._rows(m))
+                    (g,) = torch.autograd.grad(ce_m.sum(), leaf[0])
+                dce += w * self._as_label(self._through_context(g[:, L:L + n], allowed_embeddings, scale),
+                                          logprobs_m).to(dce.device)
+            dfs.append(df.cpu())
+            dces.append(dce.cpu())
+        return torch.cat(dfs), torch.cat(dces)
+
+    @staticmethod
+    def _through_context(g: torch.Tensor, allowed_embeddings: torch.Tensor, scale: float) -> torch.Tensor:
+        """d / d one-hot through the input embeddings, from d / d embeddings: [B, n, A] fp32."""
+        return scale * (g.float() @ allowed_embeddings.T)
+
+    def _as_label(self, d: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        """Add CE's direct term: token i is the label of position i − 1, d CE / d one-hot[i, v] gets
+        −log p(v | t_<i) / (n − first)."""
+        n = d.shape[1]
+        d[:, self.first:] -= logprobs.detach().to(d.device) / (n - self.first)
+        return d
+
+    def _rows(self, model: Model) -> Rows | None:
+        """fp32 attention for a gradient pass, where the model's attention takes a layout (`attention.packs`)."""
+        if not packs(model):
+            return None
+        return Rows(weights=model is self.model and any(h.endswith("hook_pattern") for h in self.target.hooks))
+
     def token_gradients(self, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
         """d(f - penalty * CE) / d(one-hot) for each prompt, over the allowed tokens: [B, n, A] on the CPU."""
-        return self._backoff(self._token_gradients, ids, penalties)
-
-    def _token_gradients(self, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
-        grads = []
-        for chunk, lam in zip(ids.split(self.batch_size), penalties.split(self.batch_size)):
-            embeddings: list[torch.Tensor] = []
-            lam = lam.to(self.model.device)
-            with torch.enable_grad():
-                f, ce, logprobs = self._forward(chunk.to(self.model.device), embeddings)
-                (g,) = torch.autograd.grad((f - lam * self.self_weight * ce).sum(), embeddings[0])
-            n, L = chunk.shape[1], len(self.before)
-            grad = self.embed_scale * (g[:, L:L + n].float() @ self.allowed_embeddings.T)  # through the context
-            lam_n = lam[:, None, None] / (n - self.first)
-            grad[:, self.first:] += lam_n * self.self_weight * logprobs.detach()        # as a label
-            for m, w, allowed_embeddings, scale in self.others:     # other fluency models, the same two terms
-                leaf: list[torch.Tensor] = []
-                with torch.enable_grad():
-                    ce_m, logprobs_m = self._cross_entropy(m, chunk.to(m.device), leaf)
-                    (g,) = torch.autograd.grad((-lam.to(m.device) * w * ce_m).sum(), leaf[0])
-                grad += (scale * (g[:, L:L + n].float() @ allowed_embeddings.T)).to(grad.device)
-                grad[:, self.first:] += (lam_n * w).to(grad.device) * logprobs_m.detach().to(grad.device)
-            grads.append(grad.cpu())
-        return torch.cat(grads)
+        df, dce = self.gradient_parts(ids)
+        return df - penalties[:, None, None].float() * dce
 
     def _backoff(self, fn, *args):
         """Run fn; on out-of-memory, halve the batch size and run it again."""
@@ -258,6 +290,10 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                 raise
             _fused = False
     return _label_logprobs(logits, labels)
+
+
+def _attention(model: Model, layout: Rows | None):
+    return contextlib.nullcontext() if layout is None else attention(model, layout)
 
 
 @contextlib.contextmanager
