@@ -79,7 +79,7 @@ class Scorer:
         L, n = len(self.before), ids.shape[1]
         h, labels = hidden[:, L + self.first - 1:L + n - 1].contiguous(), ids[:, self.first:]
         if not full:
-            return label_logprobs(model.head(h), labels).sum(-1), None
+            return head_logprobs(model, h, labels).sum(-1), None
         logprobs = model.head(h).float().log_softmax(-1)
         return logprobs.gather(-1, labels[..., None])[..., 0].sum(-1), logprobs[..., self.allowed.to(logprobs.device)]
 
@@ -163,7 +163,7 @@ class Scorer:
                 q = packed.position
                 label = (q >= L + first - 1) & (q <= L + n - 2) & (packed.entry >= packed.lead)
                 kid = chunk[packed.entry[label] - packed.lead]
-                lp = label_logprobs(self.model.head(hidden[label])[None], children[kid, q[label] - L + 1][None])[0]
+                lp = head_logprobs(self.model, hidden[label], children[kid, q[label] - L + 1])
                 own.index_add_(0, kid, lp)
             # log p(prompt token j | the parent's tokens before it): the child's own term wherever j <= pos
             j = torch.arange(first, n, device=device)
@@ -262,6 +262,21 @@ class TargetCache(dict):
             raise KeyError(key)
         self["logits"] = self.head(self.hidden.contiguous()).float()
         return self["logits"]
+
+
+LOGITS_PER_CHUNK = 24 << 20   # bytes of logits unembedded at a time
+
+
+def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(head(hidden))[label] in fp32, unembedding a chunk of rows at a time whose logits
+    stay in the CPU's cache: 1430 rows of SmolLM2-135M take 123 ms in one piece and 74 ms in chunks
+    of 256 (24 MiB of bf16 logits; 384 rows are as slow as one piece)."""
+    d = hidden.shape[-1]
+    vocab = model.adapter.unembed.weight.shape[0] if model.split_head else d     # else hidden are the logits
+    rows = max(1, LOGITS_PER_CHUNK // (vocab * model.dtype.itemsize))
+    flat, flat_labels = hidden.reshape(-1, d), labels.reshape(-1)     # contiguous row chunks (DESIGN §3)
+    out = [label_logprobs(model.head(h), y) for h, y in zip(flat.split(rows), flat_labels.split(rows))]
+    return torch.cat(out).view(labels.shape)
 
 
 def _label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
