@@ -118,6 +118,27 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     assert_children_score_as_plain(scorer, parents=3, children=24, length=7, seed=0)
 
 
+def test_prefix_reuse_with_repeated_and_childless_parents(tiny_llama):
+    """A prompt that fills several slots leads the packed row once, and a parent without children not at
+    all; the children still score as in full."""
+    _, scorer = _setup(tiny_llama, "neuron:L1.N5", EPOConfig(length=6))
+    gen = torch.Generator().manual_seed(3)
+    parents = scorer.vocab.random_prompts(4, 6, gen)
+    parents[2] = parents[0]
+    parent, pos = torch.tensor([0, 0, 1, 2, 2, 0]), torch.tensor([0, 3, 5, 1, 3, 5])    # parent 3: no children
+    kids = parents[parent].clone()
+    kids[torch.arange(6), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (6,), generator=gen)]
+    seen = []
+    hook = tiny_llama.adapter.embed.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    try:
+        f, ce = scorer.score_children(parents, kids, parent, pos)
+    finally:
+        hook.remove()
+    assert seen[-1] == 2 * 6 + int((6 - pos).sum())          # two distinct parents with children, then the children
+    f0, ce0 = scorer.score(kids)
+    assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4) and torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
 @pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", 'logit:" the"'])
 @pytest.mark.parametrize("template", ["Once upon a time {prompt}", "Q: {prompt} A:"])

@@ -138,6 +138,7 @@ class Scorer:
         return self._backoff(self._score_children, parents, children, parent, pos)
 
     def _score_children(self, parents, children, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
+        parents, parent = torch.unique(parents[parent], dim=0, return_inverse=True)   # distinct parents with children lead
         device, (m, n), L, first = self.model.device, parents.shape, len(self.before), self.first
         parents, children, parent, pos = parents.to(device), children.to(device), parent.to(device), pos.to(device)
         full_parents, full_children = self._in_template(parents), self._in_template(children)
