@@ -122,7 +122,9 @@ def test_short_dream_raises_a_neuron(family, tokenizer, vocab):
     assert np.isfinite(initial)
     assert best > initial, f"{family}: best {best} did not beat the initial population's best {initial}"
 
-    assert np.isfinite(h["cross_entropy"].to_numpy()).all()
+    scored = np.isfinite(h["activation"].to_numpy())
+    assert np.isfinite(h["cross_entropy"].to_numpy()[scored]).all()
+    assert np.isnan(h["cross_entropy"].to_numpy()[~scored]).all()     # failing a constraint: not scored
     assert not np.isnan(h["activation"].to_numpy()).any()
 
     # selection never keeps a child that failed its constraints (f = -inf)
@@ -193,6 +195,7 @@ def test_every_target_kind_runs_one_step(family, spec, tokenizer, vocab):
     assert valid.any()
     assert np.isfinite(f[valid]).all(), f"{family} {spec}: non-finite value for a valid prompt"
     assert (f[~valid] == -math.inf).all()
-    assert np.isfinite(h["cross_entropy"].to_numpy()).all()
+    ce = h["cross_entropy"].to_numpy()
+    assert np.isfinite(ce[valid]).all() and np.isnan(ce[~valid]).all()    # a rejected prompt is not scored
     if spec.startswith("attention"):
         assert ((f[valid] >= 0) & (f[valid] <= 1 + 1e-6)).all()

@@ -21,7 +21,7 @@ def frontier_table(rows, title: str, penalties=None) -> Table:
     table.add_column("activation", justify="right")
     table.add_column("text", overflow="fold")
     for i, (act, ce, text) in enumerate(rows):
-        cells = [f"{ce:.2f}", f"{act:.3f}" if math.isfinite(act) else "rejected", repr(text)]
+        cells = [f"{ce:.2f}" if math.isfinite(ce) else "–", f"{act:.3f}" if math.isfinite(act) else "rejected", repr(text)]
         if penalties is not None:
             cells.insert(0, f"{float(penalties[i]):.2f}")
         table.add_row(*cells)

@@ -164,8 +164,9 @@ class Step:
 
 
 def objective(f: torch.Tensor, ce: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
-    """L_λ for every (penalty, prompt) pair: [len(penalties), len(f)]."""
-    return f[None, :] - penalties[:, None] * ce[None, :]
+    """L_λ for every (penalty, prompt) pair: [len(penalties), len(f)]. A prompt that failed a constraint
+    (f = −∞; its cross-entropy was never computed) scores −∞ under every penalty."""
+    return (f[None, :] - penalties[:, None] * ce[None, :]).masked_fill(f.isneginf()[None, :], -torch.inf)
 
 
 class EPO:
@@ -210,7 +211,8 @@ class EPO:
     # ---------------------------------------------------------------- scoring with a memo
     def _score(self, ids: torch.Tensor, parents: torch.Tensor | None = None, parent: torch.Tensor | None = None,
                pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """f and CE of each row; prompts not seen before go through the model once. Children (given their
+        """f and CE of each row; prompts not seen before go through the model once, except those failing
+        a constraint (f = −∞, never selected; their CE is not computed: NaN). Children (given their
         parents, parent index and mutated position) run only from the mutated position on."""
         keys = [tuple(t for t in r if t != PAD) for r in ids.tolist()]
         first = {}
@@ -219,21 +221,29 @@ class EPO:
                 first[k] = j
         if first:
             rows = torch.tensor(list(first.values()))
-            new_ids = ids[rows]
-            if (new_ids == PAD).any():              # prompts of several lengths: score each length apart
-                n = lengths(new_ids)
-                f, ce = torch.empty(len(rows)), torch.empty(len(rows))
-                for length in n.unique().tolist():
-                    same = (n == length).nonzero()[:, 0]
-                    f[same], ce[same] = self.scorer.score(new_ids[same, :length])
-            elif parents is None or (parents == PAD).any():
-                f, ce = self.scorer.score(new_ids)
-            else:
-                f, ce = self.scorer.score_children(parents, new_ids, parent[rows], pos[rows])
-            f[~self.vocab.ok(new_ids)] = -torch.inf
+            f, ce = torch.full((len(rows),), -torch.inf), torch.full((len(rows),), torch.nan)
+            ok = self.vocab.ok(ids[rows])
+            if ok.any():
+                rows_ok = rows[ok]
+                f[ok], ce[ok] = self._run(ids[rows_ok], parents, None if parent is None else parent[rows_ok],
+                                          None if pos is None else pos[rows_ok])
             self.memo.update(zip(first, zip(f.tolist(), ce.tolist())))
         f, ce = zip(*(self.memo[k] for k in keys))
         return torch.tensor(f), torch.tensor(ce)
+
+    def _run(self, ids: torch.Tensor, parents, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's f and CE of new prompts: children over their parents' prefix where they have them,
+        prompts of several lengths one length at a time."""
+        if (ids == PAD).any():
+            n = lengths(ids)
+            f, ce = torch.empty(len(ids)), torch.empty(len(ids))
+            for length in n.unique().tolist():
+                same = (n == length).nonzero()[:, 0]
+                f[same], ce[same] = self.scorer.score(ids[same, :length])
+            return f, ce
+        if parents is None or (parents == PAD).any():
+            return self.scorer.score(ids)
+        return self.scorer.score_children(parents, ids, parent, pos)
 
     def _top_k(self, population: torch.Tensor) -> list[torch.Tensor]:
         """Top-k tokens per member and position ([n_m, k] each) under the slot's own λ. The gradient of
