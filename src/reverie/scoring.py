@@ -187,11 +187,9 @@ class Scorer:
                 f, ce, logprobs = self._forward(chunk, leaf, self._rows(self.model))
                 (g_f,) = torch.autograd.grad(f.sum(), leaf[0], retain_graph=self.self_weight > 0)
                 g_ce = torch.autograd.grad(ce.sum(), leaf[0])[0] if self.self_weight > 0 else None
-            df = self._through_context(g_f[:, L:L + n], self.allowed_embeddings, self.embed_scale)
-            dce = torch.zeros_like(df)
-            if g_ce is not None:
-                dce += self.self_weight * self._as_label(self._through_context(g_ce[:, L:L + n], self.allowed_embeddings,
-                                                                              self.embed_scale), logprobs)
+            g = torch.stack([g_f] if g_ce is None else [g_f, g_ce])[:, :, L:L + n]   # one pass over the embeddings
+            df, *rest = self._through_context(g, self.allowed_embeddings, self.embed_scale)
+            dce = self._as_label(rest[0], logprobs).mul_(self.self_weight) if rest else torch.zeros_like(df)
             for m, w, allowed_embeddings, scale in self.others:     # other fluency models, the same two terms
                 leaf = []
                 with torch.enable_grad():
