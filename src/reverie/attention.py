@@ -10,7 +10,8 @@ top of its parent's, and packs the result again.
 
 This runs through transformers' attention interface, selected for the duration of one pass
 (`attention(model, layout)`), so it works for every architecture whose attention modules use it;
-whether a model does is checked once on a probe against plain scoring (`packs`).
+whether a model does is checked once on a probe against plain scoring (`packs`). The same interface
+runs gradient passes over whole prompts with attention in fp32 (`Rows`).
 """
 
 from __future__ import annotations

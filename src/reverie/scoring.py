@@ -6,7 +6,8 @@ bf16. The token gradient equals the gradient with respect to the one-hot encodin
 the allowed tokens, computed without a one-hot matmul over the whole vocabulary: the gradient with
 respect to the input embeddings, projected onto the allowed tokens' embeddings, plus the direct
 term of the cross-entropy (token i is the label of position i-1: d CE / d onehot[i, v] gets
--log p(v | t_<i) / (n-1)).
+-log p(v | t_<i) / (n-1)). It comes in two parts, d f and d CE, so that one pass per prompt serves
+every penalty λ (the gradient of f − λ·CE is their combination).
 
 Scoring (no gradients) never materialises fp32 log-probabilities over the vocabulary: it unembeds
 only the positions that predict a prompt token and takes each label's log-probability in one fused
