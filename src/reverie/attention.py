@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from . import native
 from .model import Model
 
 NAME = "reverie"
@@ -46,7 +47,8 @@ class Packed:
         self.entry = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)   # [T]
         start = torch.cumsum(own, 0) - own
         self.position = pos[self.entry] + torch.arange(len(self.entry), device=pos.device) - start[self.entry]
-        self.start, self.pos = start[lead:], pos[lead:]           # each child's first token in the row, and position
+        self.entry_start, self.entry_pos = start, pos              # each entry's first token in the row, and position
+        self.start, self.pos = start[lead:], pos[lead:]           # the same for the children
 
     def at(self, position: int) -> torch.Tensor:
         """Where each child's token at `position` (at or after its mutated position) lies in the row."""
@@ -104,11 +106,17 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         return out.to(query.dtype).transpose(1, 2).contiguous(), probs
     if layout.lead:                          # the parents lead the row: keep their keys and values
         m, n = layout.lead, layout.n
-        layout.kv[module.layer_idx] = (key[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1).float(),
-                                       value[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1).float())
+        layout.kv[module.layer_idx] = (key[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1).float().contiguous(),
+                                       value[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1).float().contiguous())
+    k_parent, v_parent = layout.kv[module.layer_idx]
+    if not layout.weights:                   # the C kernel where it is available (`native`)
+        out = native.packed_attention(query, key, value, k_parent, v_parent, layout.entry, layout.position,
+                                      layout.entry_start, layout.entry_pos, layout.parent, scaling, softcap,
+                                      sliding_window)
+        if out is not None:
+            return out, None
     # unpacked in fp32: the upcast rides on copies made anyway, and CPU flash attention runs faster in
     # fp32 than in bf16 at these shapes (264 children x 9 heads x 12 positions: 2.6 vs 3.4 ms)
-    k_parent, v_parent = layout.kv[module.layer_idx]
     c, at = layout.entry, layout.position
     keys, values = k_parent[layout.parent], v_parent[layout.parent]                   # [C, kv heads, n, d]
     keys[c, :, at], values[c, :, at] = key[0].transpose(0, 1).float(), value[0].transpose(0, 1).float()

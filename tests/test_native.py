@@ -1,0 +1,55 @@
+"""The C kernel for packed attention equals the torch path it replaces."""
+
+import shutil
+import types
+
+import pytest
+import torch
+
+from reverie import attention, native
+
+
+@pytest.fixture
+def kernel():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    fn = native.kernel()
+    assert fn is not None, "a C compiler is installed but the packed-attention kernel did not build"
+    return fn
+
+
+def packed_attention(layout, q, k, v, monkeypatch, use_kernel: bool, **options):
+    """Both leading parents' layer (which stores their keys and values) and a later pass that reads them."""
+    monkeypatch.setenv("REVERIE_NATIVE", "1" if use_kernel else "0")
+    module = types.SimpleNamespace(layer_idx=0)
+    attention._layout = layout
+    try:
+        return attention._attention(module, q, k, v, None, scaling=0.3, **options)[0]
+    finally:
+        attention._layout = None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("options", [{}, {"softcap": 2.0}, {"sliding_window": 3}, {"softcap": 1.5, "sliding_window": 5}])
+def test_kernel_equals_torch_packed_attention(kernel, dtype, options, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    n, parents, heads, kv_heads, d = 9, 3, 6, 2, 16
+    parent = torch.randint(parents, (40,), generator=gen)
+    pos = torch.randint(n, (40,), generator=gen)
+    layouts = [attention.Packed({}, parent[:25], pos[:25], n, lead=parents)]      # parents lead: keys and values kept
+    layouts.append(attention.Packed(layouts[0].kv, parent[25:], pos[25:], n))       # a second pass reads them
+    for layout in layouts:
+        T = len(layout.entry)
+        # the attention interface's layout: [1, heads, T, d] views of [1, T, heads, d] projections
+        q = torch.randn(1, T, heads, d, generator=gen).to(dtype).transpose(1, 2)
+        k, v = (torch.randn(1, T, kv_heads, d, generator=gen).to(dtype).transpose(1, 2) for _ in range(2))
+        expected = packed_attention(layout, q, k, v, monkeypatch, False, **options)
+        got = packed_attention(layout, q, k, v, monkeypatch, True, **options)
+        assert got.shape == expected.shape == (1, T, heads, d) and got.dtype == dtype
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_kernel_is_off_with_reverie_native_0(monkeypatch):
+    monkeypatch.setenv("REVERIE_NATIVE", "0")
+    assert native.kernel() is None
