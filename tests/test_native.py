@@ -53,3 +53,19 @@ def test_kernel_equals_torch_packed_attention(kernel, dtype, options, monkeypatc
 def test_kernel_is_off_with_reverie_native_0(monkeypatch):
     monkeypatch.setenv("REVERIE_NATIVE", "0")
     assert native.kernel() is None
+
+
+def test_kernel_refuses_a_layout_that_does_not_match_its_row(kernel):
+    """A layout that points past the row raises instead of reading outside the tensors."""
+    layout = attention.Packed({}, torch.tensor([0, 1]), torch.tensor([2, 4]), 6, lead=2)
+    T = len(layout.entry)
+    q, k, v = (torch.randn(1, 2, T, 8) for _ in range(3))
+    kp = torch.randn(2, 2, 6, 8)
+    args = (kp, kp, layout.entry, layout.position, layout.entry_start, layout.entry_pos, layout.parent, 0.3, None, None)
+    assert native.packed_attention(q, k, v, *args).shape == (1, T, 2, 8)
+    with pytest.raises(ValueError):
+        native.packed_attention(q[:, :, :-3], k[:, :, :-3], v[:, :, :-3], *args)     # fewer tokens than the layout
+    start = layout.entry_start.clone()
+    start[-1] += 5
+    with pytest.raises(ValueError):
+        native.packed_attention(q, k, v, *args[:4], start, *args[5:])

@@ -109,12 +109,16 @@ def assert_children_score_as_plain(scorer, parents: int, children: int, length: 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", "direction:L1", 'logit:" the"'])
+@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", "direction:L1", 'logit:" the"',
+                                  "neuron:L0.N5", "attention:L0.H1.K2"])
 def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
-    """Children scored on top of their parent's cached prefix get the same activation and cross-entropy."""
+    """Children scored on top of their parent's cached prefix get the same activation and cross-entropy;
+    for a target in the first of two layers, the second runs without the last position (not GPT-2, whose
+    model reshapes its output to its input's shape: the probe finds that out)."""
     model = build_tiny(family, tokenizer)
     target, scorer = _setup(model, spec, EPOConfig(length=7, batch_size=5))
     assert scorer.reuses_prefix                     # the packed path runs, not the plain fallback
+    assert scorer._last_block_read() == (0 if "L0" in spec and family != "gpt2" else None)
     assert_children_score_as_plain(scorer, parents=3, children=24, length=7, seed=0)
 
 
@@ -140,7 +144,7 @@ def test_prefix_reuse_with_repeated_and_childless_parents(tiny_llama):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
-@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", 'logit:" the"'])
+@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", 'logit:" the"', "neuron:L0.N5"])
 @pytest.mark.parametrize("template", ["Once upon a time {prompt}", "Q: {prompt} A:"])
 def test_prefix_reuse_in_a_template_matches_plain_scoring(family, spec, template, tokenizer):
     """With a fixed context around the prompt, children still run only from their mutated position on
@@ -155,9 +159,10 @@ def test_prefix_reuse_in_a_template_matches_plain_scoring(family, spec, template
 def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, tokenizer):
     """Packed attention keeps a sliding window (and Gemma 2's soft cap) that cuts into the prompt."""
     model = build_tiny(family, tokenizer, sliding_window=3, **({"layer_types": None} if family != "mistral" else {}))
-    target, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=7, batch_size=4))
-    assert scorer.reuses_prefix
-    assert_children_score_as_plain(scorer, parents=2, children=12, length=7, seed=5)
+    for spec in ("neuron:L1.N5", "neuron:L0.N5"):
+        target, scorer = _setup(model, spec, EPOConfig(length=7, batch_size=4))
+        assert scorer.reuses_prefix
+        assert_children_score_as_plain(scorer, parents=2, children=12, length=7, seed=5)
 
 
 @pytest.mark.parametrize("template", [None, "Once upon a time {prompt}"])

@@ -40,6 +40,7 @@ class Packed:
     def __init__(self, kv: dict, parent: torch.Tensor, pos: torch.Tensor, n: int, lead: int = 0,
                  weights: bool = False):
         self.kv, self.n, self.lead = kv, n, lead
+        self.above: tuple[int, Packed] | None = None              # (block, layout of the blocks after it)
         self.weights = weights                                    # also return attention probabilities [1, heads, T, n]
         pos = torch.cat([pos.new_zeros(lead), pos])               # entries: the leading parents, then the children
         self.parent = torch.cat([parent.new_zeros(lead), parent])
@@ -53,6 +54,10 @@ class Packed:
     def at(self, position: int) -> torch.Tensor:
         """Where each child's token at `position` (at or after its mutated position) lies in the row."""
         return self.start + position - self.pos
+
+    def shortened(self) -> "Packed":
+        """The same entries without their tokens at the last position, n − 1 (`last_dropped_above`)."""
+        return Packed(self.kv, self.parent[self.lead:], self.pos, self.n - 1, self.lead, self.weights)
 
     def gather(self, parents: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
         """The packed row of token ids: [1, T]."""
@@ -101,6 +106,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     if layout is None or kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
         raise NotImplementedError("packed attention outside a packed pass, or with sinks or position bias")
     scaling = scaling or 1 / math.sqrt(query.shape[-1])
+    if isinstance(layout, Packed) and layout.above is not None and module.layer_idx > layout.above[0]:
+        layout = layout.above[1]
     if isinstance(layout, Rows):
         out, probs = _causal(query.float(), key.float(), value.float(), scaling, softcap, sliding_window, layout.weights)
         return out.to(query.dtype).transpose(1, 2).contiguous(), probs
@@ -124,6 +131,45 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     queries[c, :, at] = query[0].transpose(0, 1).float()
     out, probs = _causal(queries, keys, values, scaling, softcap, sliding_window, layout.weights)
     return out[c, :, at].to(query.dtype)[None], None if probs is None else probs[c, :, at].transpose(0, 1)[None]
+
+
+@contextlib.contextmanager
+def last_dropped_above(model: Model, layout: Packed, block: int):
+    """Within the block, the model's blocks after `block` run without each entry's token at the last
+    position: the layout's `shortened()` row, which the context yields. Where every read at the last
+    position is at or below `block` (a neuron in layer 2 of 30), the last position's states above it
+    feed nothing: causal attention never looks forward, and the cross-entropy reads the positions
+    before it. Each such block's per-token inputs (hidden states, position ids and embeddings) are cut
+    to the shortened row; whether a model takes this is checked once on a probe (`drops`)."""
+    short = layout.shortened()
+    keep = (layout.position < layout.n - 1).nonzero()[:, 0]
+    tokens = len(layout.position)
+
+    def cut(module, args, kwargs):
+        return _take(args, keep, tokens), _take(kwargs, keep, tokens)
+
+    handles = [b.register_forward_pre_hook(cut, with_kwargs=True) for b in model.adapter.blocks[block + 1:]]
+    layout.above = (block, short)
+    try:
+        yield short
+    finally:
+        layout.above = None
+        for h in handles:
+            h.remove()
+
+
+def _take(x, keep: torch.Tensor, tokens: int):
+    """`x` with only the `keep` tokens, where it has one entry per token of the packed row (along
+    dimension 1, else 0); tuples, lists and dicts are cut entry by entry; anything else is left as is."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() >= 2 and x.shape[1] == tokens:
+            return x[:, keep]
+        return x[keep] if x.dim() >= 1 and x.shape[0] == tokens else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_take(v, keep, tokens) for v in x)
+    if isinstance(x, dict):
+        return {k: _take(v, keep, tokens) for k, v in x.items()}
+    return x
 
 
 def _causal(q, k, v, scaling, softcap, sliding_window, weights: bool):
@@ -154,7 +200,15 @@ def packs(model: Model) -> bool:
     return model.packs_children
 
 
-def _probe(model: Model, n: int = 6) -> bool:
+def drops(model: Model) -> bool:
+    """Whether this model's blocks run on a shortened row (`last_dropped_above`): checked once, on the
+    same probe with the last position dropped above the first block."""
+    if model.drops_last is None:
+        model.drops_last = packs(model) and model.n_layers > 1 and _probe(model, block=0)
+    return model.drops_last
+
+
+def _probe(model: Model, n: int = 6, block: int | None = None) -> bool:
     device = model.device
     vocab = model.adapter.embed.weight.shape[0]
     parents = (torch.arange(2 * n, device=device).view(2, n) * 7 + 11) % vocab
@@ -164,9 +218,10 @@ def _probe(model: Model, n: int = 6) -> bool:
     try:
         with torch.inference_mode():
             layout = Packed({}, parent, pos, n, lead=2)
-            with attention(model, layout):
+            with attention(model, layout), (contextlib.nullcontext(layout) if block is None
+                                            else last_dropped_above(model, layout, block)) as out:
                 got = model.trunk(layout.gather(parents, children), position_ids=layout.position[None])[0].float()
-            plain = model.trunk(torch.cat([parents, children]))[layout.entry, layout.position].float()
+            plain = model.trunk(torch.cat([parents, children]))[out.entry, out.position].float()
     except Exception:   # an architecture that does not take the packed layout (its own attention, shared caches...)
         return False
     error = (got - plain).norm(dim=-1) / plain.norm(dim=-1).clamp_min(1e-6)

@@ -79,7 +79,7 @@ def _load(library: Path):
     fn = ctypes.CDLL(str(library)).packed_attention
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     fn.argtypes = [ptr, ptr, ptr, ctypes.c_int, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
-                   i64, i64, i64, i64, i64, f32, f32, i64, ctypes.c_int]
+                   i64, i64, i64, i64, i64, i64, i64, f32, f32, i64, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
 
@@ -101,9 +101,15 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     H, T, d = q.shape
     kp, vp = parent_keys.float().contiguous(), parent_values.float().contiguous()
     index = [t.to(torch.int64).contiguous() for t in (entry, position, start, mutated, parent)]
+    M, KH, N = kp.shape[:3]
+    if not (k.shape == v.shape == (KH, T, d) and kp.shape == vp.shape == (M, KH, N, d) and len(entry) == len(position) == T
+            and len(start) == len(mutated) == len(parent)):
+        raise ValueError(f"packed attention: {T} queries, {k.shape[1]} keys, {len(entry)} tokens in the layout")
     out = torch.empty(1, T, H, d, dtype=q.dtype)
-    ok = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), int(q.dtype == torch.bfloat16),
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), kp.data_ptr(), vp.data_ptr(),
-            *(t.data_ptr() for t in index), out.data_ptr(), T, H, k.shape[0], kp.shape[2], d,
-            scaling, softcap or 0.0, sliding_window or 0, torch.get_num_threads()) == 0
-    return out if ok else None
+    status = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), int(q.dtype == torch.bfloat16),
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), kp.data_ptr(), vp.data_ptr(),
+                *(t.data_ptr() for t in index), out.data_ptr(), T, len(start), M, H, KH, N, d,
+                scaling, softcap or 0.0, sliding_window or 0, torch.get_num_threads())
+    if status == 2:
+        raise ValueError("packed attention: the layout points outside the row or the parents")
+    return out if status == 0 else None

@@ -6,7 +6,8 @@
  * kp, vp: the parents' keys and values, fp32 [M, KH, N, d] contiguous; per token t: entry[t], its
  * position[t] in its prompt; per entry e: start[e] (its first own token in the row), mutated[e] (the
  * position of that token) and parent[e]. out: [T, H, d] contiguous, in the inputs' dtype.
- * Returns 0, or 1 for shapes it does not take. Work is split over `threads` threads by token. */
+ * Returns 0; 1 for shapes it does not take; 2 if an index points outside the tensors (nothing is read
+ * there). Work is split over `threads` threads by token. */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -24,10 +25,11 @@ typedef struct {
     const float *kp, *vp;
     const int64_t *entry, *position, *start, *mutated, *parent;
     void *out;
-    int64_t H, KH, N, d;
+    int64_t T, E, M, H, KH, N, d;   /* tokens, entries, parents, heads, key/value heads, positions, head size */
     float scale, softcap;
     int64_t window;
     int64_t t0, t1;   /* the tokens this thread computes */
+    int bad;          /* set if an index is out of range */
 } Job;
 
 static inline float load(const void *p, int64_t i, int bf16) {
@@ -58,13 +60,15 @@ static inline const float *kv_row(const Job *j, const void *own, const float *pa
 }
 
 static void *run(void *arg) {
-    const Job *j = (const Job *)arg;
+    Job *j = (Job *)arg;
     const int64_t d = j->d, g = j->H / j->KH;
     float q[MAX_G][MAX_D], acc[MAX_G][MAX_D], s[MAX_G][MAX_N], buf[MAX_D];
     float top[MAX_G], z[MAX_G];
     for (int64_t t = j->t0; t < j->t1; t++) {
         const int64_t e = j->entry[t], at = j->position[t];
+        if (e < 0 || e >= j->E || at < 0 || at >= j->N) { j->bad = 1; return 0; }
         const int64_t p = j->mutated[e], P = j->parent[e], s0 = j->start[e];
+        if (p < 0 || p > at || (p > 0 && (P < 0 || P >= j->M)) || s0 < 0 || s0 + at - p >= j->T) { j->bad = 1; return 0; }
         const int64_t lo = (j->window > 0 && at - j->window + 1 > 0) ? at - j->window + 1 : 0;
         for (int64_t kh = 0; kh < j->KH; kh++) {   /* the g query heads that share this key/value head */
             for (int64_t a = 0; a < g; a++) {
@@ -108,7 +112,7 @@ int packed_attention(const void *q, const void *k, const void *v, int bf16,
                      const float *kp, const float *vp,
                      const int64_t *entry, const int64_t *position, const int64_t *start,
                      const int64_t *mutated, const int64_t *parent, void *out,
-                     int64_t T, int64_t H, int64_t KH, int64_t N, int64_t d,
+                     int64_t T, int64_t E, int64_t M, int64_t H, int64_t KH, int64_t N, int64_t d,
                      float scale, float softcap, int64_t window, int threads) {
     if (d > MAX_D || N > MAX_N || KH < 1 || H % KH || H / KH > MAX_G) return 1;
     if (threads < 1) threads = 1;
@@ -118,7 +122,7 @@ int packed_attention(const void *q, const void *k, const void *v, int bf16,
     pthread_t ids[MAX_THREADS];
     for (int i = 0; i < threads; i++) {
         Job job = {q, k, v, bf16, q_head, q_token, k_head, k_token, kp, vp, entry, position, start, mutated,
-                   parent, out, H, KH, N, d, scale, softcap, window, T * i / threads, T * (i + 1) / threads};
+                   parent, out, T, E, M, H, KH, N, d, scale, softcap, window, T * i / threads, T * (i + 1) / threads, 0};
         jobs[i] = job;
     }
     int started = 1;
@@ -127,5 +131,7 @@ int packed_attention(const void *q, const void *k, const void *v, int bf16,
     for (int i = started; i < threads; i++) run(&jobs[i]);   /* threads that could not start: here */
     run(&jobs[0]);
     for (int i = 1; i < started; i++) pthread_join(ids[i], 0);
+    for (int i = 0; i < threads; i++)
+        if (jobs[i].bad) return 2;
     return 0;
 }

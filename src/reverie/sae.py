@@ -114,6 +114,8 @@ class SAEFeature(Target):
 
     `sae` is an `SAEWeights`, a folder in SAELens's layout, or a SAELens `SAE` object."""
 
+    reads_logits = False
+
     sae: object
     feature: int
     position: int = -1

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from .attention import Packed, Rows, attention, packs
+from .attention import Packed, Rows, attention, drops, last_dropped_above, packs
 from .errors import ConfigError
 from .model import Model
 from .targets import Target
@@ -142,29 +142,32 @@ class Scorer:
         parents, parent = torch.unique(parents[parent], dim=0, return_inverse=True)   # distinct parents with children lead
         device, (m, n), L, first = self.model.device, parents.shape, len(self.before), self.first
         parents, children, parent, pos = parents.to(device), children.to(device), parent.to(device), pos.to(device)
-        full_parents, full_children = self._in_template(parents), self._in_template(children)
-        N = full_parents.shape[1]                       # template + prompt tokens; a child runs from L + pos on
+        N = L + n       # template text before + prompt tokens (nothing reads the text after); a child runs from L + pos on
+        full_parents, full_children = self._in_template(parents)[:, :N], self._in_template(children)[:, :N]
         f, ce = torch.empty(len(children)), torch.empty(len(children))
         patterns = any(h.endswith("hook_pattern") for h in self.target.hooks)
+        block = self._last_block_read()
         kv, own = {}, torch.zeros(len(children), device=device)       # own: sum of each child's own log-probs
         passes = -(-(m * N + int((N - L - pos).sum())) // (self.batch_size * N))   # batch_size × N tokens per pass
         with torch.inference_mode():
             for i, chunk in enumerate(torch.arange(len(children), device=device).tensor_split(passes)):
                 packed = Packed(kv, parent[chunk], L + pos[chunk], N, lead=m if i == 0 else 0, weights=patterns)
-                with self.model.capture(list(self.target.hooks)) as hooks, attention(self.model, packed):
+                with self.model.capture(list(self.target.hooks)) as hooks, attention(self.model, packed), \
+                        (contextlib.nullcontext(packed) if block is None else last_dropped_above(self.model, packed, block)) as out:
                     row = packed.gather(full_parents, full_children[chunk])
-                    hidden = self.model.trunk(row, position_ids=packed.position[None])[0]
+                    hidden = self.model.trunk(row, position_ids=packed.position[None])[0]   # the tokens of `out`
                 if i == 0:            # the parents' log-probs of prompt tokens first..n-1: the children's prefix terms
-                    h = hidden[:m * N].unflatten(0, (m, N))[:, L + first - 1:L + n - 1].contiguous()   # (DESIGN §3)
+                    h = hidden[:m * out.n].unflatten(0, (m, out.n))[:, L + first - 1:L + n - 1].contiguous()   # (DESIGN §3)
                     parent_lp = self.model.head(h).float().log_softmax(-1)               # [M, n - first, V]
                 read = packed.at(L + n - 1)     # the target reads each child's last prompt token, as if unpacked
                 hooks = {name: t[0].transpose(0, 1)[read, :, None, L:L + n] if name.endswith("hook_pattern")
                          else t[0, read, None] for name, t in hooks.items()}
-                f[chunk.cpu()] = self.target.value(TargetCache(hooks, hidden[read, None], self.model.head)).float().cpu()
+                final = hidden[read, None] if block is None else None     # final states: only a target reading logits
+                f[chunk.cpu()] = self.target.value(TargetCache(hooks, final, self.model.head)).float().cpu()
                 # the positions that predict one of a child's own prompt tokens (j = q - L + 1 > pos)
-                q = packed.position
-                label = (q >= L + first - 1) & (q <= L + n - 2) & (packed.entry >= packed.lead)
-                kid = chunk[packed.entry[label] - packed.lead]
+                q = out.position
+                label = (q >= L + first - 1) & (q <= L + n - 2) & (out.entry >= out.lead)
+                kid = chunk[out.entry[label] - out.lead]
                 lp = head_logprobs(self.model, hidden[label], children[kid, q[label] - L + 1])
                 own.index_add_(0, kid, lp)
             # log p(prompt token j | the parent's tokens before it): the child's own term wherever j <= pos
@@ -172,6 +175,15 @@ class Scorer:
             prefix = parent_lp[parent[:, None], j - first, children[:, j]].where(j <= pos[:, None], 0).sum(-1)
             ce[:] = (-(prefix + own) / (n - first)).cpu()
         return f, ce
+
+    def _last_block_read(self) -> int | None:
+        """The deepest block whose output the target reads, where the blocks after it may drop the last
+        prompt position (`attention.last_dropped_above`): None where the target may read logits, its
+        deepest block is the last, or the model does not take a shortened row."""
+        if self.target.reads_logits or not self.target.hooks:
+            return None
+        block = max(self.model.check_hook(name)[0] for name in self.target.hooks)
+        return block if block < self.model.n_layers - 1 and drops(self.model) else None
 
     def gradient_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(d f / d one-hot, d CE / d one-hot) for each prompt, over the allowed tokens: two [B, n, A]

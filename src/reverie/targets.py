@@ -29,6 +29,7 @@ class Target:
 
     hooks: tuple[str, ...] = ()
     banned_text: tuple[str, ...] = ()
+    reads_logits = True     # whether `value` may read "logits"; if not, scoring skips what only they need
 
     def prepare(self, model: Model) -> None:
         """Validate against the model (and build whatever depends on it) before any work starts."""
@@ -56,6 +57,8 @@ def _layer_hook(layer_or_hook: int | str, point: str) -> str:
 @dataclass
 class Neuron(Target):
     """Post-nonlinearity MLP neuron: the input of the MLP output projection (`blocks.L.mlp.hook_post`)."""
+
+    reads_logits = False
 
     layer: int | str
     index: int
@@ -115,6 +118,8 @@ class Direction(Target):
 
     `vector` is an array, a `.npy` path, or None for a seeded random unit vector."""
 
+    reads_logits = False
+
     layer: int | str
     vector: np.ndarray | torch.Tensor | str | None = None
     seed: int = 0
@@ -157,6 +162,8 @@ class Direction(Target):
 @dataclass
 class Attention(Target):
     """Attention probability of `head` in `layer` from the query at `position` to key position `key`."""
+
+    reads_logits = False
 
     layer: int
     head: int
