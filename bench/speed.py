@@ -1,14 +1,16 @@
 """Seconds per EPO iteration: reverie vs the reference path vs the plain-forward floor, in one process.
 
-    python bench/speed.py [--iters 300] [--reference-iters 20] [--target neuron:L2.N148] [--batch-size B]
-                          [--out bench/results/speed.json]
+    python bench/speed.py [--iters 300] [--seeds 0 1 2] [--reference-iters 20] [--target neuron:L2.N148]
+                          [--batch-size B] [--out bench/results/speed.json]
     python bench/speed.py --model random-1b --out bench/results/speed-gpu.json     # on a GPU
 
-Reverie's seconds per iteration are the median over a whole run (300 iterations at paper settings,
-restarts included): its cost changes along a run, as populations converge (prompts that fill
-several slots or survive keep their gradients, children scored before are not scored again). The
-reference path does the same work at every iteration, so a shorter sample of it is enough; reverie's
-median over the same first iterations is reported too. The floor is one plain batched forward pass
+Reverie's seconds per iteration are the median over whole runs (300 iterations at paper settings,
+restarts included), pooled over several seeds: its cost changes along a run, as populations
+converge (prompts that fill several slots or survive keep their gradients, children scored before
+are not scored again), and how fast that happens depends on the run. Single-run medians of the same
+code ranged from 0.41 to 0.62 s over three seeds, so one run is not a measurement. The reference
+path does the same work at every iteration, so a shorter sample of it is enough; reverie's median
+over the same first iterations (pooled over the seeds) is reported too. The floor is one plain batched forward pass
 (full logits) over as many n-token prompts as an iteration has children; the batched floor is the
 same pass split into the batch size both paths use. Writes JSON and prints a short table.
 """
@@ -22,6 +24,7 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,14 +50,18 @@ def settle() -> None:
         pass
 
 
-def time_run(epo_cls, scorer, config, iters, first=None):
-    """Median seconds per iteration and per phase over `iters` iterations (and over the `first` ones)."""
-    settle()
-    epo = epo_cls(scorer, config)
-    steps = [epo.step() for _ in range(iters)]
-    out = summarise(steps, config)
+def time_run(epo_cls, scorer, config, iters, seeds=(0,), first=None):
+    """Median seconds per iteration and per phase over `iters` iterations of each seed, pooled (and over
+    the `first` ones of each), with each seed's own median."""
+    runs = []
+    for seed in seeds:
+        settle()
+        epo = epo_cls(scorer, replace(config, seed=seed))
+        runs.append([epo.step() for _ in range(iters)])
+    out = summarise([s for run in runs for s in run], config)
+    out["seeds"] = {seed: statistics.median(s.seconds for s in run) for seed, run in zip(seeds, runs)}
     if first is not None and first < iters:
-        out["first_iterations"] = {"iterations": first, **summarise(steps[:first], config)}
+        out["first_iterations"] = summarise([s for run in runs for s in run[:first]], config)
     return out
 
 
@@ -102,6 +109,7 @@ def main() -> None:
     ap.add_argument("--model", default="bundled", help='a model spec, or "random-1b" (a ~1.2B Llama built from a config, for GPUs)')
     ap.add_argument("--target", default="neuron:L2.N148")
     ap.add_argument("--iters", type=int, default=300, help="reverie's run (default: the paper's 300 iterations)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reverie's runs, pooled")
     ap.add_argument("--reference-iters", type=int, default=20, help="the reference path's sample (same work every iteration)")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--batch-size", type=int, default=None, help="prompts per forward pass, both paths (default: automatic)")
@@ -117,7 +125,7 @@ def main() -> None:
     floor = time_floor(model, scorer.vocab, children, config.length, children)
     floor_batched = time_floor(model, scorer.vocab, children, config.length, scorer.batch_size)
     ref = time_run(ReferenceEPO, ref_scorer, config, args.reference_iters)   # first: a long run slows what follows
-    fast = time_run(EPO, scorer, config, args.iters, first=args.reference_iters)
+    fast = time_run(EPO, scorer, config, args.iters, args.seeds, first=args.reference_iters)
     result = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "device": str(model.device),
         "dtype": str(model.dtype), "model": model.spec, "target": args.target,
@@ -133,12 +141,13 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"{'path':<22}{'s/iter':>9}{'children/s':>12}  phases (median s)")
-    rows = [(f"reverie ({fast['iterations']} it.)", fast), (f"reference ({ref['iterations']} it.)", ref)]
+    rows = [(f"reverie ({args.iters} it. x {len(args.seeds)})", fast), (f"reference ({ref['iterations']} it.)", ref)]
     if "first_iterations" in fast:
-        rows.insert(1, (f"reverie (first {fast['first_iterations']['iterations']})", fast["first_iterations"]))
+        rows.insert(1, (f"reverie (first {args.reference_iters} x {len(args.seeds)})", fast["first_iterations"]))
     for name, r in rows:
         phases = " ".join(f"{k}={v:.3f}" for k, v in r["phases"].items())
         print(f"{name:<22}{r['seconds_per_iteration']:>9.3f}{r['children_per_second']:>12.0f}  {phases}")
+    print(f"{'':<22}reverie per seed: " + ", ".join(f"{k}: {v:.3f}" for k, v in fast["seeds"].items()))
     print(f"{'floor':<22}{floor:>9.3f}{'':>12}  one plain forward of {children}x{config.length} prompts")
     print(f"{'floor/batch':<22}{floor_batched:>9.3f}{'':>12}  the same in batches of {scorer.batch_size} (both paths' batch size)")
     print(f"speed-up vs reference {result['speedup_vs_reference']:.2f}x (same iterations "

@@ -4,14 +4,17 @@ A child equals its parent before its mutated position p, so its keys and values 
 parent's. Only the child's own tokens, p..n-1, need a forward pass: the parents' tokens and all
 children's own tokens are concatenated into one row of M·n + Σ (n - p) tokens (about half of all
 children × n), with each token's position in its prompt as its position id. Every linear layer runs
-on the packed row with no padding; attention, which costs next to nothing at prompt lengths, takes
-each layer's parent keys and values from the head of the row, unpacks each child to [n] positions on
-top of its parent's, and packs the result again.
+on the packed row with no padding. Attention, which costs next to nothing at prompt lengths, reads
+each token's keys and values from its parent before p and from the row from p on: in C where the
+kernel is available (`native`), else in torch, which takes each layer's parent keys and values from
+the head of the row, unpacks each child to [n] positions on top of its parent's, and packs the
+result again. Above the deepest block the target reads, the last prompt position feeds nothing, and
+the blocks there run without it (`last_dropped_above`).
 
 This runs through transformers' attention interface, selected for the duration of one pass
 (`attention(model, layout)`), so it works for every architecture whose attention modules use it;
-whether a model does is checked once on a probe against plain scoring (`packs`). The same interface
-runs gradient passes over whole prompts with attention in fp32 (`Rows`).
+whether a model does is checked once on a probe against plain scoring (`packs`, `drops`). The same
+interface runs gradient passes over whole prompts with attention in fp32 (`Rows`).
 """
 
 from __future__ import annotations
