@@ -10,9 +10,10 @@ converge (prompts that fill several slots or survive keep their gradients, child
 are not scored again), and how fast that happens depends on the run. Single-run medians of the same
 code ranged from 0.41 to 0.62 s over three seeds, so one run is not a measurement. The reference
 path does the same work at every iteration, so a shorter sample of it is enough; reverie's median
-over the same first iterations (pooled over the seeds) is reported too. The floor is one plain batched forward pass
-(full logits) over as many n-token prompts as an iteration has children; the batched floor is the
-same pass split into the batch size both paths use. Writes JSON and prints a short table.
+over the same first iterations (pooled over the seeds) is reported too. The floor is one plain
+batched forward pass (full logits) over as many n-token prompts as an iteration has children; the
+batched floor is the same pass split into the batch size both paths use. Writes JSON and prints a
+short table.
 """
 
 from __future__ import annotations

@@ -52,7 +52,16 @@ class Packed:
         start = torch.cumsum(own, 0) - own
         self.position = pos[self.entry] + torch.arange(len(self.entry), device=pos.device) - start[self.entry]
         self.entry_start, self.entry_pos = start, pos              # each entry's first token in the row, and position
-        self.start, self.pos = start[lead:], pos[lead:]           # the same for the children
+
+    @property
+    def start(self) -> torch.Tensor:
+        """Each child's first token in the row."""
+        return self.entry_start[self.lead:]
+
+    @property
+    def pos(self) -> torch.Tensor:
+        """Each child's mutated position."""
+        return self.entry_pos[self.lead:]
 
     def at(self, position: int) -> torch.Tensor:
         """Where each child's token at `position` (at or after its mutated position) lies in the row."""
@@ -137,13 +146,17 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 
 @contextlib.contextmanager
-def last_dropped_above(model: Model, layout: Packed, block: int):
+def last_dropped_above(model: Model, layout: Packed, block: int | None):
     """Within the block, the model's blocks after `block` run without each entry's token at the last
-    position: the layout's `shortened()` row, which the context yields. Where every read at the last
+    position: the layout's `shortened()` row, which the context yields (with `block` None, every block
+    runs every token and the context yields `layout` itself). Where every read at the last
     position is at or below `block` (a neuron in layer 2 of 30), the last position's states above it
     feed nothing: causal attention never looks forward, and the cross-entropy reads the positions
     before it. Each such block's per-token inputs (hidden states, position ids and embeddings) are cut
     to the shortened row; whether a model takes this is checked once on a probe (`drops`)."""
+    if block is None:
+        yield layout
+        return
     short = layout.shortened()
     keep = (layout.position < layout.n - 1).nonzero()[:, 0]
     tokens = len(layout.position)
@@ -221,8 +234,7 @@ def _probe(model: Model, n: int = 6, block: int | None = None) -> bool:
     try:
         with torch.inference_mode():
             layout = Packed({}, parent, pos, n, lead=2)
-            with attention(model, layout), (contextlib.nullcontext(layout) if block is None
-                                            else last_dropped_above(model, layout, block)) as out:
+            with attention(model, layout), last_dropped_above(model, layout, block) as out:
                 got = model.trunk(layout.gather(parents, children), position_ids=layout.position[None])[0].float()
             plain = model.trunk(torch.cat([parents, children]))[out.entry, out.position].float()
     except Exception:   # an architecture that does not take the packed layout (its own attention, shared caches...)

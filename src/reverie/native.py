@@ -27,7 +27,7 @@ from .model import cache_dir
 SOURCE = Path(__file__).with_name("packed_attention.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-shared", "-fPIC", "-pthread"]
 
-_kernel: ctypes.CDLL | bool | None = None     # None: not tried yet; False: not available
+_kernel = None     # the loaded function; None: not tried yet; False: not available
 
 
 def kernel():
@@ -53,13 +53,18 @@ def _cpu() -> str:
     return "\n".join(sorted({line for line in info.splitlines() if line.startswith(("model name", "flags"))}))
 
 
+def compiler() -> str | None:
+    """The C compiler the kernel is built with: `CC`, else `cc` (None if there is none)."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
 def _build() -> Path:
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
+    compiler_path = compiler()
+    if compiler_path is None:
         raise OSError("no C compiler")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), platform.machine().encode(),
-                                     _cpu().encode(), compiler.encode()])).hexdigest()[:16]
+                                     _cpu().encode(), compiler_path.encode()])).hexdigest()[:16]
     library = cache_dir() / "native" / f"packed_attention-{key}.so"
     if library.exists():
         return library
@@ -67,7 +72,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=library.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        subprocess.run([compiler_path, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
         os.replace(tmp, library)       # atomic: processes building at once each write their own file
     finally:
         if os.path.exists(tmp):

@@ -153,7 +153,7 @@ class Scorer:
             for i, chunk in enumerate(torch.arange(len(children), device=device).tensor_split(passes)):
                 packed = Packed(kv, parent[chunk], L + pos[chunk], N, lead=m if i == 0 else 0, weights=patterns)
                 with self.model.capture(list(self.target.hooks)) as hooks, attention(self.model, packed), \
-                        (contextlib.nullcontext(packed) if block is None else last_dropped_above(self.model, packed, block)) as out:
+                        last_dropped_above(self.model, packed, block) as out:
                     row = packed.gather(full_parents, full_children[chunk])
                     hidden = self.model.trunk(row, position_ids=packed.position[None])[0]   # the tokens of `out`
                 if i == 0:            # the parents' log-probs of prompt tokens first..n-1: the children's prefix terms
