@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import build_tiny
 
-from reverie import EPOConfig, attention, scoring
+from reverie import EPOConfig, attention, scoring, unembed
 from reverie.dream import _setup
 from reverie.model import Model
 
@@ -79,20 +79,26 @@ def test_an_output_layer_beyond_unembedding_falls_back_to_full_logits(tokenizer)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_label_logprobs_equal_fp32_log_softmax(compiled, monkeypatch):
-    """The fused cross-entropy kernel (torch.compile) and its plain fallback give fp32 log-probabilities
-    of bf16 logits, equal to an fp32 log-softmax."""
-    monkeypatch.setattr(scoring, "_fused", None)
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_head_logprobs_equal_fp32_log_softmax(family, compiled, tokenizer, monkeypatch):
+    """Label log-probabilities from vocabulary tiles (a last tile cut short, labels in every tile, a soft
+    cap on Gemma 2), by the fused kernel (torch.compile) and its plain fallback, equal an fp32
+    log-softmax over the model's whole logits."""
+    monkeypatch.setattr(unembed, "_fused", None)
+    monkeypatch.setattr(unembed, "VOCAB_TILE", 5000)      # the bundled tokenizer's 49152 tokens: 10 tiles
+    monkeypatch.setattr(unembed, "TILE_BYTES", 5000 * 4 * 7)   # 7 rows at a time in fp32
     monkeypatch.setenv("REVERIE_COMPILE", "1" if compiled else "0")
+    model = build_tiny(family, tokenizer)
     gen = torch.Generator().manual_seed(0)
-    logits = (3 * torch.randn(6, 11, 5000, generator=gen)).bfloat16()
-    labels = torch.randint(5000, (6, 11), generator=gen)
-    got = scoring.label_logprobs(logits, labels)
-    expected = logits.float().log_softmax(-1).gather(-1, labels[..., None])[..., 0]
-    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
-    if compiled and not scoring._fused:
+    hidden = model.trunk(torch.randint(1000, (3, 11), generator=gen))
+    labels = torch.randint(model.adapter.embed.weight.shape[0], (3, 11), generator=gen)
+    got = unembed.head_logprobs(model, hidden, labels)
+    expected = model.head(hidden).float().log_softmax(-1).gather(-1, labels[..., None])[..., 0]
+    assert got.dtype == torch.float32 and got.shape == labels.shape
+    assert torch.allclose(got, expected, atol=1e-5)
+    if compiled and not unembed._fused:
         pytest.skip("torch.compile does not work on this machine (no C++ compiler?): the plain path was checked")
-    assert bool(scoring._fused) == compiled
+    assert bool(unembed._fused) == compiled
 
 
 def assert_children_score_as_plain(scorer, parents: int, children: int, length: int, seed: int) -> None:

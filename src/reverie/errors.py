@@ -19,3 +19,8 @@ class ConfigError(ReverieError):
 
 class RunDirError(ReverieError):
     """A run directory cannot be written, or its files cannot be read."""
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether an exception from torch is an out-of-memory error (CUDA, or the CPU allocator)."""
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e) or "can't allocate memory" in str(e)

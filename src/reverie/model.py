@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError
@@ -134,6 +135,18 @@ class Model:
         """Logits (model dtype) from final hidden states."""
         return self._unembed(hidden) if self.split_head else hidden
 
+    def head_tiles(self, hidden: torch.Tensor, width: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first column, logits [rows, ≤ width]) over the vocabulary, tile by tile: `head(hidden)` in
+        column blocks, for a plain linear unembedding; otherwise the whole head at once."""
+        unembed = self.adapter.unembed
+        if not (self.split_head and isinstance(unembed, nn.Linear)):
+            yield 0, self.head(hidden)
+            return
+        bias = unembed.bias
+        for start in range(0, unembed.out_features, width):
+            yield start, self._softcap(F.linear(hidden, unembed.weight[start:start + width],
+                                                None if bias is None else bias[start:start + width]))
+
     def _head_splits(self) -> bool:
         """Whether base model + unembedding (+ soft cap) reproduces the logits, so that positions whose
         logits are not needed can skip the unembedding."""
@@ -153,7 +166,9 @@ class Model:
         return self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.adapter.unembed(hidden)
+        return self._softcap(self.adapter.unembed(hidden))
+
+    def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -10,21 +10,21 @@ term of the cross-entropy (token i is the label of position i-1: d CE / d onehot
 every penalty λ (the gradient of f − λ·CE is their combination).
 
 Scoring (no gradients) never materialises fp32 log-probabilities over the vocabulary: it unembeds
-only the positions that predict a prompt token and takes each label's log-probability in one fused
-pass (`label_logprobs`), which on a CPU costs less than the plain log-softmax it replaces.
+only the positions that predict a prompt token, a tile of the vocabulary at a time, and takes each
+label's log-probability from the tiles' fused log-sum-exps (`unembed.head_logprobs`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
 from .attention import Packed, Rows, attention, drops, last_dropped_above, packs
-from .errors import ConfigError
+from .errors import ConfigError, is_oom
 from .model import Model
 from .targets import Target
+from .unembed import head_logprobs
 from .vocab import Vocabulary
 
 
@@ -246,7 +246,7 @@ class Scorer:
             try:
                 return fn(*args)
             except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _is_oom(e) or self.batch_size == 1:
+                if not is_oom(e) or self.batch_size == 1:
                     raise
                 self.batch_size //= 2
                 if self.model.device.type == "cuda":
@@ -277,49 +277,6 @@ class TargetCache(dict):
             raise KeyError(key)
         self["logits"] = self.head(self.hidden.contiguous()).float()
         return self["logits"]
-
-
-LOGITS_PER_CHUNK = 24 << 20   # bytes of logits unembedded at a time
-
-
-def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(head(hidden))[label] in fp32, unembedding a chunk of rows at a time whose logits
-    stay in the CPU's cache: 1430 rows of SmolLM2-135M take 123 ms in one piece and 74 ms in chunks
-    of 256 (24 MiB of bf16 logits; 384 rows are as slow as one piece)."""
-    d = hidden.shape[-1]
-    vocab = model.adapter.unembed.weight.shape[0] if model.split_head else d     # else hidden are the logits
-    rows = max(1, LOGITS_PER_CHUNK // (vocab * model.dtype.itemsize))
-    flat, flat_labels = hidden.reshape(-1, d), labels.reshape(-1)     # contiguous row chunks (DESIGN §3)
-    out = [label_logprobs(model.head(h), y) for h, y in zip(flat.split(rows), flat_labels.split(rows))]
-    return torch.cat(out).view(labels.shape)
-
-
-def _label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    x = logits.float()
-    return x.gather(-1, labels[..., None])[..., 0] - x.logsumexp(-1)
-
-
-_fused = None   # the compiled _label_logprobs once it has worked; False where compiling failed or is off
-
-
-def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[..., label] in fp32 for logits of any dtype.
-
-    Plain torch makes several passes over an fp32 copy of the logits, which costs more than the
-    unembedding itself on a CPU; under torch.compile it is one fused pass (about 4x faster here). The
-    compiled kernel is used where compiling works (a C++ compiler on CPU, Triton on CUDA) and
-    REVERIE_COMPILE is not 0; otherwise plain torch, with the same result within fp32 rounding."""
-    global _fused
-    if _fused is None:
-        _fused = os.environ.get("REVERIE_COMPILE", "1") != "0" and torch.compile(_label_logprobs, dynamic=True)
-    if _fused:
-        try:
-            return _fused(logits, labels)
-        except Exception as e:       # no compiler, an unsupported device: plain torch from now on
-            if _is_oom(e):
-                raise
-            _fused = False
-    return _label_logprobs(logits, labels)
 
 
 def _attention(model: Model, layout: Rows | None):
@@ -372,10 +329,6 @@ def _even_split(t: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
     """As few chunks of at most `size` rows as possible, of equal sizes (129 rows at 128: 65 + 64, not
     128 + 1: every pass streams all the weights, so a nearly empty pass costs nearly a full one)."""
     return t.tensor_split(-(-len(t) // size)) if len(t) else (t,)
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e)
 
 
 def free_memory(device: torch.device) -> int:

@@ -1,0 +1,62 @@
+"""Log-probabilities of label tokens from final hidden states, without fp32 logits over the vocabulary.
+
+Scoring needs log softmax(head(h))[label] at every position that predicts a prompt token: one number
+per row, out of V logits. The unembedding runs one tile of the vocabulary at a time (`Model.head_tiles`)
+over a block of rows, and each tile gives its log-sum-exp and, where the label falls in it, the label's
+logit, in one fused pass over the tile while it is still in the CPU's cache; the tiles' log-sum-exps are
+then combined. On SmolLM2-135M (49152 tokens, bf16) 1200 rows take 43 ms this way against 57 ms
+unembedding row chunks of the whole vocabulary, and the tile matmuls run at about twice the rate.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import is_oom
+from .model import Model
+
+VOCAB_TILE = 4096          # vocabulary columns unembedded at a time
+TILE_BYTES = 16 << 20      # bytes of logits per tile: at most this many rows × VOCAB_TILE at once
+
+
+def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(head(hidden))[..., label] in fp32: hidden [..., d], labels [...] → [...]."""
+    flat, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)   # contiguous rows (DESIGN §3)
+    rows = max(1, TILE_BYTES // (VOCAB_TILE * model.dtype.itemsize))
+    out = []
+    for h, y in zip(flat.split(rows), flat_labels.split(rows)):
+        lse, label = zip(*(tile_logsumexp(logits, y - start) for start, logits in model.head_tiles(h, VOCAB_TILE)))
+        out.append(torch.stack(label, -1).amax(-1) - torch.stack(lse, -1).logsumexp(-1))
+    return torch.cat(out).view(labels.shape)
+
+
+def _tile_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = logits.float()
+    inside = (labels >= 0) & (labels < x.shape[-1])
+    label = x.gather(-1, labels.clamp(0, x.shape[-1] - 1)[:, None])[:, 0]
+    return x.logsumexp(-1), label.masked_fill(~inside, -torch.inf)
+
+
+_fused = None   # the compiled _tile_logsumexp once it has worked; False where compiling failed or is off
+
+
+def tile_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp of each row of a tile of logits [R, T] of any dtype, each row's label logit or −∞
+    where the label (relative to the tile's first column) is outside the tile), both fp32.
+
+    Plain torch makes several passes over an fp32 copy of the tile; under torch.compile it is one
+    fused pass. The compiled kernel is used where compiling works (a C++ compiler on CPU, Triton on
+    CUDA) and REVERIE_COMPILE is not 0; otherwise plain torch, with the same result within fp32 rounding."""
+    global _fused
+    if _fused is None:
+        _fused = os.environ.get("REVERIE_COMPILE", "1") != "0" and torch.compile(_tile_logsumexp, dynamic=True)
+    if _fused:
+        try:
+            return _fused(logits, labels)
+        except Exception as e:       # no compiler, an unsupported device: plain torch from now on
+            if is_oom(e):
+                raise
+            _fused = False
+    return _tile_logsumexp(logits, labels)
