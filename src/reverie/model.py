@@ -102,6 +102,7 @@ class Model:
     split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
     packs_children: bool | None = field(init=False, default=None)   # see attention.packs, which sets it
     drops_last: bool | None = field(init=False, default=None)       # see attention.drops, which sets it
+    fuses_norms: bool | None = field(init=False, default=None)      # see fusion.fuses, which sets it
 
     def __post_init__(self) -> None:
         self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"

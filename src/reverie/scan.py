@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from .errors import ConfigError, ReverieError, RunDirError, TargetError
+from .fusion import fused_norms
 from .model import Model, cache_dir
 from .rundir import atomic_write
 from .scoring import Scorer, TargetCache
@@ -164,7 +165,7 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         for i, (_, _, piece) in enumerate(batch):
             ids[i, :len(piece)] = torch.tensor(piece)
-        with torch.inference_mode(), model.capture(hooks) as cache:
+        with torch.inference_mode(), fused_norms(model), model.capture(hooks) as cache:
             hidden = model.trunk(ids.to(model.device))
             cache = TargetCache(cache, hidden, model.head)                      # logits only if a target reads them
             values = [r.value(cache).float().cpu() for r in readers]              # each [rows, width]

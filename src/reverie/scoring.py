@@ -22,6 +22,7 @@ import torch
 
 from .attention import Packed, Rows, attention, drops, last_dropped_above, packs
 from .errors import ConfigError, is_oom
+from .fusion import fused_norms
 from .model import Model
 from .targets import Target
 from .unembed import head_logprobs
@@ -61,8 +62,8 @@ class Scorer:
         gradients, and the log-probabilities over the allowed tokens come back too; otherwise only the
         prompt tokens' own log-probabilities are computed (None comes back). With a `layout`, attention
         runs on it (`attention.Rows`: in fp32)."""
-        with _embedding_leaf(self.model, embeddings), self.model.capture(list(self.target.hooks)) as hooks, \
-                _attention(self.model, layout):
+        with fused_norms(self.model), _embedding_leaf(self.model, embeddings), _attention(self.model, layout), \
+                self.model.capture(list(self.target.hooks)) as hooks:
             hidden = self.model.trunk(self._in_template(ids))
         total, logprobs = self._prompt_logprob(self.model, hidden, ids, full=embeddings is not None)
         L, n = len(self.before), ids.shape[1]
@@ -88,7 +89,7 @@ class Scorer:
                        layout: Rows | None = None):
         """(CE, log-probs over the allowed tokens or None) of the prompt under another fluency model."""
         ids = ids.to(model.device)
-        with _embedding_leaf(model, embeddings), _attention(model, layout):
+        with fused_norms(model), _embedding_leaf(model, embeddings), _attention(model, layout):
             hidden = model.trunk(self._in_template(ids))
         total, logprobs = self._prompt_logprob(model, hidden, ids, full=embeddings is not None)
         return -total / (ids.shape[1] - self.first), logprobs
@@ -152,8 +153,8 @@ class Scorer:
         with torch.inference_mode():
             for i, chunk in enumerate(torch.arange(len(children), device=device).tensor_split(passes)):
                 packed = Packed(kv, parent[chunk], L + pos[chunk], N, lead=m if i == 0 else 0, weights=patterns)
-                with self.model.capture(list(self.target.hooks)) as hooks, attention(self.model, packed), \
-                        last_dropped_above(self.model, packed, block) as out:
+                with fused_norms(self.model), self.model.capture(list(self.target.hooks)) as hooks, \
+                        attention(self.model, packed), last_dropped_above(self.model, packed, block) as out:
                     row = packed.gather(full_parents, full_children[chunk])
                     hidden = self.model.trunk(row, position_ids=packed.position[None])[0]   # the tokens of `out`
                 if i == 0:            # the parents' log-probs of prompt tokens first..n-1: the children's prefix terms
