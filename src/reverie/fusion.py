@@ -5,10 +5,10 @@ and an RMSNorm is seven of them (to fp32, pow, mean, add, rsqrt, mul, mul), twic
 `fused_norms(model)`, every RMSNorm of the model runs as one compiled kernel instead: one graph per
 norm class, shared by all of its modules, with dynamic sizes, rounding where the plain forward
 rounds (the same bf16 scores within an ulp); hooks on a norm still run around it.
-Scoring the children of an iteration of SmolLM2-135M on this repository's 2-core CPU: 370 → 343 ms.
+Scoring the children of an iteration of SmolLM2-135M on a 2-core CPU: about 360 → 330 ms.
 
 Whether it is used is checked once per model (`fuses`): the trunk with fused norms must match the plain
-trunk on a probe, as a packed row and as a batch. It is off where compiling does not work (no C++
+trunk on a probe, as a batch and as a single row. It is off where compiling does not work (no C++
 compiler on CPU, no Triton on CUDA), with REVERIE_COMPILE=0, and in passes that take gradients.
 """
 
