@@ -8,7 +8,7 @@ Reverie's seconds per iteration are the median over whole runs (300 iterations a
 restarts included), pooled over several seeds: its cost changes along a run, as populations
 converge (prompts that fill several slots or survive keep their gradients, children scored before
 are not scored again), and how fast that happens depends on the run. Single-run medians of the same
-code ranged from 0.41 to 0.62 s over three seeds, so one run is not a measurement. The reference
+code have ranged from 0.35 to 0.70 s over three seeds, so one run is not a measurement. The reference
 path does the same work at every iteration, so a shorter sample of it is enough; reverie's median
 over the same first iterations (pooled over the seeds) is reported too. The floor is one plain
 batched forward pass (full logits) over as many n-token prompts as an iteration has children; the
