@@ -1,13 +1,18 @@
 """Search quality: best activation at cross-entropy <= 4, 5, 6 and unconstrained, reverie vs the reference path.
 
     python bench/quality.py [--neurons ../shared/bench/neurons.txt] [--limit 4] [--seeds 0 1]
-                            [--iters 40] [--seconds 60] [--budgets iterations wall-clock]
+                            [--iters 40] [--seconds 60] [--budgets iterations wall-clock] [--dtype float32]
                             [--out bench/results/quality.json]
 
 Each (neuron, seed) runs twice per path: once for a fixed number of iterations, once for a fixed
 wall-clock budget. A faster iteration that finds worse prompts is not faster, so both must hold.
 The table gives each threshold's mean best activation over the runs that found a prompt that fluent,
 and how many did (a mean over 3 of 8 runs is not a mean over 8).
+
+The two paths are the same search: in float32 they take the same steps (`--dtype float32`;
+tests/test_reference.py checks it every iteration). In bf16, the default on CPU, one rounding
+difference in a close selection sends them down different paths after a few iterations, so at equal
+iterations their results agree only as samples from the same distribution: compare many seeds.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def one_run(model, spec, seed, iters, seconds, reference):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bundled")
+    ap.add_argument("--dtype", default=None, help="e.g. float32: both paths then walk the same path (tests/test_reference.py)")
     ap.add_argument("--neurons", default=str(Path(__file__).resolve().parents[2] / "shared/bench/neurons.txt"))
     ap.add_argument("--limit", type=int, default=None, help="only the first N neurons")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -59,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
 
     specs = [line.strip() for line in Path(args.neurons).read_text().splitlines() if line.strip()][:args.limit]
-    model = reverie.load_model(args.model)
+    model = reverie.load_model(args.model, dtype=args.dtype)
     rows = []
     for spec in specs:
         for seed in args.seeds:
