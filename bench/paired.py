@@ -1,6 +1,6 @@
 """Pool bench/quality.py result files and compare the two paths run by run (same neuron, seed, budget).
 
-    python bench/paired.py bench/results/quality.json bench/results/quality-more-seeds.json ... [--budget iterations]
+    python bench/paired.py bench/results/quality*.json [--budget iterations|wall-clock] [--dtype float32]
 
 Per threshold: how often reverie's best beats the reference's on the same (neuron, seed), a two-sided
 sign test on those wins and losses, and the mean paired difference with a bootstrap 95% interval. A run
@@ -26,8 +26,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+")
     ap.add_argument("--budget", default="iterations", choices=["iterations", "wall-clock"])
+    ap.add_argument("--dtype", default=None, help="pool the files run with this --dtype (default: those run without)")
     args = ap.parse_args()
-    runs = pd.DataFrame([r for f in args.files for r in json.load(open(f))["runs"] if r["budget"] == args.budget])
+    runs = []
+    for f in args.files:
+        data = json.load(open(f))
+        if data["settings"].get("dtype") == args.dtype:
+            runs += [r for r in data["runs"] if r["budget"] == args.budget]
+    runs = pd.DataFrame(runs)
+    if runs.empty:
+        raise SystemExit(f"no {args.budget} runs with dtype {args.dtype or 'default'} in {', '.join(args.files)}")
+    twice = runs.duplicated(["target", "seed", "path"])
+    if twice.any():
+        r = runs[twice].iloc[0]
+        raise SystemExit(f"{r.target} seed {r.seed} ({r.path}) appears in more than one file: give each run once")
     cols = [c for c in runs.columns if c.startswith("ce<=")]
     pairs = runs.pivot_table(index=["target", "seed"], columns="path", values=cols, aggfunc="first", dropna=False)
     rng = np.random.default_rng(0)
@@ -40,7 +52,7 @@ def main() -> None:
         rows.append({"threshold": c, "reverie found": f"{pairs[c]['reverie'].count()}/{len(d)}",
                      "reference found": f"{pairs[c]['reference'].count()}/{len(d)}",
                      "wins/losses/ties": f"{wins}/{losses}/{len(d) - wins - losses}",
-                     "sign test p": round(sign_test(wins, losses), 2),
+                     "sign test p": f"{sign_test(wins, losses):.2g}",
                      "mean difference [95%]": f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]"})
     print(f"{len(pairs)} paired runs, budget {args.budget}")
     print(pd.DataFrame(rows).to_string(index=False))
