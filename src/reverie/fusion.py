@@ -28,6 +28,11 @@ from .model import Model
 _compiled: dict[type, Callable] = {}     # norm class -> its compiled forward
 
 
+def compiling() -> bool:
+    """Whether reverie compiles anything (these norms, the cross-entropy's tiles): REVERIE_COMPILE=0 turns it off."""
+    return os.environ.get("REVERIE_COMPILE", "1") != "0"
+
+
 def norms(model: Model) -> list[nn.Module]:
     """The model's RMSNorm modules (by class name: `LlamaRMSNorm`, `Gemma3RMSNorm`, ...)."""
     return [m for m in model.hf.modules() if type(m).__name__.endswith("RMSNorm")]
@@ -36,7 +41,7 @@ def norms(model: Model) -> list[nn.Module]:
 def fuses(model: Model) -> bool:
     """Whether `fused_norms` compiles this model's norms: checked once, on a probe."""
     if model.fuses_norms is None:
-        model.fuses_norms = os.environ.get("REVERIE_COMPILE", "1") != "0" and bool(norms(model)) and _probe(model)
+        model.fuses_norms = compiling() and bool(norms(model)) and _probe(model)
     return model.fuses_norms
 
 

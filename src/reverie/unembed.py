@@ -10,11 +10,10 @@ unembedding row chunks of the whole vocabulary, and the tile matmuls run at abou
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .errors import is_oom
+from .fusion import compiling
 from .model import Model
 
 VOCAB_TILE = 4096          # vocabulary columns unembedded at a time
@@ -51,7 +50,7 @@ def tile_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     CUDA) and REVERIE_COMPILE is not 0; otherwise plain torch, with the same result within fp32 rounding."""
     global _fused
     if _fused is None:
-        _fused = os.environ.get("REVERIE_COMPILE", "1") != "0" and torch.compile(_tile_logsumexp, dynamic=True)
+        _fused = compiling() and torch.compile(_tile_logsumexp, dynamic=True)
     if _fused:
         try:
             return _fused(logits, labels)
