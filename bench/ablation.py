@@ -23,10 +23,10 @@ import pandas as pd
 
 import reverie
 from reverie import EPOConfig
-from reverie.frontier import best_at, versus_data
-from reverie.scan import read_scan
-from reverie.specs import expand_targets, finished, make_jobs, parse_seeds
-from reverie.sweep_index import frontier_frame
+from reverie.search.frontier import best_at, versus_data
+from reverie.evidence.scan import read_scan
+from reverie.sweeps.specs import expand_targets, finished, make_jobs, parse_seeds
+from reverie.sweeps.index import frontier_frame
 
 VARIANTS = {   # name -> (EPOConfig options on top of the paper's, start from the scan's windows)
     "baseline": ({}, False),

@@ -27,9 +27,9 @@ import pandas as pd
 
 import reverie
 from reverie import EPOConfig
-from reverie.dream import _setup
-from reverie.epo import EPO
-from reverie.frontier import summary
+from reverie.runs.dream import _setup
+from reverie.search.epo import EPO
+from reverie.search.frontier import summary
 
 try:
     from reference import ReferenceEPO, ReferenceScorer

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reverie.epo import EPO
-from reverie.scoring import Scorer
+from reverie.search.epo import EPO
+from reverie.scoring.packed import Scorer
 
 
 class ReferenceScorer(Scorer):

@@ -19,10 +19,10 @@ import torch
 
 import reverie
 from reverie import EPOConfig
-from reverie.frontier import versus_data
-from reverie.model import cache_dir
-from reverie.sae import train_sae
-from reverie.scan import ScanConfig, documents, scan
+from reverie.search.frontier import versus_data
+from reverie.lm.model import cache_dir
+from reverie.lm.sae import train_sae
+from reverie.evidence.scan import ScanConfig, documents, scan
 
 
 def corpus_activations(model, hook, tokens, chunk=256):

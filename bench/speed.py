@@ -32,8 +32,8 @@ import torch
 
 import reverie
 from reverie import EPOConfig
-from reverie.dream import _setup
-from reverie.epo import EPO
+from reverie.runs.dream import _setup
+from reverie.search.epo import EPO
 
 try:
     from reference import ReferenceEPO, ReferenceScorer
@@ -94,7 +94,7 @@ def random_1b(dtype: str | None) -> reverie.Model:
     depend on the weights): 16 layers, width 2048, MLP 8192, vocabulary 49152."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from reverie.model import bundled_path, default_device, parse_dtype
+    from reverie.lm.model import bundled_path, default_device, parse_dtype
 
     device = default_device()
     config = LlamaConfig(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 import reverie
-from reverie.frontier import merge, versus_data
-from reverie.scan import read_scan
+from reverie.search.frontier import merge, versus_data
+from reverie.evidence.scan import read_scan
 
 
 def run_dirs(paths):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from reverie.model import Model, bundled_path, load_model
+from reverie.lm.model import Model, bundled_path, load_model
 
 VOCAB = 49152  # the bundled tokenizer's vocabulary; tiny models share it
 

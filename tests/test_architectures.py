@@ -19,9 +19,9 @@ from conftest import FAMILIES, VOCAB, build_tiny
 
 import reverie
 from reverie import EPOConfig
-from reverie.scoring import Scorer
-from reverie.targets import as_target
-from reverie.vocab import Vocabulary
+from reverie.scoring.packed import Scorer
+from reverie.lm.targets import as_target
+from reverie.lm.vocab import Vocabulary
 
 FAMILY_NAMES = list(FAMILIES)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reverie import Custom
-from reverie.attribution import attribute
+from reverie.evidence.attribution import attribute
 
 
 def test_only_the_causal_token_matters(tiny_llama):
@@ -25,7 +25,7 @@ def test_only_the_causal_token_matters(tiny_llama):
 
 
 def test_cli_attribute(monkeypatch, capsys, tiny_dir, tmp_path):
-    from reverie.cli import main
+    from reverie.cli.app import main
     monkeypatch.setattr(sys, "argv", ["reverie", "attribute", "--model", str(tiny_dir), "--target", "neuron:L1.N5",
                                       "--prompt", "The cat sat on the mat", "-k", "4",
                                       "--export", str(tmp_path / "a.csv")])

@@ -23,7 +23,7 @@ def test_dream_raises_a_real_neuron_along_a_frontier(bundled, tmp_path):
 def test_bundled_model_loads_from_cache_and_gguf():
     import time
 
-    from reverie.model import bundled_gguf
+    from reverie.lm.model import bundled_gguf
     t = time.perf_counter()
     model = reverie.load_model("bundled", dtype="fp32")
     assert time.perf_counter() - t < 10

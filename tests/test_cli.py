@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import reverie
-from reverie.cli import main
+from reverie.cli.app import main
 
 
 def run(monkeypatch, capsys, *args):

@@ -4,7 +4,8 @@ import torch
 
 import reverie
 from reverie import EPOConfig
-from reverie.diverse import avoided_tokens, diverse, write_faces
+from reverie.report.faces import write_faces
+from reverie.runs.diverse import avoided_tokens, diverse
 
 CONFIG = EPOConfig(population=4, children=16, top_k=64, length=6, iters=8, check_retokenization=False)
 

@@ -6,9 +6,9 @@ import torch
 
 import reverie
 from reverie import ConfigError, EPOConfig
-from reverie.dream import _setup
-from reverie.edits import PAD, edit_children, pad, unpad
-from reverie.epo import EPO
+from reverie.runs.dream import _setup
+from reverie.search.edits import PAD, edit_children, pad, unpad
+from reverie.search.epo import EPO
 
 CONFIG = EPOConfig(population=4, children=16, top_k=32, length=6, iters=12, insert_rate=0.3, delete_rate=0.3,
                    min_length=4, max_length=8, restart_every=5, check_retokenization=False)

@@ -8,8 +8,8 @@ import torch
 
 import reverie
 from reverie import EPOConfig
-from reverie.epo import EPO, objective
-from reverie.dream import _setup
+from reverie.search.epo import EPO, objective
+from reverie.runs.dream import _setup
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=5, seed=0)
 

@@ -9,8 +9,8 @@ from conftest import build_tiny
 
 import reverie
 from reverie import ConfigError, EPOConfig
-from reverie.dream import _setup
-from reverie.epo import EPO
+from reverie.runs.dream import _setup
+from reverie.search.epo import EPO
 
 
 @pytest.fixture(scope="module")

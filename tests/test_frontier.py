@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from reverie.frontier import best_at, merge, pareto, summary
+from reverie.search.frontier import best_at, merge, pareto, summary
 
 
 def frame(points):

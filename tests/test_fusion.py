@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import build_tiny
 
-from reverie import fusion
+from reverie.fast import fusion
 
 RMS_FAMILIES = ["llama", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "mistral"]
 

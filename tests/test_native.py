@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from reverie import attention, native
+from reverie.fast import attention, native
 
 
 @pytest.fixture

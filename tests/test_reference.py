@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from reverie import EPOConfig
-from reverie.dream import _setup
-from reverie.epo import EPO
+from reverie.runs.dream import _setup
+from reverie.search.epo import EPO
 
 _spec = importlib.util.spec_from_file_location("reference", Path(__file__).parents[1] / "bench" / "reference.py")
 reference = importlib.util.module_from_spec(_spec)

@@ -11,9 +11,9 @@ import pytest
 
 import reverie
 from reverie import EPOConfig, dream, random_baseline
-from reverie.frontier import versus_data
-from reverie.report import build_report, write_report
-from reverie.scan import ScanConfig, scan
+from reverie.search.frontier import versus_data
+from reverie.report.run import build_report, write_report
+from reverie.evidence.scan import ScanConfig, scan
 
 from test_cli import SMALL, run
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from reverie import EPOConfig, TargetError, dream, parse_target
-from reverie.dream import _setup
-from reverie.sae import SAEFeature, SAEWeights, train_sae
-from reverie.scan import ScanConfig, scan
+from reverie.runs.dream import _setup
+from reverie.lm.sae import SAEFeature, SAEWeights, train_sae
+from reverie.evidence.scan import ScanConfig, scan
 
 HOOK = "blocks.1.hook_resid_pre"
 TEXTS = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from reverie import ConfigError, EPOConfig, TargetError
-from reverie.dream import _setup
-from reverie.scan import ScanConfig, bundled_corpus, documents, scan
+from reverie.runs.dream import _setup
+from reverie.evidence.scan import ScanConfig, bundled_corpus, documents, scan
 
 TEXTS = [
     "The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
@@ -82,7 +82,7 @@ def test_sources_and_errors(tiny_llama, tmp_path):
 
 
 def test_cli_scan(monkeypatch, capsys, tiny_dir, corpus_dir, tmp_path):
-    from reverie.cli import main
+    from reverie.cli.app import main
     monkeypatch.setattr(sys, "argv", ["reverie", "scan", "--model", str(tiny_dir), "--target", "neuron:L1.N5",
                                       "--target", "neuron:L0.N2", "--corpus", str(corpus_dir),
                                       "--out", str(tmp_path / "scan"), "--window", "6", "--top", "4"])
@@ -108,7 +108,7 @@ def test_bundled_corpus_is_clean_prose():
 def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     """Half the slots start at the windows that suit their λ; the frontier begins at the data."""
     from reverie import dream, load_run, resume
-    from reverie.frontier import versus_data
+    from reverie.search.frontier import versus_data
     windows = scan(tiny_llama, ["neuron:L1.N5"], str(corpus_dir), ScanConfig(window=8, top=10, chunk=16))
     config = EPOConfig(population=4, children=8, top_k=32, length=8, iters=4, check_retokenization=False)
     result = dream(tiny_llama, "neuron:L1.N5", config, starts=windows, out=tmp_path / "run")

@@ -5,9 +5,11 @@ import torch
 import torch.nn.functional as F
 from conftest import build_tiny
 
-from reverie import EPOConfig, attention, scoring, unembed
-from reverie.dream import _setup
-from reverie.model import Model
+from reverie import EPOConfig
+from reverie.fast import attention, unembed
+from reverie.scoring import packed as scoring
+from reverie.runs.dream import _setup
+from reverie.lm.model import Model
 
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2"]
@@ -229,7 +231,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatc
 
 
 def test_automatic_batch_size_fits_free_memory(tiny_llama):
-    from reverie.scoring import auto_batch_size, free_memory
+    from reverie.scoring.packed import auto_batch_size, free_memory
     b = auto_batch_size(tiny_llama)
     assert 1 <= b <= 512
     per_prompt = 12 * 49152 * 12

@@ -16,11 +16,11 @@ from conftest import checkpoint_iteration
 
 import reverie
 from reverie import ConfigError, EPOConfig, TargetError
-from reverie.targets import Custom
+from reverie.lm.targets import Custom
 
-from reverie.specs import expand_targets, parse_seeds, slug
+from reverie.sweeps.specs import expand_targets, parse_seeds, slug
 
-sw = importlib.import_module("reverie.sweep")   # `reverie.sweep` itself is the function
+sw = importlib.import_module("reverie.sweeps.sweep")   # `reverie.sweep` itself is the function
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, batch_size=64)
 TARGETS = "neuron:L0.N3,neuron:L1.N7,attention:L1.H0.K-2"
@@ -108,7 +108,7 @@ def test_a_second_sweep_process_on_the_same_folder_is_refused(local_sweep, tiny_
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 from pathlib import Path
-from reverie.sweep import _lock
+from reverie.sweeps.sweep import _lock
 with _lock(Path({str(out)!r})):
     print("locked", flush=True)
     time.sleep(60)
@@ -159,7 +159,7 @@ def test_ray_sweep_agrees_with_in_process_and_survives_a_dying_worker(local_swee
 
 
 def test_failing_jobs_are_retried_then_recorded_without_stopping(tiny_llama, tmp_path, monkeypatch):
-    dream_module = sys.modules["reverie.dream"]
+    dream_module = sys.modules["reverie.runs.dream"]
     real, calls = dream_module.dream, []
 
     def flaky(model, target, config, **kw):
@@ -190,7 +190,7 @@ def test_index_html_escapes_dreamed_text_and_links_reports(tiny_llama, tmp_path)
     front = json.loads(front_path.read_text())
     front["frontier"][0].update(text="</span><script>alert(1)</script>", activation=1e6, cross_entropy=3.0)
     front_path.write_text(json.dumps(front))
-    index = importlib.import_module("reverie.sweep_index").rebuild_index(out)
+    index = importlib.import_module("reverie.sweeps.index").rebuild_index(out)
     assert index.loc[0, "prompt_ce4"] == "</span><script>alert(1)</script>"
     html = (out / "index.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -241,7 +241,7 @@ def test_cli_sweep_bad_input_is_one_line(tmp_path):
 
 
 def test_sweep_can_start_from_a_scan(tiny_dir, tmp_path):
-    from reverie.scan import ScanConfig, scan
+    from reverie.evidence.scan import ScanConfig, scan
     model = reverie.load_model(tiny_dir)
     (tmp_path / "c.txt").write_text("The cat sat on the mat while the dog slept by the warm fire in the old stone house.")
     windows = scan(model, ["neuron:L0.N3", "neuron:L1.N7"], str(tmp_path / "c.txt"), ScanConfig(window=8, top=5, chunk=16))

@@ -6,7 +6,7 @@ import torch
 
 import reverie
 from reverie import Attention, Custom, Direction, EPOConfig, Logit, Neuron, TargetError, parse_target
-from reverie.targets import as_target
+from reverie.lm.targets import as_target
 
 
 @pytest.mark.parametrize("spec, expected", [

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import reverie
 from reverie import ConfigError, EPOConfig
-from reverie.dream import _setup
-from reverie.scoring import template_ids
+from reverie.runs.dream import _setup
+from reverie.scoring.packed import template_ids
 
 TEMPLATE = "Once upon a time {prompt} and then"
 

@@ -2,19 +2,20 @@
 
 __version__ = "0.1.0"
 
-from .dream import DreamResult, dream, load_run, resume  # noqa: E402
-from .epo import EPO, EPOConfig, EPOState, Step  # noqa: E402
+from .runs.dream import DreamResult, dream, load_run, resume  # noqa: E402
+from .search.config import EPOConfig  # noqa: E402
+from .search.epo import EPO, EPOState, Step  # noqa: E402
 from .errors import ConfigError, ModelError, ReverieError, RunDirError, TargetError  # noqa: E402
-from .frontier import best_at, merge, pareto, summary  # noqa: E402
-from .model import Model, load_model  # noqa: E402
-from .baseline import Baseline, random_baseline  # noqa: E402
-from .targets import Attention, Custom, Direction, Logit, Neuron, Target, parse_target  # noqa: E402
-from .sweep import SweepEvent, sweep  # noqa: E402  (reverie.sweep is this function; the module is sys.modules["reverie.sweep"])
+from .search.frontier import best_at, merge, pareto, summary  # noqa: E402
+from .lm.model import Model, load_model  # noqa: E402
+from .evidence.baseline import Baseline, random_baseline  # noqa: E402
+from .lm.targets import Attention, Custom, Direction, Logit, Neuron, Target, parse_target  # noqa: E402
+from .sweeps.sweep import SweepEvent, sweep  # noqa: E402  (reverie.sweep is this function; the module is sys.modules["reverie.sweep"])
 
 
 def write_report(run, **kw):
     """Write a run's self-contained report.html (see `reverie.report.write_report`; needs reverie[report])."""
-    from .report import write_report as write
+    from .report.run import write_report as write
     return write(run, **kw)
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import ConfigError, TargetError
-from .rundir import FRONTIER
-from .targets import Custom, Target, parse_target
+from ..errors import ConfigError, TargetError
+from ..lm.targets import Custom, Target, parse_target
 
 _RANGE = re.compile(r"(?<![^.])([LNH])(\*|\d+-\d+)(?![^.])")   # L0-5 / L* / N0-63 / H0-3 between dots
 
@@ -146,16 +144,3 @@ class Job:
 
 def make_jobs(targets: list, seeds: list[int]) -> list[Job]:
     return [Job(t if isinstance(t, str) else t.spec, s, t) for t in targets for s in seeds]
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def finished(path: Path) -> dict | None:
-    """The frontier.json of a run that reached its last iteration, else None."""
-    info = read_json(path / FRONTIER)
-    return info if info is not None and info.get("stopped") == "done" else None

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import ModelError, TargetError
+from ..errors import ModelError, TargetError
 from .model import Model
 from .targets import Target
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,28 +23,14 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .epo import EPOState
-from .errors import RunDirError
-from .frontier import pareto
-from .history import COLUMNS, History
+from ..search.epo import EPOState
+from ..errors import RunDirError
+from ..files import atomic_write, read_json
+from ..search.frontier import pareto
+from ..search.history import COLUMNS, History
 
 CONFIG, HISTORY, PARTS, CHECKPOINT, FRONTIER = (
     "config.json", "history.parquet", "history", "checkpoint.safetensors", "frontier.json")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path onto path: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -157,3 +142,9 @@ class RunDir:
         if upto is not None:
             df = df[df["iteration"] <= upto].reset_index(drop=True)
         return df
+
+
+def finished(path: Path) -> dict | None:
+    """The frontier.json of a run that reached its last iteration, else None."""
+    info = read_json(path / FRONTIER)
+    return info if info is not None and info.get("stopped") == "done" else None

@@ -7,6 +7,7 @@ renders one to bytes. Figures are built without pyplot, so nothing touches globa
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .frontier import pareto
+from ..search.frontier import pareto
 
 DREAM, DATA, CLOUD = "#1f5fbf", "#e07b00", "#b8b8b8"
 
@@ -97,3 +98,8 @@ def png(fig: Figure, dpi: int = 110) -> bytes:
         warnings.simplefilter("ignore", UserWarning)
         fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def data_url(fig: Figure) -> str:
+    """A figure as a PNG data URL, for an <img> in a self-contained page."""
+    return "data:image/png;base64," + base64.b64encode(png(fig)).decode()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def token_texts(tokenizer, n: int) -> list[str]:

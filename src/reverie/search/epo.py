@@ -18,124 +18,18 @@ prints: the run directory and the CLI listen through the per-iteration callback.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .config import EPOConfig
 from .edits import PAD, edit_children, lengths, trim, unpad
-from .errors import ConfigError
+from ..errors import ConfigError
 from .history import History
-from .scoring import Scorer
-
-
-@dataclass
-class EPOConfig:
-    population: int = 8                       # M
-    children: int = 32                        # r, children per member per iteration
-    top_k: int = 512                          # k, candidate tokens per position
-    top_k_start: int | None = None            # grow k linearly from this to top_k over the run (None: fixed k)
-    length: int = 12                          # n, prompt tokens (the initial prompt's length wins)
-    insert_rate: float = 0.0                  # probability that a child is an insertion...
-    delete_rate: float = 0.0                  # ...or a deletion (the rest are swaps); see edits.py
-    min_length: int | None = None             # prompt length bounds with insertions/deletions
-    max_length: int | None = None             #   (default: length - 4 and length + 4)
-    iters: int = 300                          # T
-    penalty_min: float = 0.1                  # λ_min
-    penalty_max: float = 10.0                 # λ_max
-    penalties: tuple[float, ...] | None = None  # explicit λ per slot (overrides min/max)
-    restart_every: int = 30                   # T_restart; 0 = never
-    adaptive_restart: bool = False            # restart only after restart_every iterations with no slot improving
-    restart_penalty: tuple[float, float] = (0.667, 6.0)
-    seed: int = 0
-    init_prompt: str | None = None
-    fluency: tuple[tuple[str, float], ...] = ()  # (model spec or "self", weight): whose CE is fluency; () = self
-    repetition_penalty: float = 0.0           # ρ: selection subtracts ρ · (fraction of tokens repeating an earlier one)
-    avoid_ids: tuple[int, ...] = ()           # tokens of earlier dreams (diverse dreams)...
-    avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
-    template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
-    init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
-    time_budget: float | None = None          # seconds; stop cleanly when spent
-    ban_tokens: tuple[str, ...] = ()          # tokens never proposed (text or id)
-    ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
-    ascii_only: bool = False
-    check_retokenization: bool = True         # decode→encode must give back the same ids
-    batch_size: int | None = None             # prompts per forward pass; None = from free memory
-
-    @classmethod
-    def gcg(cls, penalty: float = 0.0, **kwargs) -> "EPOConfig":
-        """Greedy Coordinate Gradient: one prompt, one fixed penalty, no restarts."""
-        kwargs.setdefault("children", 512)
-        return cls(population=1, penalties=(penalty,), restart_every=0, **kwargs)
-
-    def slot_penalties(self) -> torch.Tensor:
-        if self.penalties is not None:
-            return torch.tensor(self.penalties, dtype=torch.float32)
-        if self.population == 1:
-            return torch.tensor([self.penalty_min], dtype=torch.float32)
-        return torch.logspace(math.log10(self.penalty_min), math.log10(self.penalty_max), self.population)
-
-    def validate(self) -> None:
-        for name in ("population", "children", "top_k", "top_k_start", "length", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.length < 2:
-            raise ConfigError("length must be at least 2 tokens (cross-entropy needs a next token)")
-        if self.iters < 0 or self.restart_every < 0:
-            raise ConfigError("iters and restart_every cannot be negative")
-        if not 0 < self.penalty_min <= self.penalty_max:
-            raise ConfigError(f"need 0 < penalty_min <= penalty_max, got {self.penalty_min} and {self.penalty_max}")
-        if self.penalties is not None and len(self.penalties) != self.population:
-            raise ConfigError(f"{len(self.penalties)} penalties given for a population of {self.population}")
-        if self.repetition_penalty < 0 or self.avoid_penalty < 0 or any(w < 0 for _, w in self.fluency) or (
-                self.fluency and not sum(w for _, w in self.fluency) > 0):
-            raise ConfigError("repetition_penalty and fluency weights must be >= 0 (and some fluency weight > 0)")
-        if self.template is not None and self.template.count("{prompt}") != 1:
-            raise ConfigError(f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {self.template!r}")
-        if not (0 <= self.insert_rate and 0 <= self.delete_rate and self.insert_rate + self.delete_rate <= 1):
-            raise ConfigError("insert_rate and delete_rate must be >= 0 with a sum <= 1")
-        lo, hi = self.length_bounds()
-        if self.variable_length and not 2 <= lo <= self.length <= hi:
-            raise ConfigError(f"need 2 <= min_length <= length <= max_length, got {lo}, {self.length}, {hi}")
-        if self.top_k_start is not None and self.top_k_start > self.top_k:
-            raise ConfigError(f"top_k_start ({self.top_k_start}) cannot exceed top_k ({self.top_k})")
-        if len(self.init_ids) > self.population:
-            raise ConfigError(f"{len(self.init_ids)} starting prompts given for a population of {self.population}")
-        if any(len(p) not in (0, self.length) for p in self.init_ids):
-            raise ConfigError(f"every starting prompt must be {self.length} tokens (the prompt length)")
-        if self.init_ids and self.init_prompt:
-            raise ConfigError("give an initial prompt or starting prompts, not both")
-        lo, hi = self.restart_penalty
-        if not 0 <= lo <= hi:
-            raise ConfigError(f"restart_penalty must be a range lo <= hi, got {self.restart_penalty}")
-
-    @property
-    def variable_length(self) -> bool:
-        return self.insert_rate > 0 or self.delete_rate > 0
-
-    def length_bounds(self) -> tuple[int, int]:
-        return (self.min_length if self.min_length is not None else max(2, self.length - 4),
-                self.max_length if self.max_length is not None else self.length + 4)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EPOConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown EPO options {sorted(unknown)}")
-        d = dict(d)
-        for key in ("penalties", "restart_penalty", "ban_tokens", "ban_strings", "avoid_ids"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        d["fluency"] = tuple((str(m), float(w)) for m, w in d.get("fluency") or ())
-        d["init_ids"] = tuple(tuple(int(t) for t in p) for p in d.get("init_ids") or ())
-        return cls(**d)
+from ..scoring.packed import Scorer
 
 
 @dataclass

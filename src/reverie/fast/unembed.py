@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import is_oom
+from ..errors import is_oom
 from .fusion import compiling
-from .model import Model
+from ..lm.model import Model
 
 VOCAB_TILE = 4096          # vocabulary columns unembedded at a time
 TILE_BYTES = 16 << 20      # bytes of logits per tile: at most this many rows × VOCAB_TILE at once

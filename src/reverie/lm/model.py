@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .model import Model
-from .scoring import Scorer, auto_batch_size
-from .targets import Target, as_target
-from .vocab import Vocabulary
+from ..lm.model import Model
+from ..scoring.packed import Scorer, auto_batch_size
+from ..lm.targets import Target, as_target
+from ..lm.vocab import Vocabulary
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,18 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from . import __version__
-from .epo import EPO, EPOConfig, EPOState, Step
-from .errors import ConfigError, RunDirError
-from .frontier import best_at, pareto, summary
-from .history import History
-from .model import Model, load_model
+from .. import __version__
+from ..search.config import EPOConfig
+from ..search.epo import EPO, EPOState, Step
+from ..errors import ConfigError, RunDirError
+from ..search.frontier import best_at, pareto, summary
+from ..search.history import History
+from ..lm.model import Model, load_model
 from .rundir import RunDir
-from .scan import data_starts, read_scan
-from .scoring import Scorer, auto_batch_size
-from .targets import Target, as_target
-from .vocab import Vocabulary
+from ..evidence.scan import data_starts, read_scan
+from ..scoring.packed import Scorer, auto_batch_size
+from ..lm.targets import Target, as_target
+from ..lm.vocab import Vocabulary
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 

@@ -26,13 +26,14 @@ from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
-from . import __version__
-from .epo import EPOConfig
-from .errors import ConfigError, ModelError, ReverieError, RunDirError
-from .model import BUNDLED, Model, bundled_path, load_model
-from .rundir import CHECKPOINT, atomic_write
-from .specs import Job, expand_targets, finished, make_jobs, parse_seeds, read_json
-from .sweep_index import write_index
+from .. import __version__
+from ..search.config import EPOConfig
+from ..errors import ConfigError, ModelError, ReverieError, RunDirError
+from ..lm.model import BUNDLED, Model, bundled_path, load_model
+from ..files import atomic_write, read_json
+from ..runs.rundir import CHECKPOINT, finished
+from .specs import Job, expand_targets, make_jobs, parse_seeds
+from .index import write_index
 
 # ---------------------------------------------------------------- one job (in this process or in an actor)
 
@@ -41,7 +42,7 @@ def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_eve
     """Run one job to the end: skip it if finished, resume it from its checkpoint, or start it afresh;
     then write its report.html if asked (a report that fails loses nothing: the run is saved).
     Returns an outcome dict (ok, seconds | error, retryable, traceback); raises only KeyboardInterrupt."""
-    from .dream import dream, resume
+    from ..runs.dream import dream, resume
 
     path = job.path(out)
     if finished(path):
@@ -64,7 +65,7 @@ def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_eve
         raise KeyboardInterrupt
     if report:
         try:
-            from .report import write_report
+            from ..report.run import write_report
             write_report(path, model=model, target=job.target)
         except Exception as e:  # noqa: BLE001
             return {"ok": True, "seconds": result.seconds, "report_error": f"{type(e).__name__}: {e}"}
@@ -336,7 +337,7 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
     loaded = model if isinstance(model, Model) else None
     spec = loaded.spec if loaded is not None else model
     if loaded is not None and dtype is None:
-        from .dream import DTYPE_NAMES
+        from ..runs.dream import DTYPE_NAMES
         dtype = DTYPE_NAMES.get(loaded.dtype)
 
     def n_layers() -> int:
@@ -349,7 +350,7 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
     targets = expand_targets(targets, n_layers)
     seeds = parse_seeds(seeds)
     if starts is not None:
-        from .scan import read_scan
+        from ..evidence.scan import read_scan
         read_scan(starts)   # unreadable: fail now, not in every job
         starts = str(Path(starts).resolve())
     with _lock(out):   # one sweep process per folder

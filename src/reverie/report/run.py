@@ -8,7 +8,6 @@ Attribution and the random-prompt baseline need the model; without it the report
 
 from __future__ import annotations
 
-import base64
 import datetime
 import math
 from pathlib import Path
@@ -16,23 +15,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, plots
-from .attribution import attribute
-from .baseline import random_baseline
-from .dream import DreamResult, load_run
-from .errors import ReverieError, RunDirError
-from .frontier import THRESHOLDS, best_at, pareto, summary, versus_data
-from .model import Model
+from .. import __version__
+from . import plots
+from ..evidence.attribution import attribute
+from ..evidence.baseline import random_baseline
+from ..runs.dream import DreamResult, load_run
+from ..errors import ReverieError, RunDirError
+from ..search.frontier import THRESHOLDS, best_at, pareto, summary, versus_data
+from ..lm.model import Model
 from .pages import environment
-from .rundir import atomic_write
-from .scan import read_scan
-from .targets import Direction, as_target
+from ..files import atomic_write
+from ..evidence.scan import read_scan
+from ..lm.targets import Direction, as_target
 
 REPORT = "report.html"
-
-
-def _png(fig) -> str:
-    return "data:image/png;base64," + base64.b64encode(plots.png(fig)).decode()
 
 
 def _points(history: pd.DataFrame, n: int) -> list[pd.Series]:
@@ -104,10 +100,10 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
                                  "text": row["text"], "tokens": _heatmap(table)})
     zscores = baseline is not None and isinstance(resolved, Direction)
 
-    figures = [("Pareto frontier", _png(plots.frontier_plot(history, f"{run.target}: frontier")))]
+    figures = [("Pareto frontier", plots.data_url(plots.frontier_plot(history, f"{run.target}: frontier")))]
     if windows is not None:
-        figures.append(("Dreams vs dataset windows", _png(plots.dreams_vs_data(history, windows, f"{run.target}: dreams vs data"))))
-    figures.append(("Frontier over iterations", _png(plots.frontier_over_iterations(history, title=f"{run.target}: search progress"))))
+        figures.append(("Dreams vs dataset windows", plots.data_url(plots.dreams_vs_data(history, windows, f"{run.target}: dreams vs data"))))
+    figures.append(("Frontier over iterations", plots.data_url(plots.frontier_over_iterations(history, title=f"{run.target}: search progress"))))
 
     def z(x):
         return float(baseline.z(x)) if zscores else None

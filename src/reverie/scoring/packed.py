@@ -20,13 +20,13 @@ import contextlib
 
 import torch
 
-from .attention import Packed, Rows, attention, drops, last_dropped_above, packs
-from .errors import ConfigError, is_oom
-from .fusion import fused_norms
-from .model import Model
-from .targets import Target
-from .unembed import head_logprobs
-from .vocab import Vocabulary
+from ..fast.attention import Packed, Rows, attention, drops, last_dropped_above, packs
+from ..errors import ConfigError, is_oom
+from ..fast.fusion import fused_norms
+from ..lm.model import Model
+from ..lm.targets import Target
+from ..fast.unembed import head_logprobs
+from ..lm.vocab import Vocabulary
 
 
 class Scorer:

@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .errors import is_oom
-from .model import Model
+from ..errors import is_oom
+from ..lm.model import Model
 
 _compiled: dict[type, Callable] = {}     # norm class -> its compiled forward
 

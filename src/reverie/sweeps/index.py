@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import RunDirError
-from .frontier import summary
-from .pages import environment
-from .rundir import FRONTIER, atomic_write
-from .specs import Job, finished, make_jobs, read_json
+from ..errors import RunDirError
+from ..search.frontier import summary
+from ..report.pages import environment
+from ..files import atomic_write, read_json
+from ..runs.rundir import FRONTIER, finished
+from .specs import Job, make_jobs
 
 _TAGS = {4.0: "ce4", 5.0: "ce5", 6.0: "ce6", math.inf: "any"}
 

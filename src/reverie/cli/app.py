@@ -19,8 +19,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .display import LiveDisplay, SweepDisplay, console, frontier_table
-from .errors import ReverieError
-from .targets import token_arg
+from ..errors import ReverieError
+from ..lm.targets import token_arg
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
@@ -76,10 +76,10 @@ def dream(
     diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
-    from .dream import dream as run_dream, resume as run_resume
-    from .epo import EPOConfig
-    from .model import load_model
-    from .rundir import RunDir
+    from ..runs.dream import dream as run_dream, resume as run_resume
+    from ..search.config import EPOConfig
+    from ..lm.model import load_model
+    from ..runs.rundir import RunDir
 
     if resume is None and target is None:
         raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
@@ -110,7 +110,7 @@ def dream(
     windows = _read_scan(scan_dir)  # a bad --scan or --init-from fails before any work
     starts = _read_scan(init_from)
     if starts is None and windows is not None and not random_start and resume is None:
-        from .targets import parse_target     # --scan: start from its windows when it has some for this target
+        from ..lm.targets import parse_target     # --scan: start from its windows when it has some for this target
         spec = parse_target(target, tuple(ban)).spec
         starts = windows if (windows["target"] == spec).any() else None
     if not quiet:
@@ -121,7 +121,7 @@ def dream(
         if diverse > 1:
             if resume is not None:
                 raise ReverieError("rerun the same --diverse command with the same --out to continue diverse dreams")
-            from .diverse import diverse as run_diverse
+            from ..runs.diverse import diverse as run_diverse
             faces = run_diverse(loaded, target, config, k=diverse, out=run_path, callback=display,
                                 checkpoint_every=checkpoint_every, starts=starts)
             result = faces[-1]
@@ -154,7 +154,7 @@ def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
         if report:
             _write_report(face.run_dir, **options)
     try:
-        from .diverse import write_faces
+        from ..report.faces import write_faces
         out_console.print(f"faces: {write_faces(run_path, faces)}", soft_wrap=True)
     except ReverieError as e:
         console.print(f"no faces page: {e}", soft_wrap=True)
@@ -172,14 +172,14 @@ def _fluency_arg(text: str) -> tuple[str, float]:
 def _read_scan(scan_dir: Optional[Path]):
     if scan_dir is None:
         return None
-    from .scan import read_scan
+    from ..evidence.scan import read_scan
     return read_scan(scan_dir)
 
 
 def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
     """Write the run's report; a failure here is reported but loses nothing (the run is already saved)."""
     try:
-        from .report import write_report
+        from ..report.run import write_report
         if not quiet:
             console.print("[dim]writing the report (attribution, baseline, plots) …[/dim]")
         path = write_report(run_path, **kw)
@@ -196,8 +196,8 @@ def frontier(
     max_ce: float = typer.Option(math.inf, "--max-ce", help="Only prompts with cross-entropy at most this."),
 ) -> None:
     """Print or export the Pareto frontier merged across run directories."""
-    from .dream import load_run
-    from .frontier import merge, pareto, summary
+    from ..runs.dream import load_run
+    from ..search.frontier import merge, pareto, summary
 
     results = [load_run(r) for r in runs]
     history = merge([r.history for r in results], [str(r) for r in runs])
@@ -232,9 +232,9 @@ def scan(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Find the corpus windows that most activate each target, in one pass over the corpus."""
-    from .model import load_model
-    from .rundir import RunDir
-    from .scan import ScanConfig, scan as run_scan
+    from ..lm.model import load_model
+    from ..runs.rundir import RunDir
+    from ..evidence.scan import ScanConfig, scan as run_scan
 
     config = ScanConfig(window=window, top=top, candidates=candidates, chunk=chunk, batch_size=batch_size,
                         max_tokens=max_tokens, field=field)
@@ -278,8 +278,8 @@ def attribute(
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
 ) -> None:
     """Causal token attribution: how much the activation drops when each token is substituted."""
-    from .attribution import attribute as run_attribute
-    from .model import load_model
+    from ..evidence.attribution import attribute as run_attribute
+    from ..lm.model import load_model
 
     table = run_attribute(load_model(model, dtype=dtype), target, prompt, k=k)
     view = Table(title=f"{target}: activation {table.baseline.iloc[0]:.3f}, "
@@ -305,11 +305,11 @@ def report(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Write a self-contained report.html for a run: frontier, plots, attribution, dataset windows."""
-    from .dream import load_run
-    from .model import load_model
-    from .report import write_report
-    from .scan import read_scan
-    from .rundir import RunDir
+    from ..runs.dream import load_run
+    from ..lm.model import load_model
+    from ..report.run import write_report
+    from ..evidence.scan import read_scan
+    from ..runs.rundir import RunDir
 
     result = load_run(run)
     windows = read_scan(scan_dir)
@@ -369,8 +369,8 @@ def sweep(
     adaptive_restart: bool = typer.Option(False, "--adaptive-restart", help="Restart only after --restart-every iterations in which no slot improved."),
 ) -> None:
     """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
-    from .epo import EPOConfig
-    from .sweep import sweep as run_sweep
+    from ..search.config import EPOConfig
+    from ..sweeps.sweep import sweep as run_sweep
 
     config = EPOConfig(population=population, children=children, top_k=top_k, length=length, iters=iters,
                        penalty_min=penalty_min, penalty_max=penalty_max, restart_every=restart_every,

@@ -23,13 +23,13 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 import torch
 
-from .errors import ConfigError, ReverieError, RunDirError, TargetError
-from .fusion import fused_norms
-from .model import Model, cache_dir
-from .rundir import atomic_write
-from .scoring import Scorer, TargetCache
-from .targets import Attention, Target, as_target
-from .vocab import Vocabulary
+from ..errors import ConfigError, ReverieError, RunDirError, TargetError
+from ..fast.fusion import fused_norms
+from ..lm.model import Model, cache_dir
+from ..files import atomic_write
+from ..scoring.packed import Scorer, TargetCache
+from ..lm.targets import Attention, Target, as_target
+from ..lm.vocab import Vocabulary
 
 BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .model import cache_dir
+from ..lm.model import cache_dir
 
 SOURCE = Path(__file__).with_name("packed_attention.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-shared", "-fPIC", "-pthread"]

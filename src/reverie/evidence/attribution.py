@@ -11,11 +11,11 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .errors import ConfigError
-from .model import Model
-from .scoring import Scorer, auto_batch_size
-from .targets import Target, as_target
-from .vocab import Vocabulary
+from ..errors import ConfigError
+from ..lm.model import Model
+from ..scoring.packed import Scorer, auto_batch_size
+from ..lm.targets import Target, as_target
+from ..lm.vocab import Vocabulary
 
 
 def attribute(model: Model, target: Target | str, prompt: str | list[int], k: int = 32,

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ModelError, ReverieError, TargetError
+from ..errors import ModelError, ReverieError, TargetError
 from .model import Model
 from .vocab import resolve_token
 

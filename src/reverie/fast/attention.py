@@ -28,7 +28,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from . import native
-from .model import Model
+from ..lm.model import Model
 
 NAME = "reverie"
 

@@ -9,17 +9,15 @@ directory (OUT/face0, OUT/face1, ...) that resumes on its own; OUT/faces.html sh
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
 from .dream import DreamResult, dream, load_run, resume
-from .epo import EPOConfig
-from .errors import ConfigError
-from .frontier import THRESHOLDS, best_at
-from .model import Model, load_model
-from .rundir import CHECKPOINT, atomic_write
-from .specs import finished
+from ..search.config import EPOConfig
+from ..errors import ConfigError
+from ..search.frontier import THRESHOLDS, best_at
+from ..lm.model import Model, load_model
+from .rundir import CHECKPOINT, finished
 
 
 def _faces_so_far(path: Path) -> str:
@@ -70,29 +68,3 @@ def diverse(model: Model | str, target, config: EPOConfig | None = None, k: int 
         if results[-1].stopped != "done":
             break                      # Ctrl-C, a time budget or the callback: the next faces wait for a rerun
     return results
-
-
-def write_faces(out: str | Path, results: list[DreamResult] | None = None) -> Path:
-    """OUT/faces.html: the faces side by side (best prompts, frontier plot, link to each face's report)."""
-    from . import plots
-    from .pages import environment
-    from .report import _png
-
-    out = Path(out)
-    results = results or [load_run(p) for p in sorted(out.glob("face*"), key=lambda p: int(p.name[4:]))]
-    faces = []
-    for j, r in enumerate(results):
-        best = []
-        for limit in THRESHOLDS:
-            row = best_at(r.history, limit)
-            best.append({"limit": "any" if math.isinf(limit) else f"≤ {limit:g}",
-                         "activation": None if row is None else float(row["activation"]),
-                         "cross_entropy": None if row is None else float(row["cross_entropy"]),
-                         "text": None if row is None else row["text"]})
-        faces.append({"name": f"face {j}", "href": f"face{j}/report.html", "best": best,
-                      "avoided": len(r.config.avoid_ids),
-                      "plot": _png(plots.frontier_plot(r.history, f"face {j}", annotate=3))})
-    html = environment().get_template("faces.html.j2").render(target=results[0].target, model=results[0].model, faces=faces)
-    path = out / "faces.html"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
-    return path
