@@ -212,8 +212,10 @@ _PATTERNS = {
     "direction": re.compile(rf"^{_LAYER}(?::seed=(?P<seed>\d+)|:(?P<path>.+))?$"),
     "attention": re.compile(r"^L(?P<layer>\d+)\.H(?P<head>\d+)\.K(?P<key>-?\d+)$"),
 }
-_USAGE = ("neuron:L9.N402, logit:\" dog\", direction:L8[:seed=N|:path.npy], attention:L3.H2.K-2, "
-          "sae:SAE_FOLDER:F123, or a hook name such as neuron:blocks.9.mlp.hook_post.N402")
+def usage() -> str:
+    """The target spec forms, for error messages and help texts."""
+    return ("neuron:L9.N402, logit:\" dog\", direction:L8[:seed=N|:path.npy], attention:L3.H2.K-2, "
+            "sae:SAE_FOLDER:F123, or a hook name such as neuron:blocks.9.mlp.hook_post.N402")
 
 
 def token_arg(text: str) -> str | int:
@@ -227,7 +229,7 @@ def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
     """A Target from a spec string. `ban` goes to logit targets (rejected text)."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in ("neuron", "logit", "direction", "attention", "sae"):
-        raise TargetError(f"cannot parse target {spec!r}: use {_USAGE}")
+        raise TargetError(f"cannot parse target {spec!r}: use {usage()}")
     if kind == "sae":
         from .sae import SAEFeature
         path, sep, feature = rest.rpartition(":F")
@@ -241,7 +243,7 @@ def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
         return Logit(token, ban=tuple(ban))
     m = _PATTERNS[kind].match(rest)
     if not m:
-        raise TargetError(f"cannot parse target {spec!r}: use {_USAGE}")
+        raise TargetError(f"cannot parse target {spec!r}: use {usage()}")
     g = m.groupdict()
     layer = int(g["layer"]) if g.get("layer") else g.get("hook")
     if kind == "neuron":
