@@ -25,7 +25,8 @@ import reverie
 from reverie import EPOConfig
 from reverie.search.frontier import best_at, versus_data
 from reverie.evidence.scan import read_scan
-from reverie.sweeps.specs import expand_targets, finished, make_jobs, parse_seeds
+from reverie.runs.rundir import finished
+from reverie.sweeps.specs import expand_targets, make_jobs, parse_seeds
 from reverie.sweeps.index import frontier_frame
 
 VARIANTS = {   # name -> (EPOConfig options on top of the paper's, start from the scan's windows)

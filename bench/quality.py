@@ -1,4 +1,5 @@
-"""Search quality: best activation at cross-entropy <= 4, 5, 6 and unconstrained, reverie vs the reference path.
+"""Search quality: best activation at cross-entropy <= 4, 5, 6 and unconstrained, reverie vs the reference path
+(EPO with the PlainScorer: the paper's algorithm written plainly).
 
     python bench/quality.py [--neurons ../shared/bench/neurons.txt] [--limit 4] [--seeds 0 1]
                             [--iters 40] [--seconds 60] [--budgets iterations wall-clock] [--dtype float32]
@@ -10,7 +11,7 @@ The table gives each threshold's mean best activation over the runs that found a
 and how many did (a mean over 3 of 8 runs is not a mean over 8).
 
 The two paths are the same search: in float32 they take the same steps (`--dtype float32`;
-tests/test_reference.py checks it every iteration). In bf16, the default on CPU, they part from the
+tests/test_spec.py checks it every iteration). In bf16, the default on CPU, they part from the
 first iteration: the reference's one-hot gradient is rounded to bf16 (many ties among the vocabulary)
 where reverie projects in fp32, so the top-k lists are ordered differently. At equal iterations their
 results then agree only as samples from the same distribution: compare many seeds.
@@ -26,25 +27,15 @@ from pathlib import Path
 import pandas as pd
 
 import reverie
-from reverie import EPOConfig
-from reverie.runs.dream import _setup
-from reverie.search.epo import EPO
-from reverie.search.frontier import summary
-
-try:
-    from reference import ReferenceEPO, ReferenceScorer
-except ImportError:
-    from bench.reference import ReferenceEPO, ReferenceScorer
+from reverie import EPO, EPOConfig, make_scorer, summary
 
 THRESHOLDS = (4.0, 5.0, 6.0, math.inf)
 
 
 def one_run(model, spec, seed, iters, seconds, reference):
     config = EPOConfig(seed=seed, iters=iters if seconds is None else 10**6, time_budget=seconds)
-    _, scorer = _setup(model, spec, config)
-    if reference:
-        scorer.__class__ = ReferenceScorer
-    epo = (ReferenceEPO if reference else EPO)(scorer, config)
+    scorer = make_scorer(model, spec, config, scorer="plain" if reference else "packed")
+    epo = EPO(scorer, config)
     epo.run()
     history = epo.history.frame(scorer.vocab.decode)
     best = summary(history, THRESHOLDS)
@@ -55,7 +46,7 @@ def one_run(model, spec, seed, iters, seconds, reference):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bundled")
-    ap.add_argument("--dtype", default=None, help="e.g. float32: both paths then walk the same path (tests/test_reference.py)")
+    ap.add_argument("--dtype", default=None, help="e.g. float32: both paths then walk the same path (tests/test_spec.py)")
     ap.add_argument("--neurons", default=str(Path(__file__).resolve().parents[2] / "shared/bench/neurons.txt"))
     ap.add_argument("--limit", type=int, default=None, help="only the first N neurons")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -1,4 +1,5 @@
-"""Seconds per EPO iteration: reverie vs the reference path vs the plain-forward floor, in one process.
+"""Seconds per EPO iteration: reverie (the PackedScorer) vs the reference path (the PlainScorer: the paper's
+algorithm written plainly, with EPO's memo of scored prompts) vs the plain-forward floor, in one process.
 
     python bench/speed.py [--iters 300] [--seeds 0 1 2] [--reference-iters 20] [--target neuron:L2.N148]
                           [--batch-size B] [--out bench/results/speed.json]
@@ -31,14 +32,7 @@ from pathlib import Path
 import torch
 
 import reverie
-from reverie import EPOConfig
-from reverie.runs.dream import _setup
-from reverie.search.epo import EPO
-
-try:
-    from reference import ReferenceEPO, ReferenceScorer
-except ImportError:  # run as a module from the repository root
-    from bench.reference import ReferenceEPO, ReferenceScorer
+from reverie import EPO, EPOConfig, make_scorer
 
 
 def settle() -> None:
@@ -51,13 +45,13 @@ def settle() -> None:
         pass
 
 
-def time_run(epo_cls, scorer, config, iters, seeds=(0,), first=None):
+def time_run(scorer, config, iters, seeds=(0,), first=None):
     """Median seconds per iteration and per phase over `iters` iterations of each seed, pooled (and over
     the `first` ones of each), with each seed's own median."""
     runs = []
     for seed in seeds:
         settle()
-        epo = epo_cls(scorer, replace(config, seed=seed))
+        epo = EPO(scorer, replace(config, seed=seed))
         runs.append([epo.step() for _ in range(iters)])
     out = summarise([s for run in runs for s in run], config)
     out["seeds"] = {seed: statistics.median(s.seconds for s in run) for seed, run in zip(seeds, runs)}
@@ -119,14 +113,13 @@ def main() -> None:
 
     model = random_1b(args.dtype) if args.model == "random-1b" else reverie.load_model(args.model, dtype=args.dtype)
     config = EPOConfig(iters=10**6, seed=0, batch_size=args.batch_size)  # paper settings: M=8, r=32, k=512, n=12
-    _, scorer = _setup(model, args.target, config)
-    _, ref_scorer = _setup(model, args.target, config)
-    ref_scorer.__class__ = ReferenceScorer
+    scorer = make_scorer(model, args.target, config)
+    ref_scorer = make_scorer(model, args.target, config, scorer="plain")
     children = config.population * config.children
     floor = time_floor(model, scorer.vocab, children, config.length, children)
     floor_batched = time_floor(model, scorer.vocab, children, config.length, scorer.batch_size)
-    ref = time_run(ReferenceEPO, ref_scorer, config, args.reference_iters)   # first: a long run slows what follows
-    fast = time_run(EPO, scorer, config, args.iters, args.seeds, first=args.reference_iters)
+    ref = time_run(ref_scorer, config, args.reference_iters)   # first: a long run slows what follows
+    fast = time_run(scorer, config, args.iters, args.seeds, first=args.reference_iters)
     result = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "device": str(model.device),
         "dtype": str(model.dtype), "model": model.spec, "target": args.target,

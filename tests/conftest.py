@@ -76,3 +76,9 @@ def tiny_dir(tmp_path_factory, tiny_llama):
     tiny_llama.hf.save_pretrained(path)
     tiny_llama.tokenizer.save_pretrained(path)
     return path
+
+
+def gradient(scorer, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
+    """d(f − λ·CE) / d one-hot for each prompt and its penalty, over the allowed tokens: [B, n, A]."""
+    df, dce = scorer.gradient_parts(ids)
+    return df - penalties[:, None, None].float() * dce

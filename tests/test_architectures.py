@@ -15,11 +15,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAMILIES, VOCAB, build_tiny
+from conftest import FAMILIES, VOCAB, build_tiny, gradient
 
 import reverie
 from reverie import EPOConfig
-from reverie.scoring.packed import Scorer
+from reverie.scoring import Objective, PackedScorer
 from reverie.lm.targets import as_target
 from reverie.lm.vocab import Vocabulary
 
@@ -146,11 +146,11 @@ def test_short_dream_raises_a_neuron(family, tokenizer, vocab):
 def test_token_gradients_rank_swaps_in_the_right_direction(tiny_llama, tokenizer, vocab):
     model = tiny_llama
     target = as_target("neuron:L1.N5", model)
-    scorer = Scorer(model, target, vocab)
+    scorer = PackedScorer(Objective(model, target, vocab), batch_size=64)
     lam = 0.5
     ids = _ids(tokenizer, "The quick brown fox jumps over the lazy dog", 8)
 
-    grad = scorer.token_gradients(ids[None], torch.tensor([lam]))
+    grad = gradient(scorer, ids[None], torch.tensor([lam]))
     assert grad.shape == (1, 8, len(vocab))
     assert torch.isfinite(grad).all()
 
@@ -170,8 +170,8 @@ def test_token_gradients_rank_swaps_in_the_right_direction(tiny_llama, tokenizer
     assert sum(wins) >= 4, f"the top-ranked swap beat the bottom-ranked one at only {sum(wins)} of {len(positions)} positions"
 
     # top_k agrees with the gradient ranking
-    top = scorer.top_k(ids[None], torch.tensor([lam]), 5)
-    assert torch.equal(top[0, :, 0], vocab.allowed[grad[0].argmax(-1)])
+    top = scorer.top_k([ids], torch.tensor([lam]), 5)
+    assert torch.equal(top[0][:, 0], vocab.allowed[grad[0].argmax(-1)])
 
 
 # --------------------------------------------------------------------------- 4. every target kind

@@ -6,7 +6,7 @@ import torch
 
 import reverie
 from reverie import ConfigError, EPOConfig
-from reverie.runs.dream import _setup
+from reverie import make_scorer
 from reverie.search.edits import PAD, edit_children, pad, unpad
 from reverie.search.epo import EPO
 
@@ -36,7 +36,7 @@ def test_edit_children_are_one_edit_away_and_within_bounds():
 
 
 def test_dream_with_insertions_and_deletions(tiny_llama):
-    _, scorer = _setup(tiny_llama, "neuron:L1.N5", CONFIG)
+    scorer = make_scorer(tiny_llama, "neuron:L1.N5", CONFIG)
     epo = EPO(scorer, CONFIG)
     parents = {0: epo.state.population.clone()}
     epo.run(lambda step: parents.__setitem__(step.iteration, step.state.population.clone()))
@@ -63,6 +63,6 @@ def test_variable_length_run_resumes_identically(tiny_llama, tmp_path):
 
 def test_length_bounds_are_checked():
     with pytest.raises(ConfigError, match="min_length"):
-        EPOConfig(length=6, insert_rate=0.1, min_length=7).validate()
+        EPOConfig(length=6, insert_rate=0.1, min_length=7)
     with pytest.raises(ConfigError, match="sum <= 1"):
-        EPOConfig(insert_rate=0.6, delete_rate=0.6).validate()
+        EPOConfig(insert_rate=0.6, delete_rate=0.6)

@@ -9,7 +9,7 @@ import torch
 import reverie
 from reverie import EPOConfig
 from reverie.search.epo import EPO, objective
-from reverie.runs.dream import _setup
+from reverie import make_scorer
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=5, seed=0)
 
@@ -35,7 +35,8 @@ def test_activation_rises_and_selection_never_loses(tiny_llama):
 
 
 def test_children_differ_from_parent_in_one_position(tiny_llama):
-    target, scorer = _setup(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
+    scorer = make_scorer(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
+    target = scorer.target
     epo = EPO(scorer, EPOConfig(**SMALL))
     parents = epo.state.population.clone()
     epo.step()
@@ -48,7 +49,8 @@ def test_children_differ_from_parent_in_one_position(tiny_llama):
 
 def test_restart_draws_penalty_from_range_and_fills_every_slot(tiny_llama):
     config = EPOConfig(**{**SMALL, "iters": 12, "restart_every": 3})
-    target, scorer = _setup(tiny_llama, "neuron:L1.N7", config)
+    scorer = make_scorer(tiny_llama, "neuron:L1.N7", config)
+    target = scorer.target
     epo = EPO(scorer, config)
     drawn = []
     for _ in range(12):
@@ -129,7 +131,8 @@ def test_scores_are_fp32_under_bf16(tokenizer):
     from conftest import build_tiny
     model = build_tiny("llama", tokenizer)
     model.hf.to(torch.bfloat16)
-    target, scorer = _setup(model, "neuron:L1.N7", EPOConfig(**SMALL))
+    scorer = make_scorer(model, "neuron:L1.N7", EPOConfig(**SMALL))
+    target = scorer.target
     ids = scorer.vocab.random_prompts(16, 8, torch.Generator().manual_seed(0))
     f, ce = scorer.score(ids)
     assert f.dtype == ce.dtype == torch.float32
@@ -152,10 +155,10 @@ def test_config_errors(tiny_llama, bad, message):
 def test_top_k_schedule_grows_k(tiny_llama):
     config = EPOConfig(population=2, children=16, top_k=64, top_k_start=1, length=6, iters=11, restart_every=0,
                        check_retokenization=False)
-    _, scorer = _setup(tiny_llama, "neuron:L1.N3", config)
+    scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)
     assert [epo.k_at(t) for t in (0, 5, 10)] == [1, 32, 64]
-    top = scorer.top_k(epo.state.population, epo.penalties, 64)
+    top = scorer.top_k(list(epo.state.population), epo.penalties, 64)
     parents = epo.state.population.clone()
     epo.step()
     children = torch.tensor([list(map(int, i)) for i in epo.history.frame(scorer.vocab.decode).query("iteration == 1")["ids"]])
@@ -163,15 +166,15 @@ def test_top_k_schedule_grows_k(tiny_llama):
         slot = j // 16
         changed = (child != parents[slot]).nonzero()
         for p in changed[:, 0].tolist():                    # k = 1 at iteration 0: only each position's best token
-            assert child[p] == top[slot, p, 0]
+            assert child[p] == top[slot][p, 0]
     with pytest.raises(reverie.ConfigError, match="cannot exceed"):
-        EPOConfig(top_k=8, top_k_start=9).validate()
+        EPOConfig(top_k=8, top_k_start=9)
 
 
 def test_adaptive_restart_waits_for_stagnation(tiny_llama, tmp_path):
     config = EPOConfig(population=3, children=2, top_k=2, length=6, iters=40, restart_every=3, adaptive_restart=True,
                        check_retokenization=False)
-    _, scorer = _setup(tiny_llama, "neuron:L1.N3", config)
+    scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)
     stale, restarts = [0], []
 
@@ -199,21 +202,24 @@ def test_gradients_are_taken_once_per_distinct_prompt(tiny_llama):
     """Slots sharing a prompt share its gradient pass, a prompt that survives or moves to another slot
     keeps its gradient, and every slot still takes its top-k under its own λ."""
     config = EPOConfig(population=4, children=8, top_k=16, length=6, iters=5, restart_every=0, check_retokenization=False)
-    _, scorer = _setup(tiny_llama, "neuron:L1.N3", config)
+    scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)
-    passes, parts = [], scorer.gradient_parts
-    scorer.gradient_parts = lambda ids: passes.append({tuple(r) for r in ids.tolist()}) or parts(ids)
+    packed = scorer.scorer                        # the PackedScorer inside the out-of-memory back-off
+    passes, parts = [], packed.gradient_parts
+    packed.gradient_parts = lambda ids: passes.append({tuple(r) for r in ids.tolist()}) or parts(ids)
     population = epo.state.population.clone()
     population[1], population[3] = population[0], population[2]
     prompts = [tuple(r) for r in population.tolist()]
 
-    top = epo._top_k(population)
+    top = scorer.top_k(list(population), epo.penalties, 16)
     assert passes == [{prompts[0], prompts[2]}]
-    for got, expected in zip(top, scorer.top_k(population, epo.penalties, 16)):
+    df, dce = parts(population)
+    for got, d_f, d_ce, lam in zip(top, df, dce, epo.penalties):
+        expected = scorer.vocab.allowed[(d_f - lam * d_ce).topk(16).indices]
         assert torch.equal(got.sort(-1).values, expected.sort(-1).values)
 
     moved = population[[2, 0, 0, 3]].clone()          # slot 0 takes slot 2's prompt; slot 3 gets a new one
     moved[3, 0] = int(scorer.vocab.allowed[0]) if moved[3, 0] != scorer.vocab.allowed[0] else int(scorer.vocab.allowed[1])
     del passes[:]
-    epo._top_k(moved)
+    scorer.top_k(list(moved), epo.penalties, 16)
     assert passes == [{tuple(moved[3].tolist())}]

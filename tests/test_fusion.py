@@ -9,6 +9,7 @@ import torch
 from conftest import build_tiny
 
 from reverie.fast import fusion
+from reverie.fast.capabilities import FastPath
 
 RMS_FAMILIES = ["llama", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "mistral"]
 
@@ -21,7 +22,7 @@ def compiles(model) -> None:
     """Skip without a C++ compiler (torch.compile's CPU backend needs one); with one, the probe must pass."""
     if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
         pytest.skip("no C++ compiler on this machine: torch.compile cannot build kernels")
-    assert fusion.fuses(model), "a C++ compiler is installed but the fused norms failed their probe"
+    assert FastPath.of(model).fuses, "a C++ compiler is installed but the fused norms failed their probe"
 
 
 @pytest.mark.parametrize("family", RMS_FAMILIES)
@@ -44,7 +45,7 @@ def test_fused_norms_give_the_plain_hidden_states(family, tokenizer):
 
 def test_models_without_rmsnorm_are_left_alone(tokenizer):
     model = build_tiny("gpt2", tokenizer)
-    assert not fusion.norms(model) and not fusion.fuses(model)
+    assert not fusion.norms(model) and not FastPath.of(model).fuses
 
 
 def test_hooks_on_a_norm_still_run_and_an_error_unpatches(tiny_llama):
@@ -66,12 +67,12 @@ def test_hooks_on_a_norm_still_run_and_an_error_unpatches(tiny_llama):
 def test_off_under_autograd_and_with_reverie_compile_0(tokenizer, monkeypatch):
     model = build_tiny("llama", tokenizer)
     compiles(model)
-    with fusion.fused_norms(model):     # gradients on: the plain norms, whose backward autograd knows
+    with FastPath.of(model).run():      # gradients on: the plain norms, whose backward autograd knows
         assert not any("forward" in vars(m) for m in fusion.norms(model))
     monkeypatch.setenv("REVERIE_COMPILE", "0")
     model = build_tiny("llama", tokenizer)
-    assert not fusion.fuses(model)
-    with torch.inference_mode(), fusion.fused_norms(model):
+    assert not FastPath.of(model).fuses
+    with torch.inference_mode(), FastPath.of(model).run():
         assert not any("forward" in vars(m) for m in fusion.norms(model))
 
 

@@ -20,12 +20,8 @@ def kernel():
 def packed_attention(layout, q, k, v, monkeypatch, use_kernel: bool, **options):
     """Both leading parents' layer (which stores their keys and values) and a later pass that reads them."""
     monkeypatch.setenv("REVERIE_NATIVE", "1" if use_kernel else "0")
-    module = types.SimpleNamespace(layer_idx=0)
-    attention._layout = layout
-    try:
-        return attention._attention(module, q, k, v, None, scaling=0.3, **options)[0]
-    finally:
-        attention._layout = None
+    module = types.SimpleNamespace(layer_idx=0, **{attention.LAYOUT: layout})
+    return attention.packed_attention(module, q, k, v, None, scaling=0.3, **options)[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

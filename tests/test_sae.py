@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reverie import EPOConfig, TargetError, dream, parse_target
-from reverie.runs.dream import _setup
+from reverie import make_scorer
 from reverie.lm.sae import SAEFeature, SAEWeights, train_sae
 from reverie.evidence.scan import ScanConfig, scan
 
@@ -59,17 +59,17 @@ def test_spec_errors(sae_dir, tiny_llama, tmp_path):
     target = parse_target(f"sae:{folder}:F3")
     assert isinstance(target, SAEFeature) and target.spec == f"sae:{folder}:F3"
     with pytest.raises(TargetError, match="feature 64 does not exist"):
-        _setup(tiny_llama, f"sae:{folder}:F64", EPOConfig())
+        make_scorer(tiny_llama, f"sae:{folder}:F64", EPOConfig())
     with pytest.raises(TargetError, match="is not an SAE folder"):
         parse_target(f"sae:{tmp_path}:F1")
     with pytest.raises(TargetError, match="cannot parse"):
         parse_target(f"sae:{folder}")
     wide = SAEWeights(torch.zeros(7, 4), torch.zeros(4), torch.zeros(7), HOOK)
     with pytest.raises(TargetError, match="7-dimensional inputs"):
-        _setup(tiny_llama, SAEFeature(wide, 0), EPOConfig())
+        make_scorer(tiny_llama, SAEFeature(wide, 0), EPOConfig())
     elsewhere = SAEWeights(torch.zeros(7, 4), torch.zeros(4), torch.zeros(7), "blocks.40.hook_resid_pre")
     with pytest.raises(TargetError, match="does not have"):
-        _setup(tiny_llama, SAEFeature(elsewhere, 0), EPOConfig())
+        make_scorer(tiny_llama, SAEFeature(elsewhere, 0), EPOConfig())
 
 
 def test_saelens_object_is_read(sae_dir, tiny_llama):
@@ -79,7 +79,7 @@ def test_saelens_object_is_read(sae_dir, tiny_llama):
     lens = SimpleNamespace(W_enc=w.W_enc, b_enc=w.b_enc, b_dec=w.b_dec, W_dec=w.W_dec,
                            cfg=SimpleNamespace(metadata=SimpleNamespace(hook_name=HOOK), apply_b_dec_to_input=True))
     target = SAEFeature(lens, 5)
-    _setup(tiny_llama, target, EPOConfig())
+    make_scorer(tiny_llama, target, EPOConfig())
     assert torch.allclose(target.value({HOOK: x[None]}), w.encode(x[-1:], [5])[:, 0])
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reverie import ConfigError, EPOConfig, TargetError
-from reverie.runs.dream import _setup
+from reverie import make_scorer
 from reverie.evidence.scan import ScanConfig, bundled_corpus, documents, scan
 
 TEXTS = [
@@ -29,7 +29,7 @@ def corpus_dir(tmp_path):
 
 def brute_force(model, spec, n):
     """Every n-token window inside each document, scored as a prompt."""
-    _, scorer = _setup(model, spec, EPOConfig(length=n, check_retokenization=False))
+    scorer = make_scorer(model, spec, EPOConfig(length=n, check_retokenization=False))
     windows = []
     for text in TEXTS:
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -3,12 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny
+from conftest import build_tiny, gradient
 
 from reverie import EPOConfig
 from reverie.fast import attention, unembed
-from reverie.scoring import packed as scoring
-from reverie.runs.dream import _setup
+from reverie.fast.capabilities import FastPath
+from reverie import make_scorer
 from reverie.lm.model import Model
 
 
@@ -18,7 +18,8 @@ FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma
 def assert_gradients_equal_one_hot_gradients(model, spec: str, length: int = 6) -> None:
     """d(f − λ·CE)/d(one-hot), where CE = −Σ log_softmax(logits[:-1]) · one_hot[1:] / (n−1) as in the paper,
     computed by the model's own forward pass in fp32."""
-    target, scorer = _setup(model, spec, EPOConfig(length=length))
+    scorer = make_scorer(model, spec, EPOConfig(length=length))
+    target = scorer.target
     ids = scorer.vocab.random_prompts(3, length, torch.Generator().manual_seed(0))
     lam = torch.tensor([0.0, 0.5, 3.0])
     E = model.adapter.embed.weight
@@ -30,7 +31,7 @@ def assert_gradients_equal_one_hot_gradients(model, spec: str, length: int = 6) 
     ce = -(logits[:, :-1].log_softmax(-1) * one_hot[:, 1:]).sum(-1).mean(-1)
     (target.value(cache) - lam * ce).sum().backward()
     expected = one_hot.grad[..., scorer.vocab.allowed]
-    got = scorer.token_gradients(ids, lam)
+    got = gradient(scorer, ids, lam)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -39,7 +40,7 @@ def assert_gradients_equal_one_hot_gradients(model, spec: str, length: int = 6) 
 def test_token_gradients_equal_one_hot_gradients(family, spec, tokenizer):
     """The gradient pass (attention in fp32 through reverie's layout) equals the paper's one-hot gradient."""
     model = build_tiny(family, tokenizer)
-    assert attention.packs(model)                   # the fp32 attention of gradient passes runs
+    assert FastPath.of(model).packs                   # the fp32 attention of gradient passes runs
     assert_gradients_equal_one_hot_gradients(model, spec)
 
 
@@ -56,7 +57,8 @@ def test_score_matches_plain_cross_entropy(family, spec, tokenizer):
     f and CE equal those from the model's own full logits."""
     model = build_tiny(family, tokenizer)
     assert model.split_head
-    target, scorer = _setup(model, spec, EPOConfig(length=6))
+    scorer = make_scorer(model, spec, EPOConfig(length=6))
+    target = scorer.target
     ids = scorer.vocab.random_prompts(5, 6, torch.Generator().manual_seed(1))
     f, ce = scorer.score(ids)
     with model.capture(list(target.hooks)) as cache:
@@ -73,7 +75,7 @@ def test_an_output_layer_beyond_unembedding_falls_back_to_full_logits(tokenizer)
     model.hf.config.final_logit_softcapping = 2.0        # Llama ignores it, so the split would be wrong
     model = Model(model.hf, tokenizer)
     assert not model.split_head
-    _, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=6))
+    scorer = make_scorer(model, "neuron:L1.N5", EPOConfig(length=6))
     ids = scorer.vocab.random_prompts(4, 6, torch.Generator().manual_seed(2))
     logits = model.hf(ids).logits.float()
     expected = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").mean(-1)
@@ -86,7 +88,7 @@ def test_head_logprobs_equal_fp32_log_softmax(family, compiled, tokenizer, monke
     """Label log-probabilities from vocabulary tiles (a last tile cut short, labels in every tile, a soft
     cap on Gemma 2), by the fused kernel (torch.compile) and its plain fallback, equal an fp32
     log-softmax over the model's whole logits."""
-    monkeypatch.setattr(unembed, "_fused", None)
+    monkeypatch.setattr(unembed.tile_logsumexp, "compiled", None)
     monkeypatch.setattr(unembed, "VOCAB_TILE", 5000)      # the bundled tokenizer's 49152 tokens: 10 tiles
     monkeypatch.setattr(unembed, "TILE_BYTES", 5000 * 4 * 7)   # 7 rows at a time in fp32
     monkeypatch.setenv("REVERIE_COMPILE", "1" if compiled else "0")
@@ -98,9 +100,9 @@ def test_head_logprobs_equal_fp32_log_softmax(family, compiled, tokenizer, monke
     expected = model.head(hidden).float().log_softmax(-1).gather(-1, labels[..., None])[..., 0]
     assert got.dtype == torch.float32 and got.shape == labels.shape
     assert torch.allclose(got, expected, atol=1e-5)
-    if compiled and not unembed._fused:
+    if compiled and not unembed.tile_logsumexp.compiled:
         pytest.skip("torch.compile does not work on this machine (no C++ compiler?): the plain path was checked")
-    assert bool(unembed._fused) == compiled
+    assert bool(unembed.tile_logsumexp.compiled) == compiled
 
 
 def assert_children_score_as_plain(scorer, parents: int, children: int, length: int, seed: int) -> None:
@@ -124,16 +126,17 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     for a target in the first of two layers, the second runs without the last position (not GPT-2, whose
     model reshapes its output to its input's shape: the probe finds that out)."""
     model = build_tiny(family, tokenizer)
-    target, scorer = _setup(model, spec, EPOConfig(length=7, batch_size=5))
+    scorer = make_scorer(model, spec, EPOConfig(length=7, batch_size=5))
+    target = scorer.target
     assert scorer.reuses_prefix                     # the packed path runs, not the plain fallback
-    assert scorer._last_block_read() == (0 if "L0" in spec and family != "gpt2" else None)
+    assert scorer.deepest_block_read() == (0 if "L0" in spec and family != "gpt2" else None)
     assert_children_score_as_plain(scorer, parents=3, children=24, length=7, seed=0)
 
 
 def test_prefix_reuse_with_repeated_and_childless_parents(tiny_llama):
     """A prompt that fills several slots leads the packed row once, and a parent without children not at
     all; the children still score as in full."""
-    _, scorer = _setup(tiny_llama, "neuron:L1.N5", EPOConfig(length=6))
+    scorer = make_scorer(tiny_llama, "neuron:L1.N5", EPOConfig(length=6))
     gen = torch.Generator().manual_seed(3)
     parents = scorer.vocab.random_prompts(4, 6, gen)
     parents[2] = parents[0]
@@ -158,8 +161,9 @@ def test_prefix_reuse_in_a_template_matches_plain_scoring(family, spec, template
     """With a fixed context around the prompt, children still run only from their mutated position on
     (the text before the prompt is shared too); the target reads the last prompt token."""
     model = build_tiny(family, tokenizer)
-    target, scorer = _setup(model, spec, EPOConfig(length=6, batch_size=4, template=template))
-    assert scorer.templated and scorer.reuses_prefix
+    scorer = make_scorer(model, spec, EPOConfig(length=6, batch_size=4, template=template))
+    target = scorer.target
+    assert scorer.objective.templated and scorer.reuses_prefix
     assert_children_score_as_plain(scorer, parents=3, children=16, length=6, seed=6)
 
 
@@ -168,19 +172,20 @@ def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, to
     """Packed attention keeps a sliding window (and Gemma 2's soft cap) that cuts into the prompt."""
     model = build_tiny(family, tokenizer, sliding_window=3, **({"layer_types": None} if family != "mistral" else {}))
     for spec in ("neuron:L1.N5", "neuron:L0.N5"):
-        target, scorer = _setup(model, spec, EPOConfig(length=7, batch_size=4))
+        scorer = make_scorer(model, spec, EPOConfig(length=7, batch_size=4))
+        target = scorer.target
         assert scorer.reuses_prefix
         assert_children_score_as_plain(scorer, parents=2, children=12, length=7, seed=5)
 
 
 @pytest.mark.parametrize("template", [None, "Once upon a time {prompt}"])
 def test_the_unembedding_only_sees_contiguous_hidden_states(template, tiny_llama):
-    """A strided input makes the lm_head matmul copy its weight per batch row (DESIGN §3): every
+    """A strided input makes the lm_head matmul copy its weight per batch row (docs/performance.md#contiguous-rows): every
     scoring path hands it contiguous hidden states."""
     seen = []
     hook = tiny_llama.adapter.unembed.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
     try:
-        _, scorer = _setup(tiny_llama, 'logit:" the"', EPOConfig(length=6, template=template))
+        scorer = make_scorer(tiny_llama, 'logit:" the"', EPOConfig(length=6, template=template))
         gen = torch.Generator().manual_seed(7)
         parents = scorer.vocab.random_prompts(2, 6, gen)
         parent, pos = torch.tensor([0, 1, 1]), torch.tensor([0, 2, 5])
@@ -188,7 +193,7 @@ def test_the_unembedding_only_sees_contiguous_hidden_states(template, tiny_llama
         children[torch.arange(3), pos] = scorer.vocab.allowed[:3]
         scorer.score_children(parents, children, parent, pos)
         scorer.score(children)
-        scorer.token_gradients(children, torch.ones(3))
+        gradient(scorer, children, torch.ones(3))
     finally:
         hook.remove()
     assert seen and all(seen)
@@ -202,8 +207,9 @@ def test_a_model_whose_attention_ignores_the_packed_layout_scores_children_plain
 
     monkeypatch.setitem(AttentionInterface._global_mapping, attention.NAME, sdpa_attention_forward)
     model = build_tiny("llama", tokenizer)
-    target, scorer = _setup(model, "neuron:L1.N5", EPOConfig(length=7))
-    assert not scorer.reuses_prefix and model.packs_children is False
+    scorer = make_scorer(model, "neuron:L1.N5", EPOConfig(length=7))
+    target = scorer.target
+    assert not scorer.reuses_prefix and FastPath.of(model).packs is False
     parents = scorer.vocab.random_prompts(2, 7, torch.Generator().manual_seed(4))
     parent, pos = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 3, 6, 2])
     children = parents[parent].clone()
@@ -214,7 +220,8 @@ def test_a_model_whose_attention_ignores_the_packed_layout_scores_children_plain
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatch):
-    target, scorer = _setup(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, batch_size=32))
+    scorer = make_scorer(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, batch_size=32))
+    target = scorer.target
     ids = scorer.vocab.random_prompts(20, 6, torch.Generator().manual_seed(3))
     expected = scorer.score(ids)
     forward = tiny_llama.hf.base_model.forward
@@ -231,7 +238,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatc
 
 
 def test_automatic_batch_size_fits_free_memory(tiny_llama):
-    from reverie.scoring.packed import auto_batch_size, free_memory
+    from reverie.scoring.batching import auto_batch_size, free_memory
     b = auto_batch_size(tiny_llama)
     assert 1 <= b <= 512
     per_prompt = 12 * 49152 * 12

@@ -90,7 +90,7 @@ def test_local_sweep_writes_runs_and_index(local_sweep):
 
 def test_rerun_skips_finished_jobs_and_refuses_other_options(local_sweep, tiny_dir):
     out, index = local_sweep
-    assert sw._layer_count(str(tiny_dir)) == 2                # L* on Ray: from the config, no weights loaded
+    assert sw.layer_count(str(tiny_dir)) == 2                # L* on Ray: from the config, no weights loaded
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     again = reverie.sweep(str(tiny_dir), TARGETS, "0-1", out, EPOConfig(**SMALL, iters=4), dtype="fp32", report=False)
     pd.testing.assert_frame_equal(again, index)
@@ -108,8 +108,8 @@ def test_a_second_sweep_process_on_the_same_folder_is_refused(local_sweep, tiny_
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 from pathlib import Path
-from reverie.sweeps.sweep import _lock
-with _lock(Path({str(out)!r})):
+from reverie.sweeps.sweep import locked
+with locked(Path({str(out)!r})):
     print("locked", flush=True)
     time.sleep(60)
 """], stdout=subprocess.PIPE, text=True)
@@ -238,6 +238,36 @@ def test_cli_sweep_bad_input_is_one_line(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and match in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def run_cli(monkeypatch, *args) -> int:
+    """`reverie ARGS` in this process; its exit code."""
+    from reverie.cli.app import main
+    monkeypatch.setattr(sys, "argv", ["reverie", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code or 0
+
+
+def test_cli_sweep_passes_every_run_option_to_its_jobs(tiny_dir, tmp_path, monkeypatch, capsys):
+    out, template = tmp_path / "s", "Once upon a time {prompt}"
+    args = ["sweep", "--model", tiny_dir, "--targets", "neuron:L0.N3,neuron:L1.N7", "--seeds", "0-1", "--out", out,
+            "--iters", "1", "--population", "2", "--children", "4", "--top-k", "8", "--length", "6",
+            "--batch-size", "16", "--dtype", "fp32", "--no-report", "--quiet",
+            "--template", template, "--repetition-penalty", "0.25", "--insert-rate", "0.3", "--ban", "dog"]
+    assert run_cli(monkeypatch, *args) == 0, capsys.readouterr().err
+    configs = [json.loads(p.read_text())["epo"] for p in sorted((out / "runs").glob("*/seed*/config.json"))]
+    assert len(configs) == 4 and sorted(c["seed"] for c in configs) == [0, 0, 1, 1]
+    for c in configs:
+        assert (c["template"], c["repetition_penalty"], c["insert_rate"], c["ban_strings"]) == (template, 0.25, 0.3, ["dog"])
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["epo"]["template"] == template and meta["epo"]["insert_rate"] == 0.3
+    del meta["epo"]["adaptive_restart"]          # as an older reverie wrote it: an option added since is its default
+    (out / "sweep.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert run_cli(monkeypatch, *args) == 0, capsys.readouterr().err   # the same options: resumed (all done)
+    assert run_cli(monkeypatch, *args[:-1], "cat") == 2
+    assert "different EPO options (ban_strings: ['dog'] here, ['cat'] now)" in capsys.readouterr().err
 
 
 def test_sweep_can_start_from_a_scan(tiny_dir, tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 import reverie
 from reverie import Attention, Custom, Direction, EPOConfig, Logit, Neuron, TargetError, parse_target
+from reverie.lm.sae import SAEWeights
 from reverie.lm.targets import as_target
 
 
@@ -26,10 +27,19 @@ def test_parse(spec, expected):
     assert got == expected
 
 
-@pytest.mark.parametrize("spec", ["neuron:L9.N402", "neuron:blocks.1.mlp.hook_post.N4", "direction:L1:seed=3",
-                                  "attention:L1.H2.K-2", 'logit:" the"'])
-def test_spec_round_trips(spec):
-    assert parse_target(parse_target(spec).spec).spec == parse_target(spec).spec
+@pytest.mark.parametrize("spec, canonical", [
+    ("neuron:L9.N402", None), ("neuron:blocks.9.mlp.hook_post.N402", None), ('logit:" dog"', "logit:' dog'"),
+    ("logit:123", None), ("direction:L8", "direction:L8:seed=0"), ("direction:L8:seed=3", None),
+    ("direction:L8:{dir}/v.npy", None), ("direction:blocks.8.hook_resid_pre", "direction:blocks.8.hook_resid_pre:seed=0"),
+    ("attention:L3.H2.K-2", None), ("sae:{dir}/sae:F123", None)])
+def test_spec_round_trips(spec, canonical, tmp_path):
+    """Every spec form keeps its canonical spec string (run directories and sweeps are named by it)."""
+    np.save(tmp_path / "v.npy", np.ones(4, np.float32))
+    SAEWeights(torch.zeros(4, 200), torch.zeros(200), torch.zeros(4), "blocks.1.hook_resid_pre").save(tmp_path / "sae")
+    spec = spec.format(dir=tmp_path)
+    canonical = spec if canonical is None else canonical
+    assert parse_target(spec).spec == canonical
+    assert parse_target(canonical).spec == canonical
 
 
 def test_hook_name_and_layer_forms_read_the_same_value(tiny_llama):

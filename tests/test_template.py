@@ -7,15 +7,17 @@ import torch.nn.functional as F
 
 import reverie
 from reverie import ConfigError, EPOConfig
-from reverie.runs.dream import _setup
-from reverie.scoring.packed import template_ids
+from conftest import gradient
+
+from reverie import make_scorer
+from reverie.scoring.objective import template_ids
 
 TEMPLATE = "Once upon a time {prompt} and then"
 
 
 @pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", 'logit:" the"'])
 def test_scores_read_the_prompt_inside_its_context(tiny_llama, spec):
-    _, scorer = _setup(tiny_llama, spec, EPOConfig(length=6, template=TEMPLATE))
+    scorer = make_scorer(tiny_llama, spec, EPOConfig(length=6, template=TEMPLATE))
     target = scorer.target
     before, after = template_ids(tiny_llama.tokenizer, TEMPLATE)
     L = len(before)
@@ -30,12 +32,13 @@ def test_scores_read_the_prompt_inside_its_context(tiny_llama, spec):
     assert torch.allclose(f, target.value(view).float(), atol=1e-5)
     expected = F.cross_entropy(logits[:, L - 1:L + 5].transpose(1, 2), ids, reduction="none").mean(-1)
     assert torch.allclose(ce, expected, atol=1e-5)          # all 6 prompt tokens, given the context
-    plain = _setup(tiny_llama, spec, EPOConfig(length=6))[1].score(ids)
+    plain = make_scorer(tiny_llama, spec, EPOConfig(length=6)).score(ids)
     assert not torch.allclose(plain[1], ce)                  # the context really changes things
 
 
 def test_template_gradients_equal_one_hot_gradients(tiny_llama):
-    target, scorer = _setup(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, template=TEMPLATE))
+    scorer = make_scorer(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, template=TEMPLATE))
+    target = scorer.target
     before, after = template_ids(tiny_llama.tokenizer, TEMPLATE)
     L = len(before)
     ids = scorer.vocab.random_prompts(3, 6, torch.Generator().manual_seed(1))
@@ -48,7 +51,7 @@ def test_template_gradients_equal_one_hot_gradients(tiny_llama):
     f = cache[target.hooks[0]][:, L + 5, 5].float()
     ce = -(logits[:, L - 1:L + 5].log_softmax(-1) * one_hot).sum(-1).mean(-1)
     (f - lam * ce).sum().backward()
-    assert torch.allclose(scorer.token_gradients(ids, lam), one_hot.grad[..., scorer.vocab.allowed], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(gradient(scorer, ids, lam), one_hot.grad[..., scorer.vocab.allowed], atol=1e-4, rtol=1e-4)
 
 
 def test_dream_in_a_template(tiny_llama, tmp_path):
@@ -64,4 +67,4 @@ def test_dream_in_a_template(tiny_llama, tmp_path):
 @pytest.mark.parametrize("template", ["no placeholder", "{prompt} twice {prompt}"])
 def test_bad_template(tiny_llama, template):
     with pytest.raises(ConfigError, match="exactly once"):
-        _setup(tiny_llama, "neuron:L1.N5", EPOConfig(template=template))
+        make_scorer(tiny_llama, "neuron:L1.N5", EPOConfig(template=template))

@@ -15,17 +15,21 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .display import LiveDisplay, SweepDisplay, console, frontier_table
+from .options import epo_config, epo_options
 from ..errors import ReverieError
-from ..lm.targets import token_arg
+from ..lm.targets import usage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
 
 out_console = Console()
+
+TARGET_FORMS = escape(usage())   # the target spec forms, for help texts (square brackets are not markup)
 
 
 def _default_out(target: str) -> Path:
@@ -34,37 +38,14 @@ def _default_out(target: str) -> Path:
 
 
 @app.command()
+@epo_options()
 def dream(
-    target: Optional[str] = typer.Option(None, "--target", "-t", help='Feature to dream: neuron:L9.N402, logit:" dog", direction:L8[:file.npy], attention:L3.H2.K-2, or a hook name (neuron:blocks.9.mlp.hook_post.N402).'),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help=f"Feature to dream: {TARGET_FORMS}."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled' (SmolLM2-135M, offline)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: runs/<target>-<time>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
-    iters: Optional[int] = typer.Option(None, "--iters", "-n", help="Iterations T (default 300; with --resume, the new total)."),
-    population: int = typer.Option(8, help="Population size M."),
-    children: int = typer.Option(32, help="Children per member per iteration r."),
-    top_k: int = typer.Option(512, "--top-k", help="Candidate tokens per position k."),
-    top_k_start: Optional[int] = typer.Option(None, "--top-k-start", help="Grow k linearly from this to --top-k over the run."),
-    length: int = typer.Option(12, help="Prompt length in tokens n (the --prompt's length wins)."),
-    insert_rate: float = typer.Option(0.0, "--insert-rate", help="Probability that a child inserts a token (lengths then vary)."),
-    delete_rate: float = typer.Option(0.0, "--delete-rate", help="Probability that a child deletes a token."),
-    min_length: Optional[int] = typer.Option(None, "--min-length", help="Shortest prompt with insertions/deletions (default length - 4)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest prompt with insertions/deletions (default length + 4)."),
-    penalty_min: float = typer.Option(0.1, help="Smallest fluency penalty λ."),
-    penalty_max: float = typer.Option(10.0, help="Largest fluency penalty λ."),
-    restart_every: int = typer.Option(30, help="Restart every this many iterations (0 = never)."),
-    adaptive_restart: bool = typer.Option(False, "--adaptive-restart", help="Restart only after --restart-every iterations in which no slot improved."),
-    gcg: Optional[float] = typer.Option(None, "--gcg", help="Run plain GCG with this fixed penalty (population 1, no restarts)."),
-    seed: int = typer.Option(0, help="Random seed: the same seed gives the same run on CPU."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Initial prompt text for every member."),
-    fluency: List[str] = typer.Option([], "--fluency", help="A model whose cross-entropy counts as fluency, SPEC[:WEIGHT] ('self' = the target model); repeatable. Default: the target model alone."),
-    repetition_penalty: float = typer.Option(0.0, "--repetition-penalty", help="Selection subtracts this times the fraction of tokens that repeat an earlier one."),
-    template: Optional[str] = typer.Option(None, "--template", help='Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last prompt token.'),
-    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop cleanly after this many seconds."),
-    ban: List[str] = typer.Option([], "--ban", help="Reject prompts containing this text (case-insensitive); repeatable."),
-    ban_token: List[str] = typer.Option([], "--ban-token", help="Never propose this token (text or id); repeatable."),
-    ascii_only: bool = typer.Option(False, "--ascii-only", help="Only printable-ASCII tokens."),
-    retokenize_check: bool = typer.Option(True, "--retokenize-check/--no-retokenize-check", help="Require prompts to re-tokenise to the same ids."),
-    batch_size: Optional[int] = typer.Option(None, help="Prompts per forward pass (default: from free memory, halved on out-of-memory)."),
+    *,
+    epo: dict,   # the per-run EPO options (options.py)
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: bf16 where the hardware does it well)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
@@ -77,7 +58,6 @@ def dream(
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
     from ..runs.dream import dream as run_dream, resume as run_resume
-    from ..search.config import EPOConfig
     from ..lm.model import load_model
     from ..runs.rundir import RunDir
 
@@ -86,32 +66,20 @@ def dream(
     if resume is not None and init_from is not None:
         raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
-        common = dict(top_k=top_k, top_k_start=top_k_start, length=length, insert_rate=insert_rate,
-                      delete_rate=delete_rate, min_length=min_length, max_length=max_length, iters=300 if iters is None else iters, seed=seed,
-                      init_prompt=prompt, template=template, fluency=tuple(_fluency_arg(f) for f in fluency),
-                      repetition_penalty=repetition_penalty, time_budget=time_budget, ban_tokens=tuple(token_arg(t) for t in ban_token),
-                      ban_strings=tuple(ban), ascii_only=ascii_only, check_retokenization=retokenize_check,
-                      batch_size=batch_size)
-        if gcg is not None:
-            config = EPOConfig.gcg(gcg, children=children, **common)
-        else:
-            config = EPOConfig(population=population, children=children, penalty_min=penalty_min,
-                               penalty_max=penalty_max, restart_every=restart_every,
-                               adaptive_restart=adaptive_restart, **common)
-        config.validate()
+        config = epo_config(epo)
         run_path = out or _default_out(target)
         RunDir(run_path).check_writable()  # fail before the model loads
         model_spec, total = model, config.iters
     else:
         saved = RunDir(resume).config()
         RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
-        run_path, model_spec, total = resume, saved["model"], iters or saved["epo"]["iters"]
+        run_path, model_spec, total = resume, saved["model"], epo["iters"] or saved["epo"]["iters"]
         dtype = dtype or saved.get("dtype")
     windows = _read_scan(scan_dir)  # a bad --scan or --init-from fails before any work
     starts = _read_scan(init_from)
     if starts is None and windows is not None and not random_start and resume is None:
         from ..lm.targets import parse_target     # --scan: start from its windows when it has some for this target
-        spec = parse_target(target, tuple(ban)).spec
+        spec = parse_target(target, config.ban_strings).spec
         starts = windows if (windows["target"] == spec).any() else None
     if not quiet:
         console.print(f"[dim]loading model {model_spec} …[/dim]", soft_wrap=True)
@@ -129,7 +97,7 @@ def dream(
             result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every,
                                starts=starts)
         else:
-            result = run_resume(resume, model=loaded, iters=iters, time_budget=time_budget, callback=display,
+            result = run_resume(resume, model=loaded, iters=epo["iters"], time_budget=epo["time_budget"], callback=display,
                                 checkpoint_every=checkpoint_every)
     finally:
         display.stop()
@@ -158,15 +126,6 @@ def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
         out_console.print(f"faces: {write_faces(run_path, faces)}", soft_wrap=True)
     except ReverieError as e:
         console.print(f"no faces page: {e}", soft_wrap=True)
-
-
-def _fluency_arg(text: str) -> tuple[str, float]:
-    """SPEC[:WEIGHT] -> (spec, weight)."""
-    spec, sep, weight = text.rpartition(":")
-    try:
-        return (spec, float(weight)) if sep and spec else (text, 1.0)
-    except ValueError:
-        return text, 1.0
 
 
 def _read_scan(scan_dir: Optional[Path]):
@@ -217,7 +176,7 @@ def frontier(
 
 @app.command()
 def scan(
-    target: List[str] = typer.Option(..., "--target", "-t", help="Target to scan for (neuron, logit or direction spec); repeatable."),
+    target: List[str] = typer.Option(..., "--target", "-t", help=f"Target to scan for, any but attention: {TARGET_FORMS}; repeatable."),
     corpus: str = typer.Option("bundled", "--corpus", "-c", help="Text file, folder, .jsonl, .parquet, hf:NAME, or 'bundled' (a Wikipedia shard)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for scan.parquet and scan.json."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
@@ -270,7 +229,7 @@ def scan(
 
 @app.command()
 def attribute(
-    target: str = typer.Option(..., "--target", "-t", help="Target spec, as for dream."),
+    target: str = typer.Option(..., "--target", "-t", help=f"Feature to explain: {TARGET_FORMS}."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt to explain."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
     k: int = typer.Option(32, "-k", help="Gradient candidates substituted per position."),
@@ -337,8 +296,12 @@ def _export(frame, path: Path) -> None:
 
 
 @app.command()
+@epo_options(exclude=(
+    "seed",          # --seeds gives each job its seed
+    "time_budget",   # a sweep's runs go to their iteration count: its index counts only finished runs
+))
 def sweep(
-    targets: List[str] = typer.Option(..., "--targets", "-t", help="Target specs: a file (one per line, # comments), a range (neuron:L9.N0-63, neuron:L*.N5) or a comma list; repeatable."),
+    targets: List[str] = typer.Option(..., "--targets", "-t", help=f"Features to dream: {TARGET_FORMS}; also a file of them (one per line, # comments), a range (neuron:L9.N0-63, neuron:L*.N5) or a comma list; repeatable."),
     seeds: str = typer.Option("0", "--seeds", "-s", help="Seeds per target: 0-4, 0,2,5 or one number."),
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder; rerun the same command to resume. On Ray, a path every node can reach."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
@@ -348,34 +311,19 @@ def sweep(
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per Ray actor (its torch threads)."),
     gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default 1 if the cluster has GPUs, else 0)."),
     retries: int = typer.Option(2, help="Tries after a job's first failure before it is recorded as failed."),
-    iters: int = typer.Option(300, "--iters", "-n", help="Iterations per run."),
-    population: int = typer.Option(8, help="Population size M."),
-    children: int = typer.Option(32, help="Children per member per iteration r."),
-    top_k: int = typer.Option(512, "--top-k", help="Candidate tokens per position k."),
-    length: int = typer.Option(12, help="Prompt length in tokens n."),
-    penalty_min: float = typer.Option(0.1, help="Smallest fluency penalty λ."),
-    penalty_max: float = typer.Option(10.0, help="Largest fluency penalty λ."),
-    restart_every: int = typer.Option(30, help="Restart every this many iterations (0 = never)."),
-    ban: List[str] = typer.Option([], "--ban", help="Reject prompts containing this text; repeatable."),
-    ascii_only: bool = typer.Option(False, "--ascii-only", help="Only printable-ASCII tokens."),
-    batch_size: Optional[int] = typer.Option(None, help="Prompts per forward pass (default: from free memory)."),
+    *,
+    epo: dict,   # the per-run EPO options (options.py)
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write each run's report.html when it finishes."),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present; a Ray actor sees only the GPUs it is given)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: every dream starts half its population at its target's top windows."),
-    top_k_start: Optional[int] = typer.Option(None, "--top-k-start", help="Grow k linearly from this to --top-k over each run."),
-    adaptive_restart: bool = typer.Option(False, "--adaptive-restart", help="Restart only after --restart-every iterations in which no slot improved."),
 ) -> None:
     """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
-    from ..search.config import EPOConfig
     from ..sweeps.sweep import sweep as run_sweep
 
-    config = EPOConfig(population=population, children=children, top_k=top_k, length=length, iters=iters,
-                       penalty_min=penalty_min, penalty_max=penalty_max, restart_every=restart_every,
-                       ban_strings=tuple(ban), ascii_only=ascii_only, batch_size=batch_size, top_k_start=top_k_start,
-                       adaptive_restart=adaptive_restart)
+    config = epo_config(epo)
     display = SweepDisplay(enabled=not quiet)
     try:
         index = run_sweep(model, targets, seeds, out, config, executor="ray" if use_ray or ray_address else "local",

@@ -13,9 +13,9 @@ import torch
 
 from ..errors import ConfigError
 from ..lm.model import Model
-from ..scoring.packed import Scorer, auto_batch_size
 from ..lm.targets import Target, as_target
-from ..lm.vocab import Vocabulary
+from ..scoring import make_scorer
+from ..search.config import EPOConfig
 
 
 def attribute(model: Model, target: Target | str, prompt: str | list[int], k: int = 32,
@@ -28,12 +28,11 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
     ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
     if len(ids) < 2:
         raise ConfigError(f"the prompt is {len(ids)} token(s); attribution needs at least 2")
-    target.check_length(len(ids))
-    vocab = Vocabulary.for_model(model, check_retokenization=False)
-    scorer = Scorer(model, target, vocab, batch_size=auto_batch_size(model, len(ids)), template=template)
+    scorer = make_scorer(model, target, EPOConfig(length=len(ids), check_retokenization=False, template=template))
+    vocab = scorer.vocab
     base = torch.tensor([ids])
     f0, ce0 = scorer.score(base)
-    top = scorer.top_k(base, torch.zeros(1), k + 1)[0]                      # [n, k+1]
+    top = scorer.top_k(list(base), torch.zeros(1), k + 1)[0]               # [n, k+1]
     variants, where = [], []
     for i in range(len(ids)):
         subs = [t for t in top[i].tolist() if t != ids[i]][:k]

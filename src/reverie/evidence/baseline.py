@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from ..lm.model import Model
-from ..scoring.packed import Scorer, auto_batch_size
-from ..lm.targets import Target, as_target
-from ..lm.vocab import Vocabulary
+from ..lm.targets import Target
+from ..scoring import make_scorer
+from ..search.config import EPOConfig
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,8 @@ def random_baseline(model: Model, target: Target | str, n: int = 512, length: in
                     template: str | None = None) -> Baseline:
     """Mean and standard deviation of `target` over `n` random prompts of `length` allowed tokens
     (inside `template` if given)."""
-    target = as_target(target, model)
-    target.check_length(length)
-    vocab = Vocabulary.for_model(model, check_retokenization=False)
-    scorer = Scorer(model, target, vocab, batch_size=auto_batch_size(model, length), template=template)
-    prompts = vocab.random_prompts(n, length, torch.Generator().manual_seed(seed))
+    scorer = make_scorer(model, target, EPOConfig(length=length, check_retokenization=False, template=template))
+    prompts = scorer.vocab.random_prompts(n, length, torch.Generator().manual_seed(seed))
     f, _ = scorer.score(prompts)
     f = f[torch.isfinite(f)].double()
     return Baseline(float(f.mean()), float(f.std()), int(f.numel()), length)

@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 
 from ..errors import ConfigError, ReverieError, RunDirError, TargetError
-from ..fast.fusion import fused_norms
+from ..fast.capabilities import FastPath
 from ..lm.model import Model, cache_dir
 from ..files import atomic_write
-from ..scoring.packed import Scorer, TargetCache
+from ..scoring import TargetCache, make_scorer
+from ..search.config import EPOConfig
 from ..lm.targets import Attention, Target, as_target
 from ..lm.vocab import Vocabulary
 
@@ -165,7 +166,7 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         for i, (_, _, piece) in enumerate(batch):
             ids[i, :len(piece)] = torch.tensor(piece)
-        with torch.inference_mode(), fused_norms(model), model.capture(hooks) as cache:
+        with torch.inference_mode(), FastPath.of(model).run(), model.capture(hooks) as cache:
             hidden = model.trunk(ids.to(model.device))
             cache = TargetCache(cache, hidden, model.head)                      # logits only if a target reads them
             values = [r.value(cache).float().cpu() for r in readers]              # each [rows, width]
@@ -198,15 +199,16 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         if progress:
             progress(seen)
 
-    vocab = Vocabulary.for_model(model, check_retokenization=False)
+    windows_config = EPOConfig(length=config.window, check_retokenization=False, batch_size=64)
     rows = []
     for target, (in_context, keys) in zip(targets, best):
         if not len(keys):
             continue
         windows = torch.stack([torch.tensor(docs_tokens[int(d)][int(p) - config.window + 1:int(p) + 1])
                                for d, p in keys.tolist()])
-        f, ce = Scorer(model, target, vocab, batch_size=64).score(windows)
-        texts = vocab.decode(windows)
+        scorer = make_scorer(model, target, windows_config)
+        f, ce = scorer.score(windows)
+        texts = scorer.vocab.decode(windows)
         frame = pd.DataFrame({"target": target.spec, "activation": f.numpy(), "cross_entropy": ce.numpy(),
                               "in_context": in_context.numpy(), "doc": keys[:, 0].numpy(),
                               "position": keys[:, 1].numpy(), "ids": list(windows.numpy()), "text": texts})

@@ -13,8 +13,8 @@ the blocks there run without it (`last_dropped_above`).
 
 This runs through transformers' attention interface, selected for the duration of one pass
 (`attention(model, layout)`), so it works for every architecture whose attention modules use it;
-whether a model does is checked once on a probe against plain scoring (`packs`, `drops`). The same
-interface runs gradient passes over whole prompts with attention in fp32 (`Rows`).
+whether a model does is checked once on a probe against plain scoring (`capabilities.FastPath`). The
+same interface runs gradient passes over whole prompts with attention in fp32 (`Rows`).
 """
 
 from __future__ import annotations
@@ -78,43 +78,44 @@ class Packed:
 
 
 class Rows:
-    """Whole prompts, one per batch row, with attention computed in fp32: for gradient passes. On a
-    CPU, fp32 attention runs forward and backward about 7x faster than bf16 flash attention at
-    prompt lengths (8 prompts of 12 tokens: 0.35 vs 2.6 ms per layer), and the token gradients stay
-    as close to an fp32 model's (mean top-512 overlap 0.921 for both over 6 batches)."""
+    """Whole prompts, one per batch row, with attention computed in fp32: for gradient passes (on a
+    CPU, faster than bf16 flash attention at prompt lengths: docs/performance.md#fp32-attention)."""
 
     def __init__(self, weights: bool = False):
         self.weights = weights                                    # also return attention probabilities
 
 
-_layout: Packed | Rows | None = None      # the layout of the pass in progress
+LAYOUT = "reverie_layout"      # the attribute of an attention module that holds its layout during a pass
 
 
 @contextlib.contextmanager
 def attention(model: Model, layout: Packed | Rows):
-    """Within the block, the model's attention runs on `layout`: packed children, or whole rows in fp32."""
-    global _layout
+    """Within the block, the model's attention runs on `layout`: packed children, or whole rows in fp32.
+    Each attention module holds the layout for the pass (as the attribute LAYOUT), and the model's
+    configs name this module's attention function; both are put back on leaving."""
     configs = {id(c): c for c in [model.hf.config, getattr(model.hf.base_model, "config", None),
                                    *(getattr(a, "config", None) for a in model.adapter.attn)] if c is not None}
     before = {k: c._attn_implementation_internal for k, c in configs.items()}
-    _layout = layout
+    for a in model.adapter.attn:
+        setattr(a, LAYOUT, layout)
     for c in configs.values():
         c._attn_implementation_internal = NAME
     try:
         yield
     finally:
-        _layout = None
+        for a in model.adapter.attn:
+            delattr(a, LAYOUT)
         for k, c in configs.items():
             c._attn_implementation_internal = before[k]
 
 
-def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
-               sliding_window=None, **kwargs):
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                     sliding_window=None, **kwargs):
     """Packed [1, heads, T, d] queries, keys and values -> ([1, T, heads, d] output, [1, heads, T, n]
     probabilities if the layout asks for them). Each child's keys are its parent's before its mutated
     position and its own from there on; causal, within `sliding_window` and soft-capped if given.
     Whole rows ([B, heads, n, d]) are plain causal attention in fp32."""
-    layout = _layout
+    layout = getattr(module, LAYOUT, None)
     if layout is None or kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
         raise NotImplementedError("packed attention outside a packed pass, or with sinks or position bias")
     scaling = scaling or 1 / math.sqrt(query.shape[-1])
@@ -135,7 +136,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         if out is not None:
             return out, None
     # unpacked in fp32: the upcast rides on copies made anyway, and CPU flash attention runs faster in
-    # fp32 than in bf16 at these shapes (264 children x 9 heads x 12 positions: 2.6 vs 3.4 ms)
+    # fp32 than in bf16 at these shapes (docs/performance.md#fp32-attention)
     c, at = layout.entry, layout.position
     keys, values = k_parent[layout.parent], v_parent[layout.parent]                   # [C, kv heads, n, d]
     keys[c, :, at], values[c, :, at] = key[0].transpose(0, 1).float(), value[0].transpose(0, 1).float()
@@ -153,7 +154,7 @@ def last_dropped_above(model: Model, layout: Packed, block: int | None):
     position is at or below `block` (a neuron in layer 2 of 30), the last position's states above it
     feed nothing: causal attention never looks forward, and the cross-entropy reads the positions
     before it. Each such block's per-token inputs (hidden states, position ids and embeddings) are cut
-    to the shortened row; whether a model takes this is checked once on a probe (`drops`)."""
+    to the shortened row; whether a model takes this is checked once on a probe (`capabilities.FastPath`)."""
     if block is None:
         yield layout
         return
@@ -208,44 +209,9 @@ def _causal(q, k, v, scaling, softcap, sliding_window, weights: bool):
     return probs @ v, probs if weights else None
 
 
-def packs(model: Model) -> bool:
-    """Whether this model's attention runs packed: checked once, on a probe of three children of two
-    parents, against the plain forward pass of the same children."""
-    if model.packs_children is None:
-        model.packs_children = _probe(model)
-    return model.packs_children
-
-
-def drops(model: Model) -> bool:
-    """Whether this model's blocks run on a shortened row (`last_dropped_above`): checked once, on the
-    same probe with the last position dropped above the first block."""
-    if model.drops_last is None:
-        model.drops_last = packs(model) and model.n_layers > 1 and _probe(model, block=0)
-    return model.drops_last
-
-
-def _probe(model: Model, n: int = 6, block: int | None = None) -> bool:
-    device = model.device
-    vocab = model.adapter.embed.weight.shape[0]
-    parents = (torch.arange(2 * n, device=device).view(2, n) * 7 + 11) % vocab
-    parent, pos = torch.tensor([0, 1, 0], device=device), torch.tensor([0, 2, n - 1], device=device)
-    children = parents[parent].clone()
-    children[torch.arange(3), pos] = (parents[parent, pos] + 1) % vocab
-    try:
-        with torch.inference_mode():
-            layout = Packed({}, parent, pos, n, lead=2)
-            with attention(model, layout), last_dropped_above(model, layout, block) as out:
-                got = model.trunk(layout.gather(parents, children), position_ids=layout.position[None])[0].float()
-            plain = model.trunk(torch.cat([parents, children]))[out.entry, out.position].float()
-    except Exception:   # an architecture that does not take the packed layout (its own attention, shared caches...)
-        return False
-    error = (got - plain).norm(dim=-1) / plain.norm(dim=-1).clamp_min(1e-6)
-    return got.shape == plain.shape and bool((error < 0.05).all())
-
-
 def _no_mask(*args, **kwargs):
     return None
 
 
-AttentionInterface.register(NAME, _attention)
+AttentionInterface.register(NAME, packed_attention)
 AttentionMaskInterface.register(NAME, _no_mask)

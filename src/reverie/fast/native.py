@@ -1,9 +1,8 @@
 """The packed-attention kernel in C (`packed_attention.c`), built once per machine and loaded with ctypes.
 
 Packed attention (see `attention`) is tiny in arithmetic but, in torch, a dozen gathers and scatters
-around a flash-attention call on [children, heads, n, n] blocks: 3.6 ms per layer of SmolLM2-135M for
-an iteration's ~1550 packed tokens on this 2-core CPU, against 1.1 ms for the kernel, which reads
-each token's keys straight from its parent and the packed row. It is built with the system's C
+around a flash-attention call on [children, heads, n, n] blocks; the kernel reads each token's keys
+straight from its parent and the packed row (docs/performance.md#packed-attention-kernel). It is built with the system's C
 compiler (`CC`, else `cc`) into the cache directory on first use; where there is no compiler, the
 build fails, or REVERIE_NATIVE=0, `kernel()` is None and attention runs in torch, with the same
 results within fp32 rounding.
@@ -12,6 +11,7 @@ results within fp32 rounding.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -27,20 +27,21 @@ from ..lm.model import cache_dir
 SOURCE = Path(__file__).with_name("packed_attention.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-shared", "-fPIC", "-pthread"]
 
-_kernel = None     # the loaded function; None: not tried yet; False: not available
-
 
 def kernel():
-    """The loaded `packed_attention` function, or None where it is not available."""
-    global _kernel
+    """The loaded `packed_attention` function, or None where it is not available or REVERIE_NATIVE=0."""
     if os.environ.get("REVERIE_NATIVE", "1") == "0":
         return None
-    if _kernel is None:
-        try:
-            _kernel = _load(_build())
-        except (OSError, subprocess.SubprocessError):
-            _kernel = False
-    return _kernel or None
+    return built()
+
+
+@functools.cache
+def built():
+    """The kernel, built (once per machine) and loaded (once per process); None where it cannot be built."""
+    try:
+        return _load(_build())
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu() -> str:

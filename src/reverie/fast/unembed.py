@@ -4,8 +4,7 @@ Scoring needs log softmax(head(h))[label] at every position that predicts a prom
 per row, out of V logits. The unembedding runs one tile of the vocabulary at a time (`Model.head_tiles`)
 over a block of rows, and each tile gives its log-sum-exp and, where the label falls in it, the label's
 logit, in one fused pass over the tile while it is still in the CPU's cache; the tiles' log-sum-exps are
-then combined. On SmolLM2-135M (49152 tokens, bf16) 1200 rows take 43 ms this way against 57 ms
-unembedding row chunks of the whole vocabulary, and the tile matmuls run at about twice the rate.
+then combined (docs/performance.md#tiled-cross-entropy).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ TILE_BYTES = 16 << 20      # bytes of logits per tile: at most this many rows ×
 
 def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(head(hidden))[..., label] in fp32: hidden [..., d], labels [...] → [...]."""
-    flat, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)   # contiguous rows (DESIGN §3)
+    flat, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)   # contiguous rows (docs/performance.md#contiguous-rows)
     rows = max(1, TILE_BYTES // (VOCAB_TILE * model.dtype.itemsize))
     out = []
     for h, y in zip(flat.split(rows), flat_labels.split(rows)):
@@ -31,31 +30,36 @@ def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> t
     return torch.cat(out).view(labels.shape)
 
 
-def _tile_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def plain_tile_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp of each row of a tile of logits [R, T] of any dtype, each row's label logit or −∞
+    where the label (relative to the tile's first column) is outside the tile), both fp32."""
     x = logits.float()
     inside = (labels >= 0) & (labels < x.shape[-1])
     label = x.gather(-1, labels.clamp(0, x.shape[-1] - 1)[:, None])[:, 0]
     return x.logsumexp(-1), label.masked_fill(~inside, -torch.inf)
 
 
-_fused = None   # the compiled _tile_logsumexp once it has worked; False where compiling failed or is off
+class Fused:
+    """A function compiled on first use (`torch.compile`, one fused pass where plain torch makes
+    several over an fp32 copy of the tile), or plain torch, with the same result within fp32 rounding:
+    where compiling fails (no C++ compiler on CPU, no Triton on CUDA) it falls back for good, and with
+    REVERIE_COMPILE=0 it never compiles."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled = None     # the compiled function once tried; False where compiling failed or is off
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            self.compiled = compiling() and torch.compile(self.fn, dynamic=True)
+        if self.compiled:
+            try:
+                return self.compiled(*args)
+            except Exception as e:       # no compiler, an unsupported device: plain torch from now on
+                if is_oom(e):
+                    raise
+                self.compiled = False
+        return self.fn(*args)
 
 
-def tile_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-sum-exp of each row of a tile of logits [R, T] of any dtype, each row's label logit or −∞
-    where the label (relative to the tile's first column) is outside the tile), both fp32.
-
-    Plain torch makes several passes over an fp32 copy of the tile; under torch.compile it is one
-    fused pass. The compiled kernel is used where compiling works (a C++ compiler on CPU, Triton on
-    CUDA) and REVERIE_COMPILE is not 0; otherwise plain torch, with the same result within fp32 rounding."""
-    global _fused
-    if _fused is None:
-        _fused = compiling() and torch.compile(_tile_logsumexp, dynamic=True)
-    if _fused:
-        try:
-            return _fused(logits, labels)
-        except Exception as e:       # no compiler, an unsupported device: plain torch from now on
-            if is_oom(e):
-                raise
-            _fused = False
-    return _tile_logsumexp(logits, labels)
+tile_logsumexp = Fused(plain_tile_logsumexp)

@@ -91,18 +91,16 @@ class Adapter:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class Model:
-    """A frozen causal LM, its tokenizer and its adapter."""
+    """A frozen causal LM, its tokenizer and its adapter. Two Models are equal only if they are the same
+    object (they can key caches of what was probed on them, see `fast.capabilities`)."""
 
     hf: nn.Module
     tokenizer: object
     spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled"); defaults to name_or_path
     adapter: Adapter = field(init=False)
     split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
-    packs_children: bool | None = field(init=False, default=None)   # see attention.packs, which sets it
-    drops_last: bool | None = field(init=False, default=None)       # see attention.drops, which sets it
-    fuses_norms: bool | None = field(init=False, default=None)      # see fusion.fuses, which sets it
 
     def __post_init__(self) -> None:
         self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"
@@ -258,6 +256,14 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a dtype ("bf16"), as `load_model` takes it."""
+    return DTYPE_NAMES.get(dtype, str(dtype))
+
+
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -306,7 +312,7 @@ def _load_gguf(path: Path):
 
 
 def bundled_path() -> Path:
-    """Convert the bundled GGUF into a plain safetensors model once; later loads take about a second."""
+    """Convert the bundled GGUF into a plain safetensors model once, into the cache; later loads read that."""
     target = cache_dir() / BUNDLED_NAME
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ModelError, TargetError
 from .model import Model
-from .targets import Target
+from .target import Target
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 

@@ -4,7 +4,8 @@ Every target names the TransformerLens-style hook points it reads (`hooks`); the
 them and calls `value(cache)`, where `cache` maps each hook name to its tensor and "logits" to the
 fp32 logits. All targets read the last prompt position unless given another `position`.
 
-Spec strings: `neuron:L9.N402`, `neuron:blocks.9.mlp.hook_post.N402`, `logit:" dog"`,
+Spec strings, one `Kind` each in `KINDS` (read by `parse_target`, `usage()` and sweep ranges):
+`neuron:L9.N402`, `neuron:blocks.9.mlp.hook_post.N402`, `logit:" dog"`,
 `direction:L8` (seeded random unit vector), `direction:L8:seed=3`, `direction:L8:path.npy`,
 `direction:blocks.8.hook_resid_pre`, `attention:L3.H2.K-2`, `sae:FOLDER:F123` (see `sae.py`).
 """
@@ -19,35 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import ModelError, ReverieError, TargetError
+from ..errors import ReverieError, TargetError
 from .model import Model
+from .sae import SAEFeature
+from .target import Target
 from .vocab import resolve_token
-
-
-class Target:
-    """Base class: override `value`; set `hooks` to the hook points it reads."""
-
-    hooks: tuple[str, ...] = ()
-    banned_text: tuple[str, ...] = ()
-    reads_logits = True     # whether `value` may read "logits"; if not, scoring skips what only they need
-
-    def prepare(self, model: Model) -> None:
-        """Validate against the model (and build whatever depends on it) before any work starts."""
-        for name in self.hooks:
-            try:
-                model.check_hook(name)
-            except ModelError as e:
-                raise TargetError(f"{self.spec}: {e}") from None
-
-    def check_length(self, n: int) -> None:
-        """Validate against the prompt length."""
-
-    def value(self, cache: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    @property
-    def spec(self) -> str:
-        return repr(self)
 
 
 def _layer_hook(layer_or_hook: int | str, point: str) -> str:
@@ -206,18 +183,6 @@ class Custom(Target):
         return f"custom:{self.name}"
 
 
-_LAYER = r"(?:L(?P<layer>\d+)|(?P<hook>blocks\.\d+\.[\w.]+?))"
-_PATTERNS = {
-    "neuron": re.compile(rf"^{_LAYER}\.N(?P<index>\d+)$"),
-    "direction": re.compile(rf"^{_LAYER}(?::seed=(?P<seed>\d+)|:(?P<path>.+))?$"),
-    "attention": re.compile(r"^L(?P<layer>\d+)\.H(?P<head>\d+)\.K(?P<key>-?\d+)$"),
-}
-def usage() -> str:
-    """The target spec forms, for error messages and help texts."""
-    return ("neuron:L9.N402, logit:\" dog\", direction:L8[:seed=N|:path.npy], attention:L3.H2.K-2, "
-            "sae:SAE_FOLDER:F123, or a hook name such as neuron:blocks.9.mlp.hook_post.N402")
-
-
 def token_arg(text: str) -> str | int:
     """A token as typed: quoted text stays text ('"5"' is the token "5"), bare digits are an id."""
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
@@ -225,34 +190,85 @@ def token_arg(text: str) -> str | int:
     return int(text) if text.isdigit() else text
 
 
+_LAYER = r"(?:L(?P<layer>\d+)|(?P<hook>blocks\.\d+\.[\w.]+?))"
+_NEURON = re.compile(rf"^{_LAYER}\.N(?P<index>\d+)$")
+_DIRECTION = re.compile(rf"^{_LAYER}(?::seed=(?P<seed>\d+)|:(?P<path>.+))?$")
+_ATTENTION = re.compile(r"^L(?P<layer>\d+)\.H(?P<head>\d+)\.K(?P<key>-?\d+)$")
+
+
+def _layer(m: re.Match) -> int | str:
+    return int(m["layer"]) if m["layer"] else m["hook"]
+
+
+def _neuron(rest: str, ban: tuple[str, ...]) -> Neuron | None:
+    m = _NEURON.match(rest)
+    return Neuron(_layer(m), int(m["index"])) if m else None
+
+
+def _logit(rest: str, ban: tuple[str, ...]) -> Logit | None:
+    token = token_arg(rest)
+    return Logit(token, ban=ban) if token != "" else None
+
+
+def _direction(rest: str, ban: tuple[str, ...]) -> Direction | None:
+    m = _DIRECTION.match(rest)
+    if not m:
+        return None
+    if m["path"] and not Path(m["path"]).is_file():
+        raise TargetError(f"direction:{rest}: direction file {m['path']} does not exist")
+    return Direction(_layer(m), m["path"], seed=int(m["seed"] or 0))
+
+
+def _attention(rest: str, ban: tuple[str, ...]) -> Attention | None:
+    m = _ATTENTION.match(rest)
+    return Attention(int(m["layer"]), int(m["head"]), int(m["key"])) if m else None
+
+
+def _sae(rest: str, ban: tuple[str, ...]) -> SAEFeature | None:
+    path, sep, feature = rest.rpartition(":F")
+    return SAEFeature(path, int(feature)) if sep and path and feature.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of target spec, `NAME:REST`.
+
+    `parse(rest, ban)` builds the Target from the text after `NAME:` (`ban`: rejected text, for logit
+    targets), or returns None when that text is not of this kind's form; `usage` shows the form in help
+    and error texts; `ranges` says whether sweeps expand L/N/H ranges (`L0-5`, `L*`, `N0-63`) in it,
+    up to any further ':'."""
+
+    name: str
+    parse: Callable[[str, tuple[str, ...]], Target | None]
+    usage: str
+    ranges: bool = False
+
+
+# Every target kind, by name: what `parse_target`, `usage()` and sweep ranges know. A new kind is one entry.
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (
+    Kind("neuron", _neuron, "neuron:L9.N402 (or neuron:blocks.9.mlp.hook_post.N402)", ranges=True),
+    Kind("logit", _logit, 'logit:" dog" (or a token id, logit:123)'),
+    Kind("direction", _direction, "direction:L8[:seed=N|:path.npy]", ranges=True),
+    Kind("attention", _attention, "attention:L3.H2.K-2", ranges=True),
+    Kind("sae", _sae, "sae:SAE_FOLDER:F123"),
+)}
+
+
+def usage() -> str:
+    """The target spec forms, for error messages and help texts."""
+    return ", ".join(kind.usage for kind in KINDS.values())
+
+
 def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
     """A Target from a spec string. `ban` goes to logit targets (rejected text)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("neuron", "logit", "direction", "attention", "sae"):
+    name, sep, rest = spec.partition(":")
+    kind = KINDS.get(name) if sep else None
+    if kind is None:
         raise TargetError(f"cannot parse target {spec!r}: use {usage()}")
-    if kind == "sae":
-        from .sae import SAEFeature
-        path, sep, feature = rest.rpartition(":F")
-        if not sep or not path or not feature.isdigit():
-            raise TargetError(f"cannot parse target {spec!r}: use sae:SAE_FOLDER:F123")
-        return SAEFeature(path, int(feature))
-    if kind == "logit":
-        token = token_arg(rest)
-        if token == "":
-            raise TargetError(f"cannot parse target {spec!r}: name a token, e.g. logit:\" dog\"")
-        return Logit(token, ban=tuple(ban))
-    m = _PATTERNS[kind].match(rest)
-    if not m:
-        raise TargetError(f"cannot parse target {spec!r}: use {usage()}")
-    g = m.groupdict()
-    layer = int(g["layer"]) if g.get("layer") else g.get("hook")
-    if kind == "neuron":
-        return Neuron(layer, int(g["index"]))
-    if kind == "direction":
-        if g["path"] and not Path(g["path"]).is_file():
-            raise TargetError(f"{spec}: direction file {g['path']} does not exist")
-        return Direction(layer, g["path"], seed=int(g["seed"] or 0))
-    return Attention(int(g["layer"]), int(g["head"]), int(g["key"]))
+    target = kind.parse(rest, tuple(ban))
+    if target is None:
+        raise TargetError(f"cannot parse target {spec!r}: use {kind.usage}")
+    return target
 
 
 def as_target(target: Target | str | Callable, model: Model, ban: tuple[str, ...] = ()) -> Target:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from ..version import __version__
 from . import plots
 from ..evidence.attribution import attribute
 from ..evidence.baseline import random_baseline

@@ -13,22 +13,18 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import torch
 
-from .. import __version__
+from ..version import __version__
 from ..search.config import EPOConfig
 from ..search.epo import EPO, EPOState, Step
 from ..errors import ConfigError, RunDirError
 from ..search.frontier import best_at, pareto, summary
 from ..search.history import History
-from ..lm.model import Model, load_model
+from ..lm.model import Model, dtype_name, load_model
 from .rundir import RunDir
 from ..evidence.scan import data_starts, read_scan
-from ..scoring.packed import Scorer, auto_batch_size
-from ..lm.targets import Target, as_target
-from ..lm.vocab import Vocabulary
-
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+from ..scoring import make_scorer
+from ..lm.targets import Target
 
 
 @dataclass
@@ -58,41 +54,6 @@ class DreamResult:
     @property
     def iterations(self) -> int:
         return 0 if self.state is None else self.state.iteration
-
-
-def _prompt_length(model: Model, config: EPOConfig) -> int:
-    if config.init_prompt:
-        return len(model.tokenizer(config.init_prompt, add_special_tokens=False)["input_ids"])
-    return config.length
-
-
-def _fluency(model: Model, config: EPOConfig, loaded: dict | None) -> list | None:
-    """The fluency models of a config, (Model or None for the target model, weight); loads what is not given."""
-    if not config.fluency:
-        return None
-    loaded = dict(loaded or {})
-    out = []
-    for spec, weight in config.fluency:
-        if spec in ("self", model.spec):
-            out.append((None, weight))
-            continue
-        if spec not in loaded:
-            loaded[spec] = load_model(spec, dtype=DTYPE_NAMES.get(model.dtype), device=str(model.device))
-        out.append((loaded[spec], weight))
-    return out
-
-
-def _setup(model: Model, target, config: EPOConfig, fluency_models: dict | None = None) -> tuple[Target, Scorer]:
-    config.validate()
-    target = as_target(target, model, ban=config.ban_strings)
-    target.check_length(_prompt_length(model, config))
-    vocab = Vocabulary.for_model(
-        model, ascii_only=config.ascii_only,
-        banned_tokens=config.ban_tokens, banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
-        check_retokenization=config.check_retokenization)
-    length = _prompt_length(model, config)
-    return target, Scorer(model, target, vocab, batch_size=config.batch_size or auto_batch_size(model, length),
-                          template=config.template, fluency=_fluency(model, config, fluency_models))
 
 
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int) -> DreamResult:
@@ -137,12 +98,12 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     fluency_models: loaded models for the specs in `config.fluency` (others are loaded by spec).
     """
     config = config or EPOConfig()
-    config.validate()
     if checkpoint_every < 1:
         raise ConfigError("checkpoint_every must be at least 1")
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
-    target, scorer = _setup(model, target, config, fluency_models)
+    scorer = make_scorer(model, target, config, fluency_models=fluency_models)
+    target = scorer.target
     if starts is not None:
         windows = read_scan(starts)
         windows = windows[windows["target"] == target.spec]
@@ -152,7 +113,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     run_dir = None
     if out is not None:
         run_dir = RunDir(out)
-        run_dir.create({"reverie": __version__, "model": model.spec, "dtype": DTYPE_NAMES.get(model.dtype, str(model.dtype)),
+        run_dir.create({"reverie": __version__, "model": model.spec, "dtype": dtype_name(model.dtype),
                         "target": target.spec, "epo": config.to_dict()})
     epo = EPO(scorer, config)
     return _run(epo, model, target, run_dir, callback, checkpoint_every)
@@ -177,7 +138,8 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
         target = saved["target"]
     if model is None:
         model = load_model(saved["model"], dtype=saved.get("dtype"))
-    target, scorer = _setup(model, target, config, fluency_models)
+    scorer = make_scorer(model, target, config, fluency_models=fluency_models)
+    target = scorer.target
     history = History()
     if state is not None:
         history.extend(run_dir.history(upto=state.iteration))

@@ -1,0 +1,99 @@
+"""Scoring prompts: the one seam between the search and the model.
+
+A `Scorer` answers four questions about prompts (token ids) for one model, target and objective
+(docs/design.md#scorers):
+
+    score(ids)                                  -> (f, CE) per prompt
+    score_children(parents, children, parent, pos) -> (f, CE) per child; child j equals
+                                                   parents[parent[j]] before position pos[j]
+    gradient_parts(ids)                         -> (d f, d CE) with respect to the one-hot tokens,
+                                                   over the allowed tokens: [B, n, A] each
+    top_k(prompts, penalties, k)                -> per prompt, the k allowed tokens per position whose
+                                                   swap most increases L_λ = f − λ·CE: [n, k] ids
+
+`make_scorer` builds one: `PlainScorer` (plain.py) is the paper's algorithm written plainly, the spec;
+`PackedScorer` (packed.py) is the fast path, tested to take the same steps. Either is wrapped in
+`BackingOff` (batching.py), which halves the batch and retries when a pass runs out of memory.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from ..errors import ConfigError
+from ..lm.model import Model, dtype_name, load_model
+from ..lm.targets import Target, as_target
+from ..lm.vocab import Vocabulary
+from .batching import BackingOff, auto_batch_size
+from .objective import Objective, TargetCache
+from .packed import PackedScorer
+from .plain import PlainScorer
+
+SCORERS = {"packed": PackedScorer, "plain": PlainScorer}
+
+
+class Scorer(Protocol):
+    model: Model
+    target: Target
+    vocab: Vocabulary
+    batch_size: int
+
+    def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def score_children(self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor,
+                       pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def gradient_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int) -> list[torch.Tensor]: ...
+
+
+def make_scorer(model: Model, target: Target | str | Callable, config, *, scorer: str | None = None,
+                fluency_models: dict[str, Model] | None = None) -> Scorer:
+    """A Scorer for `target` on `model` under an `EPOConfig` (the fields read here: its vocabulary
+    options, template, fluency models, prompt length, batch size and scorer). `scorer` ("packed" or
+    "plain") overrides the config's; `fluency_models` are loaded models for the specs in
+    `config.fluency` (the others are loaded by spec)."""
+    name = scorer or config.scorer
+    if name not in SCORERS:
+        raise ConfigError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
+    target = as_target(target, model, ban=config.ban_strings)
+    length = prompt_length(model, config)
+    target.check_length(length)
+    vocab = Vocabulary.for_model(
+        model, ascii_only=config.ascii_only, banned_tokens=config.ban_tokens,
+        banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
+        check_retokenization=config.check_retokenization)
+    objective = Objective(model, target, vocab, template=config.template,
+                          fluency=fluency(model, config.fluency, fluency_models))
+    return BackingOff(SCORERS[name](objective, config.batch_size or auto_batch_size(model, length)))
+
+
+def prompt_length(model: Model, config) -> int:
+    """The length of the prompts a config dreams (its initial prompt's, if it has one)."""
+    if config.init_prompt:
+        return len(model.tokenizer(config.init_prompt, add_special_tokens=False)["input_ids"])
+    return config.length
+
+
+def fluency(model: Model, specs, loaded: dict[str, Model] | None) -> list[tuple[Model | None, float]] | None:
+    """The fluency models of (spec, weight) pairs: None for the target model ("self" or its spec), else
+    the model given in `loaded` or loaded by spec like the target model."""
+    if not specs:
+        return None
+    loaded = dict(loaded or {})
+    out = []
+    for spec, weight in specs:
+        if spec in ("self", model.spec):
+            out.append((None, weight))
+            continue
+        if spec not in loaded:
+            loaded[spec] = load_model(spec, dtype=dtype_name(model.dtype), device=str(model.device))
+        out.append((loaded[spec], weight))
+    return out
+
+
+__all__ = ["Scorer", "make_scorer", "PlainScorer", "PackedScorer", "BackingOff", "Objective", "TargetCache",
+           "auto_batch_size", "SCORERS"]

@@ -1,13 +1,17 @@
-"""`EPOConfig`: every option of one EPO run, with the paper's defaults, checked when it is made."""
+"""`EPOConfig`: every option of one EPO run, with the paper's defaults, checked whenever one is made."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+import numbers
+from dataclasses import Field, asdict, dataclass, fields
+from types import NoneType, UnionType
+from typing import get_args, get_origin, get_type_hints
 
 import torch
 
 from ..errors import ConfigError
+from ..scoring import SCORERS
 
 
 @dataclass
@@ -37,11 +41,12 @@ class EPOConfig:
     template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
     time_budget: float | None = None          # seconds; stop cleanly when spent
-    ban_tokens: tuple[str, ...] = ()          # tokens never proposed (text or id)
+    ban_tokens: tuple[str | int, ...] = ()    # tokens never proposed (text or id)
     ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
     ascii_only: bool = False
     check_retokenization: bool = True         # decode→encode must give back the same ids
     batch_size: int | None = None             # prompts per forward pass; None = from free memory
+    scorer: str = "packed"                    # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
 
     @classmethod
     def gcg(cls, penalty: float = 0.0, **kwargs) -> "EPOConfig":
@@ -56,7 +61,10 @@ class EPOConfig:
             return torch.tensor([self.penalty_min], dtype=torch.float32)
         return torch.logspace(math.log10(self.penalty_min), math.log10(self.penalty_max), self.population)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Check every option (also after `dataclasses.replace` and in `from_dict`): ConfigError if one is wrong."""
+        for f in fields(self):
+            setattr(self, f.name, _conform(f, getattr(self, f.name)))
         for name in ("population", "children", "top_k", "top_k_start", "length", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -68,6 +76,10 @@ class EPOConfig:
             raise ConfigError(f"need 0 < penalty_min <= penalty_max, got {self.penalty_min} and {self.penalty_max}")
         if self.penalties is not None and len(self.penalties) != self.population:
             raise ConfigError(f"{len(self.penalties)} penalties given for a population of {self.population}")
+        if self.penalties is not None and min(self.penalties) < 0:
+            raise ConfigError(f"penalties cannot be negative, got {self.penalties}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"time_budget must be a positive number of seconds (or None: no limit), got {self.time_budget}")
         if self.repetition_penalty < 0 or self.avoid_penalty < 0 or any(w < 0 for _, w in self.fluency) or (
                 self.fluency and not sum(w for _, w in self.fluency) > 0):
             raise ConfigError("repetition_penalty and fluency weights must be >= 0 (and some fluency weight > 0)")
@@ -86,6 +98,8 @@ class EPOConfig:
             raise ConfigError(f"every starting prompt must be {self.length} tokens (the prompt length)")
         if self.init_ids and self.init_prompt:
             raise ConfigError("give an initial prompt or starting prompts, not both")
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
         lo, hi = self.restart_penalty
         if not 0 <= lo <= hi:
             raise ConfigError(f"restart_penalty must be a range lo <= hi, got {self.restart_penalty}")
@@ -103,14 +117,49 @@ class EPOConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EPOConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        """The config of `to_dict` (lists from JSON become tuples on construction)."""
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown EPO options {sorted(unknown)}")
-        d = dict(d)
-        for key in ("penalties", "restart_penalty", "ban_tokens", "ban_strings", "avoid_ids"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        d["fluency"] = tuple((str(m), float(w)) for m, w in d.get("fluency") or ())
-        d["init_ids"] = tuple(tuple(int(t) for t in p) for p in d.get("init_ids") or ())
         return cls(**d)
+
+
+_HINTS = get_type_hints(EPOConfig)   # each field's declared type, resolved
+
+
+def _conform(field: Field, value):
+    """`value` as the type `field` declares, or a ConfigError naming the field and that type."""
+    try:
+        return _as_type(value, _HINTS[field.name])
+    except ValueError:
+        finite = " (floats finite)" if "float" in field.type else ""
+        raise ConfigError(f"{field.name} must be {field.type}{finite}, got {value!r}") from None
+
+
+def _as_type(value, hint):
+    """`value` as type `hint`: integers as int, real numbers as finite floats, lists as tuples, and a bare
+    string where a tuple of strings goes as one item (ban_strings="dog" bans "dog", not its letters).
+    Raises ValueError if `value` is not of that type."""
+    if isinstance(hint, UnionType):
+        for option in get_args(hint):
+            try:
+                return _as_type(value, option)
+            except ValueError:
+                pass
+        raise ValueError
+    if get_origin(hint) is tuple:
+        items = get_args(hint)
+        if items[-1] is Ellipsis:      # tuple[X, ...]
+            value = (value,) if isinstance(value, str) else value
+            items = (items[0],) * len(value) if isinstance(value, (list, tuple)) else ()
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise ValueError
+        return tuple(_as_type(v, t) for v, t in zip(value, items))
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is int and is_number and isinstance(value, numbers.Integral):
+        return int(value)
+    if hint is float and is_number and math.isfinite(value):
+        return float(value)
+    if hint in (bool, str, NoneType) and isinstance(value, hint):
+        return value
+    raise ValueError

@@ -29,7 +29,7 @@ from .config import EPOConfig
 from .edits import PAD, edit_children, lengths, trim, unpad
 from ..errors import ConfigError
 from .history import History
-from ..scoring.packed import Scorer
+from ..scoring import Scorer
 
 
 @dataclass
@@ -68,14 +68,11 @@ class EPO:
 
     def __init__(self, scorer: Scorer, config: EPOConfig, history: History | None = None,
                  state: EPOState | None = None):
-        config.validate()
         self.scorer, self.config = scorer, config
         self.vocab = scorer.vocab
         self.penalties = config.slot_penalties()
         self.history = history if history is not None else History()
         self.memo: dict[tuple[int, ...], tuple[float, float]] = {k: (f, ce) for k, f, ce in self.history.items()}
-        self._gradients: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}   # prompt -> (df, dCE)
-        self._topk_cache: dict[tuple, torch.Tensor] = {}
         self.generator = torch.Generator()
         self.stopped = "done"
         if state is None:
@@ -139,23 +136,6 @@ class EPO:
             return self.scorer.score(ids)
         return self.scorer.score_children(parents, ids, parent, pos)
 
-    def _top_k(self, population: torch.Tensor) -> list[torch.Tensor]:
-        """Top-k tokens per member and position ([n_m, k] each) under the slot's own λ. The gradient of
-        L_λ is df − λ·dCE: its two parts are taken once per distinct prompt, and kept while the prompt
-        stays in the population, whichever slots it fills (survivors keep their gradients)."""
-        prompts = [tuple(p.tolist()) for p in unpad(population)]
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._gradients]
-        for length in sorted({len(p) for p in missing}):                 # one batch per prompt length
-            group = [p for p in missing if len(p) == length]
-            self._gradients.update(zip(group, zip(*self.scorer.gradient_parts(torch.tensor(group)))))
-        self._gradients = {p: self._gradients[p] for p in prompts}
-        keys = [(p, float(lam)) for p, lam in zip(prompts, self.penalties)]
-        for p, lam in dict.fromkeys(k for k in keys if k not in self._topk_cache):
-            df, dce = self._gradients[p]
-            self._topk_cache[p, lam] = self.vocab.allowed[(df - lam * dce).topk(min(self.config.top_k, df.shape[-1])).indices]
-        self._topk_cache = {k: self._topk_cache[k] for k in keys}
-        return [self._topk_cache[k] for k in keys]
-
     def _penalty(self, ids: torch.Tensor) -> torch.Tensor:
         """What selection subtracts from f besides λ·CE: ρ · the fraction of tokens that repeat an earlier
         token, plus the avoid penalty · the fraction of tokens from earlier dreams (0 unless configured)."""
@@ -184,7 +164,7 @@ class EPO:
         phases = {}
 
         # 1. gradients: top-k loss-decreasing tokens per member and position, under the slot's own λ
-        top = self._top_k(s.population)                                  # M × [n, k]
+        top = self.scorer.top_k(unpad(s.population), self.penalties, c.top_k)   # M × [n, k]
         t1 = time.perf_counter(); phases["gradients"] = t1 - t0
 
         # 2. children: r per member, one position swapped for a token drawn from that position's top-k

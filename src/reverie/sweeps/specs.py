@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import ConfigError, TargetError
-from ..lm.targets import Custom, Target, parse_target
+from ..lm.targets import KINDS, Custom, Target, parse_target
 
 _RANGE = re.compile(r"(?<![^.])([LNH])(\*|\d+-\d+)(?![^.])")   # L0-5 / L* / N0-63 / H0-3 between dots
 
@@ -33,10 +33,11 @@ def _split(text: str) -> list[str]:
 
 
 def _expand_one(spec: str, n_layers: Callable[[], int]) -> list[str]:
-    kind, _, rest = spec.partition(":")
-    if kind not in ("neuron", "attention", "direction"):
+    name, _, rest = spec.partition(":")
+    kind = KINDS.get(name)
+    if kind is None or not kind.ranges:
         return [spec]
-    head, colon, tail = rest.partition(":") if kind == "direction" else (rest, "", "")
+    head, colon, tail = rest.partition(":")     # ranges stop at a further ':' (direction:L0-3:v.npy)
     matches = list(_RANGE.finditer(head))
     choices = []
     for m in matches:
@@ -56,7 +57,7 @@ def _expand_one(spec: str, n_layers: Callable[[], int]) -> list[str]:
         text, last = "", 0
         for m, piece in zip(matches, combo):
             text, last = text + head[last:m.start()] + piece, m.end()
-        specs.append(f"{kind}:{text}{head[last:]}{colon}{tail}")
+        specs.append(f"{name}:{text}{head[last:]}{colon}{tail}")
     return specs
 
 

@@ -26,10 +26,10 @@ from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
-from .. import __version__
+from ..version import __version__
 from ..search.config import EPOConfig
 from ..errors import ConfigError, ModelError, ReverieError, RunDirError
-from ..lm.model import BUNDLED, Model, bundled_path, load_model
+from ..lm.model import BUNDLED, Model, bundled_path, dtype_name, load_model
 from ..files import atomic_write, read_json
 from ..runs.rundir import CHECKPOINT, finished
 from .specs import Job, expand_targets, make_jobs, parse_seeds
@@ -235,7 +235,7 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
+def locked(out: Path) -> Iterator[None]:
     """Hold DIR/.lock for the sweep: a second sweep process on the same folder is refused with one line
     instead of running the same jobs twice. Released when the process ends, however it ends."""
     try:
@@ -261,23 +261,27 @@ def _lock(out: Path) -> Iterator[None]:
         yield
 
 
+def _options(config: EPOConfig) -> dict:
+    """The EPO options that make a sweep what it is (all but seed and batch size), as JSON holds them."""
+    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "batch_size")}))
+
+
 def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets: list, seeds: list[int],
            starts: str | None = None) -> dict:
-    """Check DIR/sweep.json agrees with this sweep (model, dtype, EPO options but seed and batch size),
-    then (re)write it with this call's targets and seeds."""
-    def options(c: EPOConfig) -> dict:
-        return json.loads(json.dumps({k: v for k, v in c.to_dict().items() if k not in ("seed", "batch_size")}))
-
-    identity = {"model": model, "dtype": dtype or "auto", "epo": options(config), "starts": starts}
+    """Check DIR/sweep.json agrees with this sweep (model, dtype, EPO options but seed and batch size,
+    starts), then (re)write it with this call's targets and seeds."""
+    identity = {"model": model, "dtype": dtype or "auto", "epo": _options(config), "starts": starts}
     old = read_json(out / "sweep.json")
     if old is not None:
-        old["epo"] = {**options(EPOConfig()), **old.get("epo", {})}   # options added since: their defaults
-        old.setdefault("starts", None)
+        try:   # read back as a config: options added since take their defaults, values compare as this sweep's do
+            old = {"starts": None, **old, "epo": _options(EPOConfig.from_dict(old.get("epo", {})))}
+        except ConfigError as e:
+            raise ConfigError(f"{out} holds a sweep whose EPO options cannot be read ({e}): use another --out") from None
         for key in ("model", "dtype", "epo", "starts"):
             if old.get(key) != identity[key]:
                 what = key if key != "epo" else "EPO options (" + ", ".join(
-                    f"{k}: {old[key].get(k)!r} here, {v!r} now" for k, v in identity[key].items()
-                    if old[key].get(k) != v) + ")"
+                    f"{k}: {old[key][k]!r} here, {v!r} now" for k, v in identity[key].items()
+                    if old[key][k] != v) + ")"
                 raise ConfigError(f"{out} holds a sweep with different {what}; use the same options to continue "
                                   "it, or another --out")
     elif out.exists() and any(p.name != LOCK for p in out.iterdir()):
@@ -292,7 +296,7 @@ def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets:
     return meta
 
 
-def _layer_count(model: str) -> int:
+def layer_count(model: str) -> int:
     """Layers of a model given by spec, from its config when possible (no weights loaded)."""
     try:
         from transformers import AutoConfig
@@ -323,7 +327,6 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
     top windows (see `dream`).
     """
     config = config or EPOConfig()
-    config.validate()
     if config.time_budget is not None:
         raise ConfigError("a sweep's runs have no time budget: give iterations (iters) instead")
     if executor not in ("local", "ray"):
@@ -337,15 +340,14 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
     loaded = model if isinstance(model, Model) else None
     spec = loaded.spec if loaded is not None else model
     if loaded is not None and dtype is None:
-        from ..runs.dream import DTYPE_NAMES
-        dtype = DTYPE_NAMES.get(loaded.dtype)
+        dtype = dtype_name(loaded.dtype)
 
     def n_layers() -> int:
         nonlocal loaded
         if loaded is None and executor == "local":
             progress(SweepEvent("loading", 0, 0, 0))
             loaded = load_model(spec, dtype=dtype, device=device)
-        return loaded.n_layers if loaded is not None else _layer_count(spec)
+        return loaded.n_layers if loaded is not None else layer_count(spec)
 
     targets = expand_targets(targets, n_layers)
     seeds = parse_seeds(seeds)
@@ -353,7 +355,7 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
         from ..evidence.scan import read_scan
         read_scan(starts)   # unreadable: fail now, not in every job
         starts = str(Path(starts).resolve())
-    with _lock(out):   # one sweep process per folder
+    with locked(out):   # one sweep process per folder
         meta = _claim(out, spec, dtype, config, targets, seeds, starts)
         jobs = make_jobs(targets, seeds)
         tracker = _Tracker(out, jobs, config, retries, progress, meta)

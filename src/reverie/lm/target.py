@@ -1,0 +1,34 @@
+"""The `Target` base class, shared by the target kinds in `targets.py` and the SAE features in `sae.py`."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ModelError, TargetError
+from .model import Model
+
+
+class Target:
+    """Base class: override `value`; set `hooks` to the hook points it reads."""
+
+    hooks: tuple[str, ...] = ()
+    banned_text: tuple[str, ...] = ()
+    reads_logits = True     # whether `value` may read "logits"; if not, scoring skips what only they need
+
+    def prepare(self, model: Model) -> None:
+        """Validate against the model (and build whatever depends on it) before any work starts."""
+        for name in self.hooks:
+            try:
+                model.check_hook(name)
+            except ModelError as e:
+                raise TargetError(f"{self.spec}: {e}") from None
+
+    def check_length(self, n: int) -> None:
+        """Validate against the prompt length."""
+
+    def value(self, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        return repr(self)
