@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import reverie
-from reverie import ConfigError, EPOConfig
-from reverie import make_scorer
+from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.search.edits import PAD, edit_children, pad, unpad
 from reverie.search.epo import EPO
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import reverie
-from reverie import EPOConfig
+from reverie import EPOConfig, make_scorer
 from reverie.search.epo import EPO, objective
-from reverie import make_scorer
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=5, seed=0)
 

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from conftest import build_tiny, gradient
 
 import reverie
-from reverie import ConfigError, EPOConfig
-from reverie import make_scorer
+from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.search.epo import EPO
 
 

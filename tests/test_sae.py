@@ -6,8 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reverie import EPOConfig, TargetError, dream, parse_target
-from reverie import make_scorer
+from reverie import EPOConfig, TargetError, dream, make_scorer, parse_target
 from reverie.lm.sae import SAEFeature, SAEWeights, train_sae
 from reverie.evidence.scan import ScanConfig, scan
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from reverie import ConfigError, EPOConfig, TargetError
-from reverie import make_scorer
+from reverie import ConfigError, EPOConfig, TargetError, make_scorer
 from reverie.evidence.scan import ScanConfig, bundled_corpus, documents, scan
+from reverie.lm.targets import usage
 
 TEXTS = [
     "The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
@@ -75,8 +75,9 @@ def test_sources_and_errors(tiny_llama, tmp_path):
         list(documents(str(tmp_path / "c.jsonl")))
     with pytest.raises(Exception, match="does not exist"):
         list(documents(str(tmp_path / "nope")))
-    with pytest.raises(TargetError, match="scans support"):
+    with pytest.raises(TargetError, match="reads a target at every position") as e:
         scan(tiny_llama, ["attention:L1.H0.K0"], TEXTS)
+    assert str(e.value).endswith(f"it takes {usage(scans=True)}") and "attention:L3" not in str(e.value)
     limited = scan(tiny_llama, ["neuron:L1.N5"], TEXTS * 20, ScanConfig(window=6, chunk=8, batch_size=1, max_tokens=40))
     assert limited["doc"].max() < 3
 

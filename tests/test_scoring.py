@@ -5,10 +5,9 @@ import torch
 import torch.nn.functional as F
 from conftest import build_tiny, gradient
 
-from reverie import EPOConfig
+from reverie import EPOConfig, make_scorer
 from reverie.fast import attention, unembed
 from reverie.fast.capabilities import FastPath
-from reverie import make_scorer
 from reverie.lm.model import Model
 
 
@@ -219,9 +218,10 @@ def test_a_model_whose_attention_ignores_the_packed_layout_scores_children_plain
     assert torch.equal(f, f0) and torch.equal(ce, ce0)
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatch):
-    scorer = make_scorer(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, batch_size=32))
-    target = scorer.target
+@pytest.mark.parametrize("kind", ["packed", "plain"])
+def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatch, kind):
+    """The back-off wraps either scorer: a pass that runs out of memory halves the batch and runs again."""
+    scorer = make_scorer(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, batch_size=32, scorer=kind))
     ids = scorer.vocab.random_prompts(20, 6, torch.Generator().manual_seed(3))
     expected = scorer.score(ids)
     forward = tiny_llama.hf.base_model.forward

@@ -4,12 +4,10 @@ cross-entropy covers every prompt token in context, and gradients still equal on
 import pytest
 import torch
 import torch.nn.functional as F
-
-import reverie
-from reverie import ConfigError, EPOConfig
 from conftest import gradient
 
-from reverie import make_scorer
+import reverie
+from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.scoring.objective import template_ids
 
 TEMPLATE = "Once upon a time {prompt} and then"

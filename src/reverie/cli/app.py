@@ -176,7 +176,7 @@ def frontier(
 
 @app.command()
 def scan(
-    target: List[str] = typer.Option(..., "--target", "-t", help=f"Target to scan for, any but attention: {TARGET_FORMS}; repeatable."),
+    target: List[str] = typer.Option(..., "--target", "-t", help=f"Target to scan for: {escape(usage(scans=True))}; repeatable."),
     corpus: str = typer.Option("bundled", "--corpus", "-c", help="Text file, folder, .jsonl, .parquet, hf:NAME, or 'bundled' (a Wikipedia shard)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for scan.parquet and scan.json."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),

@@ -29,7 +29,7 @@ from ..lm.model import Model, cache_dir
 from ..files import atomic_write
 from ..scoring import TargetCache, make_scorer
 from ..search.config import EPOConfig
-from ..lm.targets import Attention, Target, as_target
+from ..lm.targets import Attention, Target, as_target, usage
 from ..lm.vocab import Vocabulary
 
 BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -125,7 +125,7 @@ def documents(source: str, field: str = "text") -> Iterator[str]:
 def _per_position(target: Target) -> Target:
     """A copy of the target that reads every position instead of the last one."""
     if isinstance(target, Attention) or not hasattr(target, "position"):
-        raise TargetError(f"{target.spec}: scans support neuron, logit and direction targets")
+        raise TargetError(f"{target.spec}: a scan reads a target at every position; it takes {usage(scans=True)}")
     every = copy.copy(target)
     every.position = slice(None)
     return every

@@ -236,12 +236,13 @@ class Kind:
     `parse(rest, ban)` builds the Target from the text after `NAME:` (`ban`: rejected text, for logit
     targets), or returns None when that text is not of this kind's form; `usage` shows the form in help
     and error texts; `ranges` says whether sweeps expand L/N/H ranges (`L0-5`, `L*`, `N0-63`) in it,
-    up to any further ':'."""
+    up to any further ':'; `scans` whether `reverie scan` can read it at every corpus position."""
 
     name: str
     parse: Callable[[str, tuple[str, ...]], Target | None]
     usage: str
     ranges: bool = False
+    scans: bool = True
 
 
 # Every target kind, by name: what `parse_target`, `usage()` and sweep ranges know. A new kind is one entry.
@@ -249,14 +250,14 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("neuron", _neuron, "neuron:L9.N402 (or neuron:blocks.9.mlp.hook_post.N402)", ranges=True),
     Kind("logit", _logit, 'logit:" dog" (or a token id, logit:123)'),
     Kind("direction", _direction, "direction:L8[:seed=N|:path.npy]", ranges=True),
-    Kind("attention", _attention, "attention:L3.H2.K-2", ranges=True),
+    Kind("attention", _attention, "attention:L3.H2.K-2", ranges=True, scans=False),
     Kind("sae", _sae, "sae:SAE_FOLDER:F123"),
 )}
 
 
-def usage() -> str:
-    """The target spec forms, for error messages and help texts."""
-    return ", ".join(kind.usage for kind in KINDS.values())
+def usage(scans: bool = False) -> str:
+    """The target spec forms, for error messages and help texts (with `scans`, those a scan reads)."""
+    return ", ".join(kind.usage for kind in KINDS.values() if kind.scans or not scans)
 
 
 def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
