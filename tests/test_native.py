@@ -64,3 +64,18 @@ def test_kernel_refuses_a_layout_that_does_not_match_its_row(kernel):
     start[-1] += 5
     with pytest.raises(ValueError):
         native.packed_attention(q, k, v, *args[:4], start, *args[5:])
+
+
+def test_the_kernel_is_loaded_only_from_a_folder_only_this_user_can_change(kernel, tmp_path, monkeypatch):
+    """A cache folder others can write to is not trusted: the kernel is built into a private folder instead;
+    a library in the private cache that others could have replaced is built again."""
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path))
+    library = native.build()
+    assert library.parent == tmp_path / "native" and native.private(library.parent) and native.private(library)
+    library.chmod(0o666)                                      # a file anyone could have replaced
+    library.write_bytes(b"planted")
+    rebuilt = native.build()
+    assert rebuilt == library and native.private(rebuilt) and rebuilt.read_bytes() != b"planted"
+    (tmp_path / "native").chmod(0o777)                        # a folder anyone can write to
+    elsewhere = native.build()
+    assert elsewhere.parent != tmp_path / "native" and native.private(elsewhere.parent)

@@ -1,8 +1,10 @@
 """Reports: the random-prompt baseline, the paper's plots, and a self-contained report.html that renders in
 a real browser (headless Chromium via Playwright), escapes every dreamed text and runs no script."""
 
+import dataclasses
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 import reverie
 from reverie import EPOConfig, dream, random_baseline
 from reverie.search.frontier import versus_data
+from reverie.report.pages import environment
 from reverie.report.run import build_report, write_report
 from reverie.evidence.scan import ScanConfig, scan
 
@@ -51,6 +54,65 @@ def xss_run(tmp_path_factory, tiny_llama):
     history.at[best, "ids"] = tiny_llama.tokenizer(XSS, add_special_tokens=False)["input_ids"]
     history.to_parquet(out / "history.parquet", index=False)
     return out
+
+
+NONE = "none at this fluency yet"
+ODD = "line one\nline two\x07 $x^2$ \\n"
+
+
+def words(html: str) -> str:
+    """A page without its embedded images (whose base64 may spell anything)."""
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+
+
+@pytest.fixture(scope="module")
+def far_run(tmp_path_factory, run_dir):
+    """The small run, every prompt moved to cross-entropy > 20 and its best dream rewritten to text with a
+    newline, a control character, a `$`-pair and a literal backslash-n."""
+    out = tmp_path_factory.mktemp("runs") / "far"
+    shutil.copytree(run_dir, out)
+    history = pd.read_parquet(out / "history.parquet")
+    history["cross_entropy"] += 20
+    history.at[history["activation"].idxmax(), "text"] = ODD
+    history.to_parquet(out / "history.parquet", index=False)
+    return out
+
+
+def test_empty_fluency_buckets_say_so_not_nan(far_run, tiny_llama):
+    html = words(build_report(far_run, model=tiny_llama, points=2, k=4))
+    assert "nan" not in html.lower() and html.count(NONE) == 3        # <= 4, 5 and 6 are empty
+    index = environment().get_template("index.html.j2").render(
+        meta={"model": "m", "dtype": "fp32", "epo": {"iters": 1, "population": 1}, "seeds": [0]},
+        rows=[{"target": "t", "status": "done", "seeds_done": 1, "seeds": 1, "seeds_failed": 0, "seconds": 1.0,
+               "error": None, **{f"activation_{t}": math.nan for t in ("ce4", "any")},
+               "activation_any": 1.0, "cross_entropy_any": 22.0, "prompt_any": ODD}],
+        links={"t": []}, tags=[("ce4", "≤ 4"), ("any", "any")], counts={"done": 1}, generated="now",
+        isfinite=lambda v: isinstance(v, float) and math.isfinite(v))
+    assert NONE in index and "nan" not in index.lower()
+    assert "line one⏎line two\\x07 $x^2$ \\n" in index                # one line, every character visible
+
+
+def test_newlines_and_control_characters_are_visible(far_run):
+    html = build_report(far_run)
+    assert "line one⏎line two\\x07 $x^2$ \\n" in html and "line one\nline" not in html
+
+
+def test_template_context_is_shown_around_the_optimised_span(tmp_path, tiny_llama):
+    """The template's text, escaped, around the best dream; and around each attributed prompt's tokens,
+    under a colour scale for the heat-map."""
+    config = dataclasses.replace(CONFIG, iters=6, template="Once <b>upon</b> {prompt} and then")
+    dream(tiny_llama, "neuron:L1.N7", config, out=tmp_path / "t")
+    html = build_report(tmp_path / "t", model=tiny_llama, points=1, k=4, baseline_prompts=64)
+    best = reverie.load_run(tmp_path / "t").best()["text"]
+    assert "<b>" not in best and "<" not in best                     # (the assertion below reads it raw)
+    assert re.search(r'<p id="template">.*<span class="ctx">Once &lt;b&gt;upon&lt;/b&gt; </span>'
+                     r'<mark class="span">[^<]+</mark><span class="ctx"> and then</span>', html)
+    assert 'id="heat-scale"' in html and 'class="ctx t-before"' in html and 'class="ctx t-after"' in html
+    assert f'<mark class="span">{best}</mark>' in html                # shown with the best dream
+
+
+def test_no_template_no_context(run_dir):
+    assert 'id="template"' not in build_report(run_dir)
 
 
 def test_random_baseline_matches_a_direct_computation(tiny_llama):

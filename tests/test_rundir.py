@@ -91,3 +91,66 @@ def test_existing_run_is_not_overwritten(tiny_llama, tmp_path):
     with pytest.raises(reverie.RunDirError, match="already holds a run"):
         reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=1), out=out)
     assert (out / "history.parquet").read_bytes() == before
+
+
+def test_config_must_be_an_epoconfig(tiny_llama, tmp_path):
+    with pytest.raises(reverie.ConfigError, match=r"pass EPOConfig\(\*\*d\)"):
+        reverie.dream(tiny_llama, "neuron:L1.N7", dict(SMALL, iters=1), out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("config", [{}, {"model": "tiny", "target": "neuron:L1.N7"}, []])
+def test_incomplete_config_json_is_one_clear_error(tiny_llama, tmp_path, config):
+    out = tmp_path / "r"
+    reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=1), out=out)
+    (out / "config.json").write_text(json.dumps(config))
+    for call in (lambda: reverie.resume(out, model=tiny_llama), lambda: reverie.load_run(out)):
+        with pytest.raises(reverie.RunDirError, match="config.json is incomplete") as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
+def test_resume_checks_checkpoint_every_before_computing(tiny_llama, tmp_path):
+    out = tmp_path / "r"
+    reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=2), out=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(reverie.ConfigError, match="checkpoint_every"):
+        reverie.resume(out, model=tiny_llama, iters=4, checkpoint_every=0)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_resume_rewrites_config_only_once_the_run_started(tiny_llama, tmp_path):
+    out = tmp_path / "r"
+    reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=2), out=out)
+    stopped = reverie.resume(out, model=tiny_llama, iters=5, time_budget=1e-9)   # stops before an iteration
+    assert stopped.stopped == "time" and stopped.iterations == 2
+    assert json.loads((out / "config.json").read_text())["epo"]["iters"] == 2
+    done = reverie.resume(out, model=tiny_llama, iters=3)
+    assert done.iterations == 3 and json.loads((out / "config.json").read_text())["epo"]["iters"] == 3
+
+
+def test_disk_full_during_checkpoint_keeps_the_last_one(tiny_llama, tmp_path, monkeypatch):
+    import errno
+
+    from reverie.runs import rundir
+
+    out = tmp_path / "r"
+    reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=2), out=out)
+    before = (out / "checkpoint.safetensors").read_bytes()
+
+    def full(tensors, path, metadata=None):
+        with open(path, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rundir, "save_file", full)
+    with pytest.raises(reverie.RunDirError) as e:
+        reverie.resume(out, model=tiny_llama, iters=4, checkpoint_every=1)
+    message = str(e.value)
+    assert "\n" not in message and "No space left on device" in message
+    assert "checkpoint of iteration 3" in message and "last checkpoint (iteration 2)" in message
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]       # no temporary file, no lock left
+    monkeypatch.undo()
+    done = reverie.resume(out, model=tiny_llama, iters=4)
+    assert done.iterations == 4 and sorted(done.history.iteration.unique()) == list(range(5))

@@ -1,5 +1,6 @@
 """Dataset scans: the best windows really are the best, many targets cost one pass, sources and errors."""
 
+import dataclasses
 import json
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from reverie import ConfigError, EPOConfig, TargetError, make_scorer
+from reverie.errors import ReverieError
 from reverie.evidence.scan import ScanConfig, bundled_corpus, documents, scan
 from reverie.lm.targets import usage
 
@@ -80,6 +82,105 @@ def test_sources_and_errors(tiny_llama, tmp_path):
     assert str(e.value).endswith(f"it takes {usage(scans=True)}") and "attention:L3" not in str(e.value)
     limited = scan(tiny_llama, ["neuron:L1.N5"], TEXTS * 20, ScanConfig(window=6, chunk=8, batch_size=1, max_tokens=40))
     assert limited["doc"].max() < 3
+
+
+@pytest.mark.parametrize("options, field", [
+    (dict(chunk=0), "chunk"), (dict(chunk=1), "chunk"), (dict(batch_size=0), "batch_size"), (dict(window=1), "window"),
+    (dict(top=0), "top"), (dict(candidates=0), "candidates"), (dict(max_tokens=0), "max_tokens"),
+    (dict(chunk="8"), "chunk"), (dict(top=2.5), "top"), (dict(batch_size=True), "batch_size"), (dict(field=3), "field"),
+    (dict(field=""), "field"),
+])
+def test_config_is_checked_on_construction(options, field):
+    with pytest.raises(ConfigError, match=f"^{field} must"):
+        ScanConfig(**options)
+    with pytest.raises(ConfigError, match=f"^{field} must"):
+        dataclasses.replace(ScanConfig(), **options)
+
+
+def test_config_accepts_numpy_integers():
+    import numpy as np
+    config = ScanConfig(chunk=np.int64(16), max_tokens=None)
+    assert config.chunk == 16 and type(config.chunk) is int
+
+
+@pytest.mark.parametrize("option", ["--chunk", "--batch-size"])
+def test_cli_bad_option_is_one_line(monkeypatch, capsys, corpus_dir, tmp_path, option):
+    from reverie.cli.app import main
+    monkeypatch.setattr(sys, "argv", ["reverie", "scan", "--target", "neuron:L1.N5", "--corpus", str(corpus_dir),
+                                      "--out", str(tmp_path / "scan"), option, "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith(f"error: {option[2:].replace('-', '_')} must be at least")
+
+
+def bad_jsonl(path, lines):
+    path.write_bytes(b"\n".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([b'{"text": "fine"}', b'{"text": "caf\xe9"}'], "line 2 is not UTF-8"),
+    ([b'{"text": "fine"}', b'', b'{"text": "open'], "line 3 is not valid JSON"),
+    ([b'["text"]'], "line 1 is not a JSON object"),
+    ([b'{"text": null}'], "line 1: field 'text' is null, not a string"),
+    ([b'{"text": "fine"}', b'{"text": 7}'], "line 2: field 'text' is 7, not a string"),
+])
+def test_jsonl_errors_are_one_line(tmp_path, lines, message):
+    path = bad_jsonl(tmp_path / "c.jsonl", lines)
+    with pytest.raises(ReverieError, match=message) as e:
+        list(documents(str(path)))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_corrupt_and_binary_files_are_refused(tmp_path):
+    parquet = tmp_path / "c.parquet"
+    parquet.write_bytes(b"PAR1 this is not really parquet PAR1")
+    with pytest.raises(ReverieError, match="cannot read .*c.parquet as Parquet") as e:
+        list(documents(str(parquet)))
+    assert "\n" not in str(e.value)
+    pd.DataFrame({"text": ["fine", None]}).to_parquet(tmp_path / "nulls.parquet")
+    with pytest.raises(ReverieError, match="nulls.parquet row 2: column 'text' is null, not a string"):
+        list(documents(str(tmp_path / "nulls.parquet")))
+    pd.DataFrame({"text": [1, 2]}).to_parquet(tmp_path / "numbers.parquet")
+    with pytest.raises(ReverieError, match="numbers.parquet row 1: column 'text' is 1, not a string"):
+        list(documents(str(tmp_path / "numbers.parquet")))
+    (tmp_path / "model.bin").write_bytes(b"GGUF\x00\x00\x03\x00" + bytes(range(256)))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (tmp_path / "nul.txt").write_bytes(b"text\x00with a NUL")
+    for name in ("model.bin", "latin1.txt", "nul.txt"):
+        with pytest.raises(ReverieError, match=f"{name} is not a UTF-8 text file") as e:
+            list(documents(str(tmp_path / name)))
+        assert "\n" not in str(e.value)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("fine")
+    (folder / "b").write_bytes(b"\x00\x01")
+    with pytest.raises(ReverieError, match="b is not a UTF-8 text file"):
+        list(documents(str(folder)))
+
+
+def test_text_splits_at_blank_lines(tiny_llama, tmp_path):
+    (tmp_path / "one.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\r\n  \r\n\n{TEXTS[2]}\nstill the third\n\n")
+    assert list(documents(str(tmp_path / "one.txt"))) == [TEXTS[0], TEXTS[1], TEXTS[2] + "\nstill the third"]
+    folder = tmp_path / "folder"
+    (folder / ".git").mkdir(parents=True)
+    (folder / "a.md").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}")
+    (folder / "b.txt").write_text(TEXTS[2])
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")         # hidden files are skipped
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    assert list(documents(str(folder))) == TEXTS
+    result = scan(tiny_llama, ["neuron:L1.N5"], str(tmp_path / "one.txt"), ScanConfig(window=6, top=50, chunk=16))
+    assert set(result["doc"]) == {0, 1, 2}                               # windows never cross a blank line
+
+
+def test_bundled_corpus_needs_a_writable_cache(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(ReverieError, match="cannot write the bundled corpus to the cache folder .*REVERIE_CACHE"):
+        bundled_corpus()
 
 
 def test_cli_scan(monkeypatch, capsys, tiny_dir, corpus_dir, tmp_path):

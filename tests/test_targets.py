@@ -28,9 +28,9 @@ def test_parse(spec, expected):
 
 
 @pytest.mark.parametrize("spec, canonical", [
-    ("neuron:L9.N402", None), ("neuron:blocks.9.mlp.hook_post.N402", None), ('logit:" dog"', "logit:' dog'"),
+    ("neuron:L9.N402", None), ("neuron:blocks.9.mlp.hook_post.N402", "neuron:L9.N402"), ('logit:" dog"', "logit:' dog'"),
     ("logit:123", None), ("direction:L8", "direction:L8:seed=0"), ("direction:L8:seed=3", None),
-    ("direction:L8:{dir}/v.npy", None), ("direction:blocks.8.hook_resid_pre", "direction:blocks.8.hook_resid_pre:seed=0"),
+    ("direction:L8:{dir}/v.npy", None), ("direction:blocks.8.hook_resid_pre", "direction:L8:seed=0"),
     ("attention:L3.H2.K-2", None), ("sae:{dir}/sae:F123", None)])
 def test_spec_round_trips(spec, canonical, tmp_path):
     """Every spec form keeps its canonical spec string (run directories and sweeps are named by it)."""

@@ -5,7 +5,6 @@ Bad input ends with one line on stderr and exit code 2; nothing computed is lost
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -19,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .display import LiveDisplay, SweepDisplay, console, frontier_table
+from .display import LiveDisplay, SweepDisplay, console, frontier_table, shown
 from .options import epo_config, epo_options
 from ..errors import ReverieError
 from ..lm.targets import usage
@@ -27,7 +26,7 @@ from ..lm.targets import usage
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
 
-out_console = Console()
+out_console = Console(markup=False, highlight=False)   # what it prints holds model text: data, not markup
 
 TARGET_FORMS = escape(usage())   # the target spec forms, for help texts (square brackets are not markup)
 
@@ -63,6 +62,8 @@ def dream(
 
     if resume is None and target is None:
         raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
+    if diverse < 1:
+        raise ReverieError(f"--diverse takes the number of distinct dreams, K >= 1 (got {diverse})")
     if resume is not None and init_from is not None:
         raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
@@ -82,7 +83,7 @@ def dream(
         spec = parse_target(target, config.ban_strings).spec
         starts = windows if (windows["target"] == spec).any() else None
     if not quiet:
-        console.print(f"[dim]loading model {model_spec} …[/dim]", soft_wrap=True)
+        console.print(f"[dim]loading model {escape(model_spec)} …[/dim]", soft_wrap=True)
     loaded = load_model(model_spec, dtype=dtype, device=device)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
     try:
@@ -108,6 +109,8 @@ def dream(
                       f"run directory: {run_path}", soft_wrap=True)
     if result.stopped in ("interrupted", "time"):
         out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
+    if result.stopped == "interrupted":     # saved up to the last complete iteration; no report: the user asked to stop
+        raise typer.Exit(130)
     if diverse > 1:
         _write_faces(run_path, faces, report, dict(scan=windows, model=loaded, quiet=quiet))
     elif report:
@@ -117,15 +120,15 @@ def dream(
 def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
     for j, face in enumerate(faces):
         best = face.best()
-        if best is not None:
-            out_console.print(f"face {j}: {best.activation:.3f} (ce {best.cross_entropy:.2f}) {best.text!r}", soft_wrap=True)
+        found = "no prompt yet" if best is None else f"{best.activation:.3f} (ce {best.cross_entropy:.2f}) {shown(best.text)}"
+        out_console.print(f"face {j} ({face.run_dir}): {found}", soft_wrap=True)
         if report:
             _write_report(face.run_dir, **options)
     try:
         from ..report.faces import write_faces
         out_console.print(f"faces: {write_faces(run_path, faces)}", soft_wrap=True)
     except ReverieError as e:
-        console.print(f"no faces page: {e}", soft_wrap=True)
+        console.print(f"no faces page: {e}", soft_wrap=True, markup=False)
 
 
 def _read_scan(scan_dir: Optional[Path]):
@@ -143,7 +146,7 @@ def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
             console.print("[dim]writing the report (attribution, baseline, plots) …[/dim]")
         path = write_report(run_path, **kw)
     except ReverieError as e:
-        console.print(f"no report: {e}", soft_wrap=True)
+        console.print(f"no report: {e}", soft_wrap=True, markup=False)
     else:
         out_console.print(f"report: {path}", soft_wrap=True)
 
@@ -159,19 +162,22 @@ def frontier(
     from ..search.frontier import merge, pareto, summary
 
     results = [load_run(r) for r in runs]
+    if len({r.target for r in results}) > 1:
+        raise ReverieError("these runs dreamed different targets (" + ", ".join(sorted({r.target for r in results})) +
+                           "): a frontier merges runs of one target; give the runs of each target separately")
     history = merge([r.history for r in results], [str(r) for r in runs])
     front = pareto(history[history["cross_entropy"] <= max_ce])
     targets = sorted({r.target for r in results})
     if export is not None:
         _export(front, export)
-        console.print(f"wrote {len(front)} frontier prompts to {export}")
+        console.print(f"wrote {len(front)} frontier prompts to {export}", markup=False)
     out_console.print(frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
                                       f"frontier of {', '.join(targets)} over {len(runs)} run(s), {len(history)} prompts scored"))
     best = summary(history)
     for row in best.itertuples():
         if row.text is not None:
             out_console.print(f"best at cross-entropy <= {row.max_cross_entropy:g}: {row.activation:.3f} "
-                              f"(ce {row.cross_entropy:.2f}) {row.text!r}")
+                              f"(ce {row.cross_entropy:.2f}) {shown(row.text)}")
 
 
 @app.command()
@@ -191,9 +197,10 @@ def scan(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Find the corpus windows that most activate each target, in one pass over the corpus."""
+    from ..evidence.scan import ScanConfig, scan as run_scan
+    from ..files import write_json
     from ..lm.model import load_model
     from ..runs.rundir import RunDir
-    from ..evidence.scan import ScanConfig, scan as run_scan
 
     config = ScanConfig(window=window, top=top, candidates=candidates, chunk=chunk, batch_size=batch_size,
                         max_tokens=max_tokens, field=field)
@@ -214,14 +221,13 @@ def scan(
     try:
         out.mkdir(parents=True, exist_ok=True)
         result.assign(ids=[list(map(int, i)) for i in result["ids"]]).to_parquet(out / "scan.parquet", index=False)
-        (out / "scan.json").write_text(json.dumps({"model": model, "corpus": corpus, "targets": target,
-                                                   "tokens": tokens, "seconds": round(seconds, 1),
-                                                   "config": vars(config)}, indent=2))
+        write_json(out / "scan.json", {"model": model, "corpus": corpus, "targets": target, "tokens": tokens,
+                                       "seconds": round(seconds, 1), "config": vars(config)})
     except OSError as e:
         raise ReverieError(f"cannot write the scan to {out} ({e.strerror})") from None
     for spec, group in result.groupby("target", sort=False):
         best = group.iloc[0]
-        out_console.print(f"{spec}: best window {best.activation:.3f} (ce {best.cross_entropy:.2f}) {best.text!r}",
+        out_console.print(f"{spec}: best window {best.activation:.3f} (ce {best.cross_entropy:.2f}) {shown(best.text)}",
                           soft_wrap=True)
     out_console.print(f"scanned {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tok/s); "
                       f"wrote {out / 'scan.parquet'}", soft_wrap=True)
@@ -246,7 +252,7 @@ def attribute(
     for col in ("token", "drop by worst substitute", "drop by best alternative", "best alternative"):
         view.add_column(col, justify="left" if col in ("token", "best alternative") else "right")
     for r in table.itertuples():
-        view.add_row(repr(r.token), f"{r.drop_worst:.3f}", f"{r.drop_best:.3f}", repr(r.best_substitute))
+        view.add_row(shown(r.token), f"{r.drop_worst:.3f}", f"{r.drop_best:.3f}", shown(r.best_substitute))
     out_console.print(view)
     if export is not None:
         _export(table.drop(columns="substitutes"), export)
@@ -337,7 +343,7 @@ def sweep(
         table.add_column(col, overflow="fold", justify="right" if col.startswith("best") else "left")
     for r in index.sort_values("activation_any", ascending=False).head(20).itertuples():
         table.add_row(r.target, r.status, f"{r.activation_ce5:.3f}", f"{r.activation_any:.3f}",
-                      repr(r.prompt_any) if isinstance(r.prompt_any, str) else "")
+                      shown(r.prompt_any) if isinstance(r.prompt_any, str) else "")
     out_console.print(table)
     failed = int(index["seeds_failed"].sum())
     out_console.print(f"{int(index['seeds_done'].sum())} runs done, {failed} failed; index: {out / 'index.html'}",

@@ -9,19 +9,29 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
 
 
+def shown(text: str) -> str:
+    """Model text as the terminal shows it: quoted, newlines as ⏎, other control characters escaped
+    (a missing text, NaN in a frame, as –)."""
+    if not isinstance(text, str):
+        return "–"
+    return repr(text.replace("\r\n", "⏎").replace("\n", "⏎"))
+
+
 def frontier_table(rows, title: str, penalties=None) -> Table:
-    table = Table(title=title, title_justify="left", expand=False)
+    """Rows of (activation, cross-entropy, text). Model text and the title are data, never rich markup."""
+    table = Table(title=Text(title), title_justify="left", expand=False)
     if penalties is not None:
         table.add_column("λ", justify="right")
     table.add_column("cross-entropy", justify="right")
     table.add_column("activation", justify="right")
     table.add_column("text", overflow="fold")
     for i, (act, ce, text) in enumerate(rows):
-        cells = [f"{ce:.2f}" if math.isfinite(ce) else "–", f"{act:.3f}" if math.isfinite(act) else "rejected", repr(text)]
+        cells = [f"{ce:.2f}" if math.isfinite(ce) else "–", f"{act:.3f}" if math.isfinite(act) else "rejected", Text(shown(text))]
         if penalties is not None:
             cells.insert(0, f"{float(penalties[i]):.2f}")
         table.add_row(*cells)

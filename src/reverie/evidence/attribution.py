@@ -22,14 +22,17 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
               template: str | None = None) -> pd.DataFrame:
     """One row per prompt token: token, baseline, worst/best substitute activations and drops, substitutes.
     `template`: the fixed context the prompt was dreamed in (see `EPOConfig.template`)."""
-    if k < 1:
-        raise ConfigError("k must be at least 1")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a whole number of substitutes per token, at least 1, not {k!r}")
     target = as_target(target, model)
     ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
     if len(ids) < 2:
         raise ConfigError(f"the prompt is {len(ids)} token(s); attribution needs at least 2")
     scorer = make_scorer(model, target, EPOConfig(length=len(ids), check_retokenization=False, template=template))
     vocab = scorer.vocab
+    if k > len(vocab) - 1:
+        raise ConfigError(f"k={k} is more substitutes than there are ({len(vocab) - 1}, the allowed tokens but "
+                          "the prompt's own): use a smaller k, e.g. 32")
     base = torch.tensor([ids])
     f0, ce0 = scorer.score(base)
     top = scorer.top_k(list(base), torch.zeros(1), k + 1)[0]               # [n, k+1]

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..lm.model import Model
 from ..lm.targets import Target
 from ..scoring import make_scorer
@@ -38,6 +39,8 @@ def random_baseline(model: Model, target: Target | str, n: int = 512, length: in
                     template: str | None = None) -> Baseline:
     """Mean and standard deviation of `target` over `n` random prompts of `length` allowed tokens
     (inside `template` if given)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(f"a baseline needs n >= 2 random prompts for a standard deviation, not {n!r}: use e.g. n=512")
     scorer = make_scorer(model, target, EPOConfig(length=length, check_retokenization=False, template=template))
     prompts = scorer.vocab.random_prompts(n, length, torch.Generator().manual_seed(seed))
     f, _ = scorer.score(prompts)

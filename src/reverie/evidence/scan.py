@@ -5,9 +5,13 @@ the same forward pass; the top positions per target become candidates, and each 
 re-scored as an n-token window (inside its document) ending at that position — activation at the
 last token and the same cross-entropy EPO uses — so dreams and data sit on the same axes.
 
-Corpus sources: a text file or a folder of them (one document per file), JSONL (`field`), Parquet
-(column `field`), `hf:NAME` (a Hugging Face dataset, streamed; needs `datasets`), or `bundled` — the
-Wikipedia shard shipped in gensim's test data, extracted to clean prose once and cached.
+Corpus sources: a UTF-8 text file, split into documents at blank lines; a folder of them (every
+`.txt`, `.md` or suffix-less file, hidden ones skipped, each split the same way); JSONL (one JSON
+object per line, its string `field` one document); Parquet (column `field`, one document per row);
+`hf:NAME` (a Hugging Face dataset, streamed; needs `datasets`); or `bundled` — the Wikipedia shard
+shipped in gensim's test data, extracted to clean prose once and cached. A source that cannot be
+read as text (not UTF-8, NUL bytes, invalid JSON, a missing, null or non-string field, a corrupt
+Parquet file) is refused with one ReverieError line naming the file and, where there is one, the line.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import numbers
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +51,21 @@ class ScanConfig:
     max_tokens: int | None = None    # stop after this many corpus tokens
     field: str = "text"              # JSONL field / Parquet column
 
+    def __post_init__(self) -> None:
+        """Check every option (also after `dataclasses.replace`): a ConfigError naming the one that is wrong."""
+        least = {"window": 2, "top": 1, "candidates": 1, "chunk": 2, "batch_size": 1, "max_tokens": 1}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if name == "max_tokens" and value is None:
+                continue
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if value < low:
+                raise ConfigError(f"{name} must be at least {low}, got {value}")
+            setattr(self, name, int(value))
+        if not isinstance(self.field, str) or not self.field:
+            raise ConfigError(f"field must be the name of a JSONL field or Parquet column, got {self.field!r}")
+
 
 # ------------------------------------------------------------------------------------ corpora
 
@@ -56,6 +77,14 @@ def bundled_corpus() -> Path:
     spec = importlib.util.find_spec("gensim")
     if spec is None:
         raise ReverieError("the bundled corpus needs gensim: pip install gensim (or reverie[scan])")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(out.parent, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise ReverieError(f"cannot write the bundled corpus to the cache folder {out.parent}: "
+                           "set REVERIE_CACHE to a writable folder")
     source = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / BUNDLED_WIKI
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
     import bz2
@@ -68,7 +97,6 @@ def bundled_corpus() -> Path:
             prose = _clean(filter_wiki(text))
             if len(prose) > 200:
                 lines.append(json.dumps({"title": title, "text": prose}))
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return out
 
@@ -85,7 +113,7 @@ def _clean(text: str) -> str:
 
 
 def documents(source: str, field: str = "text") -> Iterator[str]:
-    """Documents of a corpus source, as strings."""
+    """Documents of a corpus source, as strings (see the module docstring); ReverieError if it cannot be read."""
     if source == "bundled":
         source = str(bundled_corpus())
     if source.startswith("hf:"):
@@ -100,24 +128,77 @@ def documents(source: str, field: str = "text") -> Iterator[str]:
     if not path.exists():
         raise ReverieError(f"corpus {source} does not exist: give a text file, a folder, .jsonl, .parquet, "
                            "hf:NAME or bundled")
-    if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md", "")):
-            yield file.read_text(errors="replace")
-    elif path.suffix == ".jsonl":
-        with path.open() as fh:
-            for i, line in enumerate(fh):
-                if line.strip():
-                    row = json.loads(line)
-                    if field not in row:
-                        raise ReverieError(f"{path} line {i + 1} has no field {field!r}: pass --field")
-                    yield row[field]
-    elif path.suffix == ".parquet":
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md", "")
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            for file in files:
+                yield from _text_documents(file)
+        elif path.suffix == ".jsonl":
+            yield from _jsonl(path, field)
+        elif path.suffix == ".parquet":
+            yield from _parquet(path, field)
+        else:
+            yield from _text_documents(path)
+    except OSError as e:
+        raise ReverieError(f"cannot read the corpus {e.filename or path} ({e.strerror or e}): "
+                           "check that it exists and is readable") from None
+
+
+def _text_documents(path: Path) -> list[str]:
+    """The documents of a UTF-8 text file: its paragraphs, separated by blank lines."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise ReverieError(f"{path} is not a UTF-8 text file (it has NUL bytes or invalid UTF-8): give text, "
+                           ".jsonl or .parquet, or re-save it as UTF-8")
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def _jsonl(path: Path, field: str) -> Iterator[str]:
+    """The string `field` of every JSON object line of `path`."""
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh):
+            where = f"{path} line {i + 1}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ReverieError(f"{where} is not UTF-8: re-save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ReverieError(f"{where} is not valid JSON ({e.msg} at column {e.colno}): each line must be "
+                                   f'one JSON object, e.g. {{"{field}": "..."}}') from None
+            if not isinstance(row, dict):
+                raise ReverieError(f'{where} is not a JSON object: each line must be one, e.g. {{"{field}": "..."}}')
+            if field not in row:
+                raise ReverieError(f"{where} has no field {field!r}: pass --field")
+            if not isinstance(row[field], str):
+                raise ReverieError(f"{where}: field {field!r} is {json.dumps(row[field])[:40]}, not a string: "
+                                   "give every line text there, or pass --field")
+            yield row[field]
+
+
+def _parquet(path: Path, field: str) -> Iterator[str]:
+    """The strings of column `field` of a Parquet file, one per row."""
+    try:
         frame = pd.read_parquet(path)
-        if field not in frame.columns:
-            raise ReverieError(f"{path} has no column {field!r} (columns: {list(frame.columns)}): pass --field")
-        yield from frame[field].astype(str)
-    else:
-        yield path.read_text(errors="replace")
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ReverieError(f"cannot read {path} as Parquet ({reason}): give a valid Parquet file") from None
+    if field not in frame.columns:
+        raise ReverieError(f"{path} has no column {field!r} (columns: {list(frame.columns)}): pass --field")
+    for i, value in enumerate(frame[field]):
+        if not isinstance(value, str):
+            shown = "null" if pd.api.types.is_scalar(value) and pd.isna(value) else repr(value)[:40]
+            raise ReverieError(f"{path} row {i + 1}: column {field!r} is {shown}, not a string: "
+                               "give every row text there, or pass --field")
+        yield value
 
 
 # ------------------------------------------------------------------------------------ scanning
@@ -148,8 +229,6 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
     Returns one row per (target, example): target, rank, activation, cross_entropy (of the window),
     in_context (the activation at that position in its chunk), doc, position, ids, text."""
     config = config or ScanConfig()
-    if config.window < 2:
-        raise ConfigError("window must be at least 2 tokens")
     targets = [as_target(t, model) for t in targets]
     readers = [_per_position(t) for t in targets]
     hooks = sorted({h for t in targets for h in t.hooks})
@@ -168,7 +247,7 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
             ids[i, :len(piece)] = torch.tensor(piece)
         with torch.inference_mode(), FastPath.of(model).run(), model.capture(hooks) as cache:
             hidden = model.trunk(ids.to(model.device))
-            cache = TargetCache(cache, hidden, model.head)                      # logits only if a target reads them
+            cache = TargetCache(cache, hidden, model.head, ", ".join(t.spec for t in targets))   # logits only if read
             values = [r.value(cache).float().cpu() for r in readers]              # each [rows, width]
         doc = torch.tensor([d for d, _, _ in batch])[:, None].expand(-1, width)
         pos = torch.tensor([o for _, o, _ in batch])[:, None] + torch.arange(width)[None]

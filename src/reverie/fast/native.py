@@ -39,7 +39,7 @@ def kernel():
 def built():
     """The kernel, built (once per machine) and loaded (once per process); None where it cannot be built."""
     try:
-        return _load(_build())
+        return _load(build())
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -59,21 +59,35 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc"))
 
 
-def _build() -> Path:
+def private(path: Path) -> bool:
+    """Whether only the current user can change `path`: owned by them, not writable by group or others."""
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def build() -> Path:
+    """The kernel's shared library for this source, flags, CPU and compiler: from the cache directory
+    where only the current user can change it (the folder and the file), else built anew. Where the
+    cache folder is not private, the library is built into a private temporary folder instead, so
+    that nobody else can plant code that this process then loads."""
     compiler_path = compiler()
     if compiler_path is None:
         raise OSError("no C compiler")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), platform.machine().encode(),
                                      _cpu().encode(), compiler_path.encode()])).hexdigest()[:16]
-    library = cache_dir() / "native" / f"packed_attention-{key}.so"
-    if library.exists():
+    folder = cache_dir() / "native"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not private(folder):
+        folder = Path(tempfile.mkdtemp(prefix="reverie-native-"))
+    library = folder / f"packed_attention-{key}.so"
+    if library.exists() and private(library):
         return library
-    library.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=library.parent)
     os.close(fd)
     try:
         subprocess.run([compiler_path, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        os.chmod(tmp, 0o755)
         os.replace(tmp, library)       # atomic: processes building at once each write their own file
     finally:
         if os.path.exists(tmp):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -181,6 +181,19 @@ class Model:
         if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
             self.hf.set_attn_implementation("eager")
 
+    @property
+    def context(self) -> int | None:
+        """The longest input (in tokens) the model's position embeddings cover, where its config says."""
+        cfg = self.text_config
+        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        return n if isinstance(n, int) and n > 0 else None
+
+    def check_length(self, n: int) -> None:
+        """Refuse inputs of `n` tokens (template included) longer than the model's context."""
+        if self.context is not None and n > self.context:
+            raise ConfigError(f"prompts of {n} tokens (template included) do not fit the context of {self.spec}, "
+                              f"{self.context} tokens: use a shorter length, initial prompt or template")
+
     def check_hook(self, name: str) -> tuple[int, str]:
         """Validate a hook name against this model; return (layer, point)."""
         m = HOOK_RE.match(name)
@@ -241,6 +254,23 @@ def _store_output(cache: dict, name: str, index: int):
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """A torch device from its name ("cpu", "cuda", "cuda:1", ...), refusing one this machine does not have."""
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} needs CUDA, which this machine (or this torch build) does not have: use cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device!r} does not exist: this machine has cuda:0-{torch.cuda.device_count() - 1}")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} is not available on this machine: use cpu")
+    return parsed
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -336,7 +366,9 @@ def load_model(spec: str | os.PathLike = BUNDLED, *, device: str | torch.device 
     """Load a frozen causal LM from a hub id, a local folder, a `.gguf` file, or "bundled"."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(device) if device is not None else default_device()
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ModelError(f"a model is a hub id, a local folder, a .gguf file or 'bundled', not {type(spec).__name__} {spec!r}")
+    device = parse_device(device)
     torch_dtype = parse_dtype(dtype, device)
     spec = os.fspath(spec)
     path = str(bundled_path()) if spec == BUNDLED else spec

@@ -26,9 +26,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..files import write_json
 from ..errors import ModelError, TargetError
 from .model import Model
-from .target import Target
+from .target import Target, absolute
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 
@@ -71,7 +72,12 @@ class SAEWeights:
             w = load_file(folder / WEIGHTS)
         except (OSError, ValueError, SafetensorError) as e:
             raise TargetError(f"cannot read the SAE in {path} ({e})") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("metadata", {}), dict):
+            raise TargetError(f"{folder / CFG} is not an SAE config: it must be a JSON object like "
+                              '{"hook_name": "blocks.8.hook_resid_pre", ...} (SAELens\'s layout)')
         hook = cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name")
+        if hook is not None and not isinstance(hook, str):
+            raise TargetError(f"the hook_name in {folder / CFG} must be a hook name like blocks.8.hook_resid_pre, not {hook!r}")
         missing = [k for k in ("W_enc", "b_enc") if k not in w] + ([] if hook else ["hook_name in cfg.json"])
         if missing:
             raise TargetError(f"the SAE in {path} has no {', '.join(missing)}")
@@ -101,10 +107,10 @@ class SAEWeights:
         if self.W_dec is not None:
             tensors["W_dec"] = self.W_dec
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, folder / WEIGHTS)
-        (folder / CFG).write_text(json.dumps({
+        write_json(folder / CFG, {
             "hook_name": self.hook_name, "d_in": self.d_in, "d_sae": self.d_sae,
             "architecture": "standard" if self.threshold is None else "jumprelu",
-            "apply_b_dec_to_input": self.apply_b_dec_to_input}, indent=2))
+            "apply_b_dec_to_input": self.apply_b_dec_to_input})
         return folder
 
 
@@ -124,7 +130,7 @@ class SAEFeature(Target):
 
     def __post_init__(self) -> None:
         if isinstance(self.sae, (str, Path)):
-            self.source = str(self.sae)
+            self.source = absolute(self.sae)
             self.weights = SAEWeights.load(self.sae)
         elif isinstance(self.sae, SAEWeights):
             self.weights = self.sae

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..errors import ModelError, TargetError
 from .model import Model
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A path inside a target spec (a direction file, an SAE folder), made absolute so that the spec means
+    the same from any directory (a run resumes and reports from anywhere)."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 class Target:

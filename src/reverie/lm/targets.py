@@ -8,10 +8,13 @@ Spec strings, one `Kind` each in `KINDS` (read by `parse_target`, `usage()` and 
 `neuron:L9.N402`, `neuron:blocks.9.mlp.hook_post.N402`, `logit:" dog"`,
 `direction:L8` (seeded random unit vector), `direction:L8:seed=3`, `direction:L8:path.npy`,
 `direction:blocks.8.hook_resid_pre`, `attention:L3.H2.K-2`, `sae:FOLDER:F123` (see `sae.py`).
+A target's `.spec` is canonical: the hook form of a layer's own hook point is written `L9`
+(`neuron:blocks.9.mlp.hook_post.N402` is `neuron:L9.N402`), and paths in it are absolute.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +26,19 @@ import torch
 from ..errors import ReverieError, TargetError
 from .model import Model
 from .sae import SAEFeature
-from .target import Target
-from .vocab import resolve_token
+from .target import Target, absolute
+from .vocab import as_items, resolve_token
 
 
 def _layer_hook(layer_or_hook: int | str, point: str) -> str:
     return f"blocks.{layer_or_hook}.{point}" if isinstance(layer_or_hook, int) else layer_or_hook
+
+
+def _canonical_layer(layer_or_hook: int | str, point: str) -> int | str:
+    """The layer number for the hook name of `point` at a layer (`blocks.9.mlp.hook_post` -> 9), so that
+    both forms of a target are one target with one spec; any other hook name as given."""
+    m = re.fullmatch(rf"blocks\.(\d+)\.{re.escape(point)}", layer_or_hook) if isinstance(layer_or_hook, str) else None
+    return int(m[1]) if m else layer_or_hook
 
 
 @dataclass
@@ -42,13 +52,18 @@ class Neuron(Target):
     position: int = -1
 
     def __post_init__(self) -> None:
+        self.layer = _canonical_layer(self.layer, "mlp.hook_post")
         self.hooks = (_layer_hook(self.layer, "mlp.hook_post"),)
 
     def prepare(self, model: Model) -> None:
         super().prepare(model)
-        width = model.adapter.d_mlp
+        layer, point = model.check_hook(self.hooks[0])
+        if point == "attn.hook_pattern":
+            raise TargetError(f"{self.spec}: attention probabilities are not a vector of neurons: "
+                              f"use attention:L{layer}.H<head>.K<key>")
+        width, what = (model.adapter.d_mlp, "the MLP") if point == "mlp.hook_post" else (model.adapter.d_model, point)
         if not 0 <= self.index < width:
-            raise TargetError(f"{self.spec}: neuron {self.index} does not exist: the MLP has neurons 0-{width - 1}")
+            raise TargetError(f"{self.spec}: neuron {self.index} does not exist: {what} has neurons 0-{width - 1}")
 
     def value(self, cache):
         return cache[self.hooks[0]][:, self.position, self.index].float()
@@ -69,7 +84,8 @@ class Logit(Target):
     token_id: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
-        self.banned_text = tuple(self.ban)
+        self.ban = as_items(self.ban)
+        self.banned_text = self.ban
 
     def prepare(self, model: Model) -> None:
         try:
@@ -104,7 +120,10 @@ class Direction(Target):
     v: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.layer = _canonical_layer(self.layer, "hook_resid_pre")
         self.hooks = (_layer_hook(self.layer, "hook_resid_pre"),)
+        if isinstance(self.vector, (str, os.PathLike)):
+            self.vector = absolute(self.vector)
 
     def prepare(self, model: Model) -> None:
         super().prepare(model)
@@ -121,6 +140,10 @@ class Direction(Target):
             v = torch.as_tensor(self.vector, dtype=torch.float32)
         if v.shape != (d,):
             raise TargetError(f"{self.spec}: the direction has shape {tuple(v.shape)} but the residual stream has {d} dimensions")
+        if not bool(torch.isfinite(v).all()):
+            raise TargetError(f"{self.spec}: the direction has NaN or infinite entries: give a vector of finite numbers")
+        if not bool(v.any()):
+            raise TargetError(f"{self.spec}: the direction is all zeros, so every prompt scores 0: give a non-zero vector")
         self.v = v.to(model.device)
 
     def value(self, cache):
@@ -175,8 +198,15 @@ class Custom(Target):
     hooks: tuple[str, ...] = ()
     name: str = "custom"
 
+    def __post_init__(self) -> None:
+        self.hooks = as_items(self.hooks)
+
     def value(self, cache):
-        return self.fn(cache).float()
+        out = self.fn(cache)
+        if not isinstance(out, torch.Tensor):
+            raise TargetError(f"{self.spec}: its function returned {type(out).__name__}: "
+                              "return a tensor with one value per prompt, shape [batch]")
+        return out.float()
 
     @property
     def spec(self) -> str:
@@ -266,7 +296,7 @@ def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
     kind = KINDS.get(name) if sep else None
     if kind is None:
         raise TargetError(f"cannot parse target {spec!r}: use {usage()}")
-    target = kind.parse(rest, tuple(ban))
+    target = kind.parse(rest, as_items(ban))
     if target is None:
         raise TargetError(f"cannot parse target {spec!r}: use {kind.usage}")
     return target
@@ -275,7 +305,7 @@ def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
 def as_target(target: Target | str | Callable, model: Model, ban: tuple[str, ...] = ()) -> Target:
     """Accept a Target, a spec string or a callable; validate it against the model."""
     if isinstance(target, str):
-        target = parse_target(target, ban)
+        target = parse_target(target, as_items(ban))
     elif not isinstance(target, Target):
         if not callable(target):
             raise TargetError(f"a target must be a spec string, a Target or a callable, not {type(target).__name__}")

@@ -37,7 +37,7 @@ class Vocabulary:
         texts = token_texts(tokenizer, n)
         special = set(getattr(tokenizer, "all_special_ids", []))
         special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
-        banned = {resolve_token(tokenizer, t) for t in banned_tokens}
+        banned = {resolve_token(tokenizer, t) for t in as_items(banned_tokens)}
         keep = []
         for i, t in enumerate(texts):
             if i in special or i in banned or not t or "\ufffd" in t:
@@ -47,7 +47,7 @@ class Vocabulary:
             keep.append(i)
         if not keep:
             raise ConfigError("no token of the vocabulary is allowed: loosen --ascii-only or the banned tokens")
-        return cls(tokenizer, torch.tensor(keep), tuple(banned_strings), check_retokenization, frozenset(keep))
+        return cls(tokenizer, torch.tensor(keep), as_items(banned_strings), check_retokenization, frozenset(keep))
 
     @classmethod
     def for_model(cls, model, **options) -> "Vocabulary":
@@ -103,8 +103,16 @@ def _rows(ids) -> list[list[int]]:
     return [[t for t in r if t >= 0] for r in rows]
 
 
+def as_items(value) -> tuple:
+    """A tuple of items; a bare string (or id) where a sequence is expected is one item (ban=" dog" bans
+    " dog", not its letters)."""
+    return (value,) if isinstance(value, (str, int)) else tuple(value)
+
+
 def resolve_token(tokenizer, token: str | int) -> int:
     """A token given as an id (int) or as text that encodes to exactly one token."""
+    if isinstance(token, bool) or not isinstance(token, (str, int)):
+        raise ConfigError(f"a token is text (' dog') or a token id (123), not {type(token).__name__} {token!r}")
     if isinstance(token, int):
         i = token
         if not 0 <= i < len(tokenizer):

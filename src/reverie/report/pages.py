@@ -1,11 +1,13 @@
 """The Jinja environment every HTML page (report, faces, sweep index) renders with: the package's
-templates, autoescaping on (dreamed text may contain markup), and the number and prompt filters."""
+templates, autoescaping on (dreamed text may contain markup), and the number and prompt filters
+(`shown`: newlines as ⏎ and control characters escaped, see `text.visible`)."""
 
 from __future__ import annotations
 
 import math
 
 from ..errors import ReverieError
+from .text import visible
 
 
 def environment():
@@ -16,5 +18,5 @@ def environment():
     env = jinja2.Environment(loader=jinja2.PackageLoader("reverie.report", "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda x, d=3: "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.{d}f}"
-    env.filters["shown"] = lambda text: repr(str(text))[1:-1]
+    env.filters["shown"] = visible
     return env

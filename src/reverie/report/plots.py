@@ -8,22 +8,42 @@ renders one to bytes. Figures are built without pyplot, so nothing touches globa
 from __future__ import annotations
 
 import base64
+import functools
 import io
-import warnings
+import unicodedata
 
 import numpy as np
 import pandas as pd
+from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 
 from ..search.frontier import pareto
+from .text import escape, visible
 
 DREAM, DATA, CLOUD = "#1f5fbf", "#e07b00", "#b8b8b8"
+RIGHT_TO_LEFT = ("R", "AL")                  # scripts matplotlib cannot lay out (no shaping, no bidi): escaped
+FAMILIES = ("monospace", "sans-serif")       # labels are monospace, titles and legends the default sans-serif
 
 
-def label(text: str, width: int = 48) -> str:
-    """Prompt text as a one-line plot label: newlines shown as \\n, long text cut, `$` not read as maths."""
-    text = repr(str(text))[1:-1]
-    if len(text) > width:
+@functools.cache
+def drawable() -> frozenset[int]:
+    """The code points every font the figures use has a glyph for."""
+    maps = [set(FT2Font(font_manager.findfont(font_manager.FontProperties(family=[f]))).get_charmap())
+            for f in FAMILIES]
+    return frozenset(set.intersection(*maps))
+
+
+def label(text, width: int | None = 48) -> str:
+    """Model text (or a target spec) as a one-line figure text: newlines as ⏎ and control characters
+    escaped (`text.visible`), characters the plot fonts cannot draw (or matplotlib cannot lay out:
+    Arabic, Hebrew) as escapes (\\u4e2d) instead of empty boxes, cut to `width` characters, and every `$` literal rather than the start of mathtext.
+    Every text a figure shows goes through here."""
+    glyphs = drawable()
+    text = "".join(c if ord(c) in glyphs and unicodedata.bidirectional(c) not in RIGHT_TO_LEFT else escape(c)
+                   for c in visible(text))
+    if width is not None and len(text) > width:
         text = text[: width - 1] + "…"
     return text.replace("$", r"\$")
 
@@ -33,17 +53,54 @@ def _axes(title: str, size=(8.0, 5.0)):
     ax = fig.add_subplot()
     ax.set_xlabel("cross-entropy (lower is more fluent)")
     ax.set_ylabel("activation")
-    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_title(label(title, width=None), fontsize=10, loc="left")
     ax.grid(alpha=0.3)
     return fig, ax
+
+
+def _annotate(ax, notes: list[tuple[str, float, float, str]], pad: float = 1.0) -> None:
+    """Label points with text, (text, x, y, colour) each. A label that would run past the axes' right
+    edge goes left of its point; labels that overlap are pushed down (then up, where that would leave
+    the axes) until none overlaps another, and a label moved off its point gets a thin line back to it."""
+    fig = ax.figure
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)                       # settle the layout so the labels' extents are final
+    frame = ax.get_window_extent(renderer)
+    gap = 6 * fig.dpi / 72                   # the labels' offset from their point, in pixels
+    kw = dict(textcoords="offset points", fontsize=7, family="monospace")
+    start, left = [], []
+    for t, x, y, c in notes:
+        note = ax.annotate(label(t), (x, y), xytext=(6, -3), color=c, **kw)
+        box = note.get_window_extent(renderer)
+        note.remove()
+        left.append(box.x1 > frame.x1)
+        start.append(box.translated(-(box.width + 2 * gap), 0) if left[-1] else box)
+    boxes = list(start)
+    placed = []
+    for i in sorted(range(len(boxes)), key=lambda i: -boxes[i].y1):     # top label first, the rest pushed down
+        while hit := next((b for b in placed if boxes[i].overlaps(b)), None):
+            boxes[i] = boxes[i].translated(0, hit.y0 - boxes[i].y1 - pad)
+        placed.append(boxes[i])
+    done = []
+    for i in sorted(range(len(boxes)), key=lambda i: boxes[i].y0):      # bottom label first, lifted into the axes
+        floor = max([frame.y0] + [b.y1 + pad for b in done if b.x0 < boxes[i].x1 and boxes[i].x0 < b.x1])
+        if boxes[i].y0 < floor:
+            boxes[i] = boxes[i].translated(0, floor - boxes[i].y0)
+        done.append(boxes[i])
+    for (t, x, y, c), side, box, box0 in zip(notes, left, boxes, start):
+        dy = (box.y0 - box0.y0) * 72 / fig.dpi
+        line = dict(arrowstyle="-", color="#999", lw=0.5, shrinkA=0, shrinkB=2) if abs(dy) > 0.5 else None
+        ax.annotate(label(t), (x, y), xytext=(-6 if side else 6, -3 + dy), ha="right" if side else "left",
+                    color=c, arrowprops=line, **kw)
 
 
 def _step(ax, front: pd.DataFrame, **kw) -> None:
     ax.step(front["cross_entropy"], front["activation"], where="post", **kw)
 
 
-def frontier_plot(history: pd.DataFrame, title: str = "", annotate: int = 6) -> Figure:
-    """Every scored prompt (grey) and the Pareto frontier, with the text of up to `annotate` points."""
+def frontier_plot(history: pd.DataFrame, title: str = "", annotate: int = 6, ylim=None) -> Figure:
+    """Every scored prompt (grey) and the Pareto frontier, with the text of up to `annotate` points;
+    `ylim` (low, high) fixes the activation axis, e.g. to compare several runs."""
     fig, ax = _axes(title or "Pareto frontier")
     finite = history[np.isfinite(history["activation"]) & np.isfinite(history["cross_entropy"])]
     cloud = finite.sample(min(len(finite), 20_000), random_state=0) if len(finite) else finite
@@ -51,13 +108,13 @@ def frontier_plot(history: pd.DataFrame, title: str = "", annotate: int = 6) -> 
     front = pareto(history)
     _step(ax, front, color=DREAM, lw=1.5)
     ax.scatter(front["cross_entropy"], front["activation"], s=18, c=DREAM, zorder=3, label="frontier")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(loc="lower right", fontsize=8)
     if len(front):
         picks = np.unique(np.linspace(0, len(front) - 1, min(annotate, len(front))).round().astype(int))
-        for i in picks:
-            row = front.iloc[i]
-            ax.annotate(label(row["text"]), (row["cross_entropy"], row["activation"]), xytext=(6, -3),
-                        textcoords="offset points", fontsize=7, color="#222", family="monospace")
-    ax.legend(loc="lower right", fontsize=8)
+        _annotate(ax, [(front["text"].iloc[i], front["cross_entropy"].iloc[i], front["activation"].iloc[i], "#222")
+                       for i in picks])
     return fig
 
 
@@ -69,11 +126,10 @@ def dreams_vs_data(history: pd.DataFrame, windows: pd.DataFrame, title: str = ""
     ax.scatter(front["cross_entropy"], front["activation"], s=18, c=DREAM, zorder=3, label="dreams (frontier)")
     ax.scatter(windows["cross_entropy"], windows["activation"], s=26, marker="D", c=DATA, zorder=4,
                label="dataset windows")
+    ax.legend(loc="lower right", fontsize=8)
     if len(windows):
         best = windows.loc[windows["activation"].idxmax()]
-        ax.annotate(label(best["text"]), (best["cross_entropy"], best["activation"]), xytext=(6, 4),
-                    textcoords="offset points", fontsize=7, color=DATA, family="monospace")
-    ax.legend(loc="lower right", fontsize=8)
+        _annotate(ax, [(best["text"], best["cross_entropy"], best["activation"], DATA)])
     return fig
 
 
@@ -92,11 +148,9 @@ def frontier_over_iterations(history: pd.DataFrame, steps: int = 6, title: str =
 
 
 def png(fig: Figure, dpi: int = 110) -> bytes:
-    """Render a figure to PNG bytes (glyphs missing from the font are drawn as boxes, without warnings)."""
+    """Render a figure to PNG bytes."""
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 

@@ -21,9 +21,10 @@ from ..evidence.attribution import attribute
 from ..evidence.baseline import random_baseline
 from ..runs.dream import DreamResult, load_run
 from ..errors import ReverieError, RunDirError
-from ..search.frontier import THRESHOLDS, best_at, pareto, summary, versus_data
+from ..search.frontier import THRESHOLDS, best_at, pareto, versus_data
 from ..lm.model import Model
 from .pages import environment
+from .text import visible
 from ..files import atomic_write
 from ..evidence.scan import read_scan
 from ..lm.targets import Direction, as_target
@@ -42,6 +43,20 @@ def _points(history: pd.DataFrame, n: int) -> list[pd.Series]:
     return picks[-n:] if n > 0 else []
 
 
+def best_table(history: pd.DataFrame, z=lambda activation: None) -> list[dict]:
+    """The best prompt at cross-entropy <= 4, 5, 6 and unconstrained, one row each (`z` turns an activation
+    into a z-score, or None); a row with no prompt that fluent has activation, cross_entropy and text None."""
+    rows = []
+    for limit in THRESHOLDS:
+        row = best_at(history, limit)
+        rows.append({"limit": "any" if math.isinf(limit) else f"≤ {limit:g}",
+                     "activation": None if row is None else float(row["activation"]),
+                     "z": None if row is None else z(float(row["activation"])),
+                     "cross_entropy": None if row is None else float(row["cross_entropy"]),
+                     "text": None if row is None else row["text"]})
+    return rows
+
+
 def _heatmap(table: pd.DataFrame) -> list[dict]:
     """Per token: text, colour (drop under the worst substitute) and bar (drop under the best alternative),
     both relative to the prompt's activation, and the hover details."""
@@ -49,14 +64,14 @@ def _heatmap(table: pd.DataFrame) -> list[dict]:
     scale = abs(base) if abs(base) > 1e-6 else 1.0
     tokens = []
     for r in table.itertuples():
-        subs = ", ".join(f"{plots.label(t, 16)} {a:.2f}" for t, a in r.substitutes[:8])
+        subs = ", ".join(f"{visible(t)} {a:.2f}" for t, a in r.substitutes[:8])
         tokens.append({
-            "text": str(r.token).replace("\n", "↵"),
+            "text": visible(r.token),
             "heat": float(np.clip(r.drop_worst / scale, 0, 1)),
             "bar": float(np.clip(r.drop_best / scale, 0, 1)),
-            "tip": (f"token {r.token!r} (id {r.token_id})\n"
-                    f"worst substitute {r.worst_substitute!r}: {r.worst_activation:.3f} (drop {r.drop_worst:.3f})\n"
-                    f"best alternative {r.best_substitute!r}: {r.best_activation:.3f} (drop {r.drop_best:.3f})\n"
+            "tip": (f"token '{visible(r.token)}' (id {r.token_id})\n"
+                    f"worst substitute '{visible(r.worst_substitute)}': {r.worst_activation:.3f} (drop {r.drop_worst:.3f})\n"
+                    f"best alternative '{visible(r.best_substitute)}': {r.best_activation:.3f} (drop {r.drop_best:.3f})\n"
                     f"top substitutes: {subs}"),
         })
     return tokens
@@ -110,13 +125,12 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
 
     frontier_rows = [{"iteration": int(r.iteration), "activation": r.activation, "z": z(r.activation),
                       "cross_entropy": r.cross_entropy, "text": r.text} for r in front.itertuples()]
-    best_rows = [{"max_ce": "any" if math.isinf(r.max_cross_entropy) else f"≤ {r.max_cross_entropy:g}",
-                  "activation": r.activation, "z": None if r.text is None else z(r.activation),
-                  "cross_entropy": r.cross_entropy, "text": r.text} for r in summary(history).itertuples()]
+    template = run.config.template
+    context = None if template is None else dict(zip(("before", "after"), template.split("{prompt}")))
     config = {"model": run.model, "target": run.target, "iterations": run.iterations, "stopped": run.stopped,
               "prompts scored": len(history), **{f"epo.{k}": v for k, v in run.config.to_dict().items()}}
     return environment().get_template("report.html.j2").render(
-        title=title, run=run, config=config, best=best_rows, frontier=frontier_rows, figures=figures,
+        title=title, run=run, config=config, best=best_table(history, z), context=context, frontier=frontier_rows, figures=figures,
         attributions=attributions, k=k, baseline=baseline, zscores=zscores, notes=notes,
         windows=None if windows is None else windows.head(20).to_dict("records"),
         versus=None if windows is None else versus_data(history, windows),

@@ -21,7 +21,7 @@ from ..errors import ConfigError, RunDirError
 from ..search.frontier import best_at, pareto, summary
 from ..search.history import History
 from ..lm.model import Model, dtype_name, load_model
-from .rundir import RunDir
+from .rundir import CONFIG, FRONTIER, RunDir
 from ..evidence.scan import data_starts, read_scan
 from ..scoring import make_scorer
 from ..lm.targets import Target
@@ -56,15 +56,32 @@ class DreamResult:
         return 0 if self.state is None else self.state.iteration
 
 
-def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int) -> DreamResult:
+def _check_every(checkpoint_every) -> None:
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be a whole number of at least 1, not {checkpoint_every!r}")
+
+
+def _finite(value):
+    """A number JSON can hold: NaN (no prompt) and ±inf (no limit) become None."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int,
+         config_update: dict | None = None) -> DreamResult:
+    """Run `epo` to its end, checkpointing into `run_dir`; `config_update` (a resume's new config.json) is
+    written after the first new iteration, so a resume that never starts changes nothing."""
     decode = epo.vocab.decode
     start = time.perf_counter()
     if run_dir is not None and run_dir.checkpointed < epo.state.iteration:
         run_dir.checkpoint(epo.state, epo.history, decode)
 
     def on_step(step: Step):
+        nonlocal config_update
         if run_dir is not None and (step.iteration % checkpoint_every == 0 or step.iteration == epo.config.iters):
             run_dir.checkpoint(step.state, step.history, decode)
+        if config_update is not None:
+            run_dir.write_json(CONFIG, config_update)
+            config_update = None
         return callback(step) if callback is not None else None
 
     stopped = epo.run(on_step)
@@ -78,7 +95,8 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
         run_dir.finish(history, {
             "model": model.spec, "target": target.spec, "stopped": stopped,
             "iterations": epo.state.iteration, "seconds": round(seconds, 2),
-            "best": result.summary().replace({math.inf: "inf"}).to_dict("records")})
+            "best": [{k: _finite(v) for k, v in row.items()}   # max_cross_entropy None: no limit
+                     for row in result.summary().to_dict("records")]})
     return result
 
 
@@ -97,9 +115,11 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
         begin at the windows that suit their λ best, the other half at random prompts.
     fluency_models: loaded models for the specs in `config.fluency` (others are loaded by spec).
     """
-    config = config or EPOConfig()
-    if checkpoint_every < 1:
-        raise ConfigError("checkpoint_every must be at least 1")
+    config = EPOConfig() if config is None else config
+    if not isinstance(config, EPOConfig):
+        raise ConfigError(f"config must be an EPOConfig, not a {type(config).__name__}: pass EPOConfig(**d) "
+                          "for a dict of options")
+    _check_every(checkpoint_every)
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
     scorer = make_scorer(model, target, config, fluency_models=fluency_models)
@@ -110,13 +130,13 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
         if windows.empty:
             raise ConfigError(f"the scan has no windows for {target.spec}: scan it with --target '{target.spec}'")
         config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
-    run_dir = None
-    if out is not None:
-        run_dir = RunDir(out)
+    if out is None:
+        return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every)
+    run_dir = RunDir(out)
+    with run_dir.writing():
         run_dir.create({"reverie": __version__, "model": model.spec, "dtype": dtype_name(model.dtype),
                         "target": target.spec, "epo": config.to_dict()})
-    epo = EPO(scorer, config)
-    return _run(epo, model, target, run_dir, callback, checkpoint_every)
+        return _run(EPO(scorer, config), model, target, run_dir, callback, checkpoint_every)
 
 
 def resume(out: str | Path, *, model: Model | None = None, target: Target | Callable | None = None,
@@ -125,28 +145,39 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
            fluency_models: dict[str, Model] | None = None) -> DreamResult:
     """Continue the run in `out` from its last checkpoint (after Ctrl-C, a crash or kill -9).
 
-    `iters` may raise the iteration count of a finished run to extend it."""
+    `iters` may raise the iteration count of a finished run to extend it. One process at a time: a
+    second resume of the same directory is refused (RunDirError) while the first runs."""
+    _check_every(checkpoint_every)
     run_dir = RunDir(out)
-    saved = run_dir.config()
-    state = run_dir.state()  # an unreadable checkpoint fails here, before the model loads
-    config = EPOConfig.from_dict(saved["epo"])
-    config = replace(config, iters=config.iters if iters is None else iters, time_budget=time_budget)
-    if target is None:
-        if saved["target"].startswith("custom:") or saved["target"].endswith("<array>"):
-            raise RunDirError(f"{out} dreamed a Python-only target ({saved['target']}): resume it from Python "
-                              "with reverie.resume(dir, target=...)")
-        target = saved["target"]
-    if model is None:
-        model = load_model(saved["model"], dtype=saved.get("dtype"))
-    scorer = make_scorer(model, target, config, fluency_models=fluency_models)
-    target = scorer.target
-    history = History()
-    if state is not None:
-        history.extend(run_dir.history(upto=state.iteration))
-    if config.iters != EPOConfig.from_dict(saved["epo"]).iters:
-        run_dir.write_json("config.json", {**saved, "epo": config.to_dict()})
-    epo = EPO(scorer, config, history, state)
-    return _run(epo, model, target, run_dir, callback, checkpoint_every)
+    run_dir.config()   # not a run directory: fail before locking (creating) anything in it
+    with run_dir.writing():
+        saved = run_dir.config()
+        state = run_dir.state()  # an unreadable checkpoint fails here, before the model loads
+        original = _saved_config(run_dir, saved)
+        config = replace(original, iters=original.iters if iters is None else iters, time_budget=time_budget)
+        if target is None:
+            if saved["target"].startswith("custom:") or saved["target"].endswith("<array>"):
+                raise RunDirError(f"{out} dreamed a Python-only target ({saved['target']}): resume it from Python "
+                                  "with reverie.resume(dir, target=...)")
+            target = saved["target"]
+        if model is None:
+            model = load_model(saved["model"], dtype=saved.get("dtype"))
+        scorer = make_scorer(model, target, config, fluency_models=fluency_models)
+        target = scorer.target
+        history = History()
+        if state is not None:
+            history.extend(run_dir.history(upto=state.iteration))
+        update = {**saved, "epo": config.to_dict()} if config.iters != original.iters else None
+        epo = EPO(scorer, config, history, state)
+        return _run(epo, model, target, run_dir, callback, checkpoint_every, update)
+
+
+def _saved_config(run_dir: RunDir, saved: dict) -> EPOConfig:
+    try:
+        return EPOConfig.from_dict(saved["epo"])
+    except ConfigError as e:
+        raise RunDirError(f"{run_dir.path / CONFIG} holds EPO options reverie cannot read ({e}): "
+                          "restore it from a copy, or dream again in a new --out") from None
 
 
 def load_run(path: str | Path) -> DreamResult:
@@ -155,6 +186,6 @@ def load_run(path: str | Path) -> DreamResult:
     saved = run_dir.config()
     state = run_dir.state()
     history = run_dir.history(upto=state.iteration if state else None)
-    stopped = "done" if (run_dir.path / "frontier.json").exists() else "unfinished"
-    return DreamResult(EPOConfig.from_dict(saved["epo"]), saved["model"], saved["target"], history, state,
+    stopped = "done" if (run_dir.path / FRONTIER).exists() else "unfinished"
+    return DreamResult(_saved_config(run_dir, saved), saved["model"], saved["target"], history, state,
                        stopped, run_dir=run_dir.path)

@@ -5,17 +5,21 @@
     history/part-*.parquet   rows since the last consolidation, one file per checkpoint
     checkpoint.safetensors   population, scores, random state after the last checkpointed iteration
     frontier.json            the Pareto frontier (written when the run stops)
+    .lock                    held by the process writing the run (removed when it stops)
 
 Every file is written to a temporary name and renamed into place, so a crash (kill -9 included)
-never leaves a half-written file; rows beyond the checkpoint's iteration are ignored on load.
+never leaves a half-written file; rows beyond the checkpoint's iteration are ignored on load. One
+process at a time writes a run directory (`RunDir.writing`); every JSON file is strict (no NaN).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -25,12 +29,13 @@ from safetensors.torch import save_file
 
 from ..search.epo import EPOState
 from ..errors import RunDirError
-from ..files import atomic_write, read_json
+from ..files import atomic_write, locked, read_json, write_json
 from ..search.frontier import pareto
 from ..search.history import COLUMNS, History
 
 CONFIG, HISTORY, PARTS, CHECKPOINT, FRONTIER = (
     "config.json", "history.parquet", "history", "checkpoint.safetensors", "frontier.json")
+REQUIRED = ("model", "target", "epo")   # what config.json must hold for resume and load_run
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -73,12 +78,36 @@ class RunDir:
             raise RunDirError(f"cannot write to run directory {self.path} ({e.strerror}): choose another --out") from None
         self.write_json(CONFIG, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the directory's lock while the block runs: a second process writing the same run (a second
+        resume, say) is refused with one line naming the holder's process id."""
+        with locked(self.path, "reverie process", "wait for it to finish, or stop it, then resume this run"):
+            yield
+
     def write_json(self, name: str, data) -> None:
-        text = json.dumps(data, indent=2, default=str)
-        atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
+        try:
+            write_json(self.path / name, data)
+        except OSError as e:
+            raise self._write_error(name, e) from None
+
+    def _write_error(self, what: str, e: OSError) -> RunDirError:
+        """One line for a write that failed (disk full, folder gone): what happened, and where a resume restarts."""
+        start = (f"from its last checkpoint (iteration {self.checkpointed})" if self.checkpointed >= 0
+                 else "from the start (nothing was checkpointed)")
+        return RunDirError(f"could not write {what} in {self.path} ({e.strerror or e}): the run stopped; free some "
+                           f"space, then resume it (--resume {self.path}) and it continues {start}")
 
     def checkpoint(self, state: EPOState, history: History, decode) -> None:
-        """Rows since the last checkpoint go to a new part file, then the state (atomically, in that order)."""
+        """Rows since the last checkpoint go to a new part file, then the state (atomically, in that order).
+        A failed write (disk full) leaves the previous checkpoint as it was and raises RunDirError."""
+        try:
+            self._write_checkpoint(state, history, decode)
+        except OSError as e:
+            raise self._write_error(f"the checkpoint of iteration {state.iteration}", e) from None
+        self.checkpointed = state.iteration
+
+    def _write_checkpoint(self, state: EPOState, history: History, decode) -> None:
         rows = history.frame(decode, since=self.checkpointed)
         rows = rows[rows["iteration"] <= state.iteration]
         if len(rows):
@@ -87,12 +116,14 @@ class RunDir:
                    "ce": state.ce.contiguous(), "rng": state.rng.contiguous()}
         atomic_write(self.path / CHECKPOINT,
                 lambda tmp: save_file(tensors, tmp, metadata={"iteration": str(state.iteration), "stale": str(state.stale)}))
-        self.checkpointed = state.iteration
 
     def finish(self, history: pd.DataFrame, summary: dict) -> None:
         """Consolidate every row into history.parquet, drop the parts (and any half-written part a killed
         process left), write the frontier."""
-        _write_parquet(history, self.path / HISTORY)
+        try:
+            _write_parquet(history, self.path / HISTORY)
+        except OSError as e:
+            raise self._write_error(HISTORY, e) from None
         for part in [*(self.path / PARTS).glob("part-*.parquet"), *(self.path / PARTS).glob(".part-*.parquet.*")]:
             part.unlink()
         front = pareto(history)
@@ -107,9 +138,14 @@ class RunDir:
         if not path.exists():
             raise RunDirError(f"{self.path} is not a reverie run directory (no {CONFIG})")
         try:
-            return json.loads(path.read_text())
+            config = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise RunDirError(f"{path} is unreadable ({e})") from None
+        missing = [k for k in REQUIRED if not isinstance(config, dict) or k not in config]
+        if missing or not isinstance(config["epo"], dict):
+            raise RunDirError(f"{path} is incomplete (no {', '.join(missing) or 'EPO options'}): "
+                              "restore it from a copy, or dream again in a new --out")
+        return config
 
     def state(self) -> EPOState | None:
         path = self.path / CHECKPOINT

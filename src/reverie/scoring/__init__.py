@@ -68,6 +68,8 @@ def make_scorer(model: Model, target: Target | str | Callable, config, *, scorer
         check_retokenization=config.check_retokenization)
     objective = Objective(model, target, vocab, template=config.template,
                           fluency=fluency(model, config.fluency, fluency_models))
+    longest = max(length, config.length_bounds()[1]) if config.variable_length else length
+    model.check_length(len(objective.before) + longest + len(objective.after))
     return BackingOff(SCORERS[name](objective, config.batch_size or auto_batch_size(model, length)))
 
 

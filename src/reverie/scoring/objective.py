@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TargetError
 from ..lm.model import Model
 from ..lm.targets import Target
 from ..lm.vocab import Vocabulary
@@ -66,15 +66,27 @@ class Objective:
             logits = None if logits is None else logits[:, L:L + n]
         if logits is not None:
             hooks = {**hooks, "logits": logits}
-        return self.target.value(TargetCache(hooks, hidden, head)).float()
+        return self.read(hooks, hidden, head)
+
+    def read(self, hooks: dict, hidden: torch.Tensor | None, head) -> torch.Tensor:
+        """The target's value, fp32, from the captured hooks (with "logits", or the final hidden states and
+        the head), checked to be one number per prompt."""
+        f = self.target.value(TargetCache(hooks, hidden, head, self.target.spec))
+        batch = next((t.shape[0] for t in (*hooks.values(), hidden) if t is not None), None)
+        if not isinstance(f, torch.Tensor) or (batch is not None and tuple(f.shape) != (batch,)):
+            shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise TargetError(f"{self.target.spec}: its value has shape {shape} for {batch} prompts: "
+                              "return one number per prompt, a tensor of shape [batch]")
+        return f.float()
 
 
 class TargetCache(dict):
-    """What a target reads: the captured hook points, and "logits" (fp32), computed only if read."""
+    """What a target reads: the captured hook points, and "logits" (fp32), computed only if read.
+    `name`: the target, for the error when it reads a hook point it did not declare."""
 
-    def __init__(self, hooks: dict, hidden: torch.Tensor | None, head):
+    def __init__(self, hooks: dict, hidden: torch.Tensor | None, head, name: str = "the target"):
         super().__init__(hooks)
-        self.hidden, self.head = hidden, head
+        self.hidden, self.head, self.name = hidden, head, name
 
     def __contains__(self, key) -> bool:
         return key == "logits" or super().__contains__(key)
@@ -84,7 +96,9 @@ class TargetCache(dict):
 
     def __missing__(self, key: str) -> torch.Tensor:
         if key != "logits":
-            raise KeyError(key)
+            declared = ", ".join(k for k in self if k != "logits") or "none"
+            raise TargetError(f"{self.name} reads {key!r}, which it did not declare (declared: {declared}): "
+                              "add it to the target's hooks")
         self["logits"] = self.head(self.hidden.contiguous()).float()
         return self["logits"]
 

@@ -25,7 +25,7 @@ from ..fast.capabilities import FastPath
 from ..fast.unembed import head_logprobs
 from ..lm.model import Model
 from .batching import even_split
-from .objective import Objective, TargetCache, by_length, embed_scale, top_k_tokens
+from .objective import Objective, by_length, embed_scale, top_k_tokens
 
 
 class PackedScorer:
@@ -94,7 +94,7 @@ class PackedScorer:
                 hooks = {name: t[0].transpose(0, 1)[read, :, None, L:L + n] if name.endswith("hook_pattern")
                          else t[0, read, None] for name, t in hooks.items()}
                 final = hidden[read, None] if block is None else None     # final states: only a target reading logits
-                f[chunk.cpu()] = self.target.value(TargetCache(hooks, final, self.model.head)).float().cpu()
+                f[chunk.cpu()] = o.read(hooks, final, self.model.head).cpu()
                 # the positions that predict one of a child's own prompt tokens (j = q - L + 1 > pos)
                 q = out.position
                 label = (q >= L + first - 1) & (q <= L + n - 2) & (out.entry >= out.lead)

@@ -98,6 +98,10 @@ class EPOConfig:
             raise ConfigError(f"every starting prompt must be {self.length} tokens (the prompt length)")
         if self.init_ids and self.init_prompt:
             raise ConfigError("give an initial prompt or starting prompts, not both")
+        if any(not b.strip() for b in self.ban_strings):
+            raise ConfigError("a banned string cannot be empty or blank (every prompt contains it): drop it")
+        if any(isinstance(t, str) and not t for t in self.ban_tokens):
+            raise ConfigError("a banned token cannot be empty: give its text (e.g. ' dog') or its id")
         if self.scorer not in SCORERS:
             raise ConfigError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
         lo, hi = self.restart_penalty

@@ -68,6 +68,9 @@ class EPO:
 
     def __init__(self, scorer: Scorer, config: EPOConfig, history: History | None = None,
                  state: EPOState | None = None):
+        if not isinstance(config, EPOConfig):
+            raise ConfigError(f"config must be an EPOConfig, not {type(config).__name__}: "
+                              "pass EPOConfig(**d) for a dict of options")
         self.scorer, self.config = scorer, config
         self.vocab = scorer.vocab
         self.penalties = config.slot_penalties()

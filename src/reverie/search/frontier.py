@@ -8,10 +8,13 @@ answered from it exactly. Works on one run's history or on several merged (runs,
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
+
+from ..errors import ConfigError
 
 THRESHOLDS = (4.0, 5.0, 6.0, math.inf)
 
@@ -34,6 +37,8 @@ def pareto(history: pd.DataFrame) -> pd.DataFrame:
 
 def best_at(history: pd.DataFrame, max_ce: float = math.inf) -> pd.Series | None:
     """The highest-activation prompt with cross-entropy <= max_ce, or None."""
+    if isinstance(max_ce, bool) or not isinstance(max_ce, numbers.Real) or math.isnan(max_ce):
+        raise ConfigError(f"a cross-entropy threshold must be a number (e.g. 5.0, or math.inf), not {max_ce!r}")
     df = _valid(history)
     df = df[df["cross_entropy"] <= max_ce]
     return None if df.empty else df.iloc[int(np.argmax(df["activation"].to_numpy()))]   # by position: any index

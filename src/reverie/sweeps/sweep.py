@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import shutil
 import time
 import traceback
@@ -30,7 +29,7 @@ from ..version import __version__
 from ..search.config import EPOConfig
 from ..errors import ConfigError, ModelError, ReverieError, RunDirError
 from ..lm.model import BUNDLED, Model, bundled_path, dtype_name, load_model
-from ..files import atomic_write, read_json
+from ..files import LOCK, locked as lock_folder, read_json, write_json
 from ..runs.rundir import CHECKPOINT, finished
 from .specs import Job, expand_targets, make_jobs, parse_seeds
 from .index import write_index
@@ -60,7 +59,7 @@ def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_eve
     except Exception as e:  # noqa: BLE001 - any failure is recorded, the sweep goes on
         error = str(e) if isinstance(e, ReverieError) else f"{type(e).__name__}: {e}"
         return {"ok": False, "error": error, "retryable": not isinstance(e, ReverieError),
-                "traceback": traceback.format_exc()}
+                "traceback": _portable_traceback(e)}
     if result.stopped == "interrupted":
         raise KeyboardInterrupt
     if report:
@@ -70,6 +69,28 @@ def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_eve
         except Exception as e:  # noqa: BLE001
             return {"ok": True, "seconds": result.seconds, "report_error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "seconds": result.seconds}
+
+
+def _portable_traceback(e: BaseException) -> str:
+    """The traceback of `e` without this machine's folders (it is saved in the sweep folder, which may be
+    shared): reverie's files as reverie/..., installed packages' from their package folder on, others
+    by file name. Line numbers, functions and source lines stay."""
+    root = Path(__file__).resolve().parents[2]   # the folder holding the reverie package
+
+    def short(name: str) -> str:
+        path = Path(name)
+        if path.resolve().is_relative_to(root):
+            return str(path.resolve().relative_to(root))
+        for marker in ("site-packages", "dist-packages"):
+            if marker in path.parts:
+                return str(Path(*path.parts[path.parts.index(marker) + 1:]))
+        return path.name
+
+    frames = traceback.extract_tb(e.__traceback__)
+    for frame in frames:
+        frame.filename = short(frame.filename)
+    return "".join(["Traceback (most recent call last):\n", *frames.format(),
+                    *traceback.format_exception_only(type(e), e)])
 
 
 class _Dreamer:
@@ -142,7 +163,7 @@ class _Tracker:
             data = {"target": job.spec, "seed": job.seed, "attempts": attempt, "error": outcome["error"],
                     "traceback": outcome.get("traceback"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             job.failed_path(self.out).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(job.failed_path(self.out), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+            write_json(job.failed_path(self.out), data)
             self.emit("failed", job, attempt=attempt, error=outcome["error"])
         if time.monotonic() - self.written > 30:
             write_index(self.out, self.jobs, self.meta)
@@ -231,33 +252,11 @@ def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job],
 
 # ---------------------------------------------------------------- the sweep
 
-LOCK = ".lock"
-
-
 @contextlib.contextmanager
 def locked(out: Path) -> Iterator[None]:
     """Hold DIR/.lock for the sweep: a second sweep process on the same folder is refused with one line
     instead of running the same jobs twice. Released when the process ends, however it ends."""
-    try:
-        import fcntl
-    except ImportError:     # not POSIX: no lock
-        yield
-        return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK, "a+")
-    except OSError as e:
-        raise RunDirError(f"cannot write to sweep folder {out} ({e.strerror}): choose another --out") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            raise RunDirError(f"another sweep (pid {handle.read().strip() or '?'}) is running in {out}: "
-                              "wait for it to finish, or use another --out") from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
+    with lock_folder(out, "sweep", "wait for it to finish, or use another --out"):
         yield
 
 
@@ -290,7 +289,7 @@ def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets:
             "reverie": __version__, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        write_json(out / "sweep.json", meta)
     except OSError as e:
         raise RunDirError(f"cannot write to sweep folder {out} ({e.strerror}): choose another --out") from None
     return meta
