@@ -10,6 +10,7 @@ import pytest
 from conftest import checkpoint_iteration
 from rich.console import Console
 
+import reverie
 from reverie import ConfigError, EPOConfig
 from reverie.cli.app import main
 from reverie.cli.display import frontier_table, shown
@@ -84,3 +85,14 @@ def test_ctrl_c_saves_the_run_and_exits_130(tiny_dir, tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and f"reverie dream --resume {out}" in stdout
     assert checkpoint_iteration(out) >= 2                 # what was computed is saved
+
+
+def test_resume_keeps_the_output_options_the_run_was_started_with(monkeypatch, capsys, tiny_dir, tmp_path):
+    out = tmp_path / "r"
+    code, _, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7", "--out", out,
+                       "--iters", "1", "--population", "2", "--children", "2", "--length", "4", "--quiet", "--no-report")
+    assert code in (0, None), err
+    code, out_text, err = run(monkeypatch, capsys, "dream", "--resume", out, "--iters", "2", "--quiet")
+    assert code in (0, None), err
+    assert reverie.load_run(out).iterations == 2
+    assert not (out / "report.html").exists() and "report:" not in out_text     # --no-report, remembered

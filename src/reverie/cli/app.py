@@ -51,7 +51,7 @@ def dream(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
     scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: start half the population at its top windows for this target (unless --random-start) and show them in the report."),
     random_start: bool = typer.Option(False, "--random-start", help="With --scan: start every slot at random prompts (the paper), using the scan only in the report."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory at the end."),
+    report: Optional[bool] = typer.Option(None, "--report/--no-report", help="Write report.html into the run directory at the end (default: yes; with --resume, as the run was started)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: half the population starts at its top windows for this target."),
     diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),
 ) -> None:
@@ -76,7 +76,12 @@ def dream(
         RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
         run_path, model_spec, total = resume, saved["model"], epo["iters"] or saved["epo"]["iters"]
         dtype = dtype or saved.get("dtype")
+        kept = saved.get("options") or {}           # the output options the run was started with
+        report = kept.get("report", True) if report is None else report
+        scan_dir = scan_dir or (Path(kept["scan"]) if kept.get("scan") else None)
+    report = True if report is None else report
     windows = _read_scan(scan_dir)  # a bad --scan or --init-from fails before any work
+    output_options = {"report": report, "scan": None if scan_dir is None else str(scan_dir.resolve())}
     starts = _read_scan(init_from)
     if starts is None and windows is not None and not random_start and resume is None:
         from ..lm.targets import parse_target     # --scan: start from its windows when it has some for this target
@@ -92,11 +97,11 @@ def dream(
                 raise ReverieError("rerun the same --diverse command with the same --out to continue diverse dreams")
             from ..runs.diverse import diverse as run_diverse
             faces = run_diverse(loaded, target, config, k=diverse, out=run_path, callback=display,
-                                checkpoint_every=checkpoint_every, starts=starts)
+                                checkpoint_every=checkpoint_every, starts=starts, options=output_options)
             result = faces[-1]
         elif resume is None:
             result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every,
-                               starts=starts)
+                               starts=starts, options=output_options)
         else:
             result = run_resume(resume, model=loaded, iters=epo["iters"], time_budget=epo["time_budget"], callback=display,
                                 checkpoint_every=checkpoint_every)

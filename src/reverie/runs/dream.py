@@ -104,7 +104,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
           config: EPOConfig | None = None, *, out: str | Path | None = None,
           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
           dtype: str | None = None, device: str | None = None, starts=None,
-          fluency_models: dict[str, Model] | None = None) -> DreamResult:
+          fluency_models: dict[str, Model] | None = None, options: dict | None = None) -> DreamResult:
     """Find short, fluent prompts that drive `target` high.
 
     model: a loaded `Model`, or a spec for `load_model` (hub id, folder, .gguf, "bundled").
@@ -114,6 +114,8 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     starts: dataset windows to start from (a `reverie scan` folder or its DataFrame): half the slots
         begin at the windows that suit their λ best, the other half at random prompts.
     fluency_models: loaded models for the specs in `config.fluency` (others are loaded by spec).
+    options: what the caller keeps with the run (JSON values; `reverie dream` keeps its output options
+        here, so that `--resume` writes the same outputs): config.json's "options".
     """
     config = EPOConfig() if config is None else config
     if not isinstance(config, EPOConfig):
@@ -135,7 +137,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     run_dir = RunDir(out)
     with run_dir.writing():
         run_dir.create({"reverie": __version__, "model": model.spec, "dtype": dtype_name(model.dtype),
-                        "target": target.spec, "epo": config.to_dict()})
+                        "target": target.spec, "epo": config.to_dict(), "options": dict(options or {})})
         return _run(EPO(scorer, config), model, target, run_dir, callback, checkpoint_every)
 
 

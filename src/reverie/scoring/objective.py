@@ -132,8 +132,8 @@ def template_ids(tokenizer, template: str | None) -> tuple[torch.Tensor, torch.T
     return encode(before.rstrip(" ")), encode(after)
 
 
-def by_length(prompts: list[torch.Tensor]) -> dict[int, list[int]]:
-    """Indices of prompts of each length, for passes over prompts of several lengths."""
+def by_length(prompts) -> dict[int, list[int]]:
+    """Indices of the prompts (id sequences) of each length, for passes over prompts of several lengths."""
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(len(p), []).append(i)

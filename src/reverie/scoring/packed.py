@@ -125,7 +125,7 @@ class PackedScorer:
         keys = [(tuple(p.tolist()), float(lam), k) for p, lam in zip(prompts, penalties)]
         distinct = list(dict.fromkeys(p for p, _, _ in keys))
         missing = [p for p in distinct if p not in self.gradients]
-        for rows in by_length([torch.tensor(p) for p in missing]).values():       # one batch per prompt length
+        for rows in by_length(missing).values():                                   # one batch per prompt length
             group = [missing[i] for i in rows]
             self.gradients.update(zip(group, zip(*self.gradient_parts(torch.tensor(group)))))
         self.gradients = {p: self.gradients[p] for p in distinct}
