@@ -35,7 +35,6 @@ def test_activation_rises_and_selection_never_loses(tiny_llama):
 
 def test_children_differ_from_parent_in_one_position(tiny_llama):
     scorer = make_scorer(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
-    target = scorer.target
     epo = EPO(scorer, EPOConfig(**SMALL))
     parents = epo.state.population.clone()
     epo.step()
@@ -49,7 +48,6 @@ def test_children_differ_from_parent_in_one_position(tiny_llama):
 def test_restart_draws_penalty_from_range_and_fills_every_slot(tiny_llama):
     config = EPOConfig(**{**SMALL, "iters": 12, "restart_every": 3})
     scorer = make_scorer(tiny_llama, "neuron:L1.N7", config)
-    target = scorer.target
     epo = EPO(scorer, config)
     drawn = []
     for _ in range(12):
@@ -131,7 +129,6 @@ def test_scores_are_fp32_under_bf16(tokenizer):
     model = build_tiny("llama", tokenizer)
     model.hf.to(torch.bfloat16)
     scorer = make_scorer(model, "neuron:L1.N7", EPOConfig(**SMALL))
-    target = scorer.target
     ids = scorer.vocab.random_prompts(16, 8, torch.Generator().manual_seed(0))
     f, ce = scorer.score(ids)
     assert f.dtype == ce.dtype == torch.float32

@@ -9,7 +9,6 @@ Attribution and the random-prompt baseline need the model; without it the report
 from __future__ import annotations
 
 import datetime
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from ..evidence.attribution import attribute
 from ..evidence.baseline import random_baseline
 from ..runs.dream import DreamResult, load_run
 from ..errors import ReverieError, RunDirError
-from ..search.frontier import THRESHOLDS, best_at, pareto, versus_data
+from ..search.frontier import THRESHOLDS, best_at, best_rows, pareto, versus_data
 from ..lm.model import Model
 from .pages import environment
 from .text import visible
@@ -46,15 +45,9 @@ def _points(history: pd.DataFrame, n: int) -> list[pd.Series]:
 def best_table(history: pd.DataFrame, z=lambda activation: None) -> list[dict]:
     """The best prompt at cross-entropy <= 4, 5, 6 and unconstrained, one row each (`z` turns an activation
     into a z-score, or None); a row with no prompt that fluent has activation, cross_entropy and text None."""
-    rows = []
-    for limit in THRESHOLDS:
-        row = best_at(history, limit)
-        rows.append({"limit": "any" if math.isinf(limit) else f"≤ {limit:g}",
-                     "activation": None if row is None else float(row["activation"]),
-                     "z": None if row is None else z(float(row["activation"])),
-                     "cross_entropy": None if row is None else float(row["cross_entropy"]),
-                     "text": None if row is None else row["text"]})
-    return rows
+    return [{"limit": "any" if row["max_cross_entropy"] is None else f"≤ {row['max_cross_entropy']:g}",
+             "activation": row["activation"], "z": None if row["activation"] is None else z(row["activation"]),
+             "cross_entropy": row["cross_entropy"], "text": row["text"]} for row in best_rows(history)]
 
 
 def _heatmap(table: pd.DataFrame) -> list[dict]:

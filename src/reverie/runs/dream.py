@@ -15,10 +15,10 @@ from typing import Callable
 import pandas as pd
 
 from ..version import __version__
-from ..search.config import EPOConfig
+from ..search.config import EPOConfig, as_config
 from ..search.epo import EPO, EPOState, Step
 from ..errors import ConfigError, RunDirError
-from ..search.frontier import best_at, pareto, summary
+from ..search.frontier import best_at, best_rows, pareto, summary
 from ..search.history import History
 from ..lm.model import Model, dtype_name, load_model
 from .rundir import CONFIG, FRONTIER, RunDir
@@ -61,11 +61,6 @@ def _check_every(checkpoint_every) -> None:
         raise ConfigError(f"checkpoint_every must be a whole number of at least 1, not {checkpoint_every!r}")
 
 
-def _finite(value):
-    """A number JSON can hold: NaN (no prompt) and ±inf (no limit) become None."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int,
          config_update: dict | None = None) -> DreamResult:
     """Run `epo` to its end, checkpointing into `run_dir`; `config_update` (a resume's new config.json) is
@@ -95,8 +90,7 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
         run_dir.finish(history, {
             "model": model.spec, "target": target.spec, "stopped": stopped,
             "iterations": epo.state.iteration, "seconds": round(seconds, 2),
-            "best": [{k: _finite(v) for k, v in row.items()}   # max_cross_entropy None: no limit
-                     for row in result.summary().to_dict("records")]})
+            "best": best_rows(history)})
     return result
 
 
@@ -117,10 +111,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     options: what the caller keeps with the run (JSON values; `reverie dream` keeps its output options
         here, so that `--resume` writes the same outputs): config.json's "options".
     """
-    config = EPOConfig() if config is None else config
-    if not isinstance(config, EPOConfig):
-        raise ConfigError(f"config must be an EPOConfig, not a {type(config).__name__}: pass EPOConfig(**d) "
-                          "for a dict of options")
+    config = as_config(config)
     _check_every(checkpoint_every)
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)

@@ -128,6 +128,16 @@ class EPOConfig:
         return cls(**d)
 
 
+def as_config(config: EPOConfig | None) -> EPOConfig:
+    """`config`, or the paper's defaults for None; anything but an EPOConfig is a ConfigError."""
+    if config is None:
+        return EPOConfig()
+    if not isinstance(config, EPOConfig):
+        raise ConfigError(f"config must be an EPOConfig, not a {type(config).__name__}: pass EPOConfig(**d) "
+                          "for a dict of options")
+    return config
+
+
 _HINTS = get_type_hints(EPOConfig)   # each field's declared type, resolved
 
 

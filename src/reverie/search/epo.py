@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .config import EPOConfig
+from .config import EPOConfig, as_config
 from .edits import PAD, edit_children, lengths, trim, unpad
 from ..errors import ConfigError
 from .history import History
@@ -68,10 +68,7 @@ class EPO:
 
     def __init__(self, scorer: Scorer, config: EPOConfig, history: History | None = None,
                  state: EPOState | None = None):
-        if not isinstance(config, EPOConfig):
-            raise ConfigError(f"config must be an EPOConfig, not {type(config).__name__}: "
-                              "pass EPOConfig(**d) for a dict of options")
-        self.scorer, self.config = scorer, config
+        self.scorer, self.config = scorer, as_config(config)
         self.vocab = scorer.vocab
         self.penalties = config.slot_penalties()
         self.history = history if history is not None else History()

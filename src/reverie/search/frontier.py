@@ -56,6 +56,13 @@ def summary(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> 
     return pd.DataFrame(rows)
 
 
+def best_rows(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> list[dict]:
+    """`summary` as rows that JSON holds: max_cross_entropy None for no limit; activation, cross_entropy
+    and text None where no prompt is that fluent yet."""
+    return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+            for row in summary(history, thresholds).to_dict("records")]
+
+
 def merge(histories: Iterable[pd.DataFrame], names: Iterable[str] | None = None) -> pd.DataFrame:
     """Concatenate histories of several runs, tagging each row with its run name."""
     histories = list(histories)
