@@ -56,9 +56,7 @@ def dream(
     diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
-    from ..runs.dream import dream as run_dream, resume as run_resume
-    from ..lm.model import load_model
-    from ..runs.rundir import RunDir
+    from ..lm.targets import parse_target
 
     if resume is None and target is None:
         raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
@@ -68,6 +66,9 @@ def dream(
         raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
         config = epo_config(epo)
+        spec = parse_target(target, config.ban_strings).spec   # a bad spec fails before anything loads
+    from ..runs.rundir import RunDir   # imports torch: after the checks that need nothing loaded
+    if resume is None:
         run_path = out or _default_out(target)
         RunDir(run_path).check_writable()  # fail before the model loads
         model_spec, total = model, config.iters
@@ -84,9 +85,10 @@ def dream(
     output_options = {"report": report, "scan": None if scan_dir is None else str(scan_dir.resolve())}
     starts = _read_scan(init_from)
     if starts is None and windows is not None and not random_start and resume is None:
-        from ..lm.targets import parse_target     # --scan: start from its windows when it has some for this target
-        spec = parse_target(target, config.ban_strings).spec
         starts = windows if (windows["target"] == spec).any() else None
+    from ..lm.model import load_model
+    from ..runs.dream import dream as run_dream, resume as run_resume
+
     if not quiet:
         console.print(f"[dim]loading model {escape(model_spec)} …[/dim]", soft_wrap=True)
     loaded = load_model(model_spec, dtype=dtype, device=device)
@@ -202,6 +204,10 @@ def scan(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Find the corpus windows that most activate each target, in one pass over the corpus."""
+    from ..lm.targets import parse_target
+
+    for spec in target:     # a bad spec fails before anything loads
+        parse_target(spec)
     from ..evidence.scan import ScanConfig, scan as run_scan
     from ..files import write_json
     from ..lm.model import load_model
@@ -212,7 +218,8 @@ def scan(
     RunDir(out).check_writable()
     loaded = load_model(model, dtype=dtype, device=device)
     progress = Progress(TextColumn("[bold]scanning"), BarColumn(), TextColumn("{task.completed:,} tokens"),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+                        transient=True)   # gone once done: the summary line follows, or one error line
     task = progress.add_task("scan", total=max_tokens, rate="")
     start = time.perf_counter()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from typing import Callable, List, Optional, Tuple
 
 import typer
@@ -87,6 +88,8 @@ def epo_config(epo: dict) -> EPOConfig:
         return EPOConfig(**values)
     if values["penalties"] is not None:
         raise ConfigError("--gcg PENALTY is the one fixed penalty: give --gcg or --penalty, not both")
+    if not math.isfinite(gcg) or gcg < 0:
+        raise ConfigError(f"--gcg takes the fixed penalty λ, a number >= 0 (got {gcg})")
     for name in ("population", "penalties", "restart_every"):    # EPOConfig.gcg sets these
         del values[name]
     return EPOConfig.gcg(gcg, **values)

@@ -22,14 +22,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from ..files import write_json
 from ..errors import ModelError, TargetError
-from .model import Model
 from .target import Target, absolute
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import Model
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 
@@ -64,6 +66,10 @@ class SAEWeights:
 
     @classmethod
     def load(cls, path: str | Path) -> "SAEWeights":
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         folder = Path(path)
         if not (folder / CFG).is_file() or not (folder / WEIGHTS).is_file():
             raise TargetError(f"{path} is not an SAE folder: it needs {CFG} and {WEIGHTS} (SAELens's layout)")
@@ -99,6 +105,8 @@ class SAEWeights:
                    bool(getattr(cfg, "apply_b_dec_to_input", True)), sae.W_dec.detach().float().cpu())
 
     def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "b_dec": self.b_dec}
@@ -141,6 +149,8 @@ class SAEFeature(Target):
         self.hooks = (self.weights.hook_name,)
 
     def prepare(self, model: Model) -> None:
+        import torch
+
         try:
             model.check_hook(self.hooks[0])
         except ModelError as e:
@@ -170,6 +180,8 @@ def train_sae(activations: torch.Tensor, hook_name: str, d_sae: int = 512, l1: f
     """Fit a ReLU SAE to activations [N, d_in]: reconstruction MSE + l1 · Σ|f| · ‖W_dec row‖, Adam.
 
     Inputs are scaled to unit mean norm during training and the scale folded into the weights."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     x_all = activations.float()
     scale = float(x_all.norm(dim=-1).mean()) or 1.0

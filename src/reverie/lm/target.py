@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError, TargetError
-from .model import Model
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import Model
 
 
 def absolute(path: str | os.PathLike) -> str:

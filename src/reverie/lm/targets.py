@@ -14,20 +14,22 @@ A target's `.spec` is canonical: the hook form of a layer's own hook point is wr
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from ..errors import ReverieError, TargetError
-from .model import Model
 from .sae import SAEFeature
 from .target import Target, absolute
 from .vocab import as_items, resolve_token
+
+if TYPE_CHECKING:
+    from .model import Model
 
 
 def _layer_hook(layer_or_hook: int | str, point: str) -> str:
@@ -97,7 +99,7 @@ class Logit(Target):
         logits = cache["logits"][:, self.position].float()
         own = logits[..., self.token_id]
         others = logits.clone()
-        others[..., self.token_id] = -torch.inf
+        others[..., self.token_id] = -math.inf
         return own - others.max(-1).values
 
     @property
@@ -126,6 +128,8 @@ class Direction(Target):
             self.vector = absolute(self.vector)
 
     def prepare(self, model: Model) -> None:
+        import torch
+
         super().prepare(model)
         d = model.adapter.d_model
         if self.vector is None:
@@ -202,6 +206,8 @@ class Custom(Target):
         self.hooks = as_items(self.hooks)
 
     def value(self, cache):
+        import torch
+
         out = self.fn(cache)
         if not isinstance(out, torch.Tensor):
             raise TargetError(f"{self.spec}: its function returned {type(out).__name__}: "

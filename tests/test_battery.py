@@ -1,0 +1,214 @@
+"""Every bad input a user can type, in one battery: the command line answers with one line on stderr,
+exit code 2 and no traceback, and leaves whatever was already computed as it was; the Python API
+raises a `ReverieError` subclass with a one-line message.
+
+Each case is a function of a `Bench` (the tiny model's folder, a scratch folder and a finished run to
+copy) that returns the command line; a case that passes `keeps=` names the files of the run it must
+leave byte for byte as they were.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import reverie
+from reverie import EPOConfig, ReverieError
+from reverie.cli.app import main
+
+SMALL = ["--population", "2", "--children", "4", "--top-k", "16", "--length", "4", "--quiet", "--no-report"]
+
+
+@dataclass
+class Bench:
+    model: Path         # the tiny llama's folder
+    tmp: Path           # scratch space for this case
+    finished: Path      # a finished two-iteration run (copy it with `run()` before changing anything)
+    monkeypatch: pytest.MonkeyPatch
+
+    def run(self) -> Path:
+        out = self.tmp / "run"
+        shutil.copytree(self.finished, out)
+        return out
+
+    def dream(self, *args) -> list:
+        return ["dream", "--model", self.model, "--out", self.tmp / "new", *SMALL, *args]
+
+    def scan(self, corpus, *args) -> list:
+        return ["scan", "--model", self.model, "--target", "neuron:L1.N7", "--corpus", corpus,
+                "--out", self.tmp / "scan", "--max-tokens", "200", *args]
+
+    def corpus(self, name: str, data: bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(data)
+        return path
+
+
+def _sae_with_list_config(b: Bench) -> list:
+    folder = b.tmp / "sae"
+    reverie.SAEWeights(torch.zeros(64, 8), torch.zeros(8), torch.zeros(64), "blocks.1.hook_resid_pre").save(folder)
+    (folder / "cfg.json").write_text("[1, 2]")
+    return b.dream("--target", f"sae:{folder}:F1")
+
+
+def _direction(b: Bench, values) -> list:
+    np.save(b.tmp / "v.npy", np.asarray(values, np.float32))
+    return b.dream("--target", f"direction:L1:{b.tmp / 'v.npy'}")
+
+
+def _empty_config(b: Bench, command: str) -> list:
+    out = b.run()
+    (out / "config.json").write_text("{}")
+    return ["dream", "--resume", out, "--quiet"] if command == "resume" else ["frontier", out]
+
+
+def _disk_full(b: Bench) -> list:
+    from reverie.runs import rundir
+
+    def full(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    b.monkeypatch.setattr(rundir, "save_file", full)
+    return ["dream", "--resume", b.run(), "--iters", "4", "--checkpoint-every", "1", "--quiet", "--no-report"]
+
+
+def _unwritable_scan_out(b: Bench) -> list:
+    (b.tmp / "file").write_text("a file, not a folder")
+    return ["scan", "--model", b.model, "--target", "neuron:L1.N7", "--corpus", "bundled", "--out", b.tmp / "file" / "scan"]
+
+
+def _hub_dataset_without_the_field(b: Bench) -> list:
+    pytest.importorskip("datasets")
+    (b.tmp / "ds").mkdir()
+    (b.tmp / "ds" / "train.jsonl").write_text('{"content": "some text here"}\n')
+    return b.scan(f"hf:{b.tmp / 'ds'}")
+
+
+CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+
+# name -> (command line, words the error line must contain, files of the run it must leave unchanged)
+CLI = {
+    "cuda without a GPU": (lambda b: b.dream("--target", "neuron:L1.N7", "--device", "cuda"), "cuda", ()),
+    "unknown device": (lambda b: b.dream("--target", "neuron:L1.N7", "--device", "xyz"), "xyz", ()),
+    "unknown target kind": (lambda b: b.dream("--target", "foo:1"), "foo:1", ()),
+    "malformed neuron": (lambda b: b.dream("--target", "neuron:Lx.N1"), "neuron:Lx.N1", ()),
+    "neuron past the layer": (lambda b: b.dream("--target", "neuron:L1.N9999"), "does not exist", ()),
+    "jsonl not UTF-8": (lambda b: b.scan(b.corpus("c.jsonl", b'{"text": "\xff\xfe"}\n')), "UTF-8", ()),
+    "jsonl invalid line": (lambda b: b.scan(b.corpus("c.jsonl", b'{"text": "ok"}\n{oops\n')), "line 2", ()),
+    "jsonl null field": (lambda b: b.scan(b.corpus("c.jsonl", b'{"text": null}\n')), "text", ()),
+    "corrupt parquet": (lambda b: b.scan(b.corpus("c.parquet", b"PAR1 not really")), "c.parquet", ()),
+    "binary corpus": (lambda b: b.scan(b.corpus("c.txt", b"\x00\x01\x02" * 50)), "c.txt", ()),
+    "scan chunk 0": (lambda b: b.scan("bundled", "--chunk", "0"), "chunk", ()),
+    "scan batch size 0": (lambda b: b.scan("bundled", "--batch-size", "0"), "batch", ()),
+    "scan out not writable": (_unwritable_scan_out, "file", ()),
+    "hf dataset without the field": (_hub_dataset_without_the_field, "content", ()),
+    "resume an empty config": (lambda b: _empty_config(b, "resume"), "config.json", ()),
+    "frontier of an empty config": (lambda b: _empty_config(b, "frontier"), "config.json", ()),
+    "resume checkpoint every 0": (lambda b: ["dream", "--resume", b.run(), "--iters", "4", "--checkpoint-every", "0",
+                                             "--quiet"], "checkpoint", "all"),
+    "disk full during a checkpoint": (_disk_full, "No space left", ("checkpoint.safetensors",)),
+    "sae config a list": (_sae_with_list_config, "cfg.json", ()),
+    "direction with NaN": (lambda b: _direction(b, np.full(64, np.nan)), "NaN", ()),
+    "direction all zeros": (lambda b: _direction(b, np.zeros(64)), "zeros", ()),
+    "penalty max inf": (lambda b: b.dream("--target", "neuron:L1.N7", "--penalty-max", "inf"), "penalty_max", ()),
+    "gcg nan": (lambda b: b.dream("--target", "neuron:L1.N7", "--gcg", "nan"), "gcg", ()),
+    "time budget nan": (lambda b: b.dream("--target", "neuron:L1.N7", "--time-budget", "nan"), "time_budget", ()),
+    "time budget negative": (lambda b: b.dream("--target", "neuron:L1.N7", "--time-budget", "-1"), "time_budget", ()),
+    "repetition penalty nan": (lambda b: b.dream("--target", "neuron:L1.N7", "--repetition-penalty", "nan"),
+                               "repetition_penalty", ()),
+    "empty banned string": (lambda b: b.dream("--target", "neuron:L1.N7", "--ban", ""), "empty", ()),
+    "empty banned token": (lambda b: b.dream("--target", "neuron:L1.N7", "--ban-token", ""), "empty", ()),
+    "diverse -1": (lambda b: b.dream("--target", "neuron:L1.N7", "--diverse", "-1"), "--diverse", ()),
+    "prompt past the context": (lambda b: b.dream("--target", "neuron:L1.N7", "--prompt", " dog" * 80), "64", ()),
+    "attribute k past the vocabulary": (lambda b: ["attribute", "--model", b.model, "--target", "neuron:L1.N7",
+                                                   "--prompt", "The cat sat", "-k", "100000"], "k=100000", ()),
+    "frontier of different targets": (lambda b: ["frontier", b.finished, b.finished.parent / "other"], "different targets", ()),
+}
+CLI_CASES = [pytest.param(*case, id=name, marks=[CUDA] if "cuda" in name else []) for name, case in CLI.items()]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_dir):
+    """A finished run of neuron L1.N7 (and beside it, `other`, a run of another neuron), by the model's folder so
+    that the CLI can resume it."""
+    model = reverie.load_model(tiny_dir)
+    out = tmp_path_factory.mktemp("finished") / "run"
+    reverie.dream(model, "neuron:L1.N7", EPOConfig(population=2, children=4, top_k=16, length=4, iters=2), out=out)
+    reverie.dream(model, "neuron:L1.N8", EPOConfig(population=2, children=4, top_k=16, length=4, iters=1),
+                  out=out.parent / "other")
+    return out
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+
+
+@pytest.mark.parametrize("command, words, keeps", CLI_CASES)
+def test_every_bad_command_line_is_one_line_and_exit_2(command, words, keeps, tiny_dir, tmp_path, finished,
+                                                         monkeypatch, capsys):
+    bench = Bench(tiny_dir, tmp_path, finished, monkeypatch)
+    argv = [str(a) for a in command(bench)]
+    run = tmp_path / "run"
+    before = _files(run)
+    monkeypatch.setattr(sys, "argv", ["reverie", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert words in lines[0], lines[0]
+    after = _files(run)
+    for name in (before if keeps == "all" else keeps):
+        assert after.get(name) == before[name], f"{name} changed"
+
+
+def _custom(shape_fn, hooks=("blocks.1.hook_resid_post",)):
+    return lambda m: reverie.make_scorer(m, reverie.Custom(shape_fn, hooks=hooks), EPOConfig(length=4, batch_size=4)) \
+        .score(torch.ones(2, 4, dtype=torch.long) * 300)
+
+
+# name -> (call on the tiny model, words the message must contain)
+API = {
+    "config as a dict": (lambda m: reverie.dream(m, "neuron:L1.N7", {"iters": 2}), "EPOConfig"),
+    "iters as text": (lambda m: EPOConfig(iters="2"), "iters"),
+    "custom target of the wrong shape": (_custom(lambda c: c["blocks.1.hook_resid_post"][:, -1]), "shape"),
+    "custom target reading an undeclared hook": (_custom(lambda c: c["blocks.0.hook_resid_pre"][:, -1, 0]),
+                                                 "did not declare"),
+    "load_model of a number": (lambda m: reverie.load_model(123), "123"),
+    "unknown device": (lambda m: reverie.load_model("bundled", device="xyz"), "xyz"),
+    "baseline of no prompts": (lambda m: reverie.random_baseline(m, "neuron:L1.N3", n=0, length=4), "n >= 2"),
+    "scan chunk 0": (lambda m: reverie.ScanConfig(chunk=0), "chunk"),
+    "best_at a text threshold": (lambda m: reverie.best_at(pd.DataFrame({"activation": [1.0], "cross_entropy": [4.0],
+                                                                       "ids": [[1]], "text": ["a"]}), "5"), "5"),
+    "attribution k past the vocabulary": (lambda m: reverie.attribute(m, "neuron:L1.N3", "The cat", k=100000), "k=100000"),
+    "prompt past the context": (lambda m: m.check_length(65), "65"),
+    "a logit token that is neither": (lambda m: reverie.Logit(3.5).prepare(m), "token"),
+    "penalty max inf": (lambda m: EPOConfig(penalty_max=math.inf), "penalty_max"),
+    "unknown scorer": (lambda m: EPOConfig(scorer="fast"), "scorer"),
+}
+
+
+@pytest.mark.parametrize("call, words", [pytest.param(*case, id=name) for name, case in API.items()])
+def test_every_bad_api_call_raises_a_typed_one_line_error(call, words, tiny_llama):
+    with pytest.raises(ReverieError) as e:
+        call(tiny_llama)
+    assert "\n" not in str(e.value) and words in str(e.value), str(e.value)
+
+
+def test_the_scorer_names_are_the_scorers_make_scorer_builds():
+    from reverie.scoring import SCORERS
+    from reverie.search.config import SCORERS as NAMES
+    assert tuple(SCORERS) == NAMES
+
