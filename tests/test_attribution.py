@@ -34,3 +34,25 @@ def test_cli_attribute(monkeypatch, capsys, tiny_dir, tmp_path):
     out = capsys.readouterr().out
     assert exit_info.value.code in (0, None) and "neuron:L1.N5: activation" in out
     assert (tmp_path / "a.csv").read_text().count("\n") == 7   # header + 6 tokens
+
+
+def test_each_substitute_scores_as_the_whole_prompt_would(tiny_llama):
+    """Attribution scores the variants from their swapped token on (the children's fast path); each value
+    is the activation of the whole variant prompt scored on its own."""
+    from reverie import EPOConfig, make_scorer
+
+    ids = tiny_llama.tokenizer("The cat sat on the mat", add_special_tokens=False)["input_ids"]
+    table = attribute(tiny_llama, "neuron:L0.N5", ids, k=4)
+    plain = make_scorer(tiny_llama, "neuron:L0.N5", EPOConfig(length=len(ids), check_retokenization=False), scorer="plain")
+    variants, values = [], []
+    for row in table.itertuples():
+        for text, activation in row.substitutes:
+            token = tiny_llama.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(token) == 1:
+                v = list(ids)
+                v[row.position] = token[0]
+                variants.append(v)
+                values.append(activation)
+    assert len(variants) > 10
+    f, _ = plain.score(torch.tensor(variants))
+    assert torch.allclose(f, torch.tensor(values), atol=1e-4)

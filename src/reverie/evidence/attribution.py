@@ -44,7 +44,9 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
             v[i] = t
             variants.append(v)
             where.append((i, t))
-    f, _ = scorer.score(torch.tensor(variants))
+    # each variant is the prompt with one token swapped: scored as its children, from the swap on
+    f, _ = scorer.score_children(base, torch.tensor(variants), torch.zeros(len(variants), dtype=torch.long),
+                                 torch.tensor([i for i, _ in where]))
     rows = []
     tokens = vocab.decode(torch.tensor(ids)[:, None])
     unique = sorted({t for _, t in where})
