@@ -4,6 +4,7 @@ algorithm written plainly, with EPO's memo of scored prompts) vs the plain-forwa
     python bench/speed.py [--iters 300] [--seeds 0 1 2] [--reference-iters 20] [--target neuron:L2.N148]
                           [--batch-size B] [--out bench/results/speed.json]
     python bench/speed.py --model random-1b --out bench/results/speed-gpu.json     # on a GPU
+    python bench/speed.py --model random:llama-3.2-1b --target neuron:L2.N148 --iters 30 --seeds 0
 
 Reverie's seconds per iteration are the median over whole runs (300 iterations at paper settings,
 restarts included), pooled over several seeds: its cost changes along a run, as populations
@@ -83,25 +84,12 @@ def time_floor(model, vocab, prompts, n, batch_size, repeats=5):
     return statistics.median(times)
 
 
-def random_1b(dtype: str | None) -> reverie.Model:
-    """A ~1.2B-parameter Llama-style model with random weights and the bundled tokenizer (cost does not
-    depend on the weights): 16 layers, width 2048, MLP 8192, vocabulary 49152."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from reverie.lm.model import bundled_path, default_device, parse_dtype
-
-    device = default_device()
-    config = LlamaConfig(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048)
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = LlamaForCausalLM(config).to(parse_dtype(dtype, device))
-    return reverie.Model(hf, AutoTokenizer.from_pretrained(bundled_path()), spec="random-1b")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="bundled", help='a model spec, or "random-1b" (a ~1.2B Llama built from a config, for GPUs)')
+    ap.add_argument("--model", default="bundled",
+                    help='a model spec: hub id, folder, .gguf, "bundled", or random:NAME[:layers=N] (random weights of a '
+                         'research shape: gemma-3-270m, gemma-2-2b, llama-3.2-1b, qwen2.5-0.5b, pythia-1.4b, pythia-12b, '
+                         'random-1b, ...); "random-1b" is random:random-1b (a ~1.2B Llama, for GPUs)')
     ap.add_argument("--target", default="neuron:L2.N148")
     ap.add_argument("--iters", type=int, default=300, help="reverie's run (default: the paper's 300 iterations)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reverie's runs, pooled")
@@ -111,7 +99,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/speed.json")
     args = ap.parse_args()
 
-    model = random_1b(args.dtype) if args.model == "random-1b" else reverie.load_model(args.model, dtype=args.dtype)
+    spec = "random:random-1b" if args.model == "random-1b" else args.model
+    model = reverie.load_model(spec, dtype=args.dtype)
+    print(f"model {model.spec}: {model.n_layers} layers, dtype {model.dtype_reason}")
     config = EPOConfig(iters=10**6, seed=0, batch_size=args.batch_size)  # paper settings: M=8, r=32, k=512, n=12
     scorer = make_scorer(model, args.target, config)
     ref_scorer = make_scorer(model, args.target, config, scorer="plain")

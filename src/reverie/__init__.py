@@ -15,6 +15,7 @@ from .version import __version__
 
 _WHERE = {     # public name -> the module that defines it
     "lm.model": ("Model", "load_model"),
+    "lm.foreign": ("as_model",),
     "lm.sae": ("SAEFeature", "SAEWeights", "train_sae"),
     "lm.targets": ("Attention", "Custom", "Direction", "Logit", "Neuron", "Target", "parse_target"),
     "lm.vocab": ("Vocabulary",),
@@ -24,9 +25,11 @@ _WHERE = {     # public name -> the module that defines it
     "search.frontier": ("best_at", "merge", "pareto", "summary"),
     "evidence.attribution": ("attribute",),
     "evidence.baseline": ("Baseline", "random_baseline"),
+    "evidence.tokens": ("per_token",),
     "evidence.scan": ("ScanConfig", "read_scan", "scan"),
     "runs.diverse": ("diverse",),
     "runs.dream": ("DreamResult", "dream", "load_run", "resume"),
+    "runs.export": ("export", "read_export"),
     "sweeps.sweep": ("SweepEvent", "sweep"),
     "report.run": ("write_report",),
     "report.faces": ("write_faces",),

@@ -19,12 +19,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .display import LiveDisplay, SweepDisplay, console, frontier_table, shown
+from .export import export as export_run
 from .options import epo_config, epo_options
 from ..errors import ReverieError
 from ..lm.targets import usage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
+
+app.command("export")(export_run)
 
 out_console = Console(markup=False, highlight=False)   # what it prints holds model text: data, not markup
 
@@ -46,8 +49,9 @@ def dream(
     *,
     epo: dict,   # the per-run EPO options (options.py)
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: bf16 where the hardware does it well)."),
+    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: the faster on this machine, measured once by a short probe)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one device over all of them (accelerate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
     scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: start half the population at its top windows for this target (unless --random-start) and show them in the report."),
     random_start: bool = typer.Option(False, "--random-start", help="With --scan: start every slot at random prompts (the paper), using the scan only in the report."),
@@ -91,7 +95,9 @@ def dream(
 
     if not quiet:
         console.print(f"[dim]loading model {escape(model_spec)} …[/dim]", soft_wrap=True)
-    loaded = load_model(model_spec, dtype=dtype, device=device)
+    loaded = load_model(model_spec, dtype=dtype, device=device, device_map=device_map)
+    if not quiet and loaded.dtype_reason:
+        console.print(f"[dim]dtype {escape(loaded.dtype_reason)}[/dim]", soft_wrap=True)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
     try:
         if diverse > 1:
@@ -149,9 +155,11 @@ def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
     """Write the run's report; a failure here is reported but loses nothing (the run is already saved)."""
     try:
         from ..report.run import write_report
-        if not quiet:
-            console.print("[dim]writing the report (attribution, baseline, plots) …[/dim]")
-        path = write_report(run_path, **kw)
+
+        def progress(step: str) -> None:
+            if not quiet:
+                console.print(f"[dim]report: {step} …[/dim]")
+        path = write_report(run_path, progress=progress, **kw)
     except ReverieError as e:
         console.print(f"no report: {e}", soft_wrap=True, markup=False)
     else:
@@ -293,7 +301,8 @@ def report(
     loaded = None
     if not no_model:
         loaded = load_model(result.model, dtype=dtype or RunDir(run).config().get("dtype"), device=device)
-    path = write_report(result, out=out or run / "report.html", scan=windows, model=loaded, points=points, k=k)
+    path = write_report(result, out=out or run / "report.html", scan=windows, model=loaded, points=points, k=k,
+                        progress=lambda step: console.print(f"[dim]{step} …[/dim]"))
     out_console.print(f"report: {path}", soft_wrap=True)
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from ..errors import ConfigError
+from ..lm.foreign import as_model
 from ..lm.model import Model
 from ..lm.targets import Target, as_target
 from ..scoring import make_scorer
@@ -24,6 +25,7 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
     `template`: the fixed context the prompt was dreamed in (see `EPOConfig.template`)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a whole number of substitutes per token, at least 1, not {k!r}")
+    model = as_model(model)
     target = as_target(target, model)
     ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
     if len(ids) < 2:

@@ -6,6 +6,8 @@ vector), so the paper reports it as a z-score against random prompts of the drea
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -13,6 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..lm.foreign import as_model
+from ..lm import cache
+from ..lm.dtypes import dtype_name
 from ..lm.model import Model
 from ..lm.targets import Target
 from ..scoring import make_scorer
@@ -36,13 +41,33 @@ class Baseline:
 
 
 def random_baseline(model: Model, target: Target | str, n: int = 512, length: int = 12, seed: int = 0,
-                    template: str | None = None) -> Baseline:
+                    template: str | None = None, cached: bool = False) -> Baseline:
     """Mean and standard deviation of `target` over `n` random prompts of `length` allowed tokens
-    (inside `template` if given)."""
+    (inside `template` if given). `cached`: keep it in the cache directory, keyed by the model's weights,
+    the target and these arguments, so the reports of many runs of one target compute it once."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ConfigError(f"a baseline needs n >= 2 random prompts for a standard deviation, not {n!r}: use e.g. n=512")
+    model = as_model(model)
     scorer = make_scorer(model, target, EPOConfig(length=length, check_retokenization=False, template=template))
+    path = None
+    if cached and not scorer.target.spec.startswith("custom:"):
+        path = cache.cache_dir() / "baselines" / f"{_key(model, scorer.target.spec, n, length, seed, template)}.json"
+        known = cache.read_json(path)
+        if set(known) == {"mean", "std", "n", "length"}:
+            return Baseline(**known)
     prompts = scorer.vocab.random_prompts(n, length, torch.Generator().manual_seed(seed))
     f, _ = scorer.score(prompts)
     f = f[torch.isfinite(f)].double()
-    return Baseline(float(f.mean()), float(f.std()), int(f.numel()), length)
+    baseline = Baseline(float(f.mean()), float(f.std()), int(f.numel()), length)
+    if path is not None and all(map(math.isfinite, (baseline.mean, baseline.std))):
+        cache.write_json(path, baseline.to_dict())
+    return baseline
+
+
+def _key(model: Model, target: str, *args) -> str:
+    """The model by its spec, dtype and a sample of its embedding weights (a folder retrained in place is
+    another model), with the target and the baseline's arguments."""
+    sample = model.adapter.embed.weight[:8, :8].detach().float().cpu().numpy().round(6).tolist()
+    text = json.dumps([model.spec, dtype_name(model.dtype), list(model.adapter.embed.weight.shape), sample, target,
+                       *args])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]

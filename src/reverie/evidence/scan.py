@@ -31,6 +31,7 @@ import torch
 
 from ..errors import ConfigError, ReverieError, RunDirError, TargetError
 from ..fast.capabilities import FastPath
+from ..lm.foreign import as_model
 from ..lm.model import Model, cache_dir
 from ..files import atomic_write
 from ..scoring import TargetCache, make_scorer
@@ -39,6 +40,9 @@ from ..lm.targets import Attention, Target, as_target, usage
 from ..lm.vocab import Vocabulary
 
 BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+CONTEXT = 8   # tokens of the document kept on each side of a window (context_before, context_after)
+COLUMNS = ["target", "rank", "activation", "cross_entropy", "in_context", "doc", "position", "ids", "text",
+           "context_before", "context_after"]
 
 
 @dataclass
@@ -121,8 +125,7 @@ def documents(source: str, field: str = "text") -> Iterator[str]:
             from datasets import load_dataset
         except ImportError:
             raise ReverieError("hf: corpora need the datasets package: pip install datasets") from None
-        for row in load_dataset(source[3:], split="train", streaming=True):
-            yield row[field]
+        yield from _hub_dataset(load_dataset, source[3:], field)
         return
     path = Path(source)
     if not path.exists():
@@ -143,6 +146,23 @@ def documents(source: str, field: str = "text") -> Iterator[str]:
     except OSError as e:
         raise ReverieError(f"cannot read the corpus {e.filename or path} ({e.strerror or e}): "
                            "check that it exists and is readable") from None
+
+
+def _hub_dataset(load_dataset, name: str, field: str) -> Iterator[str]:
+    try:
+        rows = iter(load_dataset(name, split="train", streaming=True))
+        for n, row in enumerate(rows, 1):
+            text = row.get(field)
+            if not isinstance(text, str):
+                raise ReverieError(f"hf:{name} row {n} has no text in field {field!r} (its fields: "
+                                   f"{', '.join(map(str, row))}): choose one with --field")
+            yield text
+    except ReverieError:
+        raise
+    except Exception as e:      # the hub, the network or the dataset: any of them can fail in its own way
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ReverieError(f"cannot read the Hugging Face dataset {name} ({message}): check the name, the "
+                           "network, or download it and give the local files") from None
 
 
 def _text_documents(path: Path) -> list[str]:
@@ -227,8 +247,10 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
     """Top `config.top` corpus windows per target, re-scored as n-token prompts.
 
     Returns one row per (target, example): target, rank, activation, cross_entropy (of the window),
-    in_context (the activation at that position in its chunk), doc, position, ids, text."""
+    in_context (the activation at that position in its chunk), doc, position, ids, text, and the text
+    of up to CONTEXT tokens of the document before and after the window (context_before, context_after)."""
     config = config or ScanConfig()
+    model = as_model(model)
     targets = [as_target(t, model) for t in targets]
     readers = [_per_position(t) for t in targets]
     hooks = sorted({h for t in targets for h in t.hooks})
@@ -288,22 +310,25 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         scorer = make_scorer(model, target, windows_config)
         f, ce = scorer.score(windows)
         texts = scorer.vocab.decode(windows)
+        sides = [(docs_tokens[int(d)][max(0, int(p) - config.window + 1 - CONTEXT):int(p) - config.window + 1],
+                  docs_tokens[int(d)][int(p) + 1:int(p) + 1 + CONTEXT]) for d, p in keys.tolist()]
         frame = pd.DataFrame({"target": target.spec, "activation": f.numpy(), "cross_entropy": ce.numpy(),
                               "in_context": in_context.numpy(), "doc": keys[:, 0].numpy(),
-                              "position": keys[:, 1].numpy(), "ids": list(windows.numpy()), "text": texts})
+                              "position": keys[:, 1].numpy(), "ids": list(windows.numpy()), "text": texts,
+                              "context_before": scorer.vocab.decode([b for b, _ in sides]),
+                              "context_after": scorer.vocab.decode([a for _, a in sides])})
         frame = frame.sort_values("activation", ascending=False).drop_duplicates("text").head(config.top)
         rows.append(frame.assign(rank=range(len(frame))))
     if not rows:
-        return pd.DataFrame(columns=["target", "rank", "activation", "cross_entropy", "in_context", "doc",
-                                     "position", "ids", "text"])
-    out = pd.concat(rows, ignore_index=True)
-    return out[["target", "rank", "activation", "cross_entropy", "in_context", "doc", "position", "ids", "text"]]
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat(rows, ignore_index=True)[COLUMNS]
 
 
 # ------------------------------------------------------------------------------------ reading scans, data starts
 
 def read_scan(scan: str | Path | pd.DataFrame | None) -> pd.DataFrame | None:
-    """A scan's windows: a DataFrame as is, or `SCAN_DIR` / `SCAN_DIR/scan.parquet` from `reverie scan`."""
+    """A scan's windows: a DataFrame as is, or `SCAN_DIR` / `SCAN_DIR/scan.parquet` from `reverie scan`
+    (a scan written before context_before / context_after existed reads back without them)."""
     if scan is None or isinstance(scan, pd.DataFrame):
         return scan
     path = Path(scan)

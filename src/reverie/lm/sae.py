@@ -1,31 +1,40 @@
 """Sparse-autoencoder (SAE) features as dream targets.
 
-An SAE feature's value is its encoder activation at the SAE's hook point:
+An SAE feature's value is its encoder activation at the SAE's hook point, as SAELens's `encode` gives it:
 
     pre = (x − b_dec) · W_enc[:, f] + b_enc[f]        (b_dec subtracted when the SAE says so)
-    f(x) = ReLU(pre), or for JumpReLU SAEs pre · [pre > threshold[f]]
+    f(x) = ReLU(pre)                                   standard
+           ReLU(pre) · [pre > threshold[f]]            JumpReLU
+           ReLU(pre) · [pre among the row's k largest]  TopK (every feature's pre-activation is computed)
 
-Sources: a SAELens `SAE` object (optional extra: `pip install 'reverie[sae]'`), or a folder in
-SAELens's on-disk layout, which is also reverie's minimal local format for users without SAELens:
+Sources: a SAELens `SAE` object (optional extra: `pip install 'reverie[sae]'`), a pretrained SAE by
+name from SAELens's directory (`RELEASE/SAE_ID`, see `saelens.py`), or a folder in SAELens's on-disk
+layout (what `sae.save_model(folder)` writes), also reverie's minimal local format without SAELens:
 
-    cfg.json                 {"hook_name": "blocks.8.hook_resid_pre", "d_in": 576, "d_sae": 4096,
-                              "architecture": "standard" | "jumprelu", "apply_b_dec_to_input": true}
+    cfg.json                 {"d_in": 576, "d_sae": 4096, "architecture": "standard" | "jumprelu" | "topk",
+                              "k": 32 (TopK), "apply_b_dec_to_input": true,
+                              "metadata": {"hook_name": "blocks.8.hook_resid_pre", "model_name": "..."}}
+                             (hook_name and model_name may also sit at the top, as before SAELens 6)
     sae_weights.safetensors  W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in], threshold [d_sae] (JumpReLU)
 
 Hook names are TransformerLens names, mapped onto any supported architecture by the model adapter.
-`train_sae` fits a small ReLU SAE (for tests, demos, and models nobody has trained one for).
+An SAE that names its model and does not fit the loaded one (no such hook, another width) is refused
+with that model's name. `train_sae` fits a small ReLU SAE (for tests, demos, and models nobody has
+trained one for).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from typing import TYPE_CHECKING
 
 from ..files import write_json
 from ..errors import ModelError, TargetError
+from . import saelens
 from .target import Target, absolute
 
 if TYPE_CHECKING:
@@ -34,6 +43,17 @@ if TYPE_CHECKING:
     from .model import Model
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
+
+
+ARCHITECTURES = ("standard", "jumprelu", "topk")
+NORMALIZE = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+
+
+def saelens_field(cfg, name: str):
+    """A field of a SAELens config (an object, or cfg.json as a dict), at the top or in its metadata (v6)."""
+    get = (lambda c, n: c.get(n)) if isinstance(cfg, dict) else (lambda c, n: getattr(c, n, None))
+    meta = get(cfg, "metadata")
+    return get(cfg, name) if get(cfg, name) is not None else (None if meta is None else get(meta, name))
 
 
 @dataclass
@@ -45,6 +65,9 @@ class SAEWeights:
     threshold: torch.Tensor | None = None  # [d_sae], JumpReLU only
     apply_b_dec_to_input: bool = True
     W_dec: torch.Tensor | None = None     # [d_sae, d_in]; not needed to read features, kept when saving
+    k: int | None = None                  # TopK only: the k largest pre-activations of a row stay, the rest are 0
+    normalize: str = "none"               # SAELens's normalize_activations, applied to the input first
+    model_name: str | None = None         # the model it was trained on, if known (cfg metadata.model_name)
 
     @property
     def d_in(self) -> int:
@@ -54,15 +77,58 @@ class SAEWeights:
     def d_sae(self) -> int:
         return self.W_enc.shape[1]
 
+    @property
+    def architecture(self) -> str:
+        return "topk" if self.k is not None else "standard" if self.threshold is None else "jumprelu"
+
     def encode(self, x: torch.Tensor, features=slice(None)) -> torch.Tensor:
         """Feature activations of x [..., d_in] (optionally only `features`), fp32."""
         x = x.float()
+        if self.normalize == "constant_norm_rescale":
+            x = x * (self.d_in ** 0.5 / x.norm(dim=-1, keepdim=True))
+        elif self.normalize == "layer_norm":
+            x = x - x.mean(-1, keepdim=True)
+            x = x / (x.std(-1, keepdim=True) + 1e-5)
         if self.apply_b_dec_to_input:
             x = x - self.b_dec.to(x.device)
+        if self.k is not None:     # TopK: a feature counts only among its row's k largest pre-activations
+            every = x @ self.W_enc.to(x.device) + self.b_enc.to(x.device)
+            pre = every[..., features]
+            return pre.relu() * (pre >= every.topk(min(self.k, self.d_sae), dim=-1).values[..., -1:])
         pre = x @ self.W_enc[:, features].to(x.device) + self.b_enc[features].to(x.device)
         if self.threshold is None:
             return pre.relu()
-        return pre * (pre > self.threshold[features].to(x.device))
+        return pre.relu() * (pre > self.threshold[features].to(x.device))
+
+    @classmethod
+    def assemble(cls, where: str, cfg, W_enc, b_enc, b_dec, W_dec=None, threshold=None) -> "SAEWeights":
+        """Weights and a SAELens config (object or dict) -> SAEWeights; `where` names the SAE in errors."""
+        arch = saelens_field(cfg, "architecture")
+        arch = (arch() if callable(arch) else arch) or ("standard" if threshold is None else "jumprelu")
+        if arch not in ARCHITECTURES:
+            raise TargetError(f"{where} is a {arch} SAE: reverie reads {', '.join(ARCHITECTURES)} SAEs")
+        if arch == "jumprelu" and threshold is None:
+            raise TargetError(f"the JumpReLU SAE in {where} has no threshold")
+        normalize = saelens_field(cfg, "normalize_activations") or "none"
+        if normalize not in NORMALIZE:
+            raise TargetError(f"{where} normalizes its inputs by {normalize}, which reverie does not do: "
+                              f"use an SAE with normalize_activations one of {', '.join(NORMALIZE)}")
+        k = saelens_field(cfg, "k") if arch == "topk" else None
+        if arch == "topk" and not (isinstance(k, int) and k > 0):
+            raise TargetError(f"the TopK SAE in {where} has no k (a positive whole number) in its config")
+        W_enc, b_enc = W_enc.detach().float().cpu(), b_enc.detach().float().cpu()
+        if W_dec is not None:
+            W_dec = W_dec.detach().float().cpu()
+        if arch == "topk" and saelens_field(cfg, "rescale_acts_by_decoder_norm"):
+            if W_dec is None:
+                raise TargetError(f"the TopK SAE in {where} rescales by its decoder norms but has no W_dec")
+            norms = W_dec.norm(dim=-1)       # folded: pre · ‖W_dec row‖ is the same linear map
+            W_enc, b_enc = W_enc * norms, b_enc * norms
+        hook = saelens_field(cfg, "hook_name")
+        return cls(W_enc, b_enc, b_dec.detach().float().cpu(), hook,
+                   None if arch != "jumprelu" else threshold.detach().float().cpu(),
+                   bool(saelens_field(cfg, "apply_b_dec_to_input") is not False), W_dec, k, normalize,
+                   saelens_field(cfg, "model_name"))
 
     @classmethod
     def load(cls, path: str | Path) -> "SAEWeights":
@@ -81,30 +147,23 @@ class SAEWeights:
         if not isinstance(cfg, dict) or not isinstance(cfg.get("metadata", {}), dict):
             raise TargetError(f"{folder / CFG} is not an SAE config: it must be a JSON object like "
                               '{"hook_name": "blocks.8.hook_resid_pre", ...} (SAELens\'s layout)')
-        hook = cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name")
+        hook = saelens_field(cfg, "hook_name")
         if hook is not None and not isinstance(hook, str):
             raise TargetError(f"the hook_name in {folder / CFG} must be a hook name like blocks.8.hook_resid_pre, not {hook!r}")
         missing = [k for k in ("W_enc", "b_enc") if k not in w] + ([] if hook else ["hook_name in cfg.json"])
         if missing:
             raise TargetError(f"the SAE in {path} has no {', '.join(missing)}")
-        jump = cfg.get("architecture") == "jumprelu"
-        if jump and "threshold" not in w:
-            raise TargetError(f"the JumpReLU SAE in {path} has no threshold")
-        return cls(w["W_enc"].float(), w["b_enc"].float(), w.get("b_dec", torch.zeros(w["W_enc"].shape[0])).float(),
-                   hook, w["threshold"].float() if jump else None, bool(cfg.get("apply_b_dec_to_input", True)),
-                   w.get("W_dec"))
+        b_dec = w.get("b_dec", torch.zeros(w["W_enc"].shape[0]))
+        return cls.assemble(str(path), cfg, w["W_enc"], w["b_enc"], b_dec, w.get("W_dec"), w.get("threshold"))
 
     @classmethod
     def from_saelens(cls, sae) -> "SAEWeights":
-        """Read the encoder of a SAELens `SAE` object (standard or JumpReLU)."""
-        cfg = sae.cfg
-        hook = getattr(cfg, "hook_name", None) or getattr(getattr(cfg, "metadata", None), "hook_name", None)
-        threshold = getattr(sae, "threshold", None)
-        return cls(sae.W_enc.detach().float().cpu(), sae.b_enc.detach().float().cpu(), sae.b_dec.detach().float().cpu(),
-                   hook, None if threshold is None else threshold.detach().float().cpu(),
-                   bool(getattr(cfg, "apply_b_dec_to_input", True)), sae.W_dec.detach().float().cpu())
+        """Read the encoder of a SAELens `SAE` object (standard, JumpReLU or TopK)."""
+        return cls.assemble(f"the SAELens {type(sae).__name__}", sae.cfg, sae.W_enc, sae.b_enc, sae.b_dec,
+                            getattr(sae, "W_dec", None), getattr(sae, "threshold", None))
 
     def save(self, path: str | Path) -> Path:
+        """Write the SAE in SAELens's layout (v6 config, with the hook name also at the top for older readers)."""
         from safetensors.torch import save_file
 
         folder = Path(path)
@@ -115,10 +174,12 @@ class SAEWeights:
         if self.W_dec is not None:
             tensors["W_dec"] = self.W_dec
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, folder / WEIGHTS)
+        metadata = {"hook_name": self.hook_name, **({"model_name": self.model_name} if self.model_name else {})}
         write_json(folder / CFG, {
-            "hook_name": self.hook_name, "d_in": self.d_in, "d_sae": self.d_sae,
-            "architecture": "standard" if self.threshold is None else "jumprelu",
-            "apply_b_dec_to_input": self.apply_b_dec_to_input})
+            "hook_name": self.hook_name, "d_in": self.d_in, "d_sae": self.d_sae, "dtype": "float32", "device": "cpu",
+            "architecture": self.architecture,
+            **({"k": self.k} if self.k is not None else {}), "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": self.normalize, "metadata": metadata})
         return folder
 
 
@@ -126,7 +187,8 @@ class SAEWeights:
 class SAEFeature(Target):
     """Encoder activation of SAE feature `feature` at the SAE's hook point, read at `position`.
 
-    `sae` is an `SAEWeights`, a folder in SAELens's layout, or a SAELens `SAE` object."""
+    `sae` is an `SAEWeights`, a folder in SAELens's layout, a SAELens `SAE` object, or the name of a
+    pretrained SAE in SAELens's directory, `RELEASE/SAE_ID` (see `saelens.py`; downloaded once)."""
 
     reads_logits = False
 
@@ -137,7 +199,12 @@ class SAEFeature(Target):
     source: str = field(default="<SAE>", init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.sae, (str, Path)):
+        if isinstance(self.sae, str) and is_name(self.sae):
+            release, sae_id = saelens.split_name(str(self.sae))
+            self.source = f"{release}/{sae_id}"
+            self.weights = replace(SAEWeights.from_saelens(saelens.load(release, sae_id, self.feature)),
+                                   model_name=saelens.model_of(release))
+        elif isinstance(self.sae, (str, Path)):
             self.source = absolute(self.sae)
             self.weights = SAEWeights.load(self.sae)
         elif isinstance(self.sae, SAEWeights):
@@ -151,20 +218,27 @@ class SAEFeature(Target):
     def prepare(self, model: Model) -> None:
         import torch
 
+        hook, w, width = self.hooks[0], self.weights, None
         try:
-            model.check_hook(self.hooks[0])
+            model.check_hook(hook)
         except ModelError as e:
-            raise TargetError(f"{self.spec}: the SAE reads {self.hooks[0]}, which this model does not have ({e})") from None
-        width = model.adapter.d_mlp if self.hooks[0].endswith("mlp.hook_post") else model.adapter.d_model
-        if self.weights.d_in != width:
-            raise TargetError(f"{self.spec}: the SAE takes {self.weights.d_in}-dimensional inputs but "
-                              f"{self.hooks[0]} has {width}: was it trained on another model?")
-        if not 0 <= self.feature < self.weights.d_sae:
-            raise TargetError(f"{self.spec}: feature {self.feature} does not exist: the SAE has features 0-{self.weights.d_sae - 1}")
-        self.weights = SAEWeights(*(t.to(model.device) if isinstance(t, torch.Tensor) else t
-                                    for t in (self.weights.W_enc, self.weights.b_enc, self.weights.b_dec,
-                                              self.weights.hook_name, self.weights.threshold,
-                                              self.weights.apply_b_dec_to_input, None)))
+            wrong = str(e)
+        else:
+            width = model.adapter.d_mlp if hook.endswith("mlp.hook_post") else model.adapter.d_model
+            wrong = None if w.d_in == width else f"{hook} has {width} dimensions, the SAE reads {w.d_in}"
+        if wrong and w.model_name:
+            raise TargetError(f"{self.spec}: the SAE was trained on {w.model_name}, not on this model "
+                              f"({model.spec}: {wrong}): load --model {saelens.hub_model(w.model_name)}")
+        if wrong and width is not None:
+            raise TargetError(f"{self.spec}: the SAE takes {w.d_in}-dimensional inputs but "
+                              f"{hook} has {width}: was it trained on another model?")
+        if wrong:
+            raise TargetError(f"{self.spec}: the SAE reads {hook}, which this model does not have ({wrong})")
+        if not 0 <= self.feature < w.d_sae:
+            raise TargetError(f"{self.spec}: feature {self.feature} does not exist: the SAE has features 0-{w.d_sae - 1}")
+        self.weights = replace(w, W_dec=None, **{name: getattr(w, name).to(model.device) for name in
+                                                ("W_enc", "b_enc", "b_dec", "threshold")
+                                                if isinstance(getattr(w, name), torch.Tensor)})
 
     def value(self, cache):
         x = cache[self.hooks[0]][:, self.position]
@@ -173,6 +247,12 @@ class SAEFeature(Target):
     @property
     def spec(self) -> str:
         return f"sae:{self.source}:F{self.feature}"
+
+
+def is_name(text: str) -> bool:
+    """Whether an SAE given as text is a SAELens name (`RELEASE/SAE_ID`) rather than a folder: it is not a
+    path that exists, nor one written as a path (absolute, ~, ./, ../)."""
+    return not (os.path.exists(text) or os.path.isabs(text) or text.startswith(("~", ".")) or "\\" in text)
 
 
 def train_sae(activations: torch.Tensor, hook_name: str, d_sae: int = 512, l1: float = 0.1, steps: int = 2000,

@@ -7,9 +7,19 @@ fp32 logits. All targets read the last prompt position unless given another `pos
 Spec strings, one `Kind` each in `KINDS` (read by `parse_target`, `usage()` and sweep ranges):
 `neuron:L9.N402`, `neuron:blocks.9.mlp.hook_post.N402`, `logit:" dog"`,
 `direction:L8` (seeded random unit vector), `direction:L8:seed=3`, `direction:L8:path.npy`,
-`direction:blocks.8.hook_resid_pre`, `attention:L3.H2.K-2`, `sae:FOLDER:F123` (see `sae.py`).
+`direction:blocks.8.hook_resid_pre`, `attention:L3.H2.K-2`, `sae:FOLDER:F123` (see `sae.py`),
+`sae:RELEASE/SAE_ID:F123` (a pretrained SAE by name from SAELens's directory, see `saelens.py`:
+`sae:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical:F123`), and
+`neuronpedia:MODEL/SOURCE/INDEX` (a Neuronpedia feature, found in the same directory:
+`neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234`).
 A target's `.spec` is canonical: the hook form of a layer's own hook point is written `L9`
-(`neuron:blocks.9.mlp.hook_post.N402` is `neuron:L9.N402`), and paths in it are absolute.
+(`neuron:blocks.9.mlp.hook_post.N402` is `neuron:L9.N402`), paths in it are absolute, and a
+Neuronpedia feature is written as its SAE by name (`sae:RELEASE/SAE_ID:F1234`).
+
+An SAE by name is looked up (importing SAELens, seconds) and loaded when its spec is parsed, before
+any model loads: an unknown release or SAE id, or an SAE that is not downloaded while the Hugging
+Face hub is out of reach, is one TargetError line then. Every other spec parses without SAELens,
+torch or the network.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..errors import ReverieError, TargetError
+from . import saelens
 from .sae import SAEFeature
 from .target import Target, absolute
 from .vocab import as_items, resolve_token
@@ -265,6 +276,13 @@ def _sae(rest: str, ban: tuple[str, ...]) -> SAEFeature | None:
     return SAEFeature(path, int(feature)) if sep and path and feature.isdigit() else None
 
 
+def _neuronpedia(rest: str, ban: tuple[str, ...]) -> SAEFeature | None:
+    if not re.fullmatch(r".+/.+/\d+", rest):
+        return None
+    release, sae_id, feature = saelens.neuronpedia(rest)
+    return SAEFeature(f"{release}/{sae_id}", feature)
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of target spec, `NAME:REST`.
@@ -287,7 +305,9 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("logit", _logit, 'logit:" dog" (or a token id, logit:123)'),
     Kind("direction", _direction, "direction:L8[:seed=N|:path.npy]", ranges=True),
     Kind("attention", _attention, "attention:L3.H2.K-2", ranges=True, scans=False),
-    Kind("sae", _sae, "sae:SAE_FOLDER:F123"),
+    Kind("sae", _sae, "sae:SAE_FOLDER:F123 (or a SAELens release and SAE id, "
+                      "sae:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical:F123)"),
+    Kind("neuronpedia", _neuronpedia, "neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234"),
 )}
 
 

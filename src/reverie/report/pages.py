@@ -1,6 +1,7 @@
 """The Jinja environment every HTML page (report, faces, sweep index) renders with: the package's
 templates, autoescaping on (dreamed text may contain markup), and the number and prompt filters
-(`shown`: newlines as ⏎ and control characters escaped, see `text.visible`)."""
+(`shown`: newlines as ⏎ and control characters escaped, see `text.visible`; `value`: a number for a
+data-v attribute, empty where missing or not finite, which the tables' script sorts last)."""
 
 from __future__ import annotations
 
@@ -19,4 +20,14 @@ def environment():
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda x, d=3: "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.{d}f}"
     env.filters["shown"] = visible
+    env.filters["value"] = value
     return env
+
+
+def value(x) -> str:
+    """A number as a data attribute reads it: repr of the float, or "" for None, NaN and infinities."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return ""
+    return repr(x) if math.isfinite(x) else ""

@@ -1,15 +1,18 @@
 """One self-contained `report.html` per run: configuration, frontier, the paper's plots, causal token
 attribution for chosen frontier points, and the top dataset windows beside the dreams.
 
-The page works offline (plots are embedded PNGs, styles inline, no script) and every piece of
-model-generated text goes through Jinja's autoescaping, so a dreamed `<script>` shows as text.
-Attribution and the random-prompt baseline need the model; without it the report says so.
+The page works offline (plots are embedded PNGs, styles and the one small script that sorts, filters
+and copies inline, nothing fetched) and every piece of model-generated text goes through Jinja's
+autoescaping, so a dreamed `<script>` shows as text; the script only ever reads text. Attribution, the
+random-prompt baseline and the per-token colouring of the best dreams and dataset windows need the
+model; without it the report says so.
 """
 
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,6 +29,7 @@ from .pages import environment
 from .text import visible
 from ..files import atomic_write
 from ..evidence.scan import read_scan
+from ..evidence.tokens import per_token, token_strings
 from ..lm.targets import Direction, as_target
 
 REPORT = "report.html"
@@ -45,9 +49,47 @@ def _points(history: pd.DataFrame, n: int) -> list[pd.Series]:
 def best_table(history: pd.DataFrame, z=lambda activation: None) -> list[dict]:
     """The best prompt at cross-entropy <= 4, 5, 6 and unconstrained, one row each (`z` turns an activation
     into a z-score, or None); a row with no prompt that fluent has activation, cross_entropy and text None."""
-    return [{"limit": "any" if row["max_cross_entropy"] is None else f"≤ {row['max_cross_entropy']:g}",
-             "activation": row["activation"], "z": None if row["activation"] is None else z(row["activation"]),
-             "cross_entropy": row["cross_entropy"], "text": row["text"]} for row in best_rows(history)]
+    rows = []
+    for limit, row in zip(THRESHOLDS, best_rows(history, THRESHOLDS)):
+        best = None if row["text"] is None else best_at(history, limit)
+        rows.append({"limit": "any" if row["max_cross_entropy"] is None else f"≤ {row['max_cross_entropy']:g}",
+                     "activation": row["activation"], "z": None if row["activation"] is None else z(row["activation"]),
+                     "cross_entropy": row["cross_entropy"], "text": row["text"],
+                     "ids": None if best is None else [int(t) for t in best["ids"]]})
+    return rows
+
+
+def token_view(model: Model, ids, values, scale: float) -> list[dict]:
+    """A prompt token by token for the pages: each token's text (made visible), background colour (red
+    for activations above 0, blue below, full at |activation| = `scale`) and hover text; a token without
+    a finite value is left uncoloured."""
+    view = []
+    for token, i, v in zip(token_strings(model, ids), ids, values):
+        text = visible(token)
+        if np.isfinite(v) and scale > 0:
+            alpha = min(abs(float(v)) / scale, 1.0)
+            colour = f"rgba({'214, 39, 40' if v >= 0 else '31, 119, 180'}, {alpha:.2f})"
+            tip = f"activation {float(v):.4f} at '{text}' (id {int(i)})"
+        else:
+            colour, tip = "transparent", f"'{text}' (id {int(i)}): no value at this position"
+        view.append({"text": text, "colour": colour, "tip": tip})
+    return view
+
+
+def _colour_tokens(model: Model, target, template, best: list[dict], windows: list[dict] | None) -> float | None:
+    """Add "tokens" (see `token_view`) to the best dreams and the dataset windows, on one colour scale:
+    one forward pass per prompt. Returns the scale (None when the target has no per-position value)."""
+    dreams = [r for r in best if r["ids"] is not None]
+    windows = windows or []
+    dream_values = per_token(model, target, [r["ids"] for r in dreams], template=template)
+    window_values = per_token(model, target, [list(map(int, w["ids"])) for w in windows])
+    finite = [abs(v[np.isfinite(v)]) for v in dream_values + window_values]
+    scale = max((float(f.max()) for f in finite if len(f)), default=0.0)
+    for row, values in zip(dreams, dream_values):
+        row["tokens"] = token_view(model, row["ids"], values, scale)
+    for row, values in zip(windows, window_values):
+        row["tokens"] = token_view(model, list(map(int, row["ids"])), values, scale)
+    return scale if scale > 0 else None
 
 
 def _heatmap(table: pd.DataFrame) -> list[dict]:
@@ -71,9 +113,12 @@ def _heatmap(table: pd.DataFrame) -> list[dict]:
 
 
 def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | None = None, target=None,
-                 points: int = 4, k: int = 32, baseline_prompts: int = 512) -> str:
+                 points: int = 4, k: int = 32, baseline_prompts: int = 512,
+                 progress: Callable[[str], None] | None = None) -> str:
     """The report's HTML. `model` (and `target`, for Python-only targets) enables attribution and the
-    random-prompt baseline; `scan` adds the dataset windows for this run's target."""
+    random-prompt baseline (seed 0, cached per model and target: runs of one target share it); `scan`
+    adds the dataset windows for this run's target. `progress` is told each step that needs the model."""
+    progress = progress or (lambda step: None)
     run = run if isinstance(run, DreamResult) else load_run(run)
     history = run.history
     front = pareto(history)
@@ -98,16 +143,18 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
         notes.append("Attribution and the random-prompt baseline need the model: `reverie report RUN_DIR` loads it.")
     if resolved is not None:
         length = len(history["ids"].iloc[0]) if len(history) else run.config.length
-        baseline = random_baseline(model, resolved, n=baseline_prompts, length=length, seed=run.config.seed,
-                                   template=run.config.template)
-        for row in _points(history, points):
-            if row["activation"] <= baseline.mean + 2 * baseline.std:
-                continue  # nothing above random prompts to explain
+        progress(f"random-prompt baseline ({baseline_prompts} prompts)")
+        baseline = random_baseline(model, resolved, n=baseline_prompts, length=length, template=run.config.template,
+                                   cached=True)
+        chosen = [row for row in _points(history, points) if row["activation"] > baseline.mean + 2 * baseline.std]
+        for i, row in enumerate(chosen, 1):     # (only prompts above random ones have something to explain)
+            progress(f"attribution {i}/{len(chosen)}")
             table = attribute(model, resolved, [int(t) for t in row["ids"]], k=k, template=run.config.template)
             attributions.append({"activation": float(row["activation"]), "cross_entropy": float(row["cross_entropy"]),
                                  "text": row["text"], "tokens": _heatmap(table)})
     zscores = baseline is not None and isinstance(resolved, Direction)
 
+    progress("plots")
     figures = [("Pareto frontier", plots.data_url(plots.frontier_plot(history, f"{run.target}: frontier")))]
     if windows is not None:
         figures.append(("Dreams vs dataset windows", plots.data_url(plots.dreams_vs_data(history, windows, f"{run.target}: dreams vs data"))))
@@ -116,6 +163,11 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
     def z(x):
         return float(baseline.z(x)) if zscores else None
 
+    best = best_table(history, z)
+    window_rows = None if windows is None else windows.head(20).to_dict("records")
+    if resolved is not None:
+        progress("per-token activations")
+    scale = None if resolved is None else _colour_tokens(model, resolved, run.config.template, best, window_rows)
     frontier_rows = [{"iteration": int(r.iteration), "activation": r.activation, "z": z(r.activation),
                       "cross_entropy": r.cross_entropy, "text": r.text} for r in front.itertuples()]
     template = run.config.template
@@ -123,9 +175,9 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
     config = {"model": run.model, "target": run.target, "iterations": run.iterations, "stopped": run.stopped,
               "prompts scored": len(history), **{f"epo.{k}": v for k, v in run.config.to_dict().items()}}
     return environment().get_template("report.html.j2").render(
-        title=title, run=run, config=config, best=best_table(history, z), context=context, frontier=frontier_rows, figures=figures,
+        title=title, run=run, config=config, best=best, scale=scale, context=context, frontier=frontier_rows, figures=figures,
         attributions=attributions, k=k, baseline=baseline, zscores=zscores, notes=notes,
-        windows=None if windows is None else windows.head(20).to_dict("records"),
+        windows=window_rows,
         versus=None if windows is None else versus_data(history, windows),
         version=__version__, created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
 

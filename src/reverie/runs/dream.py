@@ -21,8 +21,10 @@ from ..errors import ConfigError, RunDirError
 from ..search.frontier import best_at, best_rows, pareto, summary
 from ..search.history import History
 from ..lm.model import Model, dtype_name, load_model
+from ..lm.foreign import as_model
 from .rundir import CONFIG, FRONTIER, RunDir
 from ..evidence.scan import data_starts, read_scan
+from ..lm import memory
 from ..scoring import make_scorer
 from ..lm.targets import Target
 
@@ -115,8 +117,10 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     _check_every(checkpoint_every)
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
+    model = as_model(model)     # a TransformerLens or nnsight model is wrapped (lm.foreign)
     scorer = make_scorer(model, target, config, fluency_models=fluency_models)
     target = scorer.target
+    _check_memory(model, scorer, config)
     if starts is not None:
         windows = read_scan(starts)
         windows = windows[windows["target"] == target.spec]
@@ -155,14 +159,23 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
             target = saved["target"]
         if model is None:
             model = load_model(saved["model"], dtype=saved.get("dtype"))
+        model = as_model(model)
         scorer = make_scorer(model, target, config, fluency_models=fluency_models)
         target = scorer.target
+        _check_memory(model, scorer, config)
         history = History()
         if state is not None:
             history.extend(run_dir.history(upto=state.iteration))
         update = {**saved, "epo": config.to_dict()} if config.iters != original.iters else None
         epo = EPO(scorer, config, history, state)
         return _run(epo, model, target, run_dir, callback, checkpoint_every, update)
+
+
+def _check_memory(model: Model, scorer, config: EPOConfig) -> None:
+    """Refuse, before any work, a dream that will not fit in the memory left on the model's device."""
+    need = memory.estimate(model, config.population, config.length, scorer.batch_size, children=config.children,
+                           device=model.device)
+    memory.check(need, model.device)
 
 
 def _saved_config(run_dir: RunDir, saved: dict) -> EPOConfig:

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..lm.model import Model, dtype_name, load_model
+from ..lm.foreign import as_model
 from ..lm.targets import Target, as_target
 from ..lm.vocab import Vocabulary
 from .batching import BackingOff, auto_batch_size
@@ -56,6 +57,7 @@ def make_scorer(model: Model, target: Target | str | Callable, config, *, scorer
     options, template, fluency models, prompt length, batch size and scorer). `scorer` ("packed" or
     "plain") overrides the config's; `fluency_models` are loaded models for the specs in
     `config.fluency` (the others are loaded by spec)."""
+    model = as_model(model)     # a TransformerLens or nnsight model is wrapped (lm.foreign)
     name = scorer or config.scorer
     if name not in SCORERS:
         raise ConfigError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
