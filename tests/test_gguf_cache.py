@@ -72,8 +72,10 @@ def tiny_gguf(tmp_path, monkeypatch):
     return path
 
 
-def test_a_gguf_file_is_converted_once(tiny_gguf, monkeypatch, capsys):
+def test_a_gguf_file_is_converted_once(tiny_gguf, monkeypatch, capsys, caplog):
     first = load_model(tiny_gguf, dtype="fp32", device="cpu")
+    assert [r.message for r in caplog.records if r.message.startswith("converting")]    # the slow step says so
+    caplog.clear()
     folder = loading.gguf_cache_path(tiny_gguf)
     assert loading.is_converted(folder) and (folder / "tokenizer.json").exists()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]    # no temporary folder left
@@ -84,6 +86,7 @@ def test_a_gguf_file_is_converted_once(tiny_gguf, monkeypatch, capsys):
 
     monkeypatch.setattr(loading, "convert_gguf", refuse)
     again = load_model(tiny_gguf, dtype="bf16", device="cpu")
+    assert not [r for r in caplog.records if r.message.startswith("converting")]
     assert again.dtype == torch.bfloat16 and again.n_layers == first.n_layers == 2
     ids = torch.tensor([[5, 80, 259, 7]])
     assert torch.allclose(first.hf(ids).logits, again.hf(ids).logits.float(), atol=2e-2)

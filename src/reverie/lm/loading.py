@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +19,8 @@ from ..errors import ModelError
 from .cache import cache_dir, write_folder
 from .dtypes import choose_dtype, parse_device
 from .synthetic import RandomSpec, is_random, random_weights, shape_config, synthetic_tokenizer
+
+log = logging.getLogger("reverie")
 
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,7 +91,8 @@ def gguf_cache_path(path: Path) -> Path:
 def converted(path: Path, target: Path | None = None) -> Path:
     """The plain model folder of a GGUF file, converted on the first call and read from the cache after."""
     target = target or gguf_cache_path(path)
-    if not is_converted(target):
+    if not is_converted(target):      # a step of minutes, once: say so (stderr, even with logging unconfigured)
+        log.warning("converting %s into %s, once (a minute or two; later loads read it from there)", path.name, target)
         write_folder(target, lambda tmp: convert_gguf(path, tmp), f"the converted model of {path.name}")
     return target
 
