@@ -215,3 +215,19 @@ def test_the_scorer_names_are_the_scorers_make_scorer_builds():
     from reverie.search.config import SCORERS as NAMES
     assert tuple(SCORERS) == NAMES
 
+
+
+def test_help_and_spec_errors_load_no_torch():
+    """`reverie --help` and a bad spec answer at once: neither imports torch or transformers (the timing
+    itself is in the issue's note, not a test)."""
+    import subprocess
+    code = ("import sys\nfrom reverie.cli.app import main\nsys.argv = ['reverie', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules)\n"
+            "print('HEAVY', heavy, code)\n")
+    for args in (["--help"], ["dream", "--help"], ["dream", "--target", "foo:1"], ["scan", "--target", "neuron:Lx",
+                                                                                     "--out", "x"]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120).stdout
+        assert out.strip().splitlines()[-1] in ("HEAVY [] 0", "HEAVY [] 2"), (args, out[-300:])
+    assert subprocess.run([sys.executable, "-c", "import reverie, sys; assert 'torch' not in sys.modules; "
+                           "reverie.EPOConfig(iters=3)"], timeout=120).returncode == 0

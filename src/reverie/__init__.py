@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import ConfigError, ModelError, ReverieError, RunDirError, TargetError
-from .version import __version__
+from .errors import ConfigError, ModelError, ReverieError, RunDirError, TargetError  # noqa: F401
+from .version import __version__  # noqa: F401
 
 _WHERE = {     # public name -> the module that defines it
     "lm.model": ("Model", "load_model"),

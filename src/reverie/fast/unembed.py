@@ -20,23 +20,30 @@ TILE_BYTES = 16 << 20      # bytes of logits per tile: at most this many rows ×
 
 
 def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(head(hidden))[..., label] in fp32: hidden [..., d], labels [...] → [...]."""
-    flat, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)   # contiguous rows (docs/performance.md#contiguous-rows)
+    """log softmax(head(hidden))[..., label] in fp32: hidden [..., d], labels [...] → [...]; or several labels
+    per row, labels [..., K] → [..., K] (a label outside the vocabulary, e.g. -1 as padding, gives −∞).
+    Each row's log-sum-exp is computed once, whatever the number of its labels."""
+    several = labels.dim() == hidden.dim()
+    flat = hidden.reshape(-1, hidden.shape[-1])     # contiguous rows (docs/performance.md#contiguous-rows)
+    flat_labels = labels.reshape(len(flat), -1) if several else labels.reshape(-1)
     rows = max(1, TILE_BYTES // (VOCAB_TILE * model.dtype.itemsize))
     out = []
     for h, y in zip(flat.split(rows), flat_labels.split(rows)):
         lse, label = zip(*(tile_logsumexp(logits, y - start) for start, logits in model.head_tiles(h, VOCAB_TILE)))
-        out.append(torch.stack(label, -1).amax(-1) - torch.stack(lse, -1).logsumexp(-1))
+        total = torch.stack(lse, -1).logsumexp(-1)
+        out.append(torch.stack(label, -1).amax(-1) - (total[:, None] if several else total))
     return torch.cat(out).view(labels.shape)
 
 
 def plain_tile_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-sum-exp of each row of a tile of logits [R, T] of any dtype, each row's label logit or −∞
-    where the label (relative to the tile's first column) is outside the tile), both fp32."""
+    where the label (relative to the tile's first column) is outside the tile), both fp32; labels [R], or
+    [R, K] for K labels per row."""
     x = logits.float()
     inside = (labels >= 0) & (labels < x.shape[-1])
-    label = x.gather(-1, labels.clamp(0, x.shape[-1] - 1)[:, None])[:, 0]
-    return x.logsumexp(-1), label.masked_fill(~inside, -torch.inf)
+    index = labels.clamp(0, x.shape[-1] - 1)
+    label = x.gather(-1, index[:, None] if index.dim() == 1 else index)
+    return x.logsumexp(-1), label.view(labels.shape).masked_fill(~inside, -torch.inf)
 
 
 class Fused:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Iterator
 

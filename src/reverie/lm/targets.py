@@ -24,7 +24,6 @@ torch or the network.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from .target import Target, absolute
 from .vocab import as_items, resolve_token
 
 if TYPE_CHECKING:
+    import torch
+
     from .model import Model
 
 
@@ -108,10 +109,9 @@ class Logit(Target):
 
     def value(self, cache):
         logits = cache["logits"][:, self.position].float()
-        own = logits[..., self.token_id]
-        others = logits.clone()
-        others[..., self.token_id] = -math.inf
-        return own - others.max(-1).values
+        top = logits.topk(2, dim=-1)      # the best other token: the first of the top two that is not ours
+        other = top.values[..., 1].where(top.indices[..., 0] == self.token_id, top.values[..., 0])
+        return logits[..., self.token_id] - other
 
     @property
     def spec(self) -> str:

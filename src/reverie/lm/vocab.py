@@ -8,15 +8,101 @@ re-tokenise to the same ids when that check is on, fails its constraints and get
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..errors import ConfigError
+from .cache import cache_dir
+
+if TYPE_CHECKING:     # torch loads when a vocabulary is built, not when the CLI reads as_items
+    import torch
+
+DECODES = 1          # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
+PRINTABLE = 2        # ... and that text is printable ASCII
+FLAGS_VERSION = 1    # bump when the flags' meaning changes: it names the cache files
 
 
 def token_texts(tokenizer, n: int) -> list[str]:
+    """The text of each of the first n tokens, decoded alone (the fast tokenizer's backend in one batch)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        try:
+            return backend.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
+        except Exception:     # a backend that refuses: the tokenizer's own batch decoding
+            pass
     return tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+
+
+def token_flags(tokenizer, n: int) -> np.ndarray:
+    """DECODES | PRINTABLE flags (uint8) of the first n tokens. Decoding a 262k vocabulary takes seconds,
+    so the flags are cached on disk (`vocab_cache_folder()`) under the tokenizer's fingerprint (itself kept
+    in memory per tokenizer object); a cache that cannot be read or written is recomputed
+    (docs/performance.md#large-vocabularies)."""
+    key = fingerprint(tokenizer)
+    path = None if key is None else vocab_cache_folder() / f"{key}-{n}-v{FLAGS_VERSION}.npy"
+    if path is not None:
+        try:
+            flags = np.load(path)
+            if flags.shape == (n,) and flags.dtype == np.uint8:
+                return flags
+        except (OSError, ValueError, EOFError):
+            pass
+    texts = token_texts(tokenizer, n)
+    flags = np.fromiter(((bool(t) and "\ufffd" not in t) * DECODES
+                         + (t.isascii() and t.isprintable()) * PRINTABLE for t in texts), np.uint8, n)
+    if path is not None:
+        save(path, flags)
+    return flags
+
+
+def vocab_cache_folder() -> Path:
+    """Where token flags are cached: the cache directory's `vocab/` (see `model.cache_dir`)."""
+    return cache_dir() / "vocab"
+
+
+_fingerprints: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+
+
+def fingerprint(tokenizer) -> str | None:
+    """A hash of everything a token's decoded text depends on: the fast tokenizer's serialisation (vocabulary,
+    merges, normaliser, decoder) and its added tokens; None for a tokenizer without one (no disk cache)."""
+    try:
+        return _fingerprints[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    h = hashlib.sha256(backend.to_str().encode())
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    h.update(repr(sorted((i, str(t)) for i, t in added.items())).encode())
+    h.update(f"{type(tokenizer).__name__} {len(tokenizer)}".encode())
+    key = h.hexdigest()[:32]
+    try:
+        _fingerprints[tokenizer] = key
+    except TypeError:        # an object that takes no weak references: hashed again next time
+        pass
+    return key
+
+
+def save(path: Path, flags: np.ndarray) -> None:
+    """Write the flags atomically (a temporary file renamed into place); an unwritable cache is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".flags-", suffix=".npy", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, flags)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -33,21 +119,21 @@ class Vocabulary:
     def build(cls, tokenizer, embedding_rows: int, *, ascii_only: bool = False,
               banned_tokens: tuple[str | int, ...] = (), banned_strings: tuple[str, ...] = (),
               check_retokenization: bool = True) -> "Vocabulary":
+        import torch
+
         n = min(len(tokenizer), embedding_rows)
-        texts = token_texts(tokenizer, n)
+        flags = torch.from_numpy(token_flags(tokenizer, n))
+        need = DECODES | PRINTABLE if ascii_only else DECODES
+        ok = (flags & need) == need
         special = set(getattr(tokenizer, "all_special_ids", []))
         special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
         banned = {resolve_token(tokenizer, t) for t in as_items(banned_tokens)}
-        keep = []
-        for i, t in enumerate(texts):
-            if i in special or i in banned or not t or "\ufffd" in t:
-                continue
-            if ascii_only and not (t.isascii() and t.isprintable()):
-                continue
-            keep.append(i)
-        if not keep:
+        out = torch.tensor([i for i in special | banned if 0 <= i < n], dtype=torch.long)
+        ok[out] = False
+        keep = ok.nonzero()[:, 0]
+        if not len(keep):
             raise ConfigError("no token of the vocabulary is allowed: loosen --ascii-only or the banned tokens")
-        return cls(tokenizer, torch.tensor(keep), as_items(banned_strings), check_retokenization, frozenset(keep))
+        return cls(tokenizer, keep, as_items(banned_strings), check_retokenization, frozenset(keep.tolist()))
 
     @classmethod
     def for_model(cls, model, **options) -> "Vocabulary":
@@ -66,6 +152,8 @@ class Vocabulary:
 
     def ok(self, ids: torch.Tensor, texts: list[str] | None = None) -> torch.Tensor:
         """Bool per prompt: passes banned strings and (if on) re-tokenisation."""
+        import torch
+
         texts = self.decode(ids) if texts is None else texts
         good = []
         rows = _rows(ids)
@@ -80,6 +168,8 @@ class Vocabulary:
 
     def random_prompts(self, m: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """m prompts of n allowed tokens; each is re-tokenised until it round-trips (bounded tries)."""
+        import torch
+
         out = []
         for _ in range(m):
             ids = self.allowed[torch.randint(len(self.allowed), (n,), generator=generator)]
@@ -91,6 +181,8 @@ class Vocabulary:
         return torch.stack(out)
 
     def _canonical(self, ids: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
         again = [t for t in self.encode(self.decode(ids[None])[0]) if t in self.allowed_set]
         while len(again) < n:
             again.append(int(self.allowed[torch.randint(len(self.allowed), (1,), generator=generator)]))

@@ -62,8 +62,9 @@ class Objective:
         if self.templated:     # the target sees the prompt positions only (position -1 = the last prompt token)
             hooks = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
                      for name, t in hooks.items()}
-            hidden = None if hidden is None else hidden[:, L:L + n]
             logits = None if logits is None else logits[:, L:L + n]
+        if hidden is not None:   # a target at the last position gets logits there only ([B, 1, V], as packed children do)
+            hidden = hidden[:, L + n - 1:L + n] if getattr(self.target, "position", None) == -1 else hidden[:, L:L + n]
         if logits is not None:
             hooks = {**hooks, "logits": logits}
         return self.read(hooks, hidden, head)

@@ -87,9 +87,9 @@ class PackedScorer:
                 with self.model.capture(list(self.target.hooks)) as hooks, self.fast.run(packed, drop_above=block) as out:
                     row = packed.gather(full_parents, full_children[chunk])
                     hidden = self.model.trunk(row, position_ids=packed.position[None])[0]   # the tokens of `out`
-                if i == 0:            # the parents' log-probs of prompt tokens first..n-1: the children's prefix terms
+                if i == 0:            # the children's prefix terms, from the parents' positions that predict tokens first..n-1
                     h = hidden[:m * out.n].unflatten(0, (m, out.n))[:, L + first - 1:L + n - 1].contiguous()
-                    parent_lp = self.model.head(h).float().log_softmax(-1)               # [M, n - first, V]
+                    prefix = prefix_logprobs(self.model, h, parents, children, parent, pos, first)
                 read = packed.at(L + n - 1)     # the target reads each child's last prompt token, as if unpacked
                 hooks = {name: t[0].transpose(0, 1)[read, :, None, L:L + n] if name.endswith("hook_pattern")
                          else t[0, read, None] for name, t in hooks.items()}
@@ -101,9 +101,6 @@ class PackedScorer:
                 kid = chunk[out.entry[label] - out.lead]
                 lp = head_logprobs(self.model, hidden[label], children[kid, q[label] - L + 1])
                 own.index_add_(0, kid, lp)
-            # log p(prompt token j | the parent's tokens before it): the child's own term wherever j <= pos
-            j = torch.arange(first, n, device=device)
-            prefix = parent_lp[parent[:, None], j - first, children[:, j]].where(j <= pos[:, None], 0).sum(-1)
             ce[:] = (-(prefix + own) / (n - first)).cpu()
         return f, ce
 
@@ -131,7 +128,7 @@ class PackedScorer:
         self.gradients = {p: self.gradients[p] for p in distinct}
         for key in dict.fromkeys(key for key in keys if key not in self.candidates):
             df, dce = self.gradients[key[0]]
-            self.candidates[key] = top_k_tokens(df - key[1] * dce, self.vocab.allowed, k)
+            self.candidates[key] = top_k_tokens(torch.add(df, dce, alpha=-key[1]), self.vocab.allowed, k)   # one [n, A] pass
         self.candidates = {key: self.candidates[key] for key in keys}
         return [self.candidates[key] for key in keys]
 
@@ -220,6 +217,31 @@ class PackedScorer:
         logprobs = model.head(h.flatten(0, 1)).unflatten(0, h.shape[:2]).float().log_softmax(-1)   # 2-D rows
         allowed = self.vocab.allowed.to(logprobs.device)
         return logprobs.gather(-1, labels[..., None])[..., 0].sum(-1), logprobs[..., allowed]
+
+
+def prefix_logprobs(model: Model, hidden: torch.Tensor, parents: torch.Tensor, children: torch.Tensor,
+                    parent: torch.Tensor, pos: torch.Tensor, first: int) -> torch.Tensor:
+    """Σ_{first ≤ j ≤ pos} log p(child's token j | the parent's tokens before it) per child: the prefix terms
+    of the children's cross-entropy, from the parents' final hidden states [M, n − first, d] at the positions
+    that predict tokens first … n − 1. A child's tokens before pos are its parent's, so each parent position
+    is unembedded once (tiled, never [M, n, V] fp32 log-probabilities), for its own token and the new tokens
+    of the children mutated there (docs/performance.md#large-vocabularies)."""
+    m, width = hidden.shape[:2]
+    at = pos >= first                                           # children whose new token has a prefix term
+    row = parent * width + (pos - first).clamp_min(0)           # the parent position predicting it
+    order = row[at].argsort(stable=True)
+    rows = row[at][order]
+    rank = torch.arange(len(rows), device=rows.device) - torch.searchsorted(rows, rows)   # among the same row's
+    labels = torch.full((m * width, 2 + int(rank.max()) if len(rows) else 1), -1, device=hidden.device)
+    labels[:, 0] = parents[:, first:].reshape(-1)
+    column = torch.empty_like(row)
+    column[at.nonzero()[:, 0][order]] = 1 + rank
+    labels[rows, 1 + rank] = children[at][order, pos[at][order]]
+    lp = head_logprobs(model, hidden.reshape(m * width, -1), labels)        # [M·width, K]
+    own = lp[:, 0].view(m, width).cumsum(1)                    # Σ_{first ≤ j ≤ i} log p(parent's token j)
+    before = own[parent, (pos - first - 1).clamp_min(0)].where(pos > first, 0)   # j < pos: the parent's tokens
+    new = lp[row, column.where(at, 0)].where(at, 0)             # j = pos: the child's own token
+    return before + new
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ class PlainScorer:
         return F.one_hot(ids.to(E.device), E.shape[0]).to(E.dtype).requires_grad_(True)
 
     def allowed(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad.float()[..., self.vocab.allowed.to(grad.device)].cpu()
+        return grad[..., self.vocab.allowed.to(grad.device)].float().cpu()      # gather, then upcast: [.., A] fp32 only
 
     def forward(self, ids: torch.Tensor, one_hot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, CE) of prompts [B, n], fp32; with `one_hot`, the prompt's embeddings come from it."""
