@@ -1,6 +1,10 @@
-"""Shared fixtures: the bundled tokenizer, tiny random-weight models of each family, the real bundled model."""
+"""Shared fixtures: the bundled tokenizer, tiny random-weight models of each family, the real bundled model.
+
+The models live on REVERIE_TEST_DEVICE (default cpu; bench/gpu.sh runs the suite with cuda)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from reverie.lm.model import Model, bundled_path, load_model
 
 VOCAB = 49152  # the bundled tokenizer's vocabulary; tiny models share it
+DEVICE = os.environ.get("REVERIE_TEST_DEVICE", "cpu")
 
 # model_type -> small config overrides (2-3 layers, width 64, MLP 128)
 FAMILIES = {
@@ -52,10 +57,10 @@ def tokenizer():
 
 
 def build_tiny(family: str, tokenizer, seed: int = 0, **overrides) -> Model:
-    """A random-weight model of `family`, fp32 on CPU, with the bundled tokenizer."""
+    """A random-weight model of `family`, fp32 on the test device, with the bundled tokenizer."""
     config = AutoConfig.for_model(family, vocab_size=VOCAB, **{**FAMILIES[family], **overrides})
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(DEVICE)
     return Model(hf, tokenizer, spec=f"tiny-{family}")
 
 
@@ -66,7 +71,7 @@ def tiny_llama(tokenizer) -> Model:
 
 @pytest.fixture(scope="session")
 def bundled() -> Model:
-    return load_model("bundled")
+    return load_model("bundled", device=DEVICE)
 
 
 @pytest.fixture(scope="session")
