@@ -234,8 +234,9 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatc
 
 
 def test_automatic_batch_size_fits_free_memory(tiny_llama):
-    from reverie.scoring.batching import auto_batch_size, free_memory
+    from reverie.lm.memory import available
+    from reverie.scoring.batching import auto_batch_size
     b = auto_batch_size(tiny_llama)
     assert 1 <= b <= 512
     per_prompt = 12 * 49152 * 12
-    assert b * per_prompt <= free_memory(tiny_llama.device)
+    assert b * per_prompt <= available(tiny_llama.device)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .. import files
 from ..errors import ModelError
 
 
@@ -41,21 +41,16 @@ def write_folder(target: Path, fill: Callable[[Path], None], what: str) -> Path:
 
 def read_json(path: Path) -> dict:
     """A JSON object from the cache, or {} if it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = files.read_json(path)
     return data if isinstance(data, dict) else {}
 
 
 def write_json(path: Path, data: dict) -> bool:
-    """Write a JSON cache file atomically; False (and nothing written) where the cache is not writable."""
+    """Write a JSON cache file atomically and strictly (`files.write_json`); False (and nothing written)
+    where the cache is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        files.write_json(path, data)
         return True
-    except OSError:
+    except (OSError, ValueError):
         return False

@@ -5,22 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import is_oom
+from ..lm import memory
 from ..lm.model import Model
 
 CPU_TOKENS_PER_PASS = 2048   # larger CPU batches run slower per token (docs/performance.md#batch-size)
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free on the device (GPU memory, or available system memory for the CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
 
 
 def auto_batch_size(model: Model, length: int = 12, limit: int = 512) -> int:
@@ -31,7 +19,7 @@ def auto_batch_size(model: Model, length: int = 12, limit: int = 512) -> int:
     per_prompt = length * (vocab * (model.dtype.itemsize + 8) + 16 * model.adapter.d_mlp * model.dtype.itemsize)
     if model.device.type == "cpu":
         limit = min(limit, max(1, CPU_TOKENS_PER_PASS // length))
-    return max(1, min(limit, free_memory(model.device) // 2 // per_prompt))
+    return max(1, min(limit, memory.available(model.device) // 2 // per_prompt))
 
 
 def even_split(t: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
