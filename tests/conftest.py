@@ -83,6 +83,19 @@ def tiny_dir(tmp_path_factory, tiny_llama):
     return path
 
 
+TEXTS = ["The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
+         "Rivers carry sediment from mountains to the sea, building deltas where the water slows down."]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A two-document text corpus (TEXTS, one .txt file each) for scans."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for i, text in enumerate(TEXTS):
+        (folder / f"doc{i}.txt").write_text(text)
+    return folder
+
+
 def gradient(scorer, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
     """d(f − λ·CE) / d one-hot for each prompt and its penalty, over the allowed tokens: [B, n, A]."""
     df, dce = scorer.gradient_parts(ids)

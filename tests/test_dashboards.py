@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import typer
+from conftest import TEXTS
 
 import reverie
 from reverie import EPOConfig, dream, make_scorer
@@ -29,18 +30,8 @@ from reverie.report.run import build_report, write_report
 from reverie.runs.export import COLUMNS, export, read_export
 
 CONFIG = EPOConfig(population=4, children=8, top_k=32, length=8, iters=8, seed=0)
-TEXTS = ["The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
-         "Rivers carry sediment from mountains to the sea, building deltas where the water slows down."]
 HOSTILE = '<script>alert(1)</script> "onmouseover=alert(2) x=" $x$ [/x]\nend'
 SHOWN = HOSTILE.replace("\n", "⏎")       # as the pages show it (text.visible)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    for i, text in enumerate(TEXTS):
-        (folder / f"doc{i}.txt").write_text(text)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,6 @@ from test_cli import SMALL, run
 
 XSS = "<script>alert(1)</script></div>"
 CONFIG = EPOConfig(population=4, children=8, top_k=32, length=8, iters=4, seed=0)
-TEXTS = ["The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
-         "Rivers carry sediment from mountains to the sea, building deltas where the water slows down."]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    for i, text in enumerate(TEXTS):
-        (folder / f"doc{i}.txt").write_text(text)
-    return folder
 
 
 @pytest.fixture(scope="module")
