@@ -5,6 +5,7 @@ The models live on REVERIE_TEST_DEVICE (default cpu; bench/gpu.sh runs the suite
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -100,3 +101,33 @@ def gradient(scorer, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor
     """d(f − λ·CE) / d one-hot for each prompt and its penalty, over the allowed tokens: [B, n, A]."""
     df, dce = scorer.gradient_parts(ids)
     return df - penalties[:, None, None].float() * dce
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright, for the pages' tests (skipped without it, except on CI)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    executable = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("no chromium on this machine: apt-get install chromium")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def open_page(browser, path, clipboard: bool = True):
+    """A page of `path` in a fresh context (clipboard permissions granted unless `clipboard` is False),
+    with the console errors and warnings, page errors, failed requests and dialogs it collects."""
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"] if clipboard else [])
+    page = context.new_page()
+    problems, dialogs = [], []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("requestfailed", lambda r: problems.append(f"failed {r.url}"))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page, problems, dialogs

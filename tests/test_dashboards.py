@@ -4,7 +4,6 @@ activations (evidence/tokens.py) in the report; and `reverie export` (runs/expor
 
 import json
 import math
-import os
 import re
 import shutil
 
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import typer
-from conftest import TEXTS
+from conftest import TEXTS, open_page
 
 import reverie
 from reverie import EPOConfig, dream, make_scorer
@@ -129,33 +128,6 @@ def test_attention_target_report_shows_uncoloured_tokens(tmp_path, tiny_llama):
 
 
 # ------------------------------------------------------------------------------ in a real browser
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    executable = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (see .ci/run)")
-        pytest.skip("no chromium on this machine: apt-get install chromium")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
-
-def open_page(browser, path, clipboard: bool = True):
-    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"] if clipboard else [])
-    page = context.new_page()
-    problems, dialogs = [], []
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("requestfailed", lambda r: problems.append(f"failed {r.url}"))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(path.as_uri())
-    page.wait_for_load_state("load")
-    return page, problems, dialogs
-
 
 def column(page, table: str, index: int) -> list[float]:
     """The data-v numbers of one column of a table's visible rows, in order."""

@@ -4,13 +4,13 @@ a real browser (headless Chromium via Playwright), escapes every dreamed text an
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import sys
 
 import pandas as pd
 import pytest
+from conftest import open_page
 
 import reverie
 from reverie import EPOConfig, dream, random_baseline
@@ -180,43 +180,10 @@ def test_cli_dream_writes_report_and_report_command(monkeypatch, capsys, tiny_di
 
 # ------------------------------------------------------------------------------ in a real browser
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    executable = _chromium()
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (see .ci/run)")
-        pytest.skip("no chromium on this machine: apt-get install chromium")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
-
-def _open(browser, path):
-    page = browser.new_page()
-    problems, dialogs = [], []
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("requestfailed", lambda r: problems.append(f"failed {r.url}"))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(path.as_uri())
-    page.wait_for_load_state("load")
-    return page, problems, dialogs
-
-
 def test_report_renders_in_chromium(browser, run_dir, tiny_llama, corpus, tmp_path):
     windows = scan(tiny_llama, ["neuron:L1.N7"], str(corpus), ScanConfig(window=8, top=5, chunk=16))
     path = write_report(run_dir, scan=windows, model=tiny_llama, points=2, k=4, out=tmp_path / "report.html")
-    page, problems, dialogs = _open(browser, path)
+    page, problems, dialogs = open_page(browser, path, clipboard=False)
     assert problems == [] and dialogs == []
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
     assert len(widths) == 3 and min(widths) > 300                     # every plot decoded
@@ -234,7 +201,7 @@ def test_report_renders_in_chromium(browser, run_dir, tiny_llama, corpus, tmp_pa
 
 def test_dreamed_script_is_text_in_chromium(browser, xss_run, tiny_llama):
     path = write_report(xss_run, model=tiny_llama, points=4, k=4)
-    page, problems, dialogs = _open(browser, path)
+    page, problems, dialogs = open_page(browser, path, clipboard=False)
     assert dialogs == [] and problems == []                            # alert(1) never ran
     assert page.evaluate("document.scripts.length") == 1               # the page's own (tables.html.j2)
     assert XSS in page.locator("#frontier").inner_text() or XSS in page.locator("#best").inner_text()
