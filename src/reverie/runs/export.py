@@ -1,0 +1,115 @@
+"""Export a run: its best dreams and its Pareto frontier, each prompt with the target's activation at
+every token, as JSON, CSV or Parquet (the shape is documented in docs/usage.md#export).
+
+One row per prompt, the same columns in every format:
+
+    model, target                 the run's model spec and target spec
+    kind                          "best" (the best prompt at cross-entropy <= limit) or "frontier"
+    limit                         "4", "5", "6" or "any" for kind "best"; null for "frontier"
+    iteration                     the iteration that first scored the prompt
+    activation, cross_entropy     the prompt's scores (as in the run's history)
+    text                          the prompt
+    ids                           its token ids
+    tokens                        each token decoded on its own
+    token_activations             the target at each token (evidence/tokens.py); null where it has none
+
+JSON: {"format": "reverie-export/1", "run": {...}, "prompts": [rows]}, strict (no NaN). CSV: the rows,
+with ids, tokens and token_activations as JSON arrays in text. Parquet: the rows, lists as lists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, ReverieError
+from ..evidence.tokens import per_token, token_strings
+from ..files import atomic_write, write_json
+from ..lm.model import Model, load_model
+from ..lm.targets import as_target
+from ..search.frontier import THRESHOLDS, best_at, pareto
+from ..version import __version__
+from .dream import DreamResult, load_run
+from .rundir import RunDir
+
+FORMATS = ("json", "csv", "parquet")
+FORMAT = "reverie-export/1"
+COLUMNS = ["model", "target", "kind", "limit", "iteration", "activation", "cross_entropy", "text", "ids",
+           "tokens", "token_activations"]
+LISTS = ("ids", "tokens", "token_activations")
+
+
+def _row(result: DreamResult, kind: str, limit: str | None, row: pd.Series) -> dict:
+    return {"model": result.model, "target": result.target, "kind": kind, "limit": limit,
+            "iteration": int(row["iteration"]), "activation": float(row["activation"]),
+            "cross_entropy": float(row["cross_entropy"]), "text": str(row["text"]),
+            "ids": [int(t) for t in row["ids"]]}
+
+
+def export_rows(result: DreamResult, model: Model, target=None) -> list[dict]:
+    """The export's rows (see the module docstring): the best dreams at cross-entropy <= 4, 5, 6 and
+    any (those that exist), then the frontier by cross-entropy. `target`: for Python-only targets."""
+    history = result.history
+    rows = []
+    for limit in THRESHOLDS:
+        best = best_at(history, limit)
+        if best is not None:
+            rows.append(_row(result, "best", "any" if math.isinf(limit) else f"{limit:g}", best))
+    rows += [_row(result, "frontier", None, r) for _, r in pareto(history).iterrows()]
+    if not rows:
+        return rows
+    resolved = as_target(target if target is not None else result.target, model)
+    values = per_token(model, resolved, [r["ids"] for r in rows], template=result.config.template)
+    for r, v in zip(rows, values):
+        r["tokens"] = token_strings(model, r["ids"])
+        r["token_activations"] = [float(x) if np.isfinite(x) else None for x in v]
+    return rows
+
+
+def export(run_dir: str | Path, fmt: str = "json", out: str | Path | None = None, model: Model | None = None,
+           *, target=None, dtype: str | None = None, device: str | None = None) -> Path:
+    """Write the run's best dreams and frontier with per-token activations to `out` (default
+    RUN_DIR/export.FMT); returns the path. Without `model`, the run's model is loaded (with the run's
+    dtype unless `dtype` is given)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"cannot export as {fmt!r}: choose one of {', '.join(FORMATS)}")
+    result = load_run(run_dir)
+    path = Path(out) if out is not None else result.run_dir / f"export.{fmt}"
+    if model is None:
+        model = load_model(result.model, dtype=dtype or RunDir(run_dir).config().get("dtype"), device=device)
+    rows = export_rows(result, model, target)
+    try:
+        if fmt == "json":
+            write_json(path, {"format": FORMAT, "run": _meta(result), "prompts": rows})
+        else:
+            frame = pd.DataFrame(rows, columns=COLUMNS)
+            if fmt == "csv":
+                frame = frame.assign(**{c: [json.dumps(v, allow_nan=False) for v in frame[c]] for c in LISTS})
+                atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+            else:
+                atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    except OSError as e:
+        raise ReverieError(f"cannot write the export {path} ({e.strerror or e}): choose another --out") from None
+    return path
+
+
+def _meta(result: DreamResult) -> dict:
+    return {"model": result.model, "target": result.target, "iterations": result.iterations,
+            "stopped": result.stopped, "template": result.config.template,
+            "prompts_scored": len(result.history), "reverie": __version__}
+
+
+def read_export(path: str | Path) -> pd.DataFrame:
+    """An export read back as its rows (any of the three formats), lists as lists."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return pd.DataFrame(json.loads(path.read_text(encoding="utf-8"))["prompts"], columns=COLUMNS)
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, keep_default_na=False, na_values={"limit": [""]})
+        return frame.assign(**{c: [json.loads(v) for v in frame[c]] for c in LISTS})
+    frame = pd.read_parquet(path)
+    return frame.assign(**{c: [list(v) for v in frame[c]] for c in LISTS})
