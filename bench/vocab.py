@@ -154,7 +154,7 @@ def timed_parts():
     timers.wrap(packed_module, "head_logprobs", "tiled cross-entropy")
     timers.wrap(packed_module.PackedScorer, "prompt_logprob", "log-probs (gradient pass + scoring)")
     timers.wrap(packed_module.PackedScorer, "through_context", "projection onto allowed tokens")
-    timers.wrap(packed_module.PackedScorer, "gradient_parts", "gradient passes")
+    timers.wrap(packed_module.PackedScorer, "gradient_pass", "gradient passes")
     timers.wrap(packed_module, "top_k_tokens", "top-k")
     timers.wrap(plain_module, "top_k_tokens", "top-k")
     timers.wrap(plain_module.PlainScorer, "allowed", "restrict to allowed tokens")

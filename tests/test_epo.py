@@ -202,7 +202,8 @@ def test_gradients_are_taken_once_per_distinct_prompt(tiny_llama):
     epo = EPO(scorer, config)
     packed = scorer.scorer                        # the PackedScorer inside the out-of-memory back-off
     passes, parts = [], packed.gradient_parts
-    packed.gradient_parts = lambda ids: passes.append({tuple(r) for r in ids.tolist()}) or parts(ids)
+    one_pass = packed.gradient_pass
+    packed.gradient_pass = lambda ids: passes.append({tuple(r) for r in ids.tolist()}) or one_pass(ids)
     population = epo.state.population.clone()
     population[1], population[3] = population[0], population[2]
     prompts = [tuple(r) for r in population.tolist()]

@@ -8,8 +8,11 @@ A `Scorer` answers four questions about prompts (token ids) for one model, targe
                                                    parents[parent[j]] before position pos[j]
     gradient_parts(ids)                         -> (d f, d CE) with respect to the one-hot tokens,
                                                    over the allowed tokens: [B, n, A] each
-    top_k(prompts, penalties, k)                -> per prompt, the k allowed tokens per position whose
-                                                   swap most increases L_λ = f − λ·CE: [n, k] ids
+    top_k(prompts, penalties, k, beta)          -> per prompt, the k allowed tokens per position whose
+                                                   swap most increases L_λ = f − λ·CE (with β > 0, plus
+                                                   β·σ·log p(token | prefix)): [n, k] ids
+    next_token_logprobs(prompts)                -> per prompt, log p(v | the prompt before position j)
+                                                   over the allowed tokens: [n, A] (NaN: no context)
 
 `make_scorer` builds one: `PlainScorer` (plain.py) is the paper's algorithm written plainly, the spec;
 `PackedScorer` (packed.py) is the fast path, tested to take the same steps. Either is wrapped in
@@ -48,7 +51,10 @@ class Scorer(Protocol):
 
     def gradient_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int) -> list[torch.Tensor]: ...
+    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int,
+              beta: float = 0.0) -> list[torch.Tensor]: ...
+
+    def next_token_logprobs(self, prompts: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
 
 def make_scorer(model: Model, target: Target | str | Callable, config, *, scorer: str | None = None,

@@ -47,8 +47,11 @@ class BackingOff:
     def gradient_parts(self, ids):
         return self.retry(self.scorer.gradient_parts, ids)
 
-    def top_k(self, prompts, penalties, k):
-        return self.retry(self.scorer.top_k, prompts, penalties, k)
+    def top_k(self, prompts, penalties, k, beta=0.0):
+        return self.retry(self.scorer.top_k, prompts, penalties, k, beta)
+
+    def next_token_logprobs(self, prompts):
+        return self.retry(self.scorer.next_token_logprobs, prompts)
 
     def retry(self, fn, *args):
         while True:

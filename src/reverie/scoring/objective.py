@@ -104,10 +104,24 @@ class TargetCache(dict):
         return self["logits"]
 
 
-def top_k_tokens(gradient: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_tokens(gradient: torch.Tensor, allowed: torch.Tensor, k: int, logprobs: torch.Tensor | None = None,
+                 beta: float = 0.0) -> torch.Tensor:
     """The k allowed tokens per position whose swap most increases the objective (the largest gradient
-    of L_λ with respect to the one-hot encoding): gradient [..., A] over the allowed tokens -> ids [..., k]."""
+    of L_λ with respect to the one-hot encoding): gradient [..., A] over the allowed tokens -> ids [..., k].
+
+    With β > 0 and each position's next-token log-probabilities [..., A] (NaN where a position has no
+    context), tokens are ranked by gradient + β · σ · log p(token | the prompt before it), σ the gradient's
+    standard deviation over the allowed tokens at that position: β is in standard deviations per nat, so
+    it means the same for every target's scale (docs/design.md#proposals-from-the-model)."""
+    if beta and logprobs is not None:
+        gradient = gradient + beta * gradient.std(-1, keepdim=True) * logprobs.to(gradient.device).nan_to_num(0.0)
     return allowed[gradient.topk(min(k, gradient.shape[-1]), dim=-1).indices]
+
+
+def next_token_rows(logprobs: torch.Tensor, first: int) -> torch.Tensor:
+    """Log p(v | the prompt before position j) for every position j of prompts [B, n], from the log-probs
+    at the positions that predict tokens first .. n−1 ([B, n − first, A]): [B, n, A], NaN for j < first."""
+    return torch.cat([logprobs.new_full((len(logprobs), first, logprobs.shape[-1]), torch.nan), logprobs], 1)
 
 
 def embed_scale(model: Model, token: int) -> float:

@@ -25,7 +25,7 @@ from ..fast.capabilities import FastPath
 from ..fast.unembed import head_logprobs
 from ..lm.model import Model
 from .batching import even_split
-from .objective import Objective, by_length, embed_scale, top_k_tokens
+from .objective import Objective, by_length, embed_scale, next_token_rows, top_k_tokens
 
 
 class PackedScorer:
@@ -114,30 +114,50 @@ class PackedScorer:
         return block if block < self.model.n_layers - 1 and self.fast.drops else None
 
     # ---------------------------------------------------------------- gradients and candidates
-    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int) -> list[torch.Tensor]:
+    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int, beta: float = 0.0) -> list[torch.Tensor]:
         """Per prompt (1-D ids, any lengths) and its penalty λ, the k allowed tokens per position whose
-        swap most increases L_λ: [n, k] ids each. The gradient of L_λ is df − λ·dCE: its two parts are
-        taken once per distinct prompt and kept while the prompt is among those asked about, whichever
-        penalties it comes with (survivors keep their gradients); so are the candidates per (prompt, λ)."""
-        keys = [(tuple(p.tolist()), float(lam), k) for p, lam in zip(prompts, penalties)]
-        distinct = list(dict.fromkeys(p for p, _, _ in keys))
+        swap most increases L_λ: [n, k] ids each (with β > 0, ranked with the model's log-probs too:
+        `objective.top_k_tokens`). The gradient of L_λ is df − λ·dCE: its two parts are taken once per
+        distinct prompt and kept while the prompt is among those asked about, whichever penalties it
+        comes with (survivors keep their gradients); so are the candidates per (prompt, λ)."""
+        keys = [(tuple(p.tolist()), float(lam), k, beta) for p, lam in zip(prompts, penalties)]
+        self.passes([p for p, *_ in keys])
+        for key in dict.fromkeys(key for key in keys if key not in self.candidates):
+            df, dce, logprobs = self.gradients[key[0]]
+            self.candidates[key] = top_k_tokens(torch.add(df, dce, alpha=-key[1]), self.vocab.allowed, k,   # one [n, A] pass
+                                                logprobs, beta)
+        self.candidates = {key: self.candidates[key] for key in keys}
+        return [self.candidates[key] for key in keys]
+
+    def next_token_logprobs(self, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per prompt, log p(v | the prompt before position j) over the allowed tokens: [n, A] fp32 (NaN
+        rows where a position has no context), from the gradient pass (kept with its gradients)."""
+        keys = [tuple(p.tolist()) for p in prompts]
+        self.passes(keys, keep_others=True)
+        return [self.gradients[key][2] for key in keys]
+
+    def passes(self, prompts: list[tuple[int, ...]], keep_others: bool = False) -> None:
+        """Gradient passes over the distinct prompts not already kept; keeps only these prompts' (unless
+        `keep_others`)."""
+        distinct = list(dict.fromkeys(prompts))
         missing = [p for p in distinct if p not in self.gradients]
         for rows in by_length(missing).values():                                   # one batch per prompt length
             group = [missing[i] for i in rows]
-            self.gradients.update(zip(group, zip(*self.gradient_parts(torch.tensor(group)))))
-        self.gradients = {p: self.gradients[p] for p in distinct}
-        for key in dict.fromkeys(key for key in keys if key not in self.candidates):
-            df, dce = self.gradients[key[0]]
-            self.candidates[key] = top_k_tokens(torch.add(df, dce, alpha=-key[1]), self.vocab.allowed, k)   # one [n, A] pass
-        self.candidates = {key: self.candidates[key] for key in keys}
-        return [self.candidates[key] for key in keys]
+            self.gradients.update(zip(group, zip(*self.gradient_pass(torch.tensor(group)))))
+        if not keep_others:
+            self.gradients = {p: self.gradients[p] for p in distinct}
 
     def gradient_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(d f / d one-hot, d CE / d one-hot) for each prompt, over the allowed tokens: two [B, n, A]
         tensors on the CPU. The gradient of L_λ = f − λ·CE is df − λ·dCE, so one pass per prompt serves
         every penalty (a prompt often fills several slots)."""
+        return self.gradient_pass(ids)[:2]
+
+    def gradient_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`gradient_parts`, and the next-token log-probs that the same pass computes ([B, n, A], NaN rows
+        before the first position with context: `objective.next_token_rows`)."""
         o = self.objective
-        dfs, dces = [], []
+        dfs, dces, lps = [], [], []
         n, L = ids.shape[1], len(o.before)
         for chunk in ids.split(self.batch_size):
             chunk, leaf = chunk.to(self.model.device), []
@@ -156,7 +176,8 @@ class PackedScorer:
                 dce += w * self.as_label(self.through_context(g[:, L:L + n], m), logprobs_m).to(dce.device)
             dfs.append(df.cpu())
             dces.append(dce.cpu())
-        return torch.cat(dfs), torch.cat(dces)
+            lps.append(next_token_rows(logprobs.detach().cpu(), o.first))
+        return torch.cat(dfs), torch.cat(dces), torch.cat(lps)
 
     def through_context(self, g: torch.Tensor, model: Model) -> torch.Tensor:
         """d / d one-hot through the input embeddings of `model`, from d / d embeddings: [..., n, A] fp32.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..lm.model import Model
-from .objective import Objective, by_length, embed_scale, top_k_tokens
+from .objective import Objective, by_length, embed_scale, next_token_rows, top_k_tokens
 
 
 class PlainScorer:
@@ -48,10 +48,12 @@ class PlainScorer:
             dces.append(self.allowed(dce))
         return torch.cat(dfs), torch.cat(dces)
 
-    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int) -> list[torch.Tensor]:
+    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int, beta: float = 0.0) -> list[torch.Tensor]:
         """Per prompt (1-D ids, any lengths) and its penalty λ, the k allowed tokens per position whose
-        swap most increases L_λ: [n, k] ids each."""
+        swap most increases L_λ: [n, k] ids each (with β > 0, ranked with the model's next-token
+        log-probs too: `objective.top_k_tokens`)."""
         out: list[torch.Tensor | None] = [None] * len(prompts)
+        logprobs = self.next_token_logprobs(prompts) if beta else [None] * len(prompts)
         for rows in by_length(prompts).values():
             for chunk in torch.tensor(rows).split(self.batch_size):
                 ids = torch.stack([prompts[i] for i in chunk])
@@ -60,8 +62,23 @@ class PlainScorer:
                     f, ce = self.forward(ids, one_hot)
                     lam = penalties[chunk].to(ce.device)
                     (grad,) = torch.autograd.grad((f - lam * ce).sum(), one_hot)
-                for i, top in zip(chunk.tolist(), top_k_tokens(self.allowed(grad), self.vocab.allowed, k)):
-                    out[i] = top
+                for i, g in zip(chunk.tolist(), self.allowed(grad)):
+                    out[i] = top_k_tokens(g, self.vocab.allowed, k, logprobs[i], beta)
+        return out
+
+    def next_token_logprobs(self, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per prompt, log p(v | the prompt before position j) over the allowed tokens: [n, A] fp32, NaN
+        rows where a position has no context."""
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        for rows in by_length(prompts).values():
+            for chunk in torch.tensor(rows).split(self.batch_size):
+                ids = torch.stack([prompts[i] for i in chunk])
+                with torch.inference_mode():
+                    logits = self.logits(self.model, ids, None)
+                positions, _ = self.objective.labels(ids)
+                logprobs = self.allowed(logits[:, positions].log_softmax(-1))
+                for i, lp in zip(chunk.tolist(), next_token_rows(logprobs, self.objective.first)):
+                    out[i] = lp
         return out
 
     # ---------------------------------------------------------------- one pass

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+STARTS = ("random", "sampled")
 SCORERS = ("packed", "plain")  # what make_scorer builds (scoring.SCORERS, checked by a test); names only, so no torch
 
 
@@ -42,6 +43,9 @@ class EPOConfig:
     avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
+    starts: str = "random"                    # "random" prompts, or "sampled": text the model writes (proposals.py)
+    lm_guidance: float = 0.0                  # β: rank candidates by gradient + β·σ·log p(token | prefix)
+    lm_children: float = 0.0                  # fraction of swaps whose token is drawn from the model's next-token top-p
     time_budget: float | None = None          # seconds; stop cleanly when spent
     ban_tokens: tuple[str | int, ...] = ()    # tokens never proposed (text or id)
     ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
@@ -106,6 +110,11 @@ class EPOConfig:
             raise ConfigError("a banned string cannot be empty or blank (every prompt contains it): drop it")
         if any(isinstance(t, str) and not t for t in self.ban_tokens):
             raise ConfigError("a banned token cannot be empty: give its text (e.g. ' dog') or its id")
+        if self.starts not in STARTS:
+            raise ConfigError(f"unknown starts {self.starts!r}: use one of {', '.join(STARTS)}")
+        if self.lm_guidance < 0 or not 0 <= self.lm_children <= 1:
+            raise ConfigError(f"need lm_guidance >= 0 and 0 <= lm_children <= 1, got {self.lm_guidance} and "
+                              f"{self.lm_children}")
         if self.scorer not in SCORERS:
             raise ConfigError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
         lo, hi = self.restart_penalty

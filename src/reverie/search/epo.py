@@ -29,7 +29,11 @@ from .config import EPOConfig, as_config
 from .edits import PAD, edit_children, lengths, trim, unpad
 from ..errors import ConfigError
 from .history import History
+from .proposals import model_text, sample_tokens
 from ..scoring import Scorer
+
+
+SAMPLES_PER_SLOT = 8   # sampled starts: prompts the model writes per population slot
 
 
 @dataclass
@@ -90,6 +94,8 @@ class EPO:
             if len(ids) < 2:
                 raise ConfigError(f"the initial prompt {c.init_prompt!r} is {len(ids)} token(s); give at least 2")
             population = torch.tensor(ids)[None].repeat(c.population, 1)
+        elif c.starts == "sampled":
+            return self._sampled_state()
         else:
             population = self.vocab.random_prompts(c.population, c.length, self.generator)
             for i, ids in enumerate(c.init_ids):
@@ -98,6 +104,27 @@ class EPO:
         f, ce = self._score(population)
         self.history.add(0, torch.arange(c.population), population, f, ce, torch.ones(c.population, dtype=torch.bool))
         return EPOState(0, population, f, ce, self.generator.get_state())
+
+    def _sampled_state(self) -> EPOState:
+        """Starts from text the model writes (`proposals.model_text`): SAMPLES_PER_SLOT prompts per slot
+        are sampled and scored, and each slot takes the best of them under its own λ (slots given a
+        starting prompt in `init_ids` keep it). Every sample goes into the history at iteration 0."""
+        c, M = self.config, self.config.population
+        before = getattr(self.scorer, "objective", None)
+        samples = model_text(self.scorer.model, self.vocab, SAMPLES_PER_SLOT * M, c.length, self.generator,
+                             context=None if before is None else before.before)
+        given = [i for i, ids in enumerate(c.init_ids) if ids]
+        samples = torch.cat([torch.tensor([c.init_ids[i] for i in given], dtype=torch.long).reshape(-1, c.length),
+                             samples])
+        f, ce = self._score(samples)
+        best = objective(f - self._penalty(samples), ce, self.penalties).argmax(1)
+        best[given] = torch.arange(len(given))
+        kept = torch.zeros(len(samples), dtype=torch.bool)
+        kept[best] = True
+        slot = torch.arange(len(samples)) % M
+        slot[best] = torch.arange(M)
+        self.history.add(0, slot, samples, f, ce, kept)
+        return EPOState(0, samples[best], f[best], ce[best], self.generator.get_state())
 
     # ---------------------------------------------------------------- scoring with a memo
     def _score(self, ids: torch.Tensor, parents: torch.Tensor | None = None, parent: torch.Tensor | None = None,
@@ -136,6 +163,22 @@ class EPO:
             return self.scorer.score(ids)
         return self.scorer.score_children(parents, ids, parent, pos)
 
+    def _lm_swaps(self, children: torch.Tensor, parent: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """A fraction `lm_children` of the swap children take as their new token one drawn from the
+        model's next-token distribution at the mutated position (top-p, `proposals.sample_tokens`) rather
+        than from the gradient's list; positions without context (the first, outside a template) keep
+        the gradient's token."""
+        s, gen = self.state, self.generator
+        swaps = lengths(children) == lengths(s.population)[parent]      # not an insertion or deletion
+        chosen = ((torch.rand(len(children), generator=gen) < self.config.lm_children) & swaps).nonzero()[:, 0]
+        logprobs = self.scorer.next_token_logprobs(unpad(s.population))
+        rows = torch.stack([logprobs[p][q] for p, q in zip(parent[chosen].tolist(), pos[chosen].tolist())]) \
+            if len(chosen) else torch.zeros(0, len(self.vocab))
+        has = ~rows[:, 0].isnan()
+        chosen, children = chosen[has], children.clone()
+        children[chosen, pos[chosen]] = sample_tokens(rows[has], self.vocab.allowed, gen)
+        return children
+
     def _penalty(self, ids: torch.Tensor) -> torch.Tensor:
         """What selection subtracts from f besides λ·CE: ρ · the fraction of tokens that repeat an earlier
         token, plus the avoid penalty · the fraction of tokens from earlier dreams (0 unless configured)."""
@@ -164,7 +207,7 @@ class EPO:
         phases = {}
 
         # 1. gradients: top-k loss-decreasing tokens per member and position, under the slot's own λ
-        top = self.scorer.top_k(unpad(s.population), self.penalties, c.top_k)   # M × [n, k]
+        top = self.scorer.top_k(unpad(s.population), self.penalties, c.top_k, c.lm_guidance)   # M × [n, k]
         t1 = time.perf_counter(); phases["gradients"] = t1 - t0
 
         # 2. children: r per member, one position swapped for a token drawn from that position's top-k
@@ -180,6 +223,8 @@ class EPO:
             children = s.population[parent].clone()                      # [M, r, n]
             children.scatter_(2, pos[..., None], top[parent, pos, pick][..., None])
             children, parent, pos = children.reshape(M * c.children, n), parent.reshape(-1), pos.reshape(-1)
+        if c.lm_children:     # some swaps take their token from the model's next-token distribution instead
+            children = self._lm_swaps(children, parent, pos)
         t2 = time.perf_counter(); phases["children"] = t2 - t1
 
         # 3. scoring: f and CE of every child (memoised, run from the mutated position on over the parent's

@@ -1,0 +1,64 @@
+"""Proposals from the model itself (docs/design.md#proposals-from-the-model): tokens and starting prompts
+that the model finds likely, for a search that stays fluent without a corpus.
+
+- `sample_tokens`: tokens drawn from next-token distributions (top-p, over the allowed tokens), for the
+  children whose new token comes from the model rather than from the gradient (`EPOConfig.lm_children`,
+  as BEAST draws its candidates; Sadasivan et al. 2024).
+- `model_text`: prompts the model writes itself, sampled token by token after a paragraph break (or the
+  template's text before the prompt), for starts without a corpus (`EPOConfig.starts = "sampled"`).
+
+The gradient ranks tokens by what they would do to L_λ; the model's own distribution ranks them by how
+natural they are where they go. The gradient's list at a position is mostly tokens the model finds absurd
+there, which is where a search from random starts stalls.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..lm.vocab import Vocabulary
+
+TOP_P = 0.95    # nucleus of the next-token distribution that LM proposals draw from
+
+
+def sample_tokens(logprobs: torch.Tensor, allowed: torch.Tensor, generator: torch.Generator,
+                  top_p: float = TOP_P) -> torch.Tensor:
+    """One token per row of next-token log-probabilities over the allowed tokens [C, A]: drawn from the
+    smallest set of most likely tokens whose probability reaches `top_p` of the allowed tokens' mass."""
+    if not len(logprobs):
+        return torch.zeros(0, dtype=torch.long)
+    p = logprobs.float().softmax(-1)                         # renormalised over the allowed tokens
+    sorted_p, order = p.sort(-1, descending=True)
+    outside = sorted_p.cumsum(-1) - sorted_p >= top_p         # tokens after the nucleus is full
+    sorted_p = sorted_p.masked_fill(outside, 0.0)
+    pick = torch.multinomial(sorted_p, 1, generator=generator)[:, 0]
+    return allowed[order.gather(-1, pick[:, None])[:, 0]]
+
+
+def model_text(model, vocab: Vocabulary, count: int, length: int, generator: torch.Generator,
+               context: torch.Tensor | None = None, top_p: float = TOP_P) -> torch.Tensor:
+    """`count` prompts of `length` allowed tokens that the model writes itself: [count, length] ids.
+
+    Each is sampled token by token (top-p over the allowed tokens) after `context` (ids; default a
+    paragraph break), and must round-trip through the tokenizer like every prompt; rows that do not are
+    sampled again (a few rounds), and any still missing are random prompts."""
+    if context is None or not len(context):
+        context = torch.tensor(vocab.encode("\n\n"), dtype=torch.long)
+    allowed = vocab.allowed.to(model.device)
+    out: list[torch.Tensor] = []
+    for _ in range(4):
+        need = count - len(out)
+        if need <= 0:
+            break
+        ids = context.to(model.device)[None].repeat(need + need // 2 + 1, 1)
+        with torch.inference_mode():
+            for _ in range(length):
+                hidden = model.trunk(ids)[:, -1]
+                logprobs = model.head(hidden).float().log_softmax(-1)[:, allowed]
+                ids = torch.cat([ids, sample_tokens(logprobs.cpu(), vocab.allowed, generator, top_p)
+                                 .to(model.device)[:, None]], 1)
+        prompts = ids[:, len(context):].cpu()
+        out += list(prompts[vocab.ok(prompts)][:need])
+    if len(out) < count:
+        out += list(vocab.random_prompts(count - len(out), length, generator))
+    return torch.stack(out[:count])
