@@ -2,6 +2,7 @@
 per-run EPO options that `dream` and `sweep` share."""
 
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -131,7 +132,8 @@ EVERY_OPTION = {
     "template": ["--template", "Once upon a time {prompt}"], "ban_strings": ["--ban", "dog"],
     "ban_tokens": ["--ban-token", "17"], "ascii_only": ["--ascii-only"],
     "check_retokenization": ["--no-retokenize-check"], "batch_size": ["--batch-size", "16"],
-    "scorer": ["--scorer", "plain"],
+    "scorer": ["--scorer", "plain"], "starts": ["--starts", "sampled"], "lm_guidance": ["--lm-guidance", "0.2"],
+    "lm_children": ["--lm-children", "0.25"], "pair_rate": ["--pair-rate", "0.3"],
 }
 DREAM_ONLY = {"seed": ["--seed", "4"], "time_budget": ["--time-budget", "60"]}
 
@@ -163,8 +165,8 @@ def test_the_same_options_make_the_same_config_in_dream_and_sweep(monkeypatch, c
             raise ReverieError("captured")
         return run_instead
 
-    monkeypatch.setattr(sys.modules["reverie.runs.dream"], "dream", capture("dream"))
-    monkeypatch.setattr(sys.modules["reverie.sweeps.sweep"], "sweep", capture("sweep"))
+    monkeypatch.setattr(importlib.import_module("reverie.runs.dream"), "dream", capture("dream"))
+    monkeypatch.setattr(importlib.import_module("reverie.sweeps.sweep"), "sweep", capture("sweep"))
     given = [arg for args in EVERY_OPTION.values() for arg in args]
     code, _, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N1",
                        "--out", tmp_path / "d", *given, *DREAM_ONLY["seed"], *DREAM_ONLY["time_budget"], "--quiet")

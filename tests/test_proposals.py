@@ -97,6 +97,27 @@ def test_lm_guidance_takes_the_same_candidates_on_both_scorers(tiny_llama):
 
 def test_options_are_checked():
     from reverie.errors import ConfigError
-    for bad in (dict(starts="corpus"), dict(lm_children=1.5), dict(lm_guidance=-1.0)):
+    for bad in (dict(starts="corpus"), dict(lm_children=1.5), dict(lm_guidance=-1.0), dict(pair_rate=2.0)):
         with pytest.raises(ConfigError):
             EPOConfig(**bad)
+
+
+def test_pair_edits_set_the_next_token_to_the_models_continuation(tiny_llama):
+    config = EPOConfig(**{**SMALL, "iters": 1}, pair_rate=1.0, check_retokenization=False)
+    epo = EPO(make_scorer(tiny_llama, "neuron:L1.N7", config), config)
+    parents = epo.state.population.clone()
+    epo.step()
+    h = epo.history.frame(epo.vocab.decode)
+    children = torch.tensor(np.stack(h[h.iteration == 1]["ids"].to_list()))
+    parent = torch.tensor(h[h.iteration == 1]["slot"].to_numpy(), dtype=torch.long)
+    allowed = epo.vocab.allowed
+    with torch.inference_mode():
+        logits = tiny_llama.hf(input_ids=children).logits[..., allowed]
+    follows = allowed[logits.argmax(-1)]            # [C, n]: the most likely token after each prefix
+    differ = children != parents[parent]
+    last = (differ.int() * torch.arange(children.shape[1])).argmax(1)
+    pairs = differ.sum(1) == 2
+    assert pairs.float().mean() > 0.7              # nearly every child changed two adjacent tokens
+    rows = pairs.nonzero()[:, 0]
+    assert torch.equal(children[rows, last[rows]], follows[rows, last[rows] - 1])
+    assert bool((differ[rows, last[rows] - 1]).all())    # ...right after the swapped one

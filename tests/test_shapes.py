@@ -195,3 +195,13 @@ def test_the_memory_check_refuses_in_one_line_with_what_to_change(gemma3):
     message = str(e.value)
     assert "\n" not in message and "--batch-size" in message and "bf16" in message
     assert memory.available("cpu") > 0
+
+
+def test_a_model_too_large_for_memory_is_refused_before_its_weights_are_made(monkeypatch):
+    monkeypatch.setattr(memory, "available", lambda device: 4 << 30)     # a 4 GiB machine
+    with pytest.raises(ModelError) as e:
+        reverie.load_model("random:pythia-12b", dtype="float32")         # 47 GiB of weights: never built
+    message = str(e.value)
+    assert "\n" not in message and "GiB" in message and "--dtype bf16" in message
+    model = reverie.load_model("random:pythia-1.4b:layers=1", dtype="float32")   # ~0.5 GiB: fits
+    assert model.n_layers == 1

@@ -159,7 +159,7 @@ def test_ray_sweep_agrees_with_in_process_and_survives_a_dying_worker(local_swee
 
 
 def test_failing_jobs_are_retried_then_recorded_without_stopping(tiny_llama, tmp_path, monkeypatch):
-    dream_module = sys.modules["reverie.runs.dream"]
+    dream_module = importlib.import_module("reverie.runs.dream")
     real, calls = dream_module.dream, []
 
     def flaky(model, target, config, **kw):

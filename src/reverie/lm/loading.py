@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 
 from ..errors import ModelError
+from . import memory
 from .cache import cache_dir, write_folder
 from .dtypes import choose_dtype, parse_device
 from .synthetic import RandomSpec, is_random, random_weights, shape_config, synthetic_tokenizer
@@ -131,6 +132,7 @@ def load_random(spec: str, device: torch.device, dtype, device_map=None):
     torch_dtype, reason = choose_dtype(dtype, device, config)
     if device_map is not None:
         reason += f" (device_map={device_map!r} ignored: random weights are built on {device})"
+    memory.check_weights(config, torch_dtype, device)
     hf = random_weights(config, torch_dtype, device, parsed.seed)
     if config.vocab_size == BUNDLED_VOCAB:
         tokenizer = AutoTokenizer.from_pretrained(bundled_path())
@@ -152,6 +154,8 @@ def load_hf(spec: str, *, device: str | torch.device | None = None, dtype=None,
             path = resolve(spec)
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             torch_dtype, reason = choose_dtype(dtype, device, config)
+            if device_map is None:
+                memory.check_weights(config, torch_dtype, device)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             extra = {"device_map": device_map} if device_map is not None else {}
             hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,

@@ -135,3 +135,22 @@ def check(est: Estimate, device: str | torch.device, free: int | None = None) ->
         hints.append("a GPU, or a machine with more memory")
     raise ModelError(f"this dream needs about {gib(est.still_needed)} more memory but {torch.device(device)} has "
                      f"{gib(free)} free ({est.describe()}): try {', '.join(hints)}")
+
+
+def check_weights(config, dtype: torch.dtype, device: str | torch.device, free: int | None = None) -> None:
+    """Before any weights are read or made: a one-line ModelError if the weights of a transformers config
+    in `dtype` (and the process around them) do not fit the memory available on `device`."""
+    try:
+        params = count_parameters(config)
+    except Exception:        # a config transformers cannot build by itself (remote code...): no check
+        return
+    need = params * dtype.itemsize + (
+        CUDA_OVERHEAD if torch.device(device).type == "cuda" else CPU_OVERHEAD)
+    free = available(device) if free is None else free
+    if need <= free:
+        return
+    hints = ["--dtype bf16"] if dtype == torch.float32 else []
+    hints.append("--device-map auto to spread it over several GPUs" if torch.device(device).type == "cuda"
+                 else "a GPU, or a machine with more memory")
+    raise ModelError(f"the model's weights need about {gib(need)} in {DTYPE_NAMES.get(dtype, dtype)} but "
+                     f"{torch.device(device)} has {gib(free)} free: try {' or '.join(hints)}")

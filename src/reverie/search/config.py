@@ -46,6 +46,7 @@ class EPOConfig:
     starts: str = "random"                    # "random" prompts, or "sampled": text the model writes (proposals.py)
     lm_guidance: float = 0.0                  # β: rank candidates by gradient + β·σ·log p(token | prefix)
     lm_children: float = 0.0                  # fraction of swaps whose token is drawn from the model's next-token top-p
+    pair_rate: float = 0.0                    # fraction of swaps that also set the next token to the model's continuation
     time_budget: float | None = None          # seconds; stop cleanly when spent
     ban_tokens: tuple[str | int, ...] = ()    # tokens never proposed (text or id)
     ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
@@ -112,9 +113,9 @@ class EPOConfig:
             raise ConfigError("a banned token cannot be empty: give its text (e.g. ' dog') or its id")
         if self.starts not in STARTS:
             raise ConfigError(f"unknown starts {self.starts!r}: use one of {', '.join(STARTS)}")
-        if self.lm_guidance < 0 or not 0 <= self.lm_children <= 1:
-            raise ConfigError(f"need lm_guidance >= 0 and 0 <= lm_children <= 1, got {self.lm_guidance} and "
-                              f"{self.lm_children}")
+        if self.lm_guidance < 0 or not 0 <= self.lm_children <= 1 or not 0 <= self.pair_rate <= 1:
+            raise ConfigError(f"need lm_guidance >= 0 and lm_children and pair_rate from 0 to 1, got "
+                              f"{self.lm_guidance}, {self.lm_children} and {self.pair_rate}")
         if self.scorer not in SCORERS:
             raise ConfigError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
         lo, hi = self.restart_penalty

@@ -29,7 +29,7 @@ from .config import EPOConfig, as_config
 from .edits import PAD, edit_children, lengths, trim, unpad
 from ..errors import ConfigError
 from .history import History
-from .proposals import model_text, sample_tokens
+from .proposals import continuations, model_text, sample_tokens
 from ..scoring import Scorer
 
 
@@ -179,6 +179,21 @@ class EPO:
         children[chosen, pos[chosen]] = sample_tokens(rows[has], self.vocab.allowed, gen)
         return children
 
+    def _pairs(self, children: torch.Tensor, parent: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """A fraction `pair_rate` of the swap children (not at the last position) also replace the token
+        after the swapped one with the model's most likely continuation (`proposals.continuations`)."""
+        s, gen = self.state, self.generator
+        n = lengths(children)
+        swaps = n == lengths(s.population)[parent]
+        chosen = ((torch.rand(len(children), generator=gen) < self.config.pair_rate) & swaps & (pos < n - 1)).nonzero()[:, 0]
+        objective = getattr(self.scorer, "objective", None)
+        children = children.clone()
+        for length in n[chosen].unique().tolist():         # prompts of one length at a time
+            same = chosen[n[chosen] == length]
+            children[same, pos[same] + 1] = continuations(self.scorer.model, self.vocab, children[same, :length],
+                                                          pos[same], None if objective is None else objective.before)
+        return children
+
     def _penalty(self, ids: torch.Tensor) -> torch.Tensor:
         """What selection subtracts from f besides λ·CE: ρ · the fraction of tokens that repeat an earlier
         token, plus the avoid penalty · the fraction of tokens from earlier dreams (0 unless configured)."""
@@ -225,6 +240,8 @@ class EPO:
             children, parent, pos = children.reshape(M * c.children, n), parent.reshape(-1), pos.reshape(-1)
         if c.lm_children:     # some swaps take their token from the model's next-token distribution instead
             children = self._lm_swaps(children, parent, pos)
+        if c.pair_rate:       # some swaps also set the next token to the model's continuation of the new one
+            children = self._pairs(children, parent, pos)
         t2 = time.perf_counter(); phases["children"] = t2 - t1
 
         # 3. scoring: f and CE of every child (memoised, run from the mutated position on over the parent's

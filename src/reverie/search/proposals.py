@@ -6,6 +6,9 @@ that the model finds likely, for a search that stays fluent without a corpus.
   as BEAST draws its candidates; Sadasivan et al. 2024).
 - `model_text`: prompts the model writes itself, sampled token by token after a paragraph break (or the
   template's text before the prompt), for starts without a corpus (`EPOConfig.starts = "sampled"`).
+- `continuations`: the model's most likely next token after a prefix, for pair edits that swap a token
+  and set the next one to its continuation (`EPOConfig.pair_rate`), so that a word the gradient wants
+  but that takes two tokens can appear in one step (the paper's named local minimum).
 
 The gradient ranks tokens by what they would do to L_λ; the model's own distribution ranks them by how
 natural they are where they go. The gradient's list at a position is mostly tokens the model finds absurd
@@ -62,3 +65,18 @@ def model_text(model, vocab: Vocabulary, count: int, length: int, generator: tor
     if len(out) < count:
         out += list(vocab.random_prompts(count - len(out), length, generator))
     return torch.stack(out[:count])
+
+
+def continuations(model, vocab: Vocabulary, prompts: torch.Tensor, positions: torch.Tensor,
+                  before: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's most likely allowed token after each prompt's first positions[j] + 1 tokens (after the
+    template's text `before`, if any): one forward pass over prompts [C, n] -> ids [C]."""
+    if not len(prompts):
+        return torch.zeros(0, dtype=torch.long)
+    before = torch.zeros(0, dtype=torch.long) if before is None else before.cpu()
+    ids = torch.cat([before.expand(len(prompts), -1), prompts], 1).to(model.device)
+    at = (len(before) + positions).to(model.device)
+    with torch.inference_mode():
+        hidden = model.trunk(ids)[torch.arange(len(ids), device=model.device), at]
+        logits = model.head(hidden[:, None])[:, 0].float()[:, vocab.allowed.to(model.device)]
+    return vocab.allowed[logits.argmax(-1).cpu()]
