@@ -114,7 +114,7 @@ def table(args) -> None:
         for name, v in group.groupby("variant", sort=False):
             per_neuron = v.groupby("target").agg(best=("best_at_window", "max"), window=("window_activation", "first"))
             margin = per_neuron["best"] - per_neuron["window"]
-            row = {"starts": "data" if data else "model", "budget": budget, "variant": name,
+            row = {"starts": "data" if data else "no corpus", "budget": budget, "variant": name,
                    "runs": len(v), "s/run": round(v["seconds"].mean(), 1),
                    "neurons won": f"{int((margin > 0).sum())}/{len(per_neuron)}",
                    "median margin": f"{margin.fillna(-np.inf).median():+.2f}"}
@@ -129,7 +129,11 @@ def table(args) -> None:
                             "mean diff [95%]": f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, "
                                                f"{np.percentile(boot, 97.5):+.2f}]" if len(d) else "-"})
             rows.append(row)
-    print(pd.DataFrame(rows).fillna("").to_markdown(index=False))
+    table = pd.DataFrame(rows).fillna("")
+    print("| " + " | ".join(table.columns) + " |")
+    print("|" + "---|" * len(table.columns))
+    for r in table.itertuples(index=False):
+        print("| " + " | ".join(map(str, r)) + " |")
 
 
 def main() -> None:

@@ -172,11 +172,13 @@ class EPO:
         swaps = lengths(children) == lengths(s.population)[parent]      # not an insertion or deletion
         chosen = ((torch.rand(len(children), generator=gen) < self.config.lm_children) & swaps).nonzero()[:, 0]
         logprobs = self.scorer.next_token_logprobs(unpad(s.population))
-        rows = torch.stack([logprobs[p][q] for p, q in zip(parent[chosen].tolist(), pos[chosen].tolist())]) \
-            if len(chosen) else torch.zeros(0, len(self.vocab))
-        has = ~rows[:, 0].isnan()
-        chosen, children = chosen[has], children.clone()
-        children[chosen, pos[chosen]] = sample_tokens(rows[has], self.vocab.allowed, gen)
+        chosen = chosen[torch.tensor([not logprobs[p][q, 0].isnan() for p, q in
+                                      zip(parent[chosen].tolist(), pos[chosen].tolist())], dtype=torch.bool)]
+        where, row = torch.unique(torch.stack([parent[chosen], pos[chosen]], 1), dim=0, return_inverse=True)
+        distributions = torch.stack([logprobs[p][q] for p, q in where.tolist()]) if len(where) else None
+        children = children.clone()
+        if distributions is not None:     # one nucleus per (parent, position), one draw per child
+            children[chosen, pos[chosen]] = sample_tokens(distributions, self.vocab.allowed, gen, rows=row)
         return children
 
     def _pairs(self, children: torch.Tensor, parent: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

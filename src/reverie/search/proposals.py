@@ -21,21 +21,24 @@ import torch
 
 from ..lm.vocab import Vocabulary
 
-TOP_P = 0.95    # nucleus of the next-token distribution that LM proposals draw from
+TOP_P = 0.95        # nucleus of the next-token distribution that LM proposals draw from...
+NUCLEUS_MAX = 2048  # ...among at most this many most likely tokens
 
 
 def sample_tokens(logprobs: torch.Tensor, allowed: torch.Tensor, generator: torch.Generator,
-                  top_p: float = TOP_P) -> torch.Tensor:
-    """One token per row of next-token log-probabilities over the allowed tokens [C, A]: drawn from the
-    smallest set of most likely tokens whose probability reaches `top_p` of the allowed tokens' mass."""
-    if not len(logprobs):
+                  top_p: float = TOP_P, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Tokens drawn from next-token log-probabilities over the allowed tokens [R, A]: from the smallest
+    set of most likely tokens whose probability reaches `top_p` of the allowed tokens' mass (at most
+    NUCLEUS_MAX of them). One draw per row, or one per entry of `rows` (the row each draw uses)."""
+    rows = torch.arange(len(logprobs)) if rows is None else rows
+    if not len(rows):
         return torch.zeros(0, dtype=torch.long)
-    p = logprobs.float().softmax(-1)                         # renormalised over the allowed tokens
-    sorted_p, order = p.sort(-1, descending=True)
-    outside = sorted_p.cumsum(-1) - sorted_p >= top_p         # tokens after the nucleus is full
-    sorted_p = sorted_p.masked_fill(outside, 0.0)
-    pick = torch.multinomial(sorted_p, 1, generator=generator)[:, 0]
-    return allowed[order.gather(-1, pick[:, None])[:, 0]]
+    lp = logprobs.float()
+    values, order = (lp - lp.logsumexp(-1, keepdim=True)).topk(min(NUCLEUS_MAX, lp.shape[-1]), -1)   # sorted
+    p = values.exp()
+    p = p.masked_fill(p.cumsum(-1) - p >= top_p, 0.0)          # tokens after the nucleus is full
+    pick = torch.multinomial(p[rows], 1, generator=generator)[:, 0]
+    return allowed[order[rows, pick]]
 
 
 def model_text(model, vocab: Vocabulary, count: int, length: int, generator: torch.Generator,
