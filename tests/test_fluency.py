@@ -91,7 +91,7 @@ def test_repetition_penalty_keeps_repeats_out(tiny_llama, rho):
     scorer = make_scorer(tiny_llama, "neuron:L1.N5", config)
     epo = EPO(scorer, config)
     assert repeated(epo.state.population).max() == 0
-    scorer.top_k = lambda prompts, penalties, k: [p[torch.arange(6).roll(-1)][:, None].expand(-1, 4) for p in prompts]  # next position's token
+    scorer.top_k = lambda prompts, penalties, k, beta=0.0: [p[torch.arange(6).roll(-1)][:, None].expand(-1, 4) for p in prompts]  # next position's token
     epo.run()
     children = epo.history.frame(scorer.vocab.decode).query("iteration > 0")
     assert all(len(set(map(int, i))) < 6 for i in children["ids"])      # every child has a repeat
