@@ -111,9 +111,8 @@ class EPO:
         are sampled and scored, and each slot takes the best of them under its own λ (slots given a
         starting prompt in `init_ids` keep it). Every sample goes into the history at iteration 0."""
         c, M = self.config, self.config.population
-        before = getattr(self.scorer, "objective", None)
         samples = model_text(self.scorer.model, self.vocab, SAMPLES_PER_SLOT * M, c.length, self.generator,
-                             context=None if before is None else before.before)
+                             context=self._template_before)
         given = [i for i, ids in enumerate(c.init_ids) if ids]
         samples = torch.cat([torch.tensor([c.init_ids[i] for i in given], dtype=torch.long).reshape(-1, c.length),
                              samples])
@@ -189,13 +188,18 @@ class EPO:
         n = lengths(children)
         swaps = n == lengths(s.population)[parent]
         chosen = ((torch.rand(len(children), generator=gen) < self.config.pair_rate) & swaps & (pos < n - 1)).nonzero()[:, 0]
-        objective = getattr(self.scorer, "objective", None)
         children = children.clone()
         for length in n[chosen].unique().tolist():         # prompts of one length at a time
             same = chosen[n[chosen] == length]
             children[same, pos[same] + 1] = continuations(self.scorer.model, self.vocab, children[same, :length],
-                                                          pos[same], None if objective is None else objective.before)
+                                                          pos[same], self._template_before)
         return children
+
+    @property
+    def _template_before(self) -> torch.Tensor | None:
+        """The token ids of the template's text before the prompt (what the model writes after)."""
+        objective = getattr(self.scorer, "objective", None)
+        return None if objective is None else objective.before
 
     def _penalty(self, ids: torch.Tensor) -> torch.Tensor:
         """What selection subtracts from f besides λ·CE: ρ · the fraction of tokens that repeat an earlier
