@@ -203,7 +203,7 @@ def test_gradients_are_taken_once_per_distinct_prompt(tiny_llama):
     packed = scorer.scorer                        # the PackedScorer inside the out-of-memory back-off
     passes, parts = [], packed.gradient_parts
     one_pass = packed.gradient_pass
-    packed.gradient_pass = lambda ids: passes.append({tuple(r) for r in ids.tolist()}) or one_pass(ids)
+    packed.gradient_pass = lambda ids, keep=False: passes.append({tuple(r) for r in ids.tolist()}) or one_pass(ids, keep)
     population = epo.state.population.clone()
     population[1], population[3] = population[0], population[2]
     prompts = [tuple(r) for r in population.tolist()]

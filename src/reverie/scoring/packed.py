@@ -36,7 +36,8 @@ class PackedScorer:
         # per model whose cross-entropy counts: the allowed tokens' embeddings [A, d] and the embedding scale
         self.projections = {m: projection(m, self.vocab.allowed) for m in [self.model, *(m for m, _ in objective.others)]}
         self.gradients: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}   # prompt -> (df, dCE)
-        self.candidates: dict[tuple, torch.Tensor] = {}                                 # (prompt, λ, k) -> top-k
+        self.candidates: dict[tuple, torch.Tensor] = {}                                 # (prompt, λ, k, β) -> top-k
+        self.keeps_logprobs = False     # whether gradient passes keep their next-token log-probs (`passes`)
 
     # ---------------------------------------------------------------- scoring
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +122,7 @@ class PackedScorer:
         distinct prompt and kept while the prompt is among those asked about, whichever penalties it
         comes with (survivors keep their gradients); so are the candidates per (prompt, λ)."""
         keys = [(tuple(p.tolist()), float(lam), k, beta) for p, lam in zip(prompts, penalties)]
-        self.passes([p for p, *_ in keys])
+        self.passes([p for p, *_ in keys], logprobs=beta > 0)
         for key in dict.fromkeys(key for key in keys if key not in self.candidates):
             df, dce, logprobs = self.gradients[key[0]]
             self.candidates[key] = top_k_tokens(torch.add(df, dce, alpha=-key[1]), self.vocab.allowed, k,   # one [n, A] pass
@@ -133,17 +134,20 @@ class PackedScorer:
         """Per prompt, log p(v | the prompt before position j) over the allowed tokens: [n, A] fp32 (NaN
         rows where a position has no context), from the gradient pass (kept with its gradients)."""
         keys = [tuple(p.tolist()) for p in prompts]
-        self.passes(keys, keep_others=True)
+        self.passes(keys, keep_others=True, logprobs=True)
         return [self.gradients[key][2] for key in keys]
 
-    def passes(self, prompts: list[tuple[int, ...]], keep_others: bool = False) -> None:
-        """Gradient passes over the distinct prompts not already kept; keeps only these prompts' (unless
-        `keep_others`)."""
+    def passes(self, prompts: list[tuple[int, ...]], keep_others: bool = False, logprobs: bool = False) -> None:
+        """Gradient passes over the distinct prompts not already kept (or kept without the next-token
+        log-probs that `logprobs` asks for); keeps only these prompts' (unless `keep_others`). Once asked
+        for, the log-probs are kept from every later pass: a run that uses them uses them every iteration,
+        and one that does not never copies them off the device."""
+        self.keeps_logprobs = self.keeps_logprobs or logprobs
         distinct = list(dict.fromkeys(prompts))
-        missing = [p for p in distinct if p not in self.gradients]
+        missing = [p for p in distinct if p not in self.gradients or (logprobs and self.gradients[p][2] is None)]
         for rows in by_length(missing).values():                                   # one batch per prompt length
             group = [missing[i] for i in rows]
-            self.gradients.update(zip(group, zip(*self.gradient_pass(torch.tensor(group)))))
+            self.gradients.update(zip(group, zip(*self.gradient_pass(torch.tensor(group), self.keeps_logprobs))))
         if not keep_others:
             self.gradients = {p: self.gradients[p] for p in distinct}
 
@@ -153,9 +157,10 @@ class PackedScorer:
         every penalty (a prompt often fills several slots)."""
         return self.gradient_pass(ids)[:2]
 
-    def gradient_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`gradient_parts`, and the next-token log-probs that the same pass computes ([B, n, A], NaN rows
-        before the first position with context: `objective.next_token_rows`)."""
+    def gradient_pass(self, ids: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """`gradient_parts`, and (with `keep`) the next-token log-probs that the same pass computes
+        per prompt ([n, A], NaN rows before the first position with context: `objective.next_token_rows`;
+        None without)."""
         o = self.objective
         dfs, dces, lps = [], [], []
         n, L = ids.shape[1], len(o.before)
@@ -176,8 +181,8 @@ class PackedScorer:
                 dce += w * self.as_label(self.through_context(g[:, L:L + n], m), logprobs_m).to(dce.device)
             dfs.append(df.cpu())
             dces.append(dce.cpu())
-            lps.append(next_token_rows(logprobs.detach().cpu(), o.first))
-        return torch.cat(dfs), torch.cat(dces), torch.cat(lps)
+            lps += (list(next_token_rows(logprobs.detach().cpu(), o.first)) if keep else [None] * len(chunk))
+        return torch.cat(dfs), torch.cat(dces), lps
 
     def through_context(self, g: torch.Tensor, model: Model) -> torch.Tensor:
         """d / d one-hot through the input embeddings of `model`, from d / d embeddings: [..., n, A] fp32.
