@@ -121,3 +121,32 @@ def test_pair_edits_set_the_next_token_to_the_models_continuation(tiny_llama):
     rows = pairs.nonzero()[:, 0]
     assert torch.equal(children[rows, last[rows]], follows[rows, last[rows] - 1])
     assert bool((differ[rows, last[rows] - 1]).all())    # ...right after the swapped one
+
+
+def test_beam_starts_hold_each_slots_best_full_length_candidate(tiny_llama):
+    given = tuple(range(100, 108))
+    config = EPOConfig(**SMALL, starts="beam", init_ids=((), given), check_retokenization=False)
+    epo = EPO(make_scorer(tiny_llama, "neuron:L1.N7", config), config)
+    first = epo.history.frame(epo.vocab.decode)
+    assert (first["iteration"] == 0).all() and first["ids"].map(len).eq(8).all()    # full length only
+    assert len(first) > 4 * 8                        # more candidates than one sampled round would give
+    f, ce = torch.tensor(first["activation"].to_numpy()), torch.tensor(first["cross_entropy"].to_numpy())
+    held = objective(epo.state.f, epo.state.ce, epo.penalties).diagonal()
+    best = objective(f, ce, epo.penalties).max(1).values
+    assert torch.equal(epo.state.population[1], torch.tensor(given))                # a given start is kept
+    assert torch.allclose(held[[0, 2, 3]], best[[0, 2, 3]])
+    again = EPO(make_scorer(tiny_llama, "neuron:L1.N7", config), config)
+    assert torch.equal(again.state.population, epo.state.population)      # the seed fixes the search
+
+
+@pytest.mark.slow
+def test_beam_starts_climb_the_objective_while_staying_fluent(bundled):
+    def first_population(starts):
+        config = EPOConfig(**SMALL, starts=starts)
+        return EPO(make_scorer(bundled, "neuron:L13.N1333", config), config)
+
+    sampled, beam = first_population("sampled"), first_population("beam")
+    assert beam.state.ce.mean() < 5.0
+    # under every slot's own λ the beam's start beats the best of the model's samples
+    assert (objective(beam.state.f, beam.state.ce, beam.penalties).diagonal()
+            > objective(sampled.state.f, sampled.state.ce, sampled.penalties).diagonal()).all()

@@ -44,7 +44,7 @@ def per_run_options(
     fluency: List[str] = typer.Option([], "--fluency", help="A model whose cross-entropy counts as fluency, SPEC[:WEIGHT] ('self' = the target model); repeatable. Default: the target model alone."),
     repetition_penalty: float = typer.Option(DEFAULTS.repetition_penalty, "--repetition-penalty", help="Selection subtracts this times the fraction of tokens that repeat an earlier one."),
     template: Optional[str] = typer.Option(DEFAULTS.template, "--template", help='Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last prompt token.'),
-    starts: str = typer.Option(DEFAULTS.starts, "--starts", help="How slots without a dataset window start: random prompts, or 'sampled': text the model writes."),
+    starts: str = typer.Option(DEFAULTS.starts, "--starts", help="How slots without a dataset window start: random prompts, 'sampled': text the model writes, or 'beam': a beam search on the objective over tokens the model finds likely."),
     lm_guidance: float = typer.Option(DEFAULTS.lm_guidance, "--lm-guidance", help="β: rank candidate tokens by gradient + β·σ·log p(token | the prompt before it) (0 = the gradient alone)."),
     lm_children: float = typer.Option(DEFAULTS.lm_children, "--lm-children", help="Fraction of children whose new token is drawn from the model's next-token distribution (top-p) instead of the gradient's list."),
     pair_rate: float = typer.Option(DEFAULTS.pair_rate, "--pair-rate", help="Fraction of children that also set the token after the swapped one to the model's most likely continuation."),

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-STARTS = ("random", "sampled")
+STARTS = ("random", "sampled", "beam")
 SCORERS = ("packed", "plain")  # what make_scorer builds (scoring.SCORERS, checked by a test); names only, so no torch
 
 
@@ -43,7 +43,7 @@ class EPOConfig:
     avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
-    starts: str = "random"                    # "random" prompts, or "sampled": text the model writes (proposals.py)
+    starts: str = "random"                    # "random" prompts, "sampled": text the model writes, or "beam" (epo.py)
     lm_guidance: float = 0.0                  # β: rank candidates by gradient + β·σ·log p(token | prefix)
     lm_children: float = 0.0                  # fraction of swaps whose token is drawn from the model's next-token top-p
     pair_rate: float = 0.0                    # fraction of swaps that also set the next token to the model's continuation

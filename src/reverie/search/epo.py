@@ -30,11 +30,13 @@ from .config import EPOConfig, as_config
 from .edits import PAD, edit_children, lengths, trim, unpad
 from ..errors import ConfigError
 from .history import History
-from .proposals import continuations, model_text, sample_tokens
+from .proposals import continuations, model_text, next_logprobs, sample_tokens
 from ..scoring import Scorer
 
 
 SAMPLES_PER_SLOT = 8   # sampled starts: prompts the model writes per population slot
+BEAMS_PER_SLOT = 4     # beam starts: prefixes each slot keeps at every length...
+TOKENS_PER_BEAM = 8    # ...and tokens drawn from the model to extend each one
 
 
 @dataclass
@@ -97,6 +99,8 @@ class EPO:
             population = torch.tensor(ids)[None].repeat(c.population, 1)
         elif c.starts == "sampled":
             return self._sampled_state()
+        elif c.starts == "beam":
+            return self._beam_state()
         else:
             population = self.vocab.random_prompts(c.population, c.length, self.generator)
             for i, ids in enumerate(c.init_ids):
@@ -119,12 +123,51 @@ class EPO:
         f, ce = self._score(samples)
         best = objective(f - self._penalty(samples), ce, self.penalties).argmax(1)
         best[given] = torch.arange(len(given))
-        kept = torch.zeros(len(samples), dtype=torch.bool)
+        return self._first_population(samples, f, ce, best)
+
+    def _beam_state(self) -> EPOState:
+        """Starts from a beam search on the objective, token by token from an empty prompt (as BEAST and
+        ADAPT do): every prefix kept is extended by TOKENS_PER_BEAM tokens drawn from the model's top-p
+        next-token distribution, the extensions are scored, and each slot keeps the BEAMS_PER_SLOT best
+        under its own λ. At the full length each slot takes its best (slots given a starting prompt in
+        `init_ids` keep it); the full-length candidates go into the history at iteration 0."""
+        c, M, gen = self.config, self.config.population, self.generator
+        beams = torch.zeros(1, 0, dtype=torch.long)
+        for length in range(1, c.length + 1):
+            logprobs = next_logprobs(self.scorer.model, self.vocab, beams, self._template_before)
+            row = torch.arange(len(beams)).repeat_interleave(TOKENS_PER_BEAM * (M if length == 1 else 1))
+            candidates = torch.unique(torch.cat([beams[row], sample_tokens(logprobs, self.vocab.allowed, gen,
+                                                                           rows=row)[:, None]], 1), dim=0)
+            if length == 1:       # one token has no cross-entropy of its own yet: keep the drawn ones
+                beams = candidates
+                continue
+            f, ce = self._score(candidates)
+            score = objective(f - self._penalty(candidates), ce, self.penalties)         # [M, C]
+            if length < c.length:
+                top = score.topk(min(BEAMS_PER_SLOT, score.shape[1]), 1)
+                keep = top.indices[top.values > -torch.inf].unique()
+                beams = candidates[keep] if len(keep) else candidates
+        given = [i for i, ids in enumerate(c.init_ids) if ids]
+        if given:
+            start = torch.tensor([c.init_ids[i] for i in given], dtype=torch.long)
+            f_start, ce_start = self._score(start)
+            candidates, f, ce = torch.cat([start, candidates]), torch.cat([f_start, f]), torch.cat([ce_start, ce])
+            score = objective(f - self._penalty(candidates), ce, self.penalties)
+        best = score.argmax(1)
+        best[given] = torch.arange(len(given))
+        return self._first_population(candidates, f, ce, best)
+
+    def _first_population(self, candidates: torch.Tensor, f: torch.Tensor, ce: torch.Tensor,
+                          best: torch.Tensor) -> EPOState:
+        """The state whose slot i holds candidates[best[i]]; every candidate goes into the history at
+        iteration 0 (kept: those some slot holds)."""
+        M = self.config.population
+        kept = torch.zeros(len(candidates), dtype=torch.bool)
         kept[best] = True
-        slot = torch.arange(len(samples)) % M
+        slot = torch.arange(len(candidates)) % M
         slot[best] = torch.arange(M)
-        self.history.add(0, slot, samples, f, ce, kept)
-        return EPOState(0, samples[best], f[best], ce[best], self.generator.get_state())
+        self.history.add(0, slot, candidates, f, ce, kept)
+        return EPOState(0, candidates[best], f[best], ce[best], self.generator.get_state())
 
     # ---------------------------------------------------------------- scoring with a memo
     def _score(self, ids: torch.Tensor, parents: torch.Tensor | None = None, parent: torch.Tensor | None = None,

@@ -48,26 +48,31 @@ def model_text(model, vocab: Vocabulary, count: int, length: int, generator: tor
     Each is sampled token by token (top-p over the allowed tokens) after `context` (ids; default a
     paragraph break), and must round-trip through the tokenizer like every prompt; rows that do not are
     sampled again (a few rounds), and any still missing are random prompts."""
-    if context is None or not len(context):
-        context = torch.tensor(vocab.encode("\n\n"), dtype=torch.long)
-    allowed = vocab.allowed.to(model.device)
     out: list[torch.Tensor] = []
     for _ in range(4):
         need = count - len(out)
         if need <= 0:
             break
-        ids = context.to(model.device)[None].repeat(need + need // 2 + 1, 1)
-        with torch.inference_mode():
-            for _ in range(length):
-                hidden = model.trunk(ids)[:, -1]
-                logprobs = model.head(hidden).float().log_softmax(-1)[:, allowed]
-                ids = torch.cat([ids, sample_tokens(logprobs.cpu(), vocab.allowed, generator, top_p)
-                                 .to(model.device)[:, None]], 1)
-        prompts = ids[:, len(context):].cpu()
+        prompts = torch.zeros(need + need // 2 + 1, 0, dtype=torch.long)
+        for _ in range(length):
+            logprobs = next_logprobs(model, vocab, prompts, context)
+            prompts = torch.cat([prompts, sample_tokens(logprobs, vocab.allowed, generator, top_p)[:, None]], 1)
         out += list(prompts[vocab.ok(prompts)][:need])
     if len(out) < count:
         out += list(vocab.random_prompts(count - len(out), length, generator))
     return torch.stack(out[:count])
+
+
+def next_logprobs(model, vocab: Vocabulary, prompts: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """Log p(v | `context` + the prompt) of the token after each prompt [B, t] (t may be 0), over the allowed
+    tokens: [B, A] fp32 on the CPU. `context`: ids (default: a paragraph break)."""
+    if context is None or not len(context):
+        context = torch.tensor(vocab.encode("\n\n"), dtype=torch.long)
+    ids = torch.cat([context.cpu().expand(len(prompts), -1), prompts], 1).to(model.device)
+    with torch.inference_mode():
+        hidden = model.trunk(ids)[:, -1]
+        logprobs = model.head(hidden[:, None])[:, 0].float().log_softmax(-1)
+    return logprobs[:, vocab.allowed.to(model.device)].cpu()
 
 
 def continuations(model, vocab: Vocabulary, prompts: torch.Tensor, positions: torch.Tensor,
