@@ -76,7 +76,10 @@ def test_ctrl_c_saves_the_run_and_exits_130(tiny_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "reverie", "dream", "--model", str(tiny_dir), "--target",
                              "neuron:L1.N7", "--out", str(out), "--iters", "100000", "--population", "2",
                              "--children", "4", "--length", "4", "--checkpoint-every", "1", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`cmd &` without job control) ignores SIGINT,
+                            # and so would the child: give it the terminal's default, as a user's shell does
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while checkpoint_iteration(out) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
