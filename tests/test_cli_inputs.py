@@ -80,11 +80,14 @@ def test_ctrl_c_saves_the_run_and_exits_130(tiny_dir, tmp_path):
                             # a suite started in the background (`cmd &` without job control) ignores SIGINT,
                             # and so would the child: give it the terminal's default, as a user's shell does
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while checkpoint_iteration(out) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while checkpoint_iteration(out) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()                  # never leave a dream running after a failure
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and f"reverie dream --resume {out}" in stdout
     assert checkpoint_iteration(out) >= 2                 # what was computed is saved
