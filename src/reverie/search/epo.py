@@ -111,57 +111,43 @@ class EPO:
         return EPOState(0, population, f, ce, self.generator.get_state())
 
     def _sampled_state(self) -> EPOState:
-        """Starts from text the model writes (`proposals.model_text`): SAMPLES_PER_SLOT prompts per slot
-        are sampled and scored, and each slot takes the best of them under its own λ (slots given a
-        starting prompt in `init_ids` keep it). Every sample goes into the history at iteration 0."""
-        c, M = self.config, self.config.population
-        samples = model_text(self.scorer.model, self.vocab, SAMPLES_PER_SLOT * M, c.length, self.generator,
-                             context=self._template_before)
-        given = [i for i, ids in enumerate(c.init_ids) if ids]
-        samples = torch.cat([torch.tensor([c.init_ids[i] for i in given], dtype=torch.long).reshape(-1, c.length),
-                             samples])
-        f, ce = self._score(samples)
-        best = objective(f - self._penalty(samples), ce, self.penalties).argmax(1)
-        best[given] = torch.arange(len(given))
-        return self._first_population(samples, f, ce, best)
+        """Starts from text the model writes (`proposals.model_text`): SAMPLES_PER_SLOT prompts per slot."""
+        samples = model_text(self.scorer.model, self.vocab, SAMPLES_PER_SLOT * self.config.population,
+                             self.config.length, self.generator, context=self._template_before)
+        return self._first_population(samples)
 
     def _beam_state(self) -> EPOState:
         """Starts from a beam search on the objective, token by token from an empty prompt (as BEAST and
         ADAPT do): every prefix kept is extended by TOKENS_PER_BEAM tokens drawn from the model's top-p
         next-token distribution, the extensions are scored, and each slot keeps the BEAMS_PER_SLOT best
-        under its own λ. At the full length each slot takes its best (slots given a starting prompt in
-        `init_ids` keep it); the full-length candidates go into the history at iteration 0."""
-        c, M, gen = self.config, self.config.population, self.generator
+        under its own λ; the full-length extensions are the candidates."""
+        c, M = self.config, self.config.population
         beams = torch.zeros(1, 0, dtype=torch.long)
         for length in range(1, c.length + 1):
             logprobs = next_logprobs(self.scorer.model, self.vocab, beams, self._template_before)
             row = torch.arange(len(beams)).repeat_interleave(TOKENS_PER_BEAM * (M if length == 1 else 1))
-            candidates = torch.unique(torch.cat([beams[row], sample_tokens(logprobs, self.vocab.allowed, gen,
-                                                                           rows=row)[:, None]], 1), dim=0)
-            if length == 1:       # one token has no cross-entropy of its own yet: keep the drawn ones
+            new = sample_tokens(logprobs, self.vocab.allowed, self.generator, rows=row)
+            candidates = torch.unique(torch.cat([beams[row], new[:, None]], 1), dim=0)
+            if length in (1, c.length):   # one token has no cross-entropy of its own yet; the last are the candidates
                 beams = candidates
                 continue
             f, ce = self._score(candidates)
-            score = objective(f - self._penalty(candidates), ce, self.penalties)         # [M, C]
-            if length < c.length:
-                top = score.topk(min(BEAMS_PER_SLOT, score.shape[1]), 1)
-                keep = top.indices[top.values > -torch.inf].unique()
-                beams = candidates[keep] if len(keep) else candidates
-        given = [i for i, ids in enumerate(c.init_ids) if ids]
-        if given:
-            start = torch.tensor([c.init_ids[i] for i in given], dtype=torch.long)
-            f_start, ce_start = self._score(start)
-            candidates, f, ce = torch.cat([start, candidates]), torch.cat([f_start, f]), torch.cat([ce_start, ce])
-            score = objective(f - self._penalty(candidates), ce, self.penalties)
-        best = score.argmax(1)
-        best[given] = torch.arange(len(given))
-        return self._first_population(candidates, f, ce, best)
+            score = objective(f - self._penalty(candidates), ce, self.penalties)         # [M, candidates]
+            top = score.topk(min(BEAMS_PER_SLOT, len(candidates)), 1)
+            keep = top.indices[top.values > -torch.inf].unique()
+            beams = candidates[keep] if len(keep) else candidates
+        return self._first_population(beams)
 
-    def _first_population(self, candidates: torch.Tensor, f: torch.Tensor, ce: torch.Tensor,
-                          best: torch.Tensor) -> EPOState:
-        """The state whose slot i holds candidates[best[i]]; every candidate goes into the history at
-        iteration 0 (kept: those some slot holds)."""
-        M = self.config.population
+    def _first_population(self, candidates: torch.Tensor) -> EPOState:
+        """Each slot starts at the candidate best under its own λ, except slots given a starting prompt in
+        `init_ids`, which keep it. Every candidate is recorded at iteration 0 (kept: those a slot holds)."""
+        c, M = self.config, self.config.population
+        given = [i for i, ids in enumerate(c.init_ids) if ids]
+        candidates = torch.cat([torch.tensor([c.init_ids[i] for i in given], dtype=torch.long).reshape(-1, c.length),
+                                candidates])
+        f, ce = self._score(candidates)
+        best = objective(f - self._penalty(candidates), ce, self.penalties).argmax(1)
+        best[given] = torch.arange(len(given))
         kept = torch.zeros(len(candidates), dtype=torch.bool)
         kept[best] = True
         slot = torch.arange(len(candidates)) % M
