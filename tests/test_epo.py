@@ -1,6 +1,7 @@
 """The EPO loop: seeding, selection, restarts, constraints, stopping."""
 
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -106,13 +107,30 @@ def test_initial_prompt_sets_population_and_length(tiny_llama):
 
 
 def test_time_budget_and_callback_stop_cleanly(tiny_llama):
-    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.5}))
-    assert r.stopped == "time" and 0 < r.iterations < 1000
     seen = []
     r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 100}),
                       callback=lambda s: seen.append(s.iteration) or s.iteration < 3)
     assert r.stopped == "callback" and seen == [1, 2, 3] and r.iterations == 3
     assert r.history["iteration"].max() == 3
+    # after that first run (whose start compiles what scoring uses, and the budget counts the start)
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.5}))
+    assert r.stopped == "time" and 0 < r.iterations < 1000
+
+
+def test_time_budget_counts_the_start(tiny_llama, monkeypatch):
+    # a beam start's search is part of the run: a budget it uses up leaves no time for iterations
+    import reverie.search.epo as epo
+
+    def slow(*args, **kwargs):      # the beam's next-token distributions, made to take 0.5 s in all
+        time.sleep(0.5 if not calls else 0)
+        calls.append(1)
+        return next_logprobs(*args, **kwargs)
+
+    calls, next_logprobs = [], epo.next_logprobs
+    monkeypatch.setattr(epo, "next_logprobs", slow)
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.4,
+                                                                 "starts": "beam"}))
+    assert r.stopped == "time" and r.iterations == 0
 
 
 def test_ctrl_c_keeps_completed_iterations(tiny_llama):

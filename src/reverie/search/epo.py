@@ -82,12 +82,14 @@ class EPO:
         self.memo: dict[tuple[int, ...], tuple[float, float]] = {k: (f, ce) for k, f, ce in self.history.items()}
         self.generator = torch.Generator()
         self.stopped = "done"
+        started = time.perf_counter()
         if state is None:
             self.generator.manual_seed(config.seed)
             state = self._initial_state()
         else:
             self.generator.set_state(state.rng)
         self.state = state
+        self.start_seconds = time.perf_counter() - started   # the initial population's cost: the time budget counts it
 
     # ---------------------------------------------------------------- the initial population
     def _initial_state(self) -> EPOState:
@@ -320,8 +322,10 @@ class EPO:
         return Step(iteration, self.state, self.penalties, self.history, time.perf_counter() - t0, phases, restarted)
 
     def run(self, callback: Callable[[Step], bool | None] | None = None) -> str:
-        """Iterate; return why it stopped: "done", "time", "interrupted" or "callback"."""
-        start = time.perf_counter()
+        """Iterate; return why it stopped: "done", "time", "interrupted" or "callback". The time budget
+        counts what making the initial population cost (a beam start's search), once."""
+        start = time.perf_counter() - self.start_seconds
+        self.start_seconds = 0.0
         try:
             while self.state.iteration < self.config.iters:
                 if self.config.time_budget is not None and time.perf_counter() - start >= self.config.time_budget:
