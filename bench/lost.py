@@ -31,8 +31,10 @@ from reverie.evidence.scan import ScanConfig, read_scan, scan
 TARGETS = ["neuron:L3.N492", "neuron:L13.N1333", "neuron:L14.N856", "neuron:L17.N439"]
 
 
-def model_text(model, samples: int, tokens: int, seed: int = 0) -> list[str]:
-    """Texts the model writes after a paragraph break (top-p 0.95, with its KV cache)."""
+def written_text(model, samples: int, tokens: int, seed: int = 0) -> list[str]:
+    """Texts the model writes after a paragraph break (top-p 0.95), through `generate` and its KV cache:
+    `proposals.model_text` runs each prefix again at every step, cheap for a 12-token prompt, not for
+    128 samples of 64 tokens."""
     torch.manual_seed(seed)
     start = torch.tensor([model.tokenizer("\n\n", add_special_tokens=False)["input_ids"]]).repeat(samples, 1)
     texts = []
@@ -56,7 +58,7 @@ def main() -> None:
     model = reverie.load_model("bundled", dtype="bfloat16")
     windows = read_scan(args.scan)
     start = time.perf_counter()
-    texts = model_text(model, args.samples, args.tokens)
+    texts = written_text(model, args.samples, args.tokens)
     written = scan(model, args.targets, texts, ScanConfig(window=12, top=1))
     seconds = time.perf_counter() - start
     rows = []

@@ -10,6 +10,7 @@ import torch
 import reverie
 from reverie import EPOConfig, make_scorer
 from reverie.search.epo import EPO, objective
+from reverie.search.proposals import next_logprobs
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=5, seed=0)
 
@@ -119,15 +120,14 @@ def test_time_budget_and_callback_stop_cleanly(tiny_llama):
 
 def test_time_budget_counts_the_start(tiny_llama, monkeypatch):
     # a beam start's search is part of the run: a budget it uses up leaves no time for iterations
-    import reverie.search.epo as epo
-
-    def slow(*args, **kwargs):      # the beam's next-token distributions, made to take 0.5 s in all
-        time.sleep(0.5 if not calls else 0)
+    def slow(*args, **kwargs):      # the beam's first next-token distributions take 0.5 s
+        if not calls:
+            time.sleep(0.5)
         calls.append(1)
         return next_logprobs(*args, **kwargs)
 
-    calls, next_logprobs = [], epo.next_logprobs
-    monkeypatch.setattr(epo, "next_logprobs", slow)
+    calls = []
+    monkeypatch.setattr("reverie.search.epo.next_logprobs", slow)
     r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.4,
                                                                  "starts": "beam"}))
     assert r.stopped == "time" and r.iterations == 0
