@@ -29,15 +29,17 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-import reverie
-from reverie import EPO, EPOConfig, make_scorer
-from reverie.fast.unembed import head_logprobs
-from reverie.search.epo import objective
+sys.path.insert(0, str(Path(__file__).parent))
+from draft import timed  # noqa: E402
+
+import reverie  # noqa: E402
+from reverie import EPO, EPOConfig, make_scorer  # noqa: E402
+from reverie.fast.unembed import head_logprobs  # noqa: E402
+from reverie.search.epo import objective  # noqa: E402
 
 
 def needed_rows(epo: EPO, parents, children, parent, pos, f, ce) -> dict[str, float]:
@@ -81,23 +83,13 @@ def measure(model, spec: str, iters: int) -> dict:
             **{f"{k} needed": round(totals[k] / totals["rows"], 3) for k in ("selection", "frontier", "either")}}
 
 
-def least(fn, repeats: int = 2) -> float:
-    """The least seconds of `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def bound(model, spec: str, rows: int, reference_iters: int = 2) -> dict:
     """Seconds to unembed `rows` rows, and seconds per iteration of the reference path, in this process."""
     config = EPOConfig(iters=reference_iters, seed=0)
     hidden = torch.randn(rows, model.adapter.d_model, dtype=model.dtype, device=model.device)
     labels = torch.randint(len(model.tokenizer), (rows,), device=model.device)
     with torch.inference_mode():
-        unembed = least(lambda: head_logprobs(model, hidden, labels))
+        unembed, _ = timed(head_logprobs, model, hidden, labels)
     epo = EPO(make_scorer(model, spec, config, scorer="plain"), config)
     steps = [epo.step() for _ in range(reference_iters)]
     reference = min(s.seconds for s in steps)
