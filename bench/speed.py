@@ -11,8 +11,11 @@ restarts included), pooled over several seeds: its cost changes along a run, as 
 converge (prompts that fill several slots or survive keep their gradients, children scored before
 are not scored again), and how fast that happens depends on the run. Single-run medians of the same
 code have ranged from 0.35 to 0.70 s over three seeds, so one run is not a measurement. The reference
-path does the same work at every iteration, so a shorter sample of it is enough; reverie's median
-over the same first iterations (pooled over the seeds) is reported too. The floor is one plain
+path is sampled over its first iterations only (a whole run of it takes hours on the large shapes).
+The loop's memo serves it too, so its later iterations would also be somewhat cheaper (it recomputes
+every gradient, but not children scored before): the whole-run ratio leans towards reverie, and
+reverie's median over the same first iterations (pooled over the seeds), reported too, compares like
+with like. The floor is one plain
 batched forward pass (full logits) over as many n-token prompts as an iteration has children; the
 batched floor is the same pass split into the batch size both paths use. Writes JSON and prints a
 short table.
