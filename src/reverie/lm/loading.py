@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from ..errors import ModelError
-from . import memory
+from . import hub, memory
 from .cache import cache_dir, write_folder
 from .dtypes import choose_dtype, parse_device
 from .synthetic import RandomSpec, is_random, random_weights, shape_config, synthetic_tokenizer
@@ -149,9 +149,10 @@ def load_hf(spec: str, *, device: str | torch.device | None = None, dtype=None,
     device = parse_device(device)
     if is_random(spec):
         return load_random(spec, device, dtype, device_map)
+    path = resolve(spec)
+    offline = path == spec and not Path(spec).exists() and hub.offline()      # a hub id, and no hub to ask
     try:
-        with quiet_loading():
-            path = resolve(spec)
+        with quiet_loading(), hub.cache_only(offline):
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             torch_dtype, reason = choose_dtype(dtype, device, config)
             if device_map is None:
@@ -161,7 +162,13 @@ def load_hf(spec: str, *, device: str | torch.device | None = None, dtype=None,
             hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                       **extra)
     except (OSError, ValueError) as e:
+        if offline:
+            raise ModelError(f"cannot load model {spec!r}: {offline} and the model is not (wholly) in the local cache "
+                             f"{hub.cache_folder()}: download it where there is network (hf download {spec}) and copy "
+                             "the cache here, or give a local folder") from e
         lines = str(e).strip().splitlines()
         raise ModelError(f"cannot load model {spec!r}: {lines[0] if lines else type(e).__name__} "
                          "(give a hub id, a local folder, a .gguf file, 'bundled' or random:NAME)") from e
+    if offline:
+        log.warning("loaded %s from the local cache %s (%s)", spec, hub.cache_folder(), offline)
     return (hf if device_map is not None else hf.to(device)), tokenizer, reason

@@ -21,6 +21,7 @@ import glob
 import os
 
 from ..errors import TargetError
+from . import hub
 
 INSTALL = "pip install 'reverie[sae]'"
 
@@ -92,28 +93,9 @@ def hub_model(name: str) -> str:
         return name
 
 
-def hub_offline() -> bool:
-    """True when the Hugging Face hub is switched off (HF_HUB_OFFLINE, read here too: the hub library reads it
-    once, when first imported) or does not answer within seconds."""
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        return True
-    try:
-        from huggingface_hub import constants
-        from huggingface_hub.utils import get_session
-
-        if constants.is_offline_mode():
-            return True
-        get_session().head(constants.ENDPOINT, timeout=5)
-        return False
-    except Exception:   # noqa: BLE001 - no network, no DNS, a proxy error: offline as far as we can tell
-        return True
-
-
 def cached(repo_id: str, path: str) -> bool:
     """Whether `path` (a folder or file in the repo) is in the local Hugging Face hub cache."""
-    from huggingface_hub import constants
-
-    repo = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"), "snapshots")
+    repo = os.path.join(hub.cache_folder(), "models--" + repo_id.replace("/", "--"), "snapshots")
     return any(os.path.exists(os.path.join(snapshot, path)) for snapshot in glob.glob(os.path.join(glob.escape(repo), "*")))
 
 
@@ -132,7 +114,7 @@ def load(release: str, sae_id: str, feature: int = 0):
     Offline and not cached: one TargetError line at once, naming the repo and path to download
     (`feature` only goes into that line). The last two SAEs loaded are kept: a spec is parsed more than once."""
     lookup = directory()[release]
-    offline = hub_offline()
+    offline = bool(hub.offline())
     if offline and not cached(lookup.repo_id, lookup.saes_map[sae_id]):
         raise TargetError(offline_message(release, sae_id, feature))
     try:
@@ -147,18 +129,14 @@ class NotCached(Exception):
 
 @functools.lru_cache(maxsize=2)
 def pretrained(release: str, sae_id: str, offline: bool):
-    from huggingface_hub import constants
     from sae_lens import SAE
 
-    was = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = was or offline    # read it from the cache without retrying the network
     try:
-        sae = SAE.from_pretrained(release, sae_id, device="cpu")
+        with hub.cache_only(offline):      # read it from the cache without retrying the network
+            sae = SAE.from_pretrained(release, sae_id, device="cpu")
     except Exception as e:   # noqa: BLE001 - the hub's, SAELens's and the converters' errors, as one line
         if offline:
             raise NotCached() from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TargetError(f"sae:{release}/{sae_id}: SAELens cannot load it ({first})") from None
-    finally:
-        constants.HF_HUB_OFFLINE = was
     return sae[0] if isinstance(sae, tuple) else sae   # SAELens < 6 returned (sae, cfg, sparsity)
