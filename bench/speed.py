@@ -15,10 +15,9 @@ path is sampled over its first iterations only (a whole run of it takes hours on
 The loop's memo serves it too, so its later iterations would also be somewhat cheaper (it recomputes
 every gradient, but not children scored before): the whole-run ratio leans towards reverie, and
 reverie's median over the same first iterations (pooled over the seeds), reported too, compares like
-with like. The floor is one plain
-batched forward pass (full logits) over as many n-token prompts as an iteration has children; the
-batched floor is the same pass split into the batch size both paths use. Writes JSON and prints a
-short table.
+with like. The floor is one plain batched forward pass (full logits) over as many n-token prompts as
+an iteration has children; the batched floor is the same pass split into the batch size both paths
+use. Writes JSON and prints a short table.
 """
 
 from __future__ import annotations

@@ -26,22 +26,21 @@ def no_hub(tmp_path, tiny_dir):
             "REVERIE_CACHE": str(tmp_path / "reverie-cache")}
 
 
-def run(code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+def python(*args, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_a_cached_model_loads_without_the_hub(no_hub):
-    res = run(LOAD, no_hub)
+    res = python("-c", LOAD, env=no_hub)
     assert res.returncode == 0, res.stderr
     assert "layers 2" in res.stdout
     assert "Retrying" not in res.stderr                          # no request was made, so none retried
     assert "loaded tiny/cached from the local cache" in res.stderr and "cannot be reached" in res.stderr
 
 
-def test_a_model_not_cached_fails_at_once_in_one_line(no_hub):
-    res = subprocess.run([sys.executable, "-m", "reverie", "dream", "--model", "nobody/not-cached", "--target",
-                          "neuron:L1.N1", "--out", os.devnull + "-never"], capture_output=True, text=True, env=no_hub,
-                         timeout=600)
+def test_a_model_not_cached_fails_at_once_in_one_line(no_hub, tmp_path):
+    res = python("-m", "reverie", "dream", "--model", "nobody/not-cached", "--target", "neuron:L1.N1",
+                 "--out", str(tmp_path / "never-written"), env=no_hub)
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("loading model")]
     assert len(lines) == 1 and "not (wholly) in the local cache" in lines[0] and "hf download nobody/not-cached" in lines[0]
