@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import settle  # noqa: E402
+from speed import cpu_flags, settle  # noqa: E402
 
 import reverie  # noqa: E402
 from reverie import EPO, EPOConfig, make_scorer  # noqa: E402
@@ -77,13 +76,6 @@ def label_tiles() -> None:
             yield from tiles(self, hidden, width)
 
     Model.head_tiles = head_tiles
-
-
-def cpu_flags() -> list[str]:
-    try:
-        return sorted(set(re.findall(r"\b(amx\w*|avx512_bf16)\b", Path("/proc/cpuinfo").read_text())))
-    except OSError:
-        return []
 
 
 def main() -> None:

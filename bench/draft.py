@@ -35,7 +35,6 @@ import contextlib
 import json
 import math
 import platform
-import re
 import statistics
 import sys
 import time
@@ -51,6 +50,9 @@ from reverie.lm.targets import as_target
 from reverie.scoring import Objective, PackedScorer
 from reverie.scoring.batching import even_split
 from reverie.search.epo import objective
+
+sys.path.insert(0, str(Path(__file__).parent))
+from speed import cpu_flags  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -229,11 +231,6 @@ def analyse(log: list[dict], k: int, penalties, qs, costs: dict, per_iter: dict,
                                              / (costs["gradients"] + draft_costs["packed"] + u * costs["packed"]))
             out[name][str(q)] = r
     return out
-
-
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return sorted(set(re.findall(r"\bamx\w*|\bavx512_bf16\b", text)))
 
 
 def main() -> None:

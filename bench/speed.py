@@ -36,6 +36,7 @@ import torch
 
 import reverie
 from reverie import EPO, EPOConfig, make_scorer
+from reverie.lm.dtypes import cpu_flags as flags_line
 
 
 def settle() -> None:
@@ -46,6 +47,11 @@ def settle() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):      # not glibc
         pass
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide how fast bf16 runs (AMX, AVX512-BF16): record them beside any time."""
+    return sorted(f for f in flags_line().split() if f.startswith("amx") or f == "avx512_bf16")
 
 
 def time_run(scorer, config, iters, seeds=(0,), first=None):

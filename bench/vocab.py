@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import settle, time_floor  # noqa: E402
+from speed import cpu_flags, settle, time_floor  # noqa: E402
 
 import reverie  # noqa: E402
 from reverie import EPO, EPOConfig, make_scorer  # noqa: E402
@@ -47,14 +46,6 @@ from reverie.scoring import packed as packed_module  # noqa: E402
 from reverie.scoring import plain as plain_module  # noqa: E402
 
 GEMMA_VOCAB = 262144
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted(set(re.findall(r"\b(amx\w*|avx512_bf16)\b", text)))
 
 
 # ----------------------------------------------------------------------------------- the 262k model
