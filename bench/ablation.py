@@ -70,7 +70,7 @@ def main() -> None:
     for name in variants:
         options, data = VARIANTS[name]
         print(f"== {name}", flush=True)
-        reverie.sweep(model, targets, seeds, out / name, EPOConfig(iters=args.iters, **options),
+        reverie.sweep(model, targets, seeds, out / name, EPOConfig.paper(iters=args.iters, **options),
                       executor=args.executor, report=False, starts=args.scan if data else None)
 
     scan = read_scan(args.scan)

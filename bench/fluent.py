@@ -69,7 +69,7 @@ def run(args) -> None:
                 row = {"target": spec, "seed": seed, "variant": name, "data_starts": args.data_starts, "budget": budget}
                 if key(row) in seen:
                     continue
-                config = EPOConfig(seed=seed, iters=args.iters if args.time_budget is None else 10**6,
+                config = EPOConfig.paper(seed=seed, iters=args.iters if args.time_budget is None else 10**6,
                                    time_budget=args.time_budget, **options)
                 scorer = make_scorer(model, spec, config)
                 if args.data_starts:

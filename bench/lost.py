@@ -65,7 +65,7 @@ def main() -> None:
     for spec in args.targets:
         mine = windows[windows["target"] == spec]
         window = mine.loc[mine["activation"].idxmax()]
-        config = EPOConfig(iters=args.iters, seed=0)
+        config = EPOConfig.paper(iters=args.iters, seed=0)
         epo = EPO(make_scorer(model, spec, config), config)
         epo.run()
         history = epo.history.frame(epo.vocab.decode)

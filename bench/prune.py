@@ -65,7 +65,7 @@ def needed_rows(epo: EPO, parents, children, parent, pos, f, ce) -> dict[str, fl
 
 
 def measure(model, spec: str, iters: int) -> dict:
-    config = EPOConfig(iters=iters, seed=0)
+    config = EPOConfig.paper(iters=iters, seed=0)
     epo = EPO(make_scorer(model, spec, config), config)
     totals: dict[str, float] = {}
     score = epo._score               # EPO scores an iteration's children as _score(children, parents, parent, pos)
@@ -85,7 +85,7 @@ def measure(model, spec: str, iters: int) -> dict:
 
 def bound(model, spec: str, rows: int, reference_iters: int = 2) -> dict:
     """Seconds to unembed `rows` rows, and seconds per iteration of the reference path, in this process."""
-    config = EPOConfig(iters=reference_iters, seed=0)
+    config = EPOConfig.paper(iters=reference_iters, seed=0)
     hidden = torch.randn(rows, model.adapter.d_model, dtype=model.dtype, device=model.device)
     labels = torch.randint(len(model.tokenizer), (rows,), device=model.device)
     with torch.inference_mode():
@@ -111,7 +111,7 @@ def main() -> None:
     for spec in args.targets:
         rows.append(measure(model, spec, args.iters))
         if args.time:     # the least rows: the children's own rows any rule needs, and the parents' prefix rows
-            config = EPOConfig()
+            config = EPOConfig.paper()
             least_rows = min(rows[-1][k] for k in ("selection", "frontier")) / args.iters
             rows[-1]["bound"] = bound(model, spec, round(least_rows) + config.population * (config.length - 1))
         print(json.dumps(rows[-1]), flush=True)

@@ -33,7 +33,7 @@ THRESHOLDS = (4.0, 5.0, 6.0, math.inf)
 
 
 def one_run(model, spec, seed, iters, seconds, reference):
-    config = EPOConfig(seed=seed, iters=iters if seconds is None else 10**6, time_budget=seconds)
+    config = EPOConfig.paper(seed=seed, iters=iters if seconds is None else 10**6, time_budget=seconds)
     scorer = make_scorer(model, spec, config, scorer="plain" if reference else "packed")
     epo = EPO(scorer, config)
     epo.run()

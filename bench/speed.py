@@ -110,7 +110,7 @@ def main() -> None:
     spec = "random:random-1b" if args.model == "random-1b" else args.model
     model = reverie.load_model(spec, dtype=args.dtype)
     print(f"model {model.spec}: {model.n_layers} layers, dtype {model.dtype_reason}")
-    config = EPOConfig(iters=10**6, seed=0, batch_size=args.batch_size)  # paper settings: M=8, r=32, k=512, n=12
+    config = EPOConfig.paper(iters=10**6, seed=0, batch_size=args.batch_size)  # paper settings: M=8, r=32, k=512, n=12
     scorer = make_scorer(model, args.target, config)
     ref_scorer = make_scorer(model, args.target, config, scorer="plain")
     children = config.population * config.children

@@ -201,7 +201,7 @@ def time_vocabulary(model: Model) -> dict:
 def measure(name: str, dtype: str | None, args, timers: Timers) -> dict:
     model = load(name, dtype)
     print(f"\n== {model.spec} {model.dtype} vocabulary {len(model.tokenizer)}", flush=True)
-    config = EPOConfig(iters=10**6, seed=0, batch_size=args.batch_size, restart_every=0)
+    config = EPOConfig.paper(iters=10**6, seed=0, batch_size=args.batch_size, restart_every=0)
     vocab = time_vocabulary(model)
     print(f"allowed tokens: {vocab['allowed']} (cold {vocab['cold_seconds']:.2f} s, warm {vocab['warm_seconds']:.3f} s)", flush=True)
     packed = make_scorer(model, args.target, config)

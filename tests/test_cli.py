@@ -37,6 +37,8 @@ def test_dream_and_frontier(monkeypatch, capsys, tiny_dir, tmp_path):
                          "--out", tmp_path / "a", *SMALL)
     assert code in (0, None), err
     assert "frontier of neuron:L1.N7" in out and "done after 3 iterations" in out
+    epo = json.loads((tmp_path / "a" / "config.json").read_text())["epo"]
+    assert (epo["starts"], epo["lm_children"]) == ("beam", 0.5)        # the defaults reach the command line
     code, out, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7",
                          "--out", tmp_path / "b", "--seed", "1", *SMALL)
     code, out, err = run(monkeypatch, capsys, "frontier", tmp_path / "a", tmp_path / "b",

@@ -16,12 +16,16 @@ SMALL = dict(population=4, children=8, top_k=32, length=8, iters=5, seed=0)
 
 
 def test_same_seed_same_history(tiny_llama):
-    a = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
-    b = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
-    c = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "seed": 1}))
+    a = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig.paper(**SMALL))
+    b = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig.paper(**SMALL))
+    c = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig.paper(**{**SMALL, "seed": 1}))
     pd.testing.assert_frame_equal(a.history, b.history)
     assert len(a.history) == 4 + 5 * 4 * 8
     assert not a.history["text"].equals(c.history["text"])
+    d = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))      # the defaults: beam starts, LM children
+    e = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
+    pd.testing.assert_frame_equal(d.history, e.history)
+    assert not d.history["text"].equals(a.history["text"])
 
 
 def test_activation_rises_and_selection_never_loses(tiny_llama):
@@ -72,7 +76,7 @@ def test_gcg_is_population_one(tiny_llama):
 
 
 def test_banned_string_is_never_kept(tiny_llama):
-    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "ban_strings": ("e",)}))
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig.paper(**{**SMALL, "ban_strings": ("e",)}))
     kept = r.history[r.history.kept]
     valid = kept[kept.activation > -math.inf]
     assert not valid["text"].str.lower().str.contains("e").any()
@@ -114,7 +118,7 @@ def test_time_budget_and_callback_stop_cleanly(tiny_llama):
     assert r.stopped == "callback" and seen == [1, 2, 3] and r.iterations == 3
     assert r.history["iteration"].max() == 3
     # after that first run (whose start compiles what scoring uses, and the budget counts the start)
-    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.5}))
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig.paper(**{**SMALL, "iters": 1000, "time_budget": 0.5}))
     assert r.stopped == "time" and 0 < r.iterations < 1000
 
 
@@ -167,7 +171,7 @@ def test_config_errors(tiny_llama, bad, message):
 
 
 def test_top_k_schedule_grows_k(tiny_llama):
-    config = EPOConfig(population=2, children=16, top_k=64, top_k_start=1, length=6, iters=11, restart_every=0,
+    config = EPOConfig.paper(population=2, children=16, top_k=64, top_k_start=1, length=6, iters=11, restart_every=0,
                        check_retokenization=False)
     scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)

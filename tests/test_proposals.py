@@ -33,7 +33,7 @@ def new_tokens_logprob(scorer, parents, children, parent, pos):
 
 @pytest.mark.slow
 def test_sampled_starts_are_fluent_text_the_model_writes(bundled):
-    random = EPO(make_scorer(bundled, "neuron:L3.N492", EPOConfig(**SMALL)), EPOConfig(**SMALL))
+    random = EPO(make_scorer(bundled, "neuron:L3.N492", EPOConfig.paper(**SMALL)), EPOConfig.paper(**SMALL))
     config = EPOConfig(**SMALL, starts="sampled")
     epo = EPO(make_scorer(bundled, "neuron:L3.N492", config), config)
     first = epo.history.frame(epo.vocab.decode)
@@ -67,7 +67,7 @@ def test_lm_children_take_tokens_the_model_finds_likely(bundled):
 
 @pytest.mark.parametrize("scorer_name", ["packed", "plain"])
 def test_lm_guidance_ranks_by_gradient_and_log_prob(tiny_llama, scorer_name):
-    config = EPOConfig(**SMALL, check_retokenization=False)
+    config = EPOConfig.paper(**SMALL, check_retokenization=False)
     scorer = make_scorer(tiny_llama, "neuron:L1.N7", config, scorer=scorer_name)
     prompts = list(EPO(scorer, config).state.population)
     lam = torch.full((len(prompts),), 0.5)
@@ -150,3 +150,13 @@ def test_beam_starts_climb_the_objective_while_staying_fluent(bundled):
     # under every slot's own λ the beam's start beats the best of the model's samples
     assert (objective(beam.state.f, beam.state.ce, beam.penalties).diagonal()
             > objective(sampled.state.f, sampled.state.ce, sampled.penalties).diagonal()).all()
+
+
+
+def test_the_defaults_are_beam_starts_with_lm_children_and_paper_is_the_papers_epo():
+    """The paired benchmark's winner is what a plain `EPOConfig()` runs; `paper()` and `gcg()` keep the
+    paper's random starts and gradient-only children, and take any option on top."""
+    assert (EPOConfig().starts, EPOConfig().lm_children) == ("beam", 0.5)
+    for config in (EPOConfig.paper(iters=3), EPOConfig.gcg(penalty=1.0)):
+        assert (config.starts, config.lm_children) == ("random", 0.0)
+    assert EPOConfig.gcg().population == 1 and EPOConfig.paper(starts="sampled", seed=3).starts == "sampled"

@@ -19,7 +19,7 @@ SMALL = dict(population=4, children=8, top_k=32, length=8, seed=0)
 
 def test_run_directory_contents(tiny_llama, tmp_path):
     out = tmp_path / "run"
-    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=6), out=out)
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig.paper(**SMALL, iters=6), out=out)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "frontier.json",
                                                      "history", "history.parquet"]
     config = json.loads((out / "config.json").read_text())
@@ -72,7 +72,7 @@ def test_sigkill_then_resume_keeps_every_iteration(tiny_dir, tmp_path):
     assert final.iterations == 20 and final.stopped == "done"
     counts = final.history.groupby("iteration").size()
     assert list(counts.index) == list(range(21))
-    assert (counts.iloc[1:] == 32).all() and counts.iloc[0] == 4
+    assert (counts.iloc[1:] == 32).all() and counts.iloc[0] >= 4
     assert list((out / "history").iterdir()) == []
 
 

@@ -212,7 +212,7 @@ def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     from reverie import dream, load_run, resume
     from reverie.search.frontier import versus_data
     windows = scan(tiny_llama, ["neuron:L1.N5"], str(corpus_dir), ScanConfig(window=8, top=10, chunk=16))
-    config = EPOConfig(population=4, children=8, top_k=32, length=8, iters=4, check_retokenization=False)
+    config = EPOConfig.paper(population=4, children=8, top_k=32, length=8, iters=4, check_retokenization=False)
     result = dream(tiny_llama, "neuron:L1.N5", config, starts=windows, out=tmp_path / "run")
     first = result.history[result.history["iteration"] == 0]
     by_text = {tuple(map(int, i)) for i in windows["ids"]}

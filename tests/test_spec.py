@@ -46,26 +46,26 @@ def assert_same_walk(model, config: EPOConfig, target: str = "neuron:L1.N7", res
 
 
 def test_packed_walks_the_plain_path(tiny_llama):
-    config = EPOConfig(population=4, children=16, top_k=64, length=8, iters=12, restart_every=5, seed=3)
+    config = EPOConfig.paper(population=4, children=16, top_k=64, length=8, iters=12, restart_every=5, seed=3)
     f = assert_same_walk(tiny_llama, config)
     assert (~f.isfinite()).any()                                       # some children failed re-tokenisation
 
 
 def test_packed_walks_the_plain_path_in_a_template_with_edits(tiny_llama):
-    config = EPOConfig(population=4, children=12, top_k=32, length=6, iters=8, restart_every=4, seed=1,
+    config = EPOConfig.paper(population=4, children=12, top_k=32, length=6, iters=8, restart_every=4, seed=1,
                        template="Once upon a time {prompt} and then", insert_rate=0.2, delete_rate=0.2)
     assert_same_walk(tiny_llama, config, restarts=1)
 
 
 def test_packed_walks_the_plain_path_with_proposals_from_the_model(tiny_llama):
     """Sampled starts, LM children, LM-guided ranking and pair edits: both scorers take the same steps."""
-    config = EPOConfig(population=4, children=12, top_k=32, length=6, iters=6, restart_every=3, seed=2,
+    config = EPOConfig.paper(population=4, children=12, top_k=32, length=6, iters=6, restart_every=3, seed=2,
                        starts="sampled", lm_children=0.4, lm_guidance=0.3, pair_rate=0.3)
     assert_same_walk(tiny_llama, config, restarts=1, same_children=0.95)
 
 
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llama"}))
 def test_packed_walks_the_plain_path_on_every_family(family, tokenizer):
-    config = EPOConfig(population=3, children=8, top_k=32, length=6, iters=6, restart_every=3, seed=0,
+    config = EPOConfig.paper(population=3, children=8, top_k=32, length=6, iters=6, restart_every=3, seed=0,
                        check_retokenization=False)
     assert_same_walk(build_tiny(family, tokenizer), config, restarts=1, same_children=0.97)

@@ -54,7 +54,7 @@ def dream(
     device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one device over all of them (accelerate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
     scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: start half the population at its top windows for this target (unless --random-start) and show them in the report."),
-    random_start: bool = typer.Option(False, "--random-start", help="With --scan: start every slot at random prompts (the paper), using the scan only in the report."),
+    random_start: bool = typer.Option(False, "--random-start", help="With --scan: start no slot at its windows (every slot starts as --starts says), using the scan only in the report."),
     report: Optional[bool] = typer.Option(None, "--report/--no-report", help="Write report.html into the run directory at the end (default: yes; with --resume, as the run was started)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: half the population starts at its top windows for this target."),
     diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),

@@ -1,4 +1,7 @@
-"""`EPOConfig`: every option of one EPO run, with the paper's defaults, checked whenever one is made."""
+"""`EPOConfig`: every option of one EPO run, checked whenever one is made. The defaults are the paper's
+(M, r, k, n, λ range, restarts) except where a paired benchmark made an addition the default: slots start
+from a beam search and half the children come from the model (docs/performance.md#proposals-from-the-model).
+`EPOConfig.paper()` is the paper's EPO exactly; `EPOConfig.gcg()` is GCG."""
 
 from __future__ import annotations
 
@@ -43,9 +46,11 @@ class EPOConfig:
     avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
-    starts: str = "random"                    # "random" prompts, "sampled": text the model writes, or "beam" (epo.py)
+    starts: str = "beam"                      # "beam" search on the objective, "sampled": text the model writes, or
+                                              #   "random" prompts (the paper's); epo.py
     lm_guidance: float = 0.0                  # β: rank candidates by gradient + β·σ·log p(token | prefix)
-    lm_children: float = 0.0                  # fraction of swaps whose token is drawn from the model's next-token top-p
+    lm_children: float = 0.5                  # fraction of swaps whose token is drawn from the model's next-token top-p
+                                              #   (the paper's: 0, every token from the gradient's top-k)
     pair_rate: float = 0.0                    # fraction of swaps that also set the next token to the model's continuation
     time_budget: float | None = None          # seconds; stop cleanly when spent
     ban_tokens: tuple[str | int, ...] = ()    # tokens never proposed (text or id)
@@ -56,10 +61,15 @@ class EPOConfig:
     scorer: str = "packed"                    # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
 
     @classmethod
+    def paper(cls, **kwargs) -> "EPOConfig":
+        """The paper's EPO: random starts and every child's token from the gradient's top-k."""
+        return cls(**{"starts": "random", "lm_children": 0.0, **kwargs})
+
+    @classmethod
     def gcg(cls, penalty: float = 0.0, **kwargs) -> "EPOConfig":
-        """Greedy Coordinate Gradient: one prompt, one fixed penalty, no restarts."""
+        """Greedy Coordinate Gradient: one prompt, one fixed penalty, no restarts (the paper's EPO otherwise)."""
         kwargs.setdefault("children", 512)
-        return cls(population=1, penalties=(penalty,), restart_every=0, **kwargs)
+        return cls.paper(population=1, penalties=(penalty,), restart_every=0, **kwargs)
 
     def slot_penalties(self) -> torch.Tensor:
         import torch
@@ -143,7 +153,7 @@ class EPOConfig:
 
 
 def as_config(config: EPOConfig | None) -> EPOConfig:
-    """`config`, or the paper's defaults for None; anything but an EPOConfig is a ConfigError."""
+    """`config`, or the defaults for None; anything but an EPOConfig is a ConfigError."""
     if config is None:
         return EPOConfig()
     if not isinstance(config, EPOConfig):

@@ -65,14 +65,25 @@ def model_text(model, vocab: Vocabulary, count: int, length: int, generator: tor
 
 def next_logprobs(model, vocab: Vocabulary, prompts: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
     """Log p(v | `context` + the prompt) of the token after each prompt [B, t] (t may be 0), over the allowed
-    tokens: [B, A] fp32 on the CPU. `context`: ids (default: a paragraph break)."""
+    tokens: [B, A] fp32 on the CPU. `context`: ids (default: a paragraph break, or the tokenizer's
+    beginning-of-text token where it has no token for one)."""
     if context is None or not len(context):
-        context = torch.tensor(vocab.encode("\n\n"), dtype=torch.long)
+        context = _paragraph_break(vocab)
     ids = torch.cat([context.cpu().expand(len(prompts), -1), prompts], 1).to(model.device)
     with torch.inference_mode():
         hidden = model.trunk(ids)[:, -1]
         logprobs = model.head(hidden[:, None])[:, 0].float().log_softmax(-1)
     return logprobs[:, vocab.allowed.to(model.device)].cpu()
+
+
+def _paragraph_break(vocab: Vocabulary) -> torch.Tensor:
+    """The ids of "\\n\\n", what free text follows; for a tokenizer without a token for it (a synthetic
+    one), its beginning-of-text token (or end-of-text, or id 0), so that the model has a first position."""
+    ids = vocab.encode("\n\n")
+    if not ids:
+        tokenizer = vocab.tokenizer
+        ids = [next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if t is not None)]
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def continuations(model, vocab: Vocabulary, prompts: torch.Tensor, positions: torch.Tensor,
