@@ -8,13 +8,14 @@ and maximises
 Each iteration:
   1. gradients  — for every member, ∇ of L_λi w.r.t. the one-hot tokens; top-k tokens per position;
   2. children   — every member makes r children, each one token swapped for one of its top-k
-                  (optionally some tokens drawn from the model itself: proposals.py);
+                  (by default half take instead a token drawn from the model itself: proposals.py);
   3. scoring    — f and CE of every child (failing a constraint ⇒ f = −∞);
   4. selection  — every slot keeps the best of parents ∪ children under its own L_λi (with replacement);
   5. restart    — every T_restart iterations, draw λ_r ~ U[0.667, 6], fill every slot with the best
                   prompt under L_λr.
-GCG is the special case M = 1 with one fixed λ (`EPOConfig.gcg`). Nothing here touches files or
-prints: the run directory and the CLI listen through the per-iteration callback.
+The population starts from a beam search on the objective by default (random prompts in the paper,
+`EPOConfig.paper`). GCG is the special case M = 1 with one fixed λ (`EPOConfig.gcg`). Nothing here
+touches files or prints: the run directory and the CLI listen through the per-iteration callback.
 """
 
 from __future__ import annotations
