@@ -171,8 +171,8 @@ def test_config_errors(tiny_llama, bad, message):
 
 
 def test_top_k_schedule_grows_k(tiny_llama):
-    config = EPOConfig.paper(population=2, children=16, top_k=64, top_k_start=1, length=6, iters=11, restart_every=0,
-                       check_retokenization=False)
+    config = EPOConfig.paper(population=2, children=16, top_k=64, top_k_start=1, length=6, iters=11,
+                             restart_every=0, check_retokenization=False)
     scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)
     assert [epo.k_at(t) for t in (0, 5, 10)] == [1, 32, 64]

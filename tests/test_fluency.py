@@ -87,7 +87,7 @@ def repeated(pop):
 def test_repetition_penalty_keeps_repeats_out(tiny_llama, rho):
     """Every proposed child repeats a token of its parent; only the penalty keeps them all out."""
     config = EPOConfig.paper(population=4, children=16, top_k=4, length=6, iters=5, repetition_penalty=rho,
-                       restart_every=0, check_retokenization=False)
+                             restart_every=0, check_retokenization=False)
     scorer = make_scorer(tiny_llama, "neuron:L1.N5", config)
     epo = EPO(scorer, config)
     assert repeated(epo.state.population).max() == 0

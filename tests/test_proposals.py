@@ -152,7 +152,6 @@ def test_beam_starts_climb_the_objective_while_staying_fluent(bundled):
             > objective(sampled.state.f, sampled.state.ce, sampled.penalties).diagonal()).all()
 
 
-
 def test_the_defaults_are_beam_starts_with_lm_children_and_paper_is_the_papers_epo():
     """The paired benchmark's winner is what a plain `EPOConfig()` runs; `paper()` and `gcg()` keep the
     paper's random starts and gradient-only children, and take any option on top."""

@@ -53,13 +53,13 @@ def test_packed_walks_the_plain_path(tiny_llama):
 
 def test_packed_walks_the_plain_path_in_a_template_with_edits(tiny_llama):
     config = EPOConfig.paper(population=4, children=12, top_k=32, length=6, iters=8, restart_every=4, seed=1,
-                       template="Once upon a time {prompt} and then", insert_rate=0.2, delete_rate=0.2)
+                             template="Once upon a time {prompt} and then", insert_rate=0.2, delete_rate=0.2)
     assert_same_walk(tiny_llama, config, restarts=1)
 
 
 def test_packed_walks_the_plain_path_with_proposals_from_the_model(tiny_llama):
     """Sampled starts, LM children, LM-guided ranking and pair edits: both scorers take the same steps."""
-    config = EPOConfig.paper(population=4, children=12, top_k=32, length=6, iters=6, restart_every=3, seed=2,
+    config = EPOConfig(population=4, children=12, top_k=32, length=6, iters=6, restart_every=3, seed=2,
                        starts="sampled", lm_children=0.4, lm_guidance=0.3, pair_rate=0.3)
     assert_same_walk(tiny_llama, config, restarts=1, same_children=0.95)
 
@@ -67,5 +67,5 @@ def test_packed_walks_the_plain_path_with_proposals_from_the_model(tiny_llama):
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llama"}))
 def test_packed_walks_the_plain_path_on_every_family(family, tokenizer):
     config = EPOConfig.paper(population=3, children=8, top_k=32, length=6, iters=6, restart_every=3, seed=0,
-                       check_retokenization=False)
+                             check_retokenization=False)
     assert_same_walk(build_tiny(family, tokenizer), config, restarts=1, same_children=0.97)
