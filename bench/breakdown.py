@@ -91,7 +91,7 @@ def main() -> None:
 
     label_tiles()
     model = reverie.load_model(args.model, dtype=args.dtype)
-    config = EPOConfig.paper(iters=10**6, seed=0)      # paper settings: M=8, r=32, k=512, n=12
+    config = EPOConfig.paper(iters=10**6, seed=0)  # paper settings: M=8, r=32, k=512, n=12
     paths = {"reverie": profiled(make_scorer(model, args.target, config), config, args.warmup, args.iters),
              "plain": profiled(make_scorer(model, args.target, config, scorer="plain"), config, 1, args.plain_iters)}
     result = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",

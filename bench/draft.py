@@ -160,7 +160,7 @@ def mean(xs) -> float | None:
 
 
 def measure(model, spec: str, args) -> dict:
-    config = EPOConfig.paper(iters=args.iters, seed=args.seed)          # paper settings: M=8, r=32, k=512, n=12
+    config = EPOConfig.paper(iters=args.iters, seed=args.seed)  # paper settings: M=8, r=32, k=512, n=12
     scorer = make_scorer(model, spec, config)
     assert not scorer.objective.templated and scorer.reuses_prefix
     penalties = config.slot_penalties()

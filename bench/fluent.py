@@ -70,7 +70,7 @@ def run(args) -> None:
                 if key(row) in seen:
                     continue
                 config = EPOConfig.paper(seed=seed, iters=args.iters if args.time_budget is None else 10**6,
-                                   time_budget=args.time_budget, **options)
+                                         time_budget=args.time_budget, **options)
                 scorer = make_scorer(model, spec, config)
                 if args.data_starts:
                     config = EPOConfig(**{**config.to_dict(), "init_ids": data_starts(

@@ -40,7 +40,7 @@ def measure(spec: str, dtype: str, batch_size: int, device: str) -> dict:
     baseline = rss_now()
     model = load_model(spec, dtype=dtype, device=device)
     loaded = rss_now()
-    config = EPOConfig.paper(batch_size=batch_size)            # paper settings: M=8, r=32, n=12
+    config = EPOConfig.paper(batch_size=batch_size)  # paper settings: M=8, r=32, n=12
     est = memory.estimate(model, config.population, config.length, batch_size, children=config.children,
                           device=device)
     scorer = make_scorer(model, "neuron:L1.N5", config)

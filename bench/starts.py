@@ -32,7 +32,7 @@ def main() -> None:
     print(f"{args.model} ({model.dtype}), CPU flags: {' '.join(cpu_flags())}", flush=True)
     for spec in args.targets:
         for name in ["paper", "default"] * args.repeats:
-            config = EPOConfig.paper(seed=0, iters=args.iters) if name == "paper" else EPOConfig(seed=0, iters=args.iters)
+            config = (EPOConfig.paper if name == "paper" else EPOConfig)(seed=0, iters=args.iters)
             scorer = make_scorer(model, spec, config)
             t = time.perf_counter()
             epo = EPO(scorer, config)
