@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .display import LiveDisplay, SweepDisplay, console, frontier_table, shown
+from .display import IndexProgress, LiveDisplay, SweepDisplay, console, frontier_table, shown, versus_table
 from .export import export as export_run
 from .options import epo_config, epo_options
 from ..errors import ReverieError
@@ -48,29 +48,30 @@ def dream(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
     *,
     epo: dict,   # the per-run EPO options (options.py)
+    corpus: str = typer.Option("auto", "--corpus", "-c", help="Where the target's best real text comes from (half the slots start there with --start data; the report compares with it): 'auto' (the bundled corpus's feature index; built once on first use for the bundled model), a text file, folder, .jsonl, .parquet, hf:NAME, 'bundled', or a `reverie scan` folder."),
+    no_corpus: bool = typer.Option(False, "--no-corpus", help="No real text: the population starts from the model alone (--start beam unless given) and the report has no windows."),
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: the faster on this machine, measured once by a short probe)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one device over all of them (accelerate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
-    scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: start half the population at its top windows for this target (unless --random-start) and show them in the report."),
-    random_start: bool = typer.Option(False, "--random-start", help="With --scan: start no slot at its windows (every slot starts as --starts says), using the scan only in the report."),
     report: Optional[bool] = typer.Option(None, "--report/--no-report", help="Write report.html into the run directory at the end (default: yes; with --resume, as the run was started)."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: half the population starts at its top windows for this target."),
     diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),
+    scan_dir: Optional[Path] = typer.Option(None, "--scan", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
+    random_start: bool = typer.Option(False, "--random-start", hidden=True, help="Deprecated: --start beam."),
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
     from ..lm.targets import parse_target
 
+    corpus, epo = _start_options(corpus, no_corpus, scan_dir or init_from, random_start, epo)
     if resume is None and target is None:
         raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
     if diverse < 1:
         raise ReverieError(f"--diverse takes the number of distinct dreams, K >= 1 (got {diverse})")
-    if resume is not None and init_from is not None:
-        raise ReverieError("--init-from chooses where a new run starts; a --resume run continues where it stopped")
     if resume is None:
         config = epo_config(epo)
-        spec = parse_target(target, config.ban_strings).spec   # a bad spec fails before anything loads
+        parse_target(target, config.ban_strings)   # a bad spec fails before anything loads
     from ..runs.rundir import RunDir   # imports torch: after the checks that need nothing loaded
     if resume is None:
         run_path = out or _default_out(target)
@@ -81,15 +82,8 @@ def dream(
         RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
         run_path, model_spec, total = resume, saved["model"], epo["iters"] or saved["epo"]["iters"]
         dtype = dtype or saved.get("dtype")
-        kept = saved.get("options") or {}           # the output options the run was started with
-        report = kept.get("report", True) if report is None else report
-        scan_dir = scan_dir or (Path(kept["scan"]) if kept.get("scan") else None)
+        report = (saved.get("options") or {}).get("report", True) if report is None else report
     report = True if report is None else report
-    windows = _read_scan(scan_dir)  # a bad --scan or --init-from fails before any work
-    output_options = {"report": report, "scan": None if scan_dir is None else str(scan_dir.resolve())}
-    starts = _read_scan(init_from)
-    if starts is None and windows is not None and not random_start and resume is None:
-        starts = windows if (windows["target"] == spec).any() else None
     from ..lm.model import load_model
     from ..runs.dream import dream as run_dream, resume as run_resume
 
@@ -99,35 +93,72 @@ def dream(
     if not quiet and loaded.dtype_reason:
         console.print(f"[dim]dtype {escape(loaded.dtype_reason)}[/dim]", soft_wrap=True)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
+    starting = dict(corpus=corpus, notice=_notice, progress=IndexProgress(enabled=not quiet),
+                    options={"report": report})
     try:
         if diverse > 1:
             if resume is not None:
                 raise ReverieError("rerun the same --diverse command with the same --out to continue diverse dreams")
             from ..runs.diverse import diverse as run_diverse
             faces = run_diverse(loaded, target, config, k=diverse, out=run_path, callback=display,
-                                checkpoint_every=checkpoint_every, starts=starts, options=output_options)
+                                checkpoint_every=checkpoint_every, **starting)
             result = faces[-1]
         elif resume is None:
             result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every,
-                               starts=starts, options=output_options)
+                               **starting)
         else:
             result = run_resume(resume, model=loaded, iters=epo["iters"], time_budget=epo["time_budget"], callback=display,
                                 checkpoint_every=checkpoint_every)
     finally:
         display.stop()
+    _print_result(result, run_path)
+    if result.stopped == "interrupted":     # saved up to the last complete iteration; no report: the user asked to stop
+        raise typer.Exit(130)
+    if diverse > 1:
+        _write_faces(run_path, faces, report, dict(model=loaded, quiet=quiet))
+    elif report:
+        _write_report(run_path, model=loaded, quiet=quiet)
+
+
+def _start_options(corpus: str, no_corpus: bool, scan_dir: Optional[Path], random_start: bool, epo: dict):
+    """(corpus, epo) after --no-corpus and the deprecated --scan, --init-from and --random-start."""
+    epo = dict(epo)
+    for old, new, given in (("--scan/--init-from DIR", "--corpus DIR", scan_dir is not None),
+                            ("--random-start", "--start beam", random_start)):
+        if given:
+            console.print(f"note: {old} is deprecated: use {new}", soft_wrap=True, markup=False)
+    if random_start:
+        epo["starts"] = "beam"
+    if scan_dir is not None:
+        corpus = str(scan_dir)
+    if no_corpus:
+        if scan_dir is not None or corpus != "auto":
+            raise ReverieError("--no-corpus dreams from the model alone: drop --corpus (or --no-corpus)")
+        epo["starts"] = "beam" if epo["starts"] == "data" else epo["starts"]
+        return None, epo
+    return corpus, epo
+
+
+def _notice(line: str) -> None:
+    console.print(line, soft_wrap=True, markup=False)
+
+
+def _print_result(result, run_path: Path) -> None:
+    """The frontier, the comparison with the best real text, and where the run is."""
+    from ..search.frontier import versus_data
+
     front = result.frontier()
     out_console.print(frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
                                       f"frontier of {result.target} ({len(front)} prompts)"))
+    versus = None if result.windows is None else versus_data(result.history, result.windows)
+    if versus is not None:
+        out_console.print(versus_table(versus, result.windows))
+    elif result.start:
+        out_console.print(f"no real text to compare with: {result.start}", soft_wrap=True)
     out_console.print(f"{result.stopped} after {result.iterations} iterations in {result.seconds:.1f} s; "
                       f"run directory: {run_path}", soft_wrap=True)
     if result.stopped in ("interrupted", "time"):
         out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
-    if result.stopped == "interrupted":     # saved up to the last complete iteration; no report: the user asked to stop
-        raise typer.Exit(130)
-    if diverse > 1:
-        _write_faces(run_path, faces, report, dict(scan=windows, model=loaded, quiet=quiet))
-    elif report:
-        _write_report(run_path, scan=windows, model=loaded, quiet=quiet)
 
 
 def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
@@ -142,13 +173,6 @@ def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
         out_console.print(f"faces: {write_faces(run_path, faces)}", soft_wrap=True)
     except ReverieError as e:
         console.print(f"no faces page: {e}", soft_wrap=True, markup=False)
-
-
-def _read_scan(scan_dir: Optional[Path]):
-    if scan_dir is None:
-        return None
-    from ..evidence.scan import read_scan
-    return read_scan(scan_dir)
 
 
 def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
@@ -251,6 +275,37 @@ def scan(
                           soft_wrap=True)
     out_console.print(f"scanned {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tok/s); "
                       f"wrote {out / 'scan.parquet'}", soft_wrap=True)
+
+
+@app.command()
+def index(
+    model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
+    corpus: str = typer.Option("bundled", "--corpus", "-c", help="Text file, folder, .jsonl, .parquet, hf:NAME, or 'bundled' (a Wikipedia shard)."),
+    sae: List[str] = typer.Option([], "--sae", help="Also index every feature of this SAE (a folder in SAELens's layout or RELEASE/SAE_ID); repeatable."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Index only the first this many corpus tokens."),
+    window: int = typer.Option(12, help="Tokens per window (the dreams' length)."),
+    candidates: int = typer.Option(64, help="In-context positions kept per feature."),
+    batch_size: int = typer.Option(8, help="Chunks per forward pass."),
+    chunk: int = typer.Option(256, help="Tokens per chunk."),
+    field: str = typer.Option("text", help="JSONL field or Parquet column holding the text."),
+    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+) -> None:
+    """Index a corpus once: every MLP neuron's (and every SAE feature's) top positions, so that dreams start
+    from their best real text in seconds. Resumable; a second build is a cache hit."""
+    from ..evidence.features import IndexConfig, build_index
+    from ..lm.model import load_model
+
+    config = IndexConfig(window=window, candidates=candidates, chunk=chunk, batch_size=batch_size,
+                         max_tokens=max_tokens, field=field)
+    loaded = load_model(model, dtype=dtype, device=device)
+    start = time.perf_counter()
+    built = build_index(loaded, corpus, config, saes=sae, progress=IndexProgress())
+    meta = built.meta
+    what = "read from the cache" if time.perf_counter() - start < 0.5 * meta.get("seconds", 0) else "built"
+    out_console.print(f"{what}: the feature index of {meta['tokens']:,} tokens of {corpus} for {model} "
+                      f"({len(built.values)} sources, {sum(v.shape[1] for v in built.values.values()):,} features; "
+                      f"the pass took {meta.get('seconds', 0):.1f} s): {built.path}", soft_wrap=True)
 
 
 @app.command()

@@ -102,3 +102,42 @@ class SweepDisplay:
     def stop(self) -> None:
         if self.sweep is not None:
             self.progress.stop()
+
+
+class IndexProgress:
+    """The progress callback of a feature index's pass: one bar, with the time it should take in all
+    (from the seconds per token so far), gone when the pass ends."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.task = enabled, None
+        self.progress = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console,
+                                 transient=True, disable=not enabled)
+
+    def __call__(self, done: int, total: int, seconds_per_token: float) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("index", total=total, completed=done, note="")
+        note = "" if math.isnan(seconds_per_token) else f"about {total * seconds_per_token / 60:.1f} min in all"
+        self.progress.update(self.task, completed=done, note=note)
+        if done >= total:
+            self.progress.stop()
+
+
+def versus_table(versus: dict, windows) -> Table:
+    """The best real text beside the best dream at a cross-entropy no higher than its own, and the next
+    best windows: the paper's comparison, in the terminal. Text is data, never markup."""
+    margin = versus["margin"]
+    verdict = ("no dream is as fluent as the best window yet" if math.isnan(margin) else
+               f"the dream {'beats' if margin > 0 else 'does not beat'} the best window by {margin:+.3f} "
+               f"at equal fluency; {versus['windows_above']} of {versus['windows']} windows beat every dream as fluent")
+    table = Table(title=Text(f"dreams against real text: {verdict}"), title_justify="left", expand=False)
+    for name, justify in (("", "left"), ("cross-entropy", "right"), ("activation", "right"), ("text", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    if not math.isnan(margin):
+        table.add_row("best dream", f"{versus['dream_cross_entropy']:.2f}", f"{versus['dream_activation']:.3f}",
+                      Text(shown(versus["dream_text"])))
+    top = windows.sort_values("activation", ascending=False).head(3)
+    for i, w in enumerate(top.itertuples()):
+        table.add_row(f"window {i + 1}", f"{w.cross_entropy:.2f}", f"{w.activation:.3f}", Text(shown(w.text)))
+    return table

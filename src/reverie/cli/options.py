@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Tuple
 import typer
 
 from ..errors import ConfigError
+from .display import console
 from ..lm.targets import token_arg
 from ..search.config import EPOConfig
 
@@ -44,7 +45,8 @@ def per_run_options(
     fluency: List[str] = typer.Option([], "--fluency", help="A model whose cross-entropy counts as fluency, SPEC[:WEIGHT] ('self' = the target model); repeatable. Default: the target model alone."),
     repetition_penalty: float = typer.Option(DEFAULTS.repetition_penalty, "--repetition-penalty", help="Selection subtracts this times the fraction of tokens that repeat an earlier one."),
     template: Optional[str] = typer.Option(DEFAULTS.template, "--template", help='Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last prompt token.'),
-    starts: str = typer.Option(DEFAULTS.starts, "--starts", help="How slots without a dataset window start: 'beam': a beam search on the objective over tokens the model finds likely, 'sampled': text the model writes, or 'random' prompts (the paper's)."),
+    starts: str = typer.Option(DEFAULTS.starts, "--start", help="How the population starts: 'data': half the slots at the best windows of real text (see --corpus), the rest as 'beam'; 'beam': a beam search on the objective over tokens the model finds likely; 'sampled': text the model writes; 'random' prompts (the paper's)."),
+    starts_old: Optional[str] = typer.Option(None, "--starts", hidden=True, help="Deprecated: --start."),
     lm_guidance: float = typer.Option(DEFAULTS.lm_guidance, "--lm-guidance", help="β: rank candidate tokens by gradient + β·σ·log p(token | the prompt before it) (0 = the gradient alone)."),
     lm_children: float = typer.Option(DEFAULTS.lm_children, "--lm-children", help="Fraction of children whose new token is drawn from the model's next-token distribution (top-p) instead of the gradient's list (0: the paper's)."),
     pair_rate: float = typer.Option(DEFAULTS.pair_rate, "--pair-rate", help="Fraction of children that also set the token after the swapped one to the model's most likely continuation."),
@@ -83,6 +85,11 @@ def epo_options(exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]
 
 def epo_config(epo: dict) -> EPOConfig:
     """The EPOConfig of the parsed options, `epo` as a command decorated with `epo_options` receives it."""
+    epo = dict(epo)
+    old = epo.pop("starts_old", None)
+    if old is not None:      # the old spelling of --start
+        console.print("note: --starts is deprecated: use --start", soft_wrap=True, markup=False)
+        epo["starts"] = old
     values = dict(epo, fluency=tuple(fluency_arg(f) for f in epo["fluency"]),
                   ban_tokens=tuple(token_arg(t) for t in epo["ban_tokens"]), penalties=tuple(epo["penalties"]) or None)
     if values["iters"] is None:

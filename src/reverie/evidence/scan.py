@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -300,28 +300,36 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         if progress:
             progress(seen)
 
-    windows_config = EPOConfig(length=config.window, check_retokenization=False, batch_size=64)
     rows = []
     for target, (in_context, keys) in zip(targets, best):
-        if not len(keys):
-            continue
-        windows = torch.stack([torch.tensor(docs_tokens[int(d)][int(p) - config.window + 1:int(p) + 1])
-                               for d, p in keys.tolist()])
-        scorer = make_scorer(model, target, windows_config)
-        f, ce = scorer.score(windows)
-        texts = scorer.vocab.decode(windows)
-        sides = [(docs_tokens[int(d)][max(0, int(p) - config.window + 1 - CONTEXT):int(p) - config.window + 1],
-                  docs_tokens[int(d)][int(p) + 1:int(p) + 1 + CONTEXT]) for d, p in keys.tolist()]
-        frame = pd.DataFrame({"target": target.spec, "activation": f.numpy(), "cross_entropy": ce.numpy(),
-                              "in_context": in_context.numpy(), "doc": keys[:, 0].numpy(),
-                              "position": keys[:, 1].numpy(), "ids": list(windows.numpy()), "text": texts,
-                              "context_before": scorer.vocab.decode([b for b, _ in sides]),
-                              "context_after": scorer.vocab.decode([a for _, a in sides])})
-        frame = frame.sort_values("activation", ascending=False).drop_duplicates("text").head(config.top)
-        rows.append(frame.assign(rank=range(len(frame))))
+        if len(keys):
+            rows.append(score_windows(model, target, docs_tokens, keys, in_context, config.window, config.top))
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat(rows, ignore_index=True)[COLUMNS]
+
+
+def score_windows(model: Model, target: Target, docs: Mapping[int, Sequence[int]], keys: torch.Tensor,
+                  in_context: torch.Tensor, window: int, top: int) -> pd.DataFrame:
+    """The `top` best windows of one target, re-scored as `window`-token prompts (one row each, COLUMNS).
+
+    keys: [N, 2] (document, position of the window's last token); in_context: [N] the activation recorded
+    there in its chunk; docs: each document's token ids."""
+    whole = keys[:, 1] >= window - 1          # the window fits inside its document
+    keys, in_context = keys[whole], in_context[whole]
+    windows = torch.stack([torch.as_tensor(docs[int(d)][int(p) - window + 1:int(p) + 1]) for d, p in keys.tolist()])
+    scorer = make_scorer(model, target, EPOConfig(length=window, check_retokenization=False, batch_size=64))
+    f, ce = scorer.score(windows)
+    sides = [(docs[int(d)][max(0, int(p) - window + 1 - CONTEXT):int(p) - window + 1],
+              docs[int(d)][int(p) + 1:int(p) + 1 + CONTEXT]) for d, p in keys.tolist()]
+    frame = pd.DataFrame({"target": scorer.target.spec, "activation": f.numpy(), "cross_entropy": ce.numpy(),
+                          "in_context": in_context.float().numpy(),
+                          "doc": keys[:, 0].numpy(), "position": keys[:, 1].numpy(),
+                          "ids": list(windows.numpy()), "text": scorer.vocab.decode(windows),
+                          "context_before": scorer.vocab.decode([list(b) for b, _ in sides]),
+                          "context_after": scorer.vocab.decode([list(a) for _, a in sides])})
+    frame = frame.sort_values("activation", ascending=False).drop_duplicates("text").head(top)
+    return frame.assign(rank=range(len(frame)))[COLUMNS].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------ reading scans, data starts

@@ -117,7 +117,7 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
                  progress: Callable[[str], None] | None = None) -> str:
     """The report's HTML. `model` (and `target`, for Python-only targets) enables attribution and the
     random-prompt baseline (seed 0, cached per model and target: runs of one target share it); `scan`
-    adds the dataset windows for this run's target. `progress` is told each step that needs the model."""
+    adds the dataset windows for this run's target (default: the windows kept with the run). `progress` is told each step that needs the model."""
     progress = progress or (lambda step: None)
     run = run if isinstance(run, DreamResult) else load_run(run)
     history = run.history
@@ -125,7 +125,7 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
     title = f"{run.target} — {run.model}"
     notes = []
 
-    windows = read_scan(scan)
+    windows = read_scan(scan) if scan is not None else run.windows
     if windows is not None:
         windows = windows[windows["target"] == run.target].sort_values("activation", ascending=False)
         if windows.empty:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,8 @@ from ..search.history import History
 from ..lm.model import Model, dtype_name, load_model
 from ..lm.foreign import as_model
 from .rundir import CONFIG, FRONTIER, RunDir
-from ..evidence.scan import data_starts, read_scan
+from ..evidence.scan import data_starts
+from ..evidence.windows import AUTO, Progress, windows_for
 from ..lm import memory
 from ..scoring import make_scorer
 from ..lm.targets import Target
@@ -41,6 +43,8 @@ class DreamResult:
     stopped: str                # "done", "time", "interrupted", "callback"
     seconds: float = math.nan
     run_dir: Path | None = None
+    windows: pd.DataFrame | None = None   # the target's best dataset windows (started from, compared with)
+    start: str = ""                       # where the population started: the windows' source, or why none
 
     def frontier(self) -> pd.DataFrame:
         """The Pareto frontier: prompts no other prompt beats on both activation and cross-entropy."""
@@ -64,7 +68,7 @@ def _check_every(checkpoint_every) -> None:
 
 
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int,
-         config_update: dict | None = None) -> DreamResult:
+         config_update: dict | None = None, windows: pd.DataFrame | None = None, start: str = "") -> DreamResult:
     """Run `epo` to its end, checkpointing into `run_dir`; `config_update` (a resume's new config.json) is
     written after the first new iteration, so a resume that never starts changes nothing."""
     decode = epo.vocab.decode
@@ -86,7 +90,7 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
     history = epo.history.frame(decode)
     history = history[history["iteration"] <= epo.state.iteration].reset_index(drop=True)
     result = DreamResult(epo.config, model.spec, target.spec, history, epo.state, stopped, seconds,
-                         run_dir.path if run_dir else None)
+                         run_dir.path if run_dir else None, windows, start)
     if run_dir is not None:
         run_dir.checkpoint(epo.state, epo.history, decode)
         run_dir.finish(history, {
@@ -99,41 +103,57 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
 def dream(model: Model | str = "bundled", target: Target | str | Callable = "neuron:L9.N402",
           config: EPOConfig | None = None, *, out: str | Path | None = None,
           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
-          dtype: str | None = None, device: str | None = None, starts=None,
-          fluency_models: dict[str, Model] | None = None, options: dict | None = None) -> DreamResult:
+          dtype: str | None = None, device: str | None = None, corpus=AUTO,
+          notice: Callable[[str], None] | None = None, progress: Progress | None = None,
+          fluency_models: dict[str, Model] | None = None, options: dict | None = None, starts=None) -> DreamResult:
     """Find short, fluent prompts that drive `target` high.
 
     model: a loaded `Model`, or a spec for `load_model` (hub id, folder, .gguf, "bundled").
     target: a spec string (`neuron:L9.N402`, `logit:" dog"`, ...), a `Target`, or a callable.
     out: a run directory to write (config, checkpoints, history, frontier); resumable with `resume`.
     callback: called after every iteration with a `Step`; return False to stop.
-    starts: dataset windows to start from (a `reverie scan` folder or its DataFrame): half the slots
-        begin at the windows that suit their λ best, the other half at random prompts.
+    corpus: where the target's best dataset windows come from (`evidence.windows.windows_for`): "auto"
+        (the bundled corpus's feature index; built on first use for the bundled model), a corpus source,
+        a `reverie scan` folder or its DataFrame, or None (no windows: the model alone). With
+        `config.starts == "data"` (the default) half the slots start at the windows that suit their λ
+        best and the others from a beam search; the windows are kept with the run and shown in its report.
+    notice, progress: told of slow steps before they start (an index built on first use, a targeted
+        scan) and of an index's progress (tokens done, tokens in all, seconds per token).
     fluency_models: loaded models for the specs in `config.fluency` (others are loaded by spec).
     options: what the caller keeps with the run (JSON values; `reverie dream` keeps its output options
         here, so that `--resume` writes the same outputs): config.json's "options".
+    starts: the old name of `corpus` for a scan's windows (deprecated).
     """
     config = as_config(config)
     _check_every(checkpoint_every)
+    if starts is not None:
+        warnings.warn("dream(starts=...) is now dream(corpus=...)", DeprecationWarning, stacklevel=2)
+        corpus = starts
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
     model = as_model(model)     # a TransformerLens or nnsight model is wrapped (lm.foreign)
     scorer = make_scorer(model, target, config, fluency_models=fluency_models)
     target = scorer.target
     _check_memory(model, scorer, config)
-    if starts is not None:
-        windows = read_scan(starts)
-        windows = windows[windows["target"] == target.spec]
-        if windows.empty:
-            raise ConfigError(f"the scan has no windows for {target.spec}: scan it with --target '{target.spec}'")
+    windows, start = windows_for(model, target, corpus, notice=notice, progress=progress)
+    if config.starts == "data" and windows is not None and not config.init_ids and not config.init_prompt:
         config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
+        start = f"half the slots start from {start}, the others from a beam search"
+    elif windows is not None:
+        start = f"compared with {start}; the population starts as starts={config.starts!r} says"
+    if notice is not None:
+        notice(start)
     if out is None:
-        return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every)
+        return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, start=start)
     run_dir = RunDir(out)
     with run_dir.writing():
         run_dir.create({"reverie": __version__, "model": model.spec, "dtype": dtype_name(model.dtype),
-                        "target": target.spec, "epo": config.to_dict(), "options": dict(options or {})})
-        return _run(EPO(scorer, config), model, target, run_dir, callback, checkpoint_every)
+                        "target": target.spec, "epo": config.to_dict(), "start": start,
+                        "options": dict(options or {})})
+        if windows is not None:
+            run_dir.write_windows(windows)
+        return _run(EPO(scorer, config), model, target, run_dir, callback, checkpoint_every, windows=windows,
+                    start=start)
 
 
 def resume(out: str | Path, *, model: Model | None = None, target: Target | Callable | None = None,
@@ -194,4 +214,4 @@ def load_run(path: str | Path) -> DreamResult:
     history = run_dir.history(upto=state.iteration if state else None)
     stopped = "done" if (run_dir.path / FRONTIER).exists() else "unfinished"
     return DreamResult(_saved_config(run_dir, saved), saved["model"], saved["target"], history, state,
-                       stopped, run_dir=run_dir.path)
+                       stopped, run_dir=run_dir.path, windows=run_dir.windows(), start=saved.get("start", ""))

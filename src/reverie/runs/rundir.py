@@ -5,6 +5,7 @@
     history/part-*.parquet   rows since the last consolidation, one file per checkpoint
     checkpoint.safetensors   population, scores, random state after the last checkpointed iteration
     frontier.json            the Pareto frontier (written when the run stops)
+    windows.parquet          the target's best dataset windows, where the run had some (its starts, its report)
     .lock                    held by the process writing the run (removed when it stops)
 
 Every file is written to a temporary name and renamed into place, so a crash (kill -9 included)
@@ -33,8 +34,8 @@ from ..files import atomic_write, locked, read_json, write_json
 from ..search.frontier import pareto
 from ..search.history import COLUMNS, History
 
-CONFIG, HISTORY, PARTS, CHECKPOINT, FRONTIER = (
-    "config.json", "history.parquet", "history", "checkpoint.safetensors", "frontier.json")
+CONFIG, HISTORY, PARTS, CHECKPOINT, FRONTIER, WINDOWS = (
+    "config.json", "history.parquet", "history", "checkpoint.safetensors", "frontier.json", "windows.parquet")
 REQUIRED = ("model", "target", "epo")   # what config.json must hold for resume and load_run
 
 
@@ -132,7 +133,18 @@ class RunDir:
              "cross_entropy": float(r.cross_entropy), "iteration": int(r.iteration)}
             for r in front.itertuples()]})
 
+    def write_windows(self, windows: pd.DataFrame) -> None:
+        frame = windows.assign(ids=[list(map(int, i)) for i in windows["ids"]])
+        try:
+            atomic_write(self.path / WINDOWS, lambda tmp: frame.to_parquet(tmp, index=False))
+        except OSError as e:
+            raise self._write_error(WINDOWS, e) from None
+
     # ---------------------------------------------------------------- reading
+    def windows(self) -> pd.DataFrame | None:
+        """The dataset windows kept with the run, or None if it has none."""
+        return _read_parquet(self.path / WINDOWS) if (self.path / WINDOWS).exists() else None
+
     def config(self) -> dict:
         path = self.path / CONFIG
         if not path.exists():

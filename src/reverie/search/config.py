@@ -1,6 +1,7 @@
 """`EPOConfig`: every option of one EPO run, checked whenever one is made. The defaults are the paper's
-(M, r, k, n, λ range, restarts) except where a paired benchmark made an addition the default: slots start
-from a beam search and half the children come from the model (docs/performance.md#proposals-from-the-model).
+(M, r, k, n, λ range, restarts) except where a paired benchmark made an addition the default: half the slots
+start from the best dataset windows where `dream` finds some, the others from a beam search, and half the
+children come from the model (docs/performance.md#proposals-from-the-model).
 `EPOConfig.paper()` is the paper's EPO exactly; `EPOConfig.gcg()` is GCG."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-STARTS = ("random", "sampled", "beam")
+STARTS = ("data", "beam", "sampled", "random")
 SCORERS = ("packed", "plain")  # what make_scorer builds (scoring.SCORERS, checked by a test); names only, so no torch
 
 
@@ -46,8 +47,9 @@ class EPOConfig:
     avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
-    starts: str = "beam"                      # "beam" search on the objective, "sampled": text the model writes, or
-                                              #   "random" prompts (the paper's); epo.py
+    starts: str = "data"                      # "data": half the slots at the best dataset windows that `dream` finds
+                                              #   (runs/dream.py), the rest as "beam"; "beam" search on the objective,
+                                              #   "sampled": text the model writes, "random" prompts (the paper's)
     lm_guidance: float = 0.0                  # β: rank candidates by gradient + β·σ·log p(token | prefix)
     lm_children: float = 0.5                  # fraction of swaps whose token is drawn from the model's next-token top-p
                                               #   (the paper's: 0, every token from the gradient's top-k)

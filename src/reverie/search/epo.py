@@ -102,7 +102,7 @@ class EPO:
             population = torch.tensor(ids)[None].repeat(c.population, 1)
         elif c.starts == "sampled":
             return self._sampled_state()
-        elif c.starts == "beam":
+        elif c.starts in ("beam", "data"):     # "data": the windows are in init_ids (runs/dream.py), the rest beam
             return self._beam_state()
         else:
             population = self.vocab.random_prompts(c.population, c.length, self.generator)

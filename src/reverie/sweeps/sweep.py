@@ -30,6 +30,7 @@ from ..search.config import EPOConfig
 from ..errors import ConfigError, ModelError, ReverieError, RunDirError
 from ..lm.model import BUNDLED, Model, bundled_path, dtype_name, load_model
 from ..files import LOCK, locked as lock_folder, read_json, write_json
+from ..evidence.windows import AUTO
 from ..runs.rundir import CHECKPOINT, finished
 from .specs import Job, expand_targets, make_jobs, parse_seeds
 from .index import write_index
@@ -55,7 +56,7 @@ def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_eve
             if path.exists():
                 shutil.rmtree(path)        # started, never checkpointed: nothing to keep
             result = dream(model, job.target, replace(config, seed=job.seed), out=path, callback=callback,
-                           checkpoint_every=checkpoint_every, starts=starts)
+                           checkpoint_every=checkpoint_every, corpus=AUTO if starts is None else starts)
     except Exception as e:  # noqa: BLE001 - any failure is recorded, the sweep goes on
         error = str(e) if isinstance(e, ReverieError) else f"{type(e).__name__}: {e}"
         return {"ok": False, "error": error, "retryable": not isinstance(e, ReverieError),
