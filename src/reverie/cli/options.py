@@ -44,6 +44,7 @@ def per_run_options(
     init_prompt: Optional[str] = typer.Option(DEFAULTS.init_prompt, "--prompt", help="Initial prompt text for every member."),
     fluency: List[str] = typer.Option([], "--fluency", help="A model whose cross-entropy counts as fluency, SPEC[:WEIGHT] ('self' = the target model); repeatable. Default: the target model alone."),
     repetition_penalty: float = typer.Option(DEFAULTS.repetition_penalty, "--repetition-penalty", help="Selection subtracts this times the fraction of tokens that repeat an earlier one."),
+    junk_penalty: float = typer.Option(DEFAULTS.junk_penalty, "--junk-penalty", help="γ: selection adds γ nats to a prompt's cross-entropy per unit of its junk share (tokens with no letter, or repeating an earlier one) above that of typical text; the reported cross-entropy stays the model's."),
     template: Optional[str] = typer.Option(DEFAULTS.template, "--template", help='Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last prompt token.'),
     starts: str = typer.Option(DEFAULTS.starts, "--start", help="How the population starts: 'data': half the slots at the best windows of real text (see --corpus), the rest as 'beam'; 'beam': a beam search on the objective over tokens the model finds likely; 'sampled': text the model writes; 'random' prompts (the paper's)."),
     starts_old: Optional[str] = typer.Option(None, "--starts", hidden=True, help="Deprecated: --start."),

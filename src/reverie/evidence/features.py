@@ -137,8 +137,9 @@ class FeatureIndex:
     def covers(self, target: Target) -> bool:
         return self.source_of(target) is not None
 
-    def windows(self, model: Model, target: Target | str, top: int = 20) -> pd.DataFrame:
-        """The target's `top` best windows (`scan`'s columns), its indexed positions re-scored as windows."""
+    def windows(self, model: Model, target: Target | str, top: int = 20, length: int | None = None) -> pd.DataFrame:
+        """The target's `top` best windows (`scan`'s columns): its indexed positions re-scored as windows of
+        `length` tokens (default: the index's window) ending there."""
         model = as_model(model)
         target = as_target(target, model)
         where = self.source_of(target)
@@ -154,7 +155,7 @@ class FeatureIndex:
         keys = torch.stack([doc, positions - self.doc_starts[doc]], 1)
         bounds = torch.cat([self.doc_starts, torch.tensor([len(self.tokens)])])
         docs = {d: self.tokens[int(bounds[d]):int(bounds[d + 1])].tolist() for d in doc.unique().tolist()}
-        return score_windows(model, target, docs, keys, values, self.meta["config"]["window"], top)
+        return score_windows(model, target, docs, keys, values, length or self.meta["config"]["window"], top)
 
 
 def find_index(model: Model, corpus: str, config: IndexConfig | None = None) -> FeatureIndex | None:
@@ -250,15 +251,13 @@ def _tokenize(model: Model, corpus: str, config: IndexConfig):
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
         if config.max_tokens is not None:
             ids = ids[:config.max_tokens - seen]
-        if len(ids) < config.window:
-            continue
-        starts.append(seen)
-        for offset in range(0, len(ids), config.chunk):
+        starts.append(seen)       # every document keeps its number (as in a scan), even one too short to index
+        for offset in range(0, len(ids) if len(ids) >= config.window else 0, config.chunk):
             if len(ids[offset:offset + config.chunk]) >= 2:
                 chunks.append((seen + offset, max(0, config.window - 1 - offset), ids[offset:offset + config.chunk]))
         pieces.append(torch.tensor(ids, dtype=torch.int32))
         seen += len(ids)
-    if not pieces:
+    if not chunks:
         raise ConfigError(f"the corpus {corpus} has no document of {config.window} tokens or more to index")
     return torch.cat(pieces), torch.tensor(starts, dtype=torch.int64), chunks
 

@@ -44,11 +44,11 @@ def is_scan(corpus) -> bool:
     return (path / "scan.parquet").is_file() or (path.name == "scan.parquet" and path.is_file())
 
 
-def windows_for(model: Model, target: Target, corpus=AUTO, *, notice: Callable[[str], None] | None = None,
-                progress: Progress | None = None, index: IndexConfig | None = None,
-                ) -> tuple[pd.DataFrame | None, str]:
-    """(the target's best windows or None, where they came from); see the module docstring. `notice` hears
-    about slow steps before they start (an index built on first use, a targeted scan)."""
+def windows_for(model: Model, target: Target, corpus=AUTO, *, length: int = 12,
+                notice: Callable[[str], None] | None = None, progress: Progress | None = None,
+                index: IndexConfig | None = None) -> tuple[pd.DataFrame | None, str]:
+    """(the target's best `length`-token windows or None, where they came from); see the module docstring.
+    `notice` hears about slow steps before they start (an index built on first use, a targeted scan)."""
     notice = notice or (lambda line: None)
     if corpus is None:
         return None, "no corpus: the population starts from the model alone"
@@ -62,7 +62,7 @@ def windows_for(model: Model, target: Target, corpus=AUTO, *, notice: Callable[[
     may_build = corpus != AUTO or model.spec == BUNDLED
     found = find_index(model, source, index)
     if found is not None and found.covers(target):
-        return _from_index(found, model, target, source)
+        return _from_index(found, model, target, source, length)
     if isinstance(target, Attention) or not hasattr(target, "position"):
         return None, f"{target.spec} cannot be read at every position of a text: no windows, starting from the model"
     if not may_build:
@@ -72,9 +72,9 @@ def windows_for(model: Model, target: Target, corpus=AUTO, *, notice: Callable[[
         notice(f"indexing {source} for {model.spec}, once: every MLP neuron's top positions in one pass "
                "(later dreams read it in seconds; `--no-corpus` dreams from the model alone)")
         built = build_index(model, source, index, progress=progress)
-        return _from_index(built, model, target, source)
+        return _from_index(built, model, target, source, length)
     notice(f"{target.spec} is not in a feature index: scanning the first {SCAN_TOKENS:,} tokens of {source} for it")
-    windows = scan(model, [target], source, ScanConfig(max_tokens=SCAN_TOKENS))
+    windows = scan(model, [target], source, ScanConfig(window=length, max_tokens=SCAN_TOKENS))
     if windows.empty:
         return None, f"the first {SCAN_TOKENS:,} tokens of {source} gave no window: starting from the model alone"
     return windows, f"{len(windows)} windows of a scan of the first {SCAN_TOKENS:,} tokens of {source}"
@@ -84,8 +84,9 @@ def _indexable(target: Target) -> bool:
     return isinstance(target, Neuron) and isinstance(target.layer, int)
 
 
-def _from_index(found: FeatureIndex, model: Model, target: Target, source: str) -> tuple[pd.DataFrame, str]:
-    windows = found.windows(model, target)
+def _from_index(found: FeatureIndex, model: Model, target: Target, source: str,
+                length: int) -> tuple[pd.DataFrame, str]:
+    windows = found.windows(model, target, length=length)
     return windows, f"{len(windows)} windows of the feature index of {source} ({found.meta['tokens']:,} tokens)"
 
 

@@ -28,6 +28,7 @@ from ..lm.model import Model
 from .pages import environment
 from .text import visible
 from ..files import atomic_write
+from ..evidence.readability import real_word_share, real_words
 from ..evidence.scan import read_scan
 from ..evidence.tokens import per_token, token_strings
 from ..lm.targets import Direction, as_target
@@ -90,6 +91,15 @@ def _colour_tokens(model: Model, target, template, best: list[dict], windows: li
     for row, values in zip(windows, window_values):
         row["tokens"] = token_view(model, list(map(int, row["ids"])), values, scale)
     return scale if scale > 0 else None
+
+
+def _real_words(notes: list[str]) -> frozenset[str] | None:
+    """The real words of the bundled corpus, for every text's real-word share; None (and a note) without it."""
+    try:
+        return real_words()
+    except ReverieError as e:
+        notes.append(f"No real-word shares: {e}")
+        return None
 
 
 def _heatmap(table: pd.DataFrame) -> list[dict]:
@@ -165,18 +175,21 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
 
     best = best_table(history, z)
     window_rows = None if windows is None else windows.head(20).to_dict("records")
+    frontier_rows = [{"iteration": int(r.iteration), "activation": r.activation, "z": z(r.activation),
+                      "cross_entropy": r.cross_entropy, "text": r.text} for r in front.itertuples()]
+    words = _real_words(notes)
+    for row in best + frontier_rows + (window_rows or []):
+        row["words"] = None if words is None or row["text"] is None else real_word_share(row["text"], words)
     if resolved is not None:
         progress("per-token activations")
     scale = None if resolved is None else _colour_tokens(model, resolved, run.config.template, best, window_rows)
-    frontier_rows = [{"iteration": int(r.iteration), "activation": r.activation, "z": z(r.activation),
-                      "cross_entropy": r.cross_entropy, "text": r.text} for r in front.itertuples()]
     template = run.config.template
     context = None if template is None else dict(zip(("before", "after"), template.split("{prompt}")))
     config = {"model": run.model, "target": run.target, "iterations": run.iterations, "stopped": run.stopped,
               "prompts scored": len(history), **{f"epo.{k}": v for k, v in run.config.to_dict().items()}}
     return environment().get_template("report.html.j2").render(
         title=title, run=run, config=config, best=best, scale=scale, context=context, frontier=frontier_rows, figures=figures,
-        attributions=attributions, k=k, baseline=baseline, zscores=zscores, notes=notes,
+        attributions=attributions, k=k, baseline=baseline, zscores=zscores, notes=notes, words=words is not None,
         windows=window_rows,
         versus=None if windows is None else versus_data(history, windows),
         version=__version__, created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))

@@ -68,7 +68,7 @@ def _check_every(checkpoint_every) -> None:
 
 
 def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int,
-         config_update: dict | None = None, windows: pd.DataFrame | None = None, start: str = "") -> DreamResult:
+         config_update: dict | None = None, windows: pd.DataFrame | None = None, origin: str = "") -> DreamResult:
     """Run `epo` to its end, checkpointing into `run_dir`; `config_update` (a resume's new config.json) is
     written after the first new iteration, so a resume that never starts changes nothing."""
     decode = epo.vocab.decode
@@ -90,7 +90,7 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
     history = epo.history.frame(decode)
     history = history[history["iteration"] <= epo.state.iteration].reset_index(drop=True)
     result = DreamResult(epo.config, model.spec, target.spec, history, epo.state, stopped, seconds,
-                         run_dir.path if run_dir else None, windows, start)
+                         run_dir.path if run_dir else None, windows, origin)
     if run_dir is not None:
         run_dir.checkpoint(epo.state, epo.history, decode)
         run_dir.finish(history, {
@@ -135,7 +135,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     scorer = make_scorer(model, target, config, fluency_models=fluency_models)
     target = scorer.target
     _check_memory(model, scorer, config)
-    windows, start = windows_for(model, target, corpus, notice=notice, progress=progress)
+    windows, start = windows_for(model, target, corpus, length=config.length, notice=notice, progress=progress)
     if config.starts == "data" and windows is not None and not config.init_ids and not config.init_prompt:
         config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
         start = f"half the slots start from {start}, the others from a beam search"
@@ -144,7 +144,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     if notice is not None:
         notice(start)
     if out is None:
-        return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, start=start)
+        return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, origin=start)
     run_dir = RunDir(out)
     with run_dir.writing():
         run_dir.create({"reverie": __version__, "model": model.spec, "dtype": dtype_name(model.dtype),
@@ -153,7 +153,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
         if windows is not None:
             run_dir.write_windows(windows)
         return _run(EPO(scorer, config), model, target, run_dir, callback, checkpoint_every, windows=windows,
-                    start=start)
+                    origin=start)
 
 
 def resume(out: str | Path, *, model: Model | None = None, target: Target | Callable | None = None,
@@ -188,7 +188,8 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
             history.extend(run_dir.history(upto=state.iteration))
         update = {**saved, "epo": config.to_dict()} if config.iters != original.iters else None
         epo = EPO(scorer, config, history, state)
-        return _run(epo, model, target, run_dir, callback, checkpoint_every, update)
+        return _run(epo, model, target, run_dir, callback, checkpoint_every, update, run_dir.windows(),
+                    saved.get("start", ""))
 
 
 def _check_memory(model: Model, scorer, config: EPOConfig) -> None:

@@ -43,6 +43,8 @@ class EPOConfig:
     init_prompt: str | None = None
     fluency: tuple[tuple[str, float], ...] = ()  # (model spec or "self", weight): whose CE is fluency; () = self
     repetition_penalty: float = 0.0           # ρ: selection subtracts ρ · (fraction of tokens repeating an earlier one)
+    junk_penalty: float = 0.0                 # γ: selection adds γ nats to CE per unit of junk share above the
+                                              #   allowance (tokens without a letter or repeating one): epo.py
     avoid_ids: tuple[int, ...] = ()           # tokens of earlier dreams (diverse dreams)...
     avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
@@ -101,9 +103,9 @@ class EPOConfig:
             raise ConfigError(f"penalties cannot be negative, got {self.penalties}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time_budget must be a positive number of seconds (or None: no limit), got {self.time_budget}")
-        if self.repetition_penalty < 0 or self.avoid_penalty < 0 or any(w < 0 for _, w in self.fluency) or (
+        if self.repetition_penalty < 0 or self.junk_penalty < 0 or self.avoid_penalty < 0 or any(w < 0 for _, w in self.fluency) or (
                 self.fluency and not sum(w for _, w in self.fluency) > 0):
-            raise ConfigError("repetition_penalty and fluency weights must be >= 0 (and some fluency weight > 0)")
+            raise ConfigError("repetition_penalty, junk_penalty and fluency weights must be >= 0 (and some fluency weight > 0)")
         if self.template is not None and self.template.count("{prompt}") != 1:
             raise ConfigError(f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {self.template!r}")
         if not (0 <= self.insert_rate and 0 <= self.delete_rate and self.insert_rate + self.delete_rate <= 1):

@@ -38,6 +38,8 @@ from ..scoring import Scorer
 SAMPLES_PER_SLOT = 8   # sampled starts: prompts the model writes per population slot
 BEAMS_PER_SLOT = 4     # beam starts: prefixes each slot keeps at every length...
 TOKENS_PER_BEAM = 8    # ...and tokens drawn from the model to extend each one
+JUNK_ALLOWANCE = 0.25  # the junk share the surcharge forgives: the 75th percentile of random 12-token windows of
+                       #   the bundled corpus (docs/performance.md#readable-by-default)
 
 
 @dataclass
@@ -63,6 +65,13 @@ class Step:
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
     restarted_with: float | None = None
+
+
+def _repeats(ids: torch.Tensor) -> torch.Tensor:
+    """[rows, n] bool: token j equals some token i < j of its prompt (padding never counts)."""
+    real = ids != PAD
+    same = (ids[:, :, None] == ids[:, None, :]) & real[:, :, None]
+    return same.triu(1).any(1) & real
 
 
 def objective(f: torch.Tensor, ce: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
@@ -135,7 +144,7 @@ class EPO:
                 beams = candidates
                 continue
             f, ce = self._score(candidates)
-            score = objective(f - self._penalty(candidates), ce, self.penalties)         # [M, candidates]
+            score = self._selection(candidates, f, ce, self.penalties)                  # [M, candidates]
             top = score.topk(min(BEAMS_PER_SLOT, len(candidates)), 1)
             keep = top.indices[top.values > -torch.inf].unique()
             beams = candidates[keep] if len(keep) else candidates
@@ -149,7 +158,7 @@ class EPO:
         candidates = torch.cat([torch.tensor([c.init_ids[i] for i in given], dtype=torch.long).reshape(-1, c.length),
                                 candidates])
         f, ce = self._score(candidates)
-        best = objective(f - self._penalty(candidates), ce, self.penalties).argmax(1)
+        best = self._selection(candidates, f, ce, self.penalties).argmax(1)
         best[given] = torch.arange(len(given))
         kept = torch.zeros(len(candidates), dtype=torch.bool)
         kept[best] = True
@@ -233,18 +242,33 @@ class EPO:
         objective = getattr(self.scorer, "objective", None)
         return None if objective is None else objective.before
 
+    def _selection(self, ids: torch.Tensor, f: torch.Tensor, ce: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
+        """What selection maximises: L_λ with f less the configured penalties and CE plus the junk surcharge
+        (each 0 unless configured), [len(penalties), len(ids)]."""
+        return objective(f - self._penalty(ids), ce + self._junk(ids), penalties)
+
     def _penalty(self, ids: torch.Tensor) -> torch.Tensor:
         """What selection subtracts from f besides λ·CE: ρ · the fraction of tokens that repeat an earlier
         token, plus the avoid penalty · the fraction of tokens from earlier dreams (0 unless configured)."""
         c, out = self.config, torch.zeros(len(ids))
         real, n = ids != PAD, lengths(ids)
         if c.repetition_penalty:
-            same = (ids[:, :, None] == ids[:, None, :]) & real[:, :, None]
-            repeats = same.triu(1).any(1) & real                        # token j equals some token i < j
-            out += c.repetition_penalty * repeats.sum(1) / n
+            out += c.repetition_penalty * (_repeats(ids) & real).sum(1) / n
         if c.avoid_penalty and c.avoid_ids:
             out += c.avoid_penalty * torch.isin(ids, torch.tensor(c.avoid_ids)).sum(1) / n
         return out
+
+    def _junk(self, ids: torch.Tensor) -> torch.Tensor:
+        """What selection adds to CE: γ (junk_penalty, nats) · how far the prompt's junk share — tokens with no
+        letter (digits, punctuation, symbols) or repeating an earlier token — exceeds JUNK_ALLOWANCE, the
+        share of a typical stretch of real text. Predictable junk then earns no fluency credit; the CE that
+        is recorded and reported stays the model's own."""
+        gamma, letters = self.config.junk_penalty, self.vocab.letters
+        if not gamma or letters is None:
+            return torch.zeros(len(ids))
+        real = ids != PAD
+        junk = (~letters[ids.clamp(0, len(letters) - 1)] | _repeats(ids)) & real
+        return gamma * (junk.sum(1) / lengths(ids) - JUNK_ALLOWANCE).clamp(min=0)
 
     def k_at(self, iteration: int) -> int:
         """Candidate tokens per position at an iteration: top_k, or the linear schedule from top_k_start."""
@@ -293,7 +317,7 @@ class EPO:
         pool = torch.cat([F.pad(s.population, (0, width - s.population.shape[1]), value=PAD),
                           F.pad(children, (0, width - children.shape[1]), value=PAD)])
         f_pool, ce_pool = torch.cat([s.f, f_child]), torch.cat([s.ce, ce_child])
-        score = objective(f_pool - self._penalty(pool), ce_pool, self.penalties)      # [M, M + M·r]
+        score = self._selection(pool, f_pool, ce_pool, self.penalties)               # [M, M + M·r]
         best = score.argmax(1)
         stuck = torch.isinf(score.max(1).values)                         # nothing valid: keep the parent
         best[stuck] = torch.arange(M)[stuck]
@@ -313,7 +337,7 @@ class EPO:
         if c.restart_every and due and iteration < c.iters:
             lo, hi = c.restart_penalty
             restarted = lo + (hi - lo) * float(torch.rand(1, generator=gen))
-            j = int(objective(f - self._penalty(population), ce, torch.tensor([restarted]))[0].argmax())
+            j = int(self._selection(population, f, ce, torch.tensor([restarted]))[0].argmax())
             population, f, ce = population[j].repeat(M, 1), f[j].repeat(M), ce[j].repeat(M)
             stale = 0
 
