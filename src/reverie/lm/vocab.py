@@ -27,7 +27,8 @@ if TYPE_CHECKING:     # torch loads when a vocabulary is built, not when the CLI
 
 DECODES = 1          # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
 PRINTABLE = 2        # ... and that text is printable ASCII
-FLAGS_VERSION = 1    # bump when the flags' meaning changes: it names the cache files
+LETTERS = 4          # ... and that text has a letter (not only digits, punctuation, symbols or spaces)
+FLAGS_VERSION = 2    # bump when the flags' meaning changes: it names the cache files
 
 
 def token_texts(tokenizer, n: int) -> list[str]:
@@ -42,7 +43,7 @@ def token_texts(tokenizer, n: int) -> list[str]:
 
 
 def token_flags(tokenizer, n: int) -> np.ndarray:
-    """DECODES | PRINTABLE flags (uint8) of the first n tokens. Decoding a 262k vocabulary takes seconds,
+    """DECODES | PRINTABLE | LETTERS flags (uint8) of the first n tokens. Decoding a 262k vocabulary takes seconds,
     so the flags are cached on disk (`vocab_cache_folder()`) under the tokenizer's fingerprint (itself kept
     in memory per tokenizer object); a cache that cannot be read or written is recomputed
     (docs/performance.md#large-vocabularies)."""
@@ -57,7 +58,8 @@ def token_flags(tokenizer, n: int) -> np.ndarray:
             pass
     texts = token_texts(tokenizer, n)
     flags = np.fromiter(((bool(t) and "\ufffd" not in t) * DECODES
-                         + (t.isascii() and t.isprintable()) * PRINTABLE for t in texts), np.uint8, n)
+                         + (t.isascii() and t.isprintable()) * PRINTABLE
+                         + any(c.isalpha() for c in t) * LETTERS for t in texts), np.uint8, n)
     if path is not None:
         save(path, flags)
     return flags
@@ -114,6 +116,7 @@ class Vocabulary:
     banned_strings: tuple[str, ...] = ()
     check_retokenization: bool = True
     allowed_set: frozenset[int] = field(default=frozenset(), repr=False)
+    letters: torch.Tensor | None = field(default=None, repr=False)   # bool per token id: its text has a letter
 
     @classmethod
     def build(cls, tokenizer, embedding_rows: int, *, ascii_only: bool = False,
@@ -133,7 +136,8 @@ class Vocabulary:
         keep = ok.nonzero()[:, 0]
         if not len(keep):
             raise ConfigError("no token of the vocabulary is allowed: loosen --ascii-only or the banned tokens")
-        return cls(tokenizer, keep, as_items(banned_strings), check_retokenization, frozenset(keep.tolist()))
+        return cls(tokenizer, keep, as_items(banned_strings), check_retokenization, frozenset(keep.tolist()),
+                   (flags & LETTERS) > 0)
 
     @classmethod
     def for_model(cls, model, **options) -> "Vocabulary":
