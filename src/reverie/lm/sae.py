@@ -100,6 +100,21 @@ class SAEWeights:
             return pre.relu()
         return pre.relu() * (pre > self.threshold[features].to(x.device))
 
+    def check(self, where: str, cfg=None) -> "SAEWeights":
+        """Refuse, in one TargetError line naming `where` and the tensor, weights that are not floating-point
+        tensors of the shapes an SAE has ([d_in, d_sae], [d_sae], [d_in], ...; those in `cfg` if it gives
+        them) or that hold NaN or infinities. Returns self."""
+        check_tensors(where, cfg, {"W_enc": self.W_enc, "b_enc": self.b_enc, "b_dec": self.b_dec,
+                                   "threshold": self.threshold, "W_dec": self.W_dec})
+        if not isinstance(self.hook_name, str) or not self.hook_name:
+            raise TargetError(f"{where}: the hook name must be one like blocks.8.hook_resid_pre, "
+                              f"not {self.hook_name!r}")
+        k = self.k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= self.d_sae):
+            raise TargetError(f"{where}: the TopK SAE's k is {self.k!r}: it must be a whole number 1-{self.d_sae} "
+                              "(the SAE's number of features)")
+        return self
+
     @classmethod
     def assemble(cls, where: str, cfg, W_enc, b_enc, b_dec, W_dec=None, threshold=None) -> "SAEWeights":
         """Weights and a SAELens config (object or dict) -> SAEWeights; `where` names the SAE in errors."""
@@ -114,8 +129,13 @@ class SAEWeights:
             raise TargetError(f"{where} normalizes its inputs by {normalize}, which reverie does not do: "
                               f"use an SAE with normalize_activations one of {', '.join(NORMALIZE)}")
         k = saelens_field(cfg, "k") if arch == "topk" else None
-        if arch == "topk" and not (isinstance(k, int) and k > 0):
+        if arch == "topk" and not (isinstance(k, int) and not isinstance(k, bool) and k > 0):
             raise TargetError(f"the TopK SAE in {where} has no k (a positive whole number) in its config")
+        apply_b_dec = saelens_field(cfg, "apply_b_dec_to_input")
+        if apply_b_dec is not None and not isinstance(apply_b_dec, bool):
+            raise TargetError(f"apply_b_dec_to_input in the config of {where} must be true or false, "
+                              f"not {apply_b_dec!r}")
+        check_dtypes(where, {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec, "W_dec": W_dec, "threshold": threshold})
         W_enc, b_enc = W_enc.detach().float().cpu(), b_enc.detach().float().cpu()
         if W_dec is not None:
             W_dec = W_dec.detach().float().cpu()
@@ -124,11 +144,12 @@ class SAEWeights:
                 raise TargetError(f"the TopK SAE in {where} rescales by its decoder norms but has no W_dec")
             norms = W_dec.norm(dim=-1)       # folded: pre · ‖W_dec row‖ is the same linear map
             W_enc, b_enc = W_enc * norms, b_enc * norms
-        hook = saelens_field(cfg, "hook_name")
+        hook, model_name = saelens_field(cfg, "hook_name"), saelens_field(cfg, "model_name")
+        if model_name is not None and not isinstance(model_name, str):
+            raise TargetError(f"model_name in the config of {where} must be a model's name, not {model_name!r}")
         return cls(W_enc, b_enc, b_dec.detach().float().cpu(), hook,
                    None if arch != "jumprelu" else threshold.detach().float().cpu(),
-                   bool(saelens_field(cfg, "apply_b_dec_to_input") is not False), W_dec, k, normalize,
-                   saelens_field(cfg, "model_name"))
+                   apply_b_dec is not False, W_dec, k, normalize, model_name).check(where, cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "SAEWeights":
@@ -153,8 +174,9 @@ class SAEWeights:
         missing = [k for k in ("W_enc", "b_enc") if k not in w] + ([] if hook else ["hook_name in cfg.json"])
         if missing:
             raise TargetError(f"the SAE in {path} has no {', '.join(missing)}")
-        b_dec = w.get("b_dec", torch.zeros(w["W_enc"].shape[0]))
-        return cls.assemble(str(path), cfg, w["W_enc"], w["b_enc"], b_dec, w.get("W_dec"), w.get("threshold"))
+        where = str(folder / WEIGHTS)
+        b_dec = w["b_dec"] if "b_dec" in w else torch.zeros(w["W_enc"].shape[:1])   # W_enc's shape: checked next
+        return cls.assemble(where, cfg, w["W_enc"], w["b_enc"], b_dec, w.get("W_dec"), w.get("threshold"))
 
     @classmethod
     def from_saelens(cls, sae) -> "SAEWeights":
@@ -208,7 +230,7 @@ class SAEFeature(Target):
             self.source = absolute(self.sae)
             self.weights = SAEWeights.load(self.sae)
         elif isinstance(self.sae, SAEWeights):
-            self.weights = self.sae
+            self.weights = self.sae.check("the SAEWeights")
         elif hasattr(self.sae, "W_enc") and hasattr(self.sae, "cfg"):
             self.weights = SAEWeights.from_saelens(self.sae)
         else:
@@ -247,6 +269,44 @@ class SAEFeature(Target):
     @property
     def spec(self) -> str:
         return f"sae:{self.source}:F{self.feature}"
+
+
+def check_dtypes(where: str, tensors: dict) -> None:
+    """Each of `tensors` (None: absent) is a floating-point tensor, or one TargetError line names it."""
+    import torch
+
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TargetError(f"{where}: {name} must be a tensor, not {type(t).__name__}")
+        if t is not None and not t.is_floating_point():
+            raise TargetError(f"{where}: {name} is {str(t.dtype).removeprefix('torch.')}: an SAE's weights are "
+                              "floating-point (float32, bfloat16 or float16)")
+
+
+def check_tensors(where: str, cfg, tensors: dict) -> None:
+    """The shape, dtype and finiteness checks of `SAEWeights.check`, on tensors not yet converted (None: absent).
+    W_enc sets d_in and d_sae (which the config's d_in and d_sae, where given, must agree with)."""
+    import torch
+
+    check_dtypes(where, tensors)
+    W_enc = tensors["W_enc"]
+    if W_enc.dim() != 2 or 0 in W_enc.shape:
+        raise TargetError(f"{where}: W_enc has shape {list(W_enc.shape)}: it must be [d_in, d_sae] "
+                          "(the model's width by the number of features)")
+    d_in, d_sae = W_enc.shape
+    for key, size in (("d_in", d_in), ("d_sae", d_sae)):
+        given = saelens_field(cfg, key) if cfg is not None else None
+        if given is not None and given != size:
+            raise TargetError(f"{where}: W_enc has shape [{d_in}, {d_sae}] but the SAE's config says {key} = {given!r}")
+    shapes = {"W_enc": [d_in, d_sae], "b_enc": [d_sae], "b_dec": [d_in], "threshold": [d_sae], "W_dec": [d_sae, d_in]}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if list(t.shape) != shapes[name]:
+            raise TargetError(f"{where}: {name} has shape {list(t.shape)} but W_enc [{d_in}, {d_sae}] needs "
+                              f"{shapes[name]}")
+        if not bool(torch.isfinite(t).all()):
+            raise TargetError(f"{where}: {name} holds NaN or infinite values: an SAE's weights must be finite")
 
 
 def is_name(text: str) -> bool:
