@@ -56,6 +56,51 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     return parsed
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(device_map):
+    """A device map as transformers (accelerate) takes it, checked: None, one of DEVICE_MAPS, a device this
+    machine has ("cuda:1", or its index: 1, "1"), or a dict of module names to devices (names, indices,
+    "cpu", "disk"). Anything else is a one-line ModelError."""
+    how = f"use {', '.join(DEVICE_MAPS)}, a device this machine has (cpu, cuda:N) or a dict of modules to devices"
+    if device_map is None or (isinstance(device_map, str) and device_map in DEVICE_MAPS):
+        return device_map
+    if isinstance(device_map, dict):
+        for module, where in device_map.items():
+            if not isinstance(module, str) or (where != "disk" and not is_device(where)):
+                raise ModelError(f"the device map {device_map!r} puts {module!r} on {where!r}: {how}")
+            if where != "disk":
+                on_this_machine(where, f"the device map {device_map!r}")
+        return device_map
+    if isinstance(device_map, str) and device_map.isascii() and device_map.isdigit():
+        device_map = int(device_map)
+    if not is_device(device_map):
+        raise ModelError(f"unknown device map {device_map!r}: {how}")
+    on_this_machine(device_map, f"device map {device_map!r}")
+    return device_map
+
+
+def on_this_machine(where, what: str) -> None:
+    try:
+        parse_device(f"cuda:{where}" if isinstance(where, int) else where)
+    except ModelError as e:
+        raise ModelError(f"{what}: {e}") from None
+
+
+def is_device(where) -> bool:
+    """Whether `where` names a device (an index >= 0, a torch.device, a name torch knows), here or not."""
+    if isinstance(where, bool):
+        return False
+    if isinstance(where, int):
+        return where >= 0
+    try:
+        torch.device(where)
+    except (RuntimeError, TypeError):
+        return False
+    return isinstance(where, (str, torch.device))
+
+
 def cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()

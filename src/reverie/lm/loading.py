@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +18,7 @@ import torch
 from ..errors import ModelError
 from . import hub, memory
 from .cache import cache_dir, write_folder
-from .dtypes import choose_dtype, parse_device
+from .dtypes import choose_dtype, dtype_name, parse_device, parse_device_map
 from .synthetic import RandomSpec, is_random, random_weights, shape_config, synthetic_tokenizer
 
 log = logging.getLogger("reverie")
@@ -26,6 +27,7 @@ BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
 BUNDLED_VOCAB = 49152
+ANNOUNCE_PARAMS = 10 ** 9    # random weights of this many parameters take ~10 s or more on a CPU
 
 
 @contextlib.contextmanager
@@ -132,8 +134,16 @@ def load_random(spec: str, device: torch.device, dtype, device_map=None):
     torch_dtype, reason = choose_dtype(dtype, device, config)
     if device_map is not None:
         reason += f" (device_map={device_map!r} ignored: random weights are built on {device})"
-    memory.check_weights(config, torch_dtype, device)
+    params = memory.check_weights(config, torch_dtype, device) or 0
+    slow = device.type == "cpu" and params >= ANNOUNCE_PARAMS     # tens of seconds: say so (stderr)
+    if slow:
+        log.warning("building %s on the CPU: %.1f B random weights in %s (%s); this takes a while, and so does "
+                    "each pass of a model this size on a CPU (random:NAME:layers=N or a GPU is faster)",
+                    spec, params / 1e9, dtype_name(torch_dtype), memory.gib(params * torch_dtype.itemsize))
+    start = time.perf_counter()
     hf = random_weights(config, torch_dtype, device, parsed.seed)
+    if slow:
+        log.warning("built %s in %.0f s", spec, time.perf_counter() - start)
     if config.vocab_size == BUNDLED_VOCAB:
         tokenizer = AutoTokenizer.from_pretrained(bundled_path())
     else:
@@ -147,6 +157,7 @@ def load_hf(spec: str, *, device: str | torch.device | None = None, dtype=None,
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = parse_device(device)
+    device_map = parse_device_map(device_map)
     if is_random(spec):
         return load_random(spec, device, dtype, device_map)
     path = resolve(spec)

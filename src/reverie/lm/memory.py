@@ -137,18 +137,19 @@ def check(est: Estimate, device: str | torch.device, free: int | None = None) ->
                      f"{gib(free)} free ({est.describe()}): try {', '.join(hints)}")
 
 
-def check_weights(config, dtype: torch.dtype, device: str | torch.device, free: int | None = None) -> None:
+def check_weights(config, dtype: torch.dtype, device: str | torch.device, free: int | None = None) -> int | None:
     """Before any weights are read or made: a one-line ModelError if the weights of a transformers config
-    in `dtype` (and the process around them) do not fit the memory available on `device`."""
+    in `dtype` (and the process around them) do not fit the memory available on `device`. Returns the
+    number of parameters (None where transformers cannot count them)."""
     try:
         params = count_parameters(config)
     except Exception:        # a config transformers cannot build by itself (remote code...): no check
-        return
+        return None
     need = params * dtype.itemsize + (
         CUDA_OVERHEAD if torch.device(device).type == "cuda" else CPU_OVERHEAD)
     free = available(device) if free is None else free
     if need <= free:
-        return
+        return params
     hints = ["--dtype bf16"] if dtype == torch.float32 else []
     hints.append("--device-map auto to spread it over several GPUs" if torch.device(device).type == "cuda"
                  else "a GPU, or a machine with more memory")

@@ -17,6 +17,7 @@ gives an allowed-token list, but its words mean nothing (a `logit:" dog"` target
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +53,21 @@ class RandomSpec:
         values = {}
         for option in options:
             key, _, value = option.partition("=")
-            if key not in ("layers", "seed") or not value.isdigit():
+            if key not in ("layers", "seed") or not re.fullmatch("[0-9]+", value):
                 raise ModelError(f"bad option {option!r} in {spec!r}: use layers=N (N >= 1) or seed=S")
+            if key in values:
+                raise ModelError(f"{spec!r} gives {key} twice ({key}={values[key]} and {option}): give it once")
             values[key] = int(value)
-        if values.get("layers") == 0:
-            raise ModelError(f"bad option layers=0 in {spec!r}: a model needs at least one layer")
-        return cls(name, values.get("layers"), values.get("seed", 0))
+        layers, most = values.get("layers"), shape_layers(name)
+        if layers is not None and not 1 <= layers <= most:
+            raise ModelError(f"bad option layers={layers} in {spec!r}: {name} has {most} layers, so use layers=N "
+                             f"with N from 1 to {most} (or no layers= for all of them)")
+        return cls(name, layers, values.get("seed", 0))
+
+
+def shape_layers(name: str) -> int:
+    """The number of blocks of a shape, read from its file (no transformers needed)."""
+    return int(json.loads((SHAPES / f"{name}.json").read_text())["num_hidden_layers"])
 
 
 def is_random(spec: str) -> bool:
@@ -72,13 +82,17 @@ def shape_config(name: str, layers: int | None = None):
         raise ModelError(f"unknown random model shape {name!r}: use one of {', '.join(shape_names())}")
     data = {k: v for k, v in json.loads((SHAPES / f"{name}.json").read_text()).items() if not k.startswith("_")}
     config = AutoConfig.for_model(data.pop("model_type"), **data)
-    return shrink(config, layers) if layers else config
+    return shrink(config, layers) if layers is not None else config
 
 
 def shrink(config, layers: int):
-    """A copy of `config` with its first `layers` blocks only (per-layer lists cut to match)."""
+    """A copy of `config` with its first `layers` blocks only (per-layer lists cut to match); more blocks
+    than the config has, or fewer than one, is a ModelError."""
+    if not 1 <= layers <= config.num_hidden_layers:
+        raise ModelError(f"cannot keep {layers} layers of a model of {config.num_hidden_layers}: "
+                         f"give 1 to {config.num_hidden_layers}")
     config = config.__class__.from_dict(config.to_dict())
-    n = min(layers, config.num_hidden_layers)
+    n = layers
     config.num_hidden_layers = n
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:n]
@@ -94,13 +108,19 @@ def random_weights(config, dtype: torch.dtype, device: torch.device, seed: int =
 
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    inputs, outputs = hf.get_input_embeddings(), hf.get_output_embeddings()
+    tied = outputs is not None and outputs.weight is inputs.weight
     hf.to_empty(device=device)
+    if tied:    # to_empty unties them: give the head a meta weight, so the tied matrix is drawn once, not twice
+        outputs.weight = torch.nn.Parameter(torch.empty_like(outputs.weight, device="meta"))
     for module in hf.modules():       # built on meta, "initialised" there: initialise for real
         module.__dict__.pop("_is_hf_initialized", None)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         hf.initialize_weights()
+    if tied:
+        outputs.weight = inputs.weight
     hf.tie_weights()
     bad = [name for name, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
     if bad:
