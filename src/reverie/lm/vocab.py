@@ -219,4 +219,8 @@ def resolve_token(tokenizer, token: str | int) -> int:
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise ConfigError(f"{token!r} is not one token of the vocabulary (it encodes to {len(ids)}: {pieces}); "
                           "give a single token, e.g. with a leading space")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if ids[0] == unk and token.strip() != tokenizer.unk_token:
+        raise ConfigError(f"{token!r} is not in the vocabulary: the tokenizer reads it as its unknown token "
+                          f"{tokenizer.unk_token!r} (id {unk}); give a token it has, or a token id")
     return ids[0]
