@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, ReverieError
+from ..errors import ConfigError, ReverieError, RunDirError
 from ..evidence.tokens import per_token, token_strings
 from ..files import atomic_write, write_json
 from ..lm.model import Model, load_model
@@ -70,13 +70,29 @@ def export_rows(result: DreamResult, model: Model, target=None) -> list[dict]:
     return rows
 
 
-def export(run_dir: str | Path, fmt: str = "json", out: str | Path | None = None, model: Model | None = None,
+def export_format(fmt: str | None, out: str | Path | None) -> str:
+    """The format of an export: `fmt` if given, else the one `out`'s suffix names, else json. An `out`
+    whose suffix is not the format's (.json, .csv, .parquet) is a one-line ConfigError: `read_export`
+    reads a file by its suffix."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"cannot export as {fmt!r}: choose one of {', '.join(FORMATS)}")
+    suffix = Path(out).suffix.lower().lstrip(".") if out is not None else None
+    if fmt is None:
+        fmt = suffix if suffix in FORMATS else "json"
+    if out is not None and suffix != fmt:
+        named = f"a .{suffix} name" if suffix else "no suffix"
+        hint = f" or --format {suffix}" if suffix in FORMATS else ""
+        raise ConfigError(f"cannot write a {fmt} export to {out} ({named}): name it {Path(out).stem}.{fmt}{hint}")
+    return fmt
+
+
+def export(run_dir: str | Path, fmt: str | None = None, out: str | Path | None = None, model: Model | None = None,
            *, target=None, dtype: str | None = None, device: str | None = None) -> Path:
     """Write the run's best dreams and frontier with per-token activations to `out` (default
-    RUN_DIR/export.FMT); returns the path. Without `model`, the run's model is loaded (with the run's
-    dtype unless `dtype` is given)."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"cannot export as {fmt!r}: choose one of {', '.join(FORMATS)}")
+    RUN_DIR/export.FMT); returns the path. `fmt` (json, csv or parquet) defaults to the one `out`'s
+    suffix names, else json; an `out` named for another format is refused. Without `model`, the run's
+    model is loaded (with the run's dtype unless `dtype` is given)."""
+    fmt = export_format(fmt, out)
     result = load_run(run_dir)
     path = Path(out) if out is not None else result.run_dir / f"export.{fmt}"
     if model is None:
@@ -104,12 +120,29 @@ def _meta(result: DreamResult) -> dict:
 
 
 def read_export(path: str | Path) -> pd.DataFrame:
-    """An export read back as its rows (any of the three formats), lists as lists."""
+    """An export read back as its rows (any of the three formats, known by the file's suffix), lists as
+    lists. A file that is not an export of that format is a one-line RunDirError naming it."""
     path = Path(path)
-    if path.suffix == ".json":
-        return pd.DataFrame(json.loads(path.read_text(encoding="utf-8"))["prompts"], columns=COLUMNS)
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path, keep_default_na=False, na_values={"limit": [""]})
-        return frame.assign(**{c: [json.loads(v) for v in frame[c]] for c in LISTS})
-    frame = pd.read_parquet(path)
-    return frame.assign(**{c: [list(v) for v in frame[c]] for c in LISTS})
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise RunDirError(f"cannot read {path} as an export: its name must end in .json, .csv or .parquet")
+    try:
+        if fmt == "json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("prompts"), list):
+                raise ValueError(f"not a {FORMAT} file (no format and prompts fields)")
+            frame = pd.DataFrame(data["prompts"], columns=COLUMNS)
+        elif fmt == "csv":
+            frame = pd.read_csv(path, keep_default_na=False, na_values={"limit": [""]})
+        else:
+            frame = pd.read_parquet(path)
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)}")
+        if fmt == "csv":
+            return frame.assign(**{c: [json.loads(v) for v in frame[c]] for c in LISTS})
+        return frame.assign(**{c: [list(v) for v in frame[c]] for c in LISTS}) if fmt == "parquet" else frame
+    except (OSError, ValueError, TypeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        raise RunDirError(f"cannot read the export {path} as {fmt} ({reason}): write it again with reverie export") \
+            from None
