@@ -25,6 +25,7 @@ import torch
 import reverie
 from reverie import EPOConfig, ReverieError
 from reverie.cli.app import main
+from reverie.lm.synthetic import shape_config
 
 SMALL = ["--population", "2", "--children", "4", "--top-k", "16", "--length", "4", "--quiet", "--no-report"]
 
@@ -59,6 +60,24 @@ def _sae_with_list_config(b: Bench) -> list:
     reverie.SAEWeights(torch.zeros(64, 8), torch.zeros(8), torch.zeros(64), "blocks.1.hook_resid_pre").save(folder)
     (folder / "cfg.json").write_text("[1, 2]")
     return b.dream("--target", f"sae:{folder}:F1")
+
+
+def _sae_folder(b: Bench, feature: int = 1, **tensors) -> list:
+    """An SAE folder on blocks.1.hook_resid_pre (64 wide) whose weights are 64 x 16 except those given."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = b.tmp / "sae"
+    folder.mkdir()
+    weights = {"W_enc": torch.zeros(64, 16), "b_enc": torch.zeros(16), "b_dec": torch.zeros(64), **tensors}
+    save_file({k: v.contiguous() for k, v in weights.items()}, folder / "sae_weights.safetensors")
+    (folder / "cfg.json").write_text(json.dumps({"hook_name": "blocks.1.hook_resid_pre"}))
+    return b.dream("--target", f"sae:{folder}:F{feature}")
+
+
+def _random(b: Bench, spec: str, *args) -> list:
+    return ["dream", "--model", spec, "--out", b.tmp / "new", "--iters", "1", *SMALL, *args]
 
 
 def _direction(b: Bench, values) -> list:
@@ -119,6 +138,33 @@ CLI = {
                                              "--quiet"], "checkpoint", "all"),
     "disk full during a checkpoint": (_disk_full, "No space left", ("checkpoint.safetensors",)),
     "sae config a list": (_sae_with_list_config, "cfg.json", ()),
+    "sae W_enc one-dimensional": (lambda b: _sae_folder(b, W_enc=torch.zeros(64)), "W_enc has shape [64]", ()),
+    "sae b_dec narrower than the model": (lambda b: _sae_folder(b, b_dec=torch.zeros(10)), "b_dec has shape [10]", ()),
+    "sae b_enc shorter than the feature": (lambda b: _sae_folder(b, 10, b_enc=torch.zeros(8)), "b_enc has shape [8]",
+                                           ()),
+    "sae infinite bias": (lambda b: _sae_folder(b, b_enc=torch.full((16,), math.inf)), "b_enc holds NaN or inf", ()),
+    "sae NaN weights": (lambda b: _sae_folder(b, W_enc=torch.full((64, 16), math.nan)), "W_enc holds NaN", ()),
+    "sae integer weights": (lambda b: _sae_folder(b, W_enc=torch.zeros(64, 16, dtype=torch.int32)), "W_enc is int32",
+                            ()),
+    "sae W_dec the wrong way round": (lambda b: _sae_folder(b, W_dec=torch.zeros(64, 16)), "W_dec has shape [64, 16]",
+                                      ()),
+    "random shape option twice": (lambda b: _random(b, "random:smollm2-135m:layers=1:layers=2", "--target",
+                                                    "neuron:L0.N1"), "layers twice", ()),
+    "random layers past the shape": (lambda b: _random(b, "random:smollm2-135m:layers=999", "--target", "neuron:L0.N1"),
+                                     "smollm2-135m has 30 layers", ()),
+    "random seed twice": (lambda b: _random(b, "random:smollm2-135m:seed=1:seed=2", "--target", "neuron:L0.N1"),
+                          "seed twice", ()),
+    "device map banana": (lambda b: b.dream("--target", "neuron:L1.N7", "--device-map", "banana"), "banana", ()),
+    "device map banana on a random shape": (lambda b: _random(b, "random:smollm2-135m:layers=1", "--target",
+                                                              "neuron:L0.N1", "--device-map", "banana"), "banana", ()),
+    "logit a synthetic tokenizer cannot spell": (lambda b: _random(b, "random:gemma-3-270m:layers=1", "--target",
+                                                                   'logit:" dog"'), "not in the vocabulary", ()),
+    "ban a token a synthetic tokenizer cannot spell": (lambda b: _random(b, "random:gemma-3-270m:layers=1", "--target",
+                                                                         "neuron:L0.N1", "--ban-token", " dog"),
+                                                       "not in the vocabulary", ()),
+    "export csv under a json name": (lambda b: ["export", b.run(), "--format", "csv", "--out", b.tmp / "e.json"],
+                                     "e.json", "all"),
+    "export with no suffix": (lambda b: ["export", b.run(), "--format", "csv", "--out", b.tmp / "e"], "e.csv", "all"),
     "direction with NaN": (lambda b: _direction(b, np.full(64, np.nan)), "NaN", ()),
     "direction all zeros": (lambda b: _direction(b, np.zeros(64)), "zeros", ()),
     "penalty max inf": (lambda b: b.dream("--target", "neuron:L1.N7", "--penalty-max", "inf"), "penalty_max", ()),
@@ -200,6 +246,15 @@ API = {
     "a logit token that is neither": (lambda m: reverie.Logit(3.5).prepare(m), "token"),
     "penalty max inf": (lambda m: EPOConfig(penalty_max=math.inf), "penalty_max"),
     "unknown scorer": (lambda m: EPOConfig(scorer="fast"), "scorer"),
+    "random shape option twice": (lambda m: reverie.load_model("random:smollm2-135m:seed=1:seed=1"), "seed twice"),
+    "random layers past the shape": (lambda m: reverie.load_model("random:pythia-1.4b:layers=25"), "24 layers"),
+    "shape config past its layers": (lambda m: shape_config("pythia-1.4b", 25), "24"),
+    "device map banana": (lambda m: reverie.load_model("random:smollm2-135m:layers=1", device_map="banana"), "banana"),
+    "device map a number": (lambda m: reverie.load_model("random:smollm2-135m:layers=1", device_map=2.5), "2.5"),
+    "sae weights of the wrong shape": (lambda m: reverie.SAEFeature(reverie.SAEWeights(
+        torch.zeros(64, 8), torch.zeros(8), torch.zeros(10), "blocks.1.hook_resid_pre"), 1), "b_dec has shape [10]"),
+    "sae TopK k past its features": (lambda m: reverie.SAEFeature(reverie.SAEWeights(
+        torch.zeros(64, 8), torch.zeros(8), torch.zeros(64), "blocks.1.hook_resid_pre", k=9), 1), "1-8"),
 }
 
 
@@ -208,6 +263,36 @@ def test_every_bad_api_call_raises_a_typed_one_line_error(call, words, tiny_llam
     with pytest.raises(ReverieError) as e:
         call(tiny_llama)
     assert "\n" not in str(e.value) and words in str(e.value), str(e.value)
+
+
+def test_a_logit_a_synthetic_tokenizer_cannot_spell_is_refused():
+    model = reverie.load_model("random:gemma-3-270m:layers=1")
+    with pytest.raises(ReverieError, match="not in the vocabulary") as e:
+        reverie.Logit(" dog").prepare(model)
+    assert "\n" not in str(e.value)
+    word = model.tokenizer.decode([1234])            # a word it has is still a target
+    target = reverie.Logit(" " + word)
+    target.prepare(model)
+    assert target.token_id == 1234
+
+
+def test_an_export_is_named_for_its_format_and_read_back_by_it(finished, tiny_llama, tmp_path):
+    from reverie.runs.export import export, read_export
+
+    with pytest.raises(reverie.ConfigError, match="e.json"):
+        export(finished, "csv", out=tmp_path / "e.json", model=tiny_llama)
+    assert not (tmp_path / "e.json").exists()
+    path = export(finished, out=tmp_path / "e.csv", model=tiny_llama)          # the format from the suffix
+    assert path.read_text().startswith("model,target,")
+    assert len(read_export(path)) >= 1
+    (tmp_path / "x.json").write_bytes(path.read_bytes())                     # CSV under a .json name
+    (tmp_path / "x.parquet").write_text("not parquet")
+    (tmp_path / "x.txt").write_text("{}")
+    for bad, words in (("x.json", "x.json"), ("x.parquet", "x.parquet"), ("x.txt", ".json, .csv or .parquet"),
+                       ("missing.csv", "missing.csv")):
+        with pytest.raises(reverie.RunDirError, match=words.replace(".", r"\.")) as e:
+            read_export(tmp_path / bad)
+        assert "\n" not in str(e.value)
 
 
 def test_the_scorer_names_are_the_scorers_make_scorer_builds():
