@@ -273,33 +273,49 @@ def _index_batch(model: Model, batch, sources: dict, hooks: list[str], state: di
         where[i, first:len(piece)] = torch.arange(start + first, start + len(piece), dtype=torch.int32)
     with torch.inference_mode(), FastPath.of(model).run(), model.capture(hooks) as cache:
         model.trunk(ids.to(model.device))
-    rows = where.reshape(-1)
-    valid = rows >= 0
-    pos = rows[valid]
+    pos = where.reshape(-1)
     for name, (hook, encode, _) in sources.items():
-        acts = cache[hook].reshape(len(rows), -1)[valid.to(cache[hook].device)]
-        acts = (acts.float() if encode is None else encode(acts.float())).cpu()
+        acts = cache[hook].reshape(len(pos), -1)                  # in the model's dtype, on its device
         state[f"values.{name}"], state[f"positions.{name}"] = merge_top(
-            state[f"values.{name}"], state[f"positions.{name}"], acts, pos)
+            state[f"values.{name}"], state[f"positions.{name}"], acts if encode is None else encode(acts), pos)
 
 
 def merge_top(values: torch.Tensor, positions: torch.Tensor, acts: torch.Tensor, pos: torch.Tensor):
-    """Every column's top rows of `values` [C, d] (sorted, best first) and `acts` [P, d], with their positions
-    (`positions` [C, d], `pos` [P]): as `cat(...).topk(C, dim=0)`, but only entries above a column's
-    current C-th value are sorted in, which late in a pass is a few per column."""
+    """Every column's top rows of `values` [C, d] (fp32, sorted, best first) and `acts` [P, d] (any float
+    dtype, any device), with their positions (`positions` [C, d], `pos` [P]; a row whose position is −1 is
+    skipped): as `cat(...).topk(C, dim=0)` in fp32, but only the entries above a column's current C-th
+    value are sorted in, with only the columns they touch — late in a pass, a few. The comparison runs
+    in the activations' own dtype (the thresholds came from it, so exactly)."""
     C, d = values.shape
-    row, col = (acts > values[-1][None, :]).nonzero(as_tuple=True)
+    valid = (pos >= 0).to(acts.device)
+    threshold = values[-1].to(acts.device, acts.dtype)
+    row, col = ((acts > threshold[None, :]) & valid[:, None]).nonzero(as_tuple=True)
     if not len(row):
         return values, positions
     if len(row) > values.numel():          # early in a pass most entries go in: one topk is cheaper
-        top = torch.cat([values, acts]).topk(C, dim=0)
-        return top.values, torch.cat([positions, pos[:, None].expand(-1, d).to(positions.dtype)]).gather(0, top.indices)
-    v = torch.cat([values.t().reshape(-1), acts[row, col]])
-    p = torch.cat([positions.t().reshape(-1), pos[row].to(positions.dtype)])
-    c = torch.cat([torch.arange(d).repeat_interleave(C), col])
-    order = v.argsort(descending=True, stable=True)
-    order = order[c[order].argsort(stable=True)]          # by column, best first within each
-    starts = torch.searchsorted(c[order], torch.arange(d))
-    rank = torch.arange(len(order)) - starts[c[order]]
-    keep = order[rank < C]
-    return v[keep].reshape(d, C).t().contiguous(), p[keep].reshape(d, C).t().contiguous()
+        top = torch.cat([values, acts[valid].float().cpu()]).topk(C, dim=0)
+        pos = pos[valid.cpu()][:, None].expand(-1, d).to(positions.dtype)
+        return top.values, torch.cat([positions, pos]).gather(0, top.indices)
+    new = acts[row, col].float().cpu()
+    row, col = row.cpu(), col.cpu()
+    hit = torch.bincount(col, minlength=d) > 0
+    touched = hit.nonzero()[:, 0]
+    t = len(touched)
+    col = (hit.cumsum(0) - 1)[col]                         # each entry's column among the touched ones
+    v = torch.cat([values[:, touched].t().reshape(-1), new])
+    p = torch.cat([positions[:, touched].t().reshape(-1), pos[row].to(positions.dtype)])
+    c = torch.cat([torch.arange(t).repeat_interleave(C), col])
+    order = (c << 32 | _descending(v)).argsort()          # one sort: by column, best first within each
+    starts = torch.searchsorted(c[order], torch.arange(t))
+    keep = order[torch.arange(len(order)) - starts[c[order]] < C]
+    values, positions = values.clone(), positions.clone()
+    values[:, touched] = v[keep].reshape(t, C).t()
+    positions[:, touched] = p[keep].reshape(t, C).t()
+    return values, positions
+
+
+def _descending(v: torch.Tensor) -> torch.Tensor:
+    """int64 keys in [0, 2^32) that sort float32 values from the largest down (−inf last)."""
+    bits = v.float().contiguous().view(torch.int32).long()
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)     # now increasing with the value
+    return (2**31 - 1) - ordered
