@@ -38,7 +38,7 @@ def test_dream_and_frontier(monkeypatch, capsys, tiny_dir, tmp_path):
     assert code in (0, None), err
     assert "frontier of neuron:L1.N7" in out and "done after 3 iterations" in out
     epo = json.loads((tmp_path / "a" / "config.json").read_text())["epo"]
-    assert (epo["starts"], epo["lm_children"]) == ("beam", 0.5)        # the defaults reach the command line
+    assert (epo["starts"], epo["lm_children"]) == ("data", 0.5)        # the defaults reach the command line
     code, out, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7",
                          "--out", tmp_path / "b", "--seed", "1", *SMALL)
     code, out, err = run(monkeypatch, capsys, "frontier", tmp_path / "a", tmp_path / "b",
@@ -111,7 +111,7 @@ def test_console_script_entry_point():
 
 # EPOConfig fields that are deliberately not command-line options:
 NOT_ON_THE_COMMAND_LINE = {
-    "init_ids",        # starting prompts: --init-from / --scan take them from a scan's top windows
+    "init_ids",        # starting prompts: --start data takes them from the --corpus windows
     "avoid_ids",       # --diverse sets these two from the earlier dreams' prompts
     "avoid_penalty",
 }
@@ -134,7 +134,7 @@ EVERY_OPTION = {
     "template": ["--template", "Once upon a time {prompt}"], "ban_strings": ["--ban", "dog"],
     "ban_tokens": ["--ban-token", "17"], "ascii_only": ["--ascii-only"],
     "check_retokenization": ["--no-retokenize-check"], "batch_size": ["--batch-size", "16"],
-    "scorer": ["--scorer", "plain"], "starts": ["--starts", "sampled"], "lm_guidance": ["--lm-guidance", "0.2"],
+    "scorer": ["--scorer", "plain"], "starts": ["--start", "sampled"], "junk_penalty": ["--junk-penalty", "2"], "lm_guidance": ["--lm-guidance", "0.2"],
     "lm_children": ["--lm-children", "0.25"], "pair_rate": ["--pair-rate", "0.3"],
 }
 DREAM_ONLY = {"seed": ["--seed", "4"], "time_budget": ["--time-budget", "60"]}

@@ -152,10 +152,10 @@ def test_beam_starts_climb_the_objective_while_staying_fluent(bundled):
             > objective(sampled.state.f, sampled.state.ce, sampled.penalties).diagonal()).all()
 
 
-def test_the_defaults_are_beam_starts_with_lm_children_and_paper_is_the_papers_epo():
+def test_the_defaults_are_data_starts_with_lm_children_and_paper_is_the_papers_epo():
     """The paired benchmark's winner is what a plain `EPOConfig()` runs; `paper()` and `gcg()` keep the
     paper's random starts and gradient-only children, and take any option on top."""
-    assert (EPOConfig().starts, EPOConfig().lm_children) == ("beam", 0.5)
+    assert (EPOConfig().starts, EPOConfig().lm_children) == ("data", 0.5)
     for config in (EPOConfig.paper(iters=3), EPOConfig.gcg(penalty=1.0)):
         assert (config.starts, config.lm_children) == ("random", 0.0)
     assert EPOConfig.gcg().population == 1 and EPOConfig.paper(starts="sampled", seed=3).starts == "sampled"

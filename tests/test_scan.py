@@ -212,12 +212,13 @@ def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     from reverie import dream, load_run, resume
     from reverie.search.frontier import versus_data
     windows = scan(tiny_llama, ["neuron:L1.N5"], str(corpus_dir), ScanConfig(window=8, top=10, chunk=16))
-    config = EPOConfig.paper(population=4, children=8, top_k=32, length=8, iters=4, check_retokenization=False)
-    result = dream(tiny_llama, "neuron:L1.N5", config, starts=windows, out=tmp_path / "run")
+    config = EPOConfig.paper(starts="data", population=4, children=8, top_k=32, length=8, iters=4,
+                             check_retokenization=False)
+    result = dream(tiny_llama, "neuron:L1.N5", config, corpus=windows, out=tmp_path / "run")
     first = result.history[result.history["iteration"] == 0]
     by_text = {tuple(map(int, i)) for i in windows["ids"]}
     started = [tuple(map(int, i)) in by_text for i in first["ids"]]
-    assert started == [False, True, False, True]                        # every other slot, the rest random
+    assert started == [False, True, False, True]                        # every other slot, the rest from the beam
     lam = config.slot_penalties()
     best_for = lambda slot: tuple(windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"])
     assert result.config.init_ids[3] == best_for(3)                    # the most fluent slot: the most fluent good window
@@ -226,6 +227,6 @@ def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     assert load_run(tmp_path / "run").config.init_ids == result.config.init_ids
     assert resume(tmp_path / "run", model=tiny_llama, iters=6).iterations == 6
     with pytest.raises(ConfigError, match="no windows for neuron:L1.N6"):
-        dream(tiny_llama, "neuron:L1.N6", config, starts=windows)
+        dream(tiny_llama, "neuron:L1.N6", config, corpus=windows)
     with pytest.raises(ConfigError, match="no 12-token window"):
-        dream(tiny_llama, "neuron:L1.N5", EPOConfig(iters=1, length=12), starts=windows)
+        dream(tiny_llama, "neuron:L1.N5", EPOConfig(iters=1, length=12), corpus=windows)

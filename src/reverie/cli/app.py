@@ -49,6 +49,7 @@ def dream(
     *,
     epo: dict,   # the per-run EPO options (options.py)
     corpus: str = typer.Option("auto", "--corpus", "-c", help="Where the target's best real text comes from (half the slots start there with --start data; the report compares with it): 'auto' (the bundled corpus's feature index; built once on first use for the bundled model), a text file, folder, .jsonl, .parquet, hf:NAME, 'bundled', or a `reverie scan` folder."),
+    index_tokens: Optional[int] = typer.Option(None, "--index-tokens", help="Where a feature index must be built for --corpus, index only its first this many tokens (quicker; a later dream without it builds the whole corpus's)."),
     no_corpus: bool = typer.Option(False, "--no-corpus", help="No real text: the population starts from the model alone (--start beam unless given) and the report has no windows."),
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: the faster on this machine, measured once by a short probe)."),
@@ -93,8 +94,9 @@ def dream(
     if not quiet and loaded.dtype_reason:
         console.print(f"[dim]dtype {escape(loaded.dtype_reason)}[/dim]", soft_wrap=True)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
-    starting = dict(corpus=corpus, notice=_notice, progress=IndexProgress(enabled=not quiet),
-                    options={"report": report})
+    from ..evidence.features import IndexConfig
+    starting = dict(corpus=corpus, notice=_notice, progress=IndexProgress(enabled=not quiet), options={"report": report},
+                    index=None if index_tokens is None else IndexConfig(max_tokens=index_tokens))
     try:
         if diverse > 1:
             if resume is not None:
@@ -131,6 +133,9 @@ def _start_options(corpus: str, no_corpus: bool, scan_dir: Optional[Path], rando
         epo["starts"] = "beam"
     if scan_dir is not None:
         corpus = str(scan_dir)
+    if not no_corpus and corpus not in ("auto", "bundled") and not corpus.startswith("hf:") and not Path(corpus).exists():
+        raise ReverieError(f"--corpus {corpus} does not exist: give a text file, a folder, .jsonl, .parquet, hf:NAME, "
+                           "'bundled', 'auto' or a `reverie scan` folder")
     if no_corpus:
         if scan_dir is not None or corpus != "auto":
             raise ReverieError("--no-corpus dreams from the model alone: drop --corpus (or --no-corpus)")
@@ -298,11 +303,12 @@ def index(
 
     config = IndexConfig(window=window, candidates=candidates, chunk=chunk, batch_size=batch_size,
                          max_tokens=max_tokens, field=field)
+    bar = IndexProgress()
     loaded = load_model(model, dtype=dtype, device=device)
-    start = time.perf_counter()
-    built = build_index(loaded, corpus, config, saes=sae, progress=IndexProgress())
+    ran = []
+    built = build_index(loaded, corpus, config, saes=sae, progress=lambda *a: (ran.append(1), bar(*a)))
     meta = built.meta
-    what = "read from the cache" if time.perf_counter() - start < 0.5 * meta.get("seconds", 0) else "built"
+    what = "built" if ran else "read from the cache"
     out_console.print(f"{what}: the feature index of {meta['tokens']:,} tokens of {corpus} for {model} "
                       f"({len(built.values)} sources, {sum(v.shape[1] for v in built.values.values()):,} features; "
                       f"the pass took {meta.get('seconds', 0):.1f} s): {built.path}", soft_wrap=True)
@@ -400,18 +406,22 @@ def sweep(
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present; a Ray actor sees only the GPUs it is given)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="A `reverie scan` folder: every dream starts half its population at its target's top windows."),
+    corpus: str = typer.Option("auto", "--corpus", "-c", help="Where each dream's real text comes from, as for `reverie dream --corpus` (on Ray, a path every node can read)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
 ) -> None:
     """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
     from ..sweeps.sweep import sweep as run_sweep
 
     config = epo_config(epo)
+    if init_from is not None:
+        console.print("note: --init-from is deprecated: use --corpus SCAN_DIR", soft_wrap=True, markup=False)
     display = SweepDisplay(enabled=not quiet)
     try:
         index = run_sweep(model, targets, seeds, out, config, executor="ray" if use_ray or ray_address else "local",
                           ray_address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
                           gpus_per_actor=gpus_per_actor, retries=retries, checkpoint_every=checkpoint_every,
-                          report=report, dtype=dtype, device=device, progress=display, starts=init_from)
+                          report=report, dtype=dtype, device=device, progress=display,
+                          corpus=str(init_from) if init_from is not None else corpus)
     finally:
         display.stop()
     table = Table(title=f"best dreams of {len(index)} targets", title_justify="left")

@@ -159,8 +159,8 @@ class FeatureIndex:
 
 
 def find_index(model: Model, corpus: str, config: IndexConfig | None = None) -> FeatureIndex | None:
-    """The complete index of `corpus` for `model` in the cache, if one was built (with these options, or
-    with any options when `config` is None: the one with the most tokens); else None."""
+    """The complete index of `corpus` for `model` in the cache, if one was built with these options; with
+    `config` None, the one of the whole corpus (any other options); else None."""
     if config is not None:
         path = index_dir(model, corpus, config)
         return FeatureIndex.open(path) if (path / META).exists() and read_json(path / META).get("complete") else None
@@ -168,7 +168,8 @@ def find_index(model: Model, corpus: str, config: IndexConfig | None = None) -> 
     for meta_path in (cache_dir() / "indexes").glob(f"*/{META}"):
         meta = read_json(meta_path)
         if (isinstance(meta, dict) and meta.get("complete") and meta.get("model") == model.spec
-                and meta.get("corpus") == _corpus_key(corpus) and meta.get("version") == VERSION):
+                and meta.get("corpus") == _corpus_key(corpus) and meta.get("version") == VERSION
+                and meta.get("config", {}).get("max_tokens") is None):
             found.append((meta.get("tokens", 0), meta_path.parent))
     return FeatureIndex.open(max(found)[1]) if found else None
 

@@ -25,6 +25,7 @@ from ..lm.model import Model, dtype_name, load_model
 from ..lm.foreign import as_model
 from .rundir import CONFIG, FRONTIER, RunDir
 from ..evidence.scan import data_starts
+from ..evidence.features import IndexConfig
 from ..evidence.windows import AUTO, Progress, windows_for
 from ..lm import memory
 from ..scoring import make_scorer
@@ -105,6 +106,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
           dtype: str | None = None, device: str | None = None, corpus=AUTO,
           notice: Callable[[str], None] | None = None, progress: Progress | None = None,
+          index: IndexConfig | None = None,
           fluency_models: dict[str, Model] | None = None, options: dict | None = None, starts=None) -> DreamResult:
     """Find short, fluent prompts that drive `target` high.
 
@@ -119,6 +121,7 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
         best and the others from a beam search; the windows are kept with the run and shown in its report.
     notice, progress: told of slow steps before they start (an index built on first use, a targeted
         scan) and of an index's progress (tokens done, tokens in all, seconds per token).
+    index: the options of the feature index to use or build (default: one of the whole corpus).
     fluency_models: loaded models for the specs in `config.fluency` (others are loaded by spec).
     options: what the caller keeps with the run (JSON values; `reverie dream` keeps its output options
         here, so that `--resume` writes the same outputs): config.json's "options".
@@ -135,7 +138,8 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
     scorer = make_scorer(model, target, config, fluency_models=fluency_models)
     target = scorer.target
     _check_memory(model, scorer, config)
-    windows, start = windows_for(model, target, corpus, length=config.length, notice=notice, progress=progress)
+    windows, start = windows_for(model, target, corpus, length=config.length, notice=notice, progress=progress,
+                                 index=index)
     if config.starts == "data" and windows is not None and not config.init_ids and not config.init_prompt:
         config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
         start = f"half the slots start from {start}, the others from a beam search"

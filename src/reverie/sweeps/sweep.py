@@ -313,7 +313,7 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
           actors: int | None = None, cpus_per_actor: float = 1, gpus_per_actor: float | None = None,
           retries: int = 2, checkpoint_every: int = 5, report: bool = True, dtype: str | None = None,
           device: str | None = None, progress: Callable[[SweepEvent], None] | None = None,
-          starts: str | Path | None = None) -> pd.DataFrame:
+          corpus: str | Path | None = None, starts: str | Path | None = None) -> pd.DataFrame:
     """Dream every target with every seed; return the index (one row per target) as a DataFrame.
 
     targets: specs as `expand_targets` takes them (a file, `neuron:L9.N0-63`, `neuron:L*.N5`, a list).
@@ -322,10 +322,12 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
     the model once; `ray_address` joins an existing cluster, None starts a local one). A failing job is
     tried `retries` more times (bad input such as a target the model lacks is not retried), then
     recorded as failed; the sweep goes on. `report` writes each run's report.html (attribution, plots)
-    when it finishes. `progress` gets a `SweepEvent` as jobs start, iterate and end. `starts`: a
-    `reverie scan` folder every node can read; each dream starts half its population at its target's
-    top windows (see `dream`).
+    when it finishes. `progress` gets a `SweepEvent` as jobs start, iterate and end. `corpus`: where
+    each dream's windows come from, as for `dream` (default "auto"; a `reverie scan` folder or a corpus
+    must be one every node can read); `starts` is its old name.
     """
+    corpus = starts if corpus is None else corpus
+    starts = None if corpus in (None, AUTO) else corpus
     config = config or EPOConfig()
     if config.time_budget is not None:
         raise ConfigError("a sweep's runs have no time budget: give iterations (iters) instead")
@@ -353,8 +355,10 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
     seeds = parse_seeds(seeds)
     if starts is not None:
         from ..evidence.scan import read_scan
-        read_scan(starts)   # unreadable: fail now, not in every job
-        starts = str(Path(starts).resolve())
+        from ..evidence.windows import is_scan
+        if is_scan(starts):
+            read_scan(starts)   # unreadable: fail now, not in every job
+        starts = starts if str(starts) == "bundled" or str(starts).startswith("hf:") else str(Path(starts).resolve())
     with locked(out):   # one sweep process per folder
         meta = _claim(out, spec, dtype, config, targets, seeds, starts)
         jobs = make_jobs(targets, seeds)
