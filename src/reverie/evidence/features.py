@@ -92,6 +92,9 @@ def _corpus_key(corpus: str) -> str:
     return str(Path(corpus).expanduser().resolve())
 
 
+_opened: dict = {}     # path -> (the files' modification times, the FeatureIndex read from them)
+
+
 @dataclass
 class FeatureIndex:
     """The top in-context positions of every indexed feature; `windows(target)` re-scores them."""
@@ -105,10 +108,24 @@ class FeatureIndex:
 
     @classmethod
     def open(cls, path: str | Path) -> "FeatureIndex":
-        """An index folder written by `build_index` (complete); RunDirError if it is not one."""
+        """An index folder written by `build_index` (complete); RunDirError if it is not one. Kept in memory
+        while its files stay the same, so that many dreams in one process read it once."""
+        path = Path(path)
+        try:
+            stamp = tuple((path / name).stat().st_mtime_ns for name in (META, TOKENS, FEATURES))
+        except OSError:
+            stamp = None
+        if stamp is not None and _opened.get(path, (None,))[0] == stamp:
+            return _opened[path][1]
+        index = cls._read(path)
+        if stamp is not None:
+            _opened[path] = (stamp, index)
+        return index
+
+    @classmethod
+    def _read(cls, path: Path) -> "FeatureIndex":
         from safetensors.torch import load_file
 
-        path = Path(path)
         meta = read_json(path / META)
         if not isinstance(meta, dict) or not meta.get("complete"):
             raise RunDirError(f"{path} holds no complete feature index: build it with `reverie index`")
