@@ -3,8 +3,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed-stamp
-TARGET ?= neuron:L3.N492
+TARGET ?= neuron:L19.N118
 ITERS  ?= 60
+# the demo indexes the first 100k tokens of the bundled corpus (about 2 minutes); a plain dream indexes all of it
+INDEX_TOKENS ?= 100000
 
 .PHONY: install demo test test-fast clean
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/reverie dream --model bundled --target $(TARGET) --iters $(ITERS)
+	$(VENV)/bin/reverie dream --model bundled --target $(TARGET) --iters $(ITERS) --index-tokens $(INDEX_TOKENS)
 
 test: install
 	$(PY) -m pytest

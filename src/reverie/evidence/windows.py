@@ -69,7 +69,8 @@ def windows_for(model: Model, target: Target, corpus=AUTO, *, length: int = 12,
         return None, (f"no feature index of the bundled corpus for {model.spec}: starting from the model alone "
                       f"(`reverie index --model {model.spec}` builds one; later dreams start from its windows)")
     if getattr(target, "position", None) == -1 and _indexable(target):
-        notice(f"indexing {source} for {model.spec}, once: every MLP neuron's top positions in one pass "
+        part = "" if index is None or index.max_tokens is None else f"the first {index.max_tokens:,} tokens of "
+        notice(f"indexing {part}{source} for {model.spec}, once: every MLP neuron's top positions in one pass "
                "(later dreams read it in seconds; `--no-corpus` dreams from the model alone)")
         built = build_index(model, source, index, progress=progress)
         return _from_index(built, model, target, source, length)
