@@ -143,6 +143,10 @@ def test_index_and_dream_from_the_command_line(tiny_dir, corpus, tmp_path, monke
     assert code in (0, None) and "feature index of" in out
     code, out, err = cli("index", "--model", tiny_dir, "--corpus", corpus, "--window", 6, "--chunk", 16)
     assert "read from the cache" in out
+    code, out, err = cli("scan", "--model", tiny_dir, "--corpus", corpus, "--window", 6, "--target", "neuron:L1.N5",
+                         "--target", 'logit:" the"', "--out", tmp_path / "scan")
+    assert code in (0, None) and "read from the feature index of" in err and "neuron:L1.N5" in err
+    assert set(pd.read_parquet(tmp_path / "scan" / "scan.parquet")["target"]) == {"neuron:L1.N5", "logit:' the'"}
     small = ["--population", "4", "--children", "4", "--top-k", "16", "--length", "6", "--iters", "2", "--quiet",
              "--no-report", "--no-retokenize-check"]
     code, out, err = cli("dream", "--model", tiny_dir, "-t", "neuron:L1.N5", "--corpus", corpus,

@@ -245,7 +245,7 @@ def scan(
 
     for spec in target:     # a bad spec fails before anything loads
         parse_target(spec)
-    from ..evidence.scan import ScanConfig, scan as run_scan
+    from ..evidence.scan import ScanConfig
     from ..files import write_json
     from ..lm.model import load_model
     from ..runs.rundir import RunDir
@@ -263,8 +263,14 @@ def scan(
     def on_progress(tokens: int) -> None:
         progress.update(task, completed=tokens, rate=f"{tokens / (time.perf_counter() - start):,.0f} tok/s")
 
+    from ..evidence.windows import scan_with_index
+    from ..lm.targets import as_target
+
     with progress:
-        result = run_scan(loaded, target, corpus, config, progress=on_progress)
+        result, indexed = scan_with_index(loaded, [as_target(t, loaded) for t in target], corpus, config,
+                                          progress=on_progress)
+    if indexed:
+        console.print(f"read from the feature index of {corpus}: {', '.join(indexed)}", soft_wrap=True, markup=False)
     seconds = time.perf_counter() - start
     tokens = int(progress.tasks[0].completed)
     try:

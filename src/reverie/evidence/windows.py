@@ -93,3 +93,17 @@ def _from_index(found: FeatureIndex, model: Model, target: Target, source: str,
 
 def _name(corpus) -> str:
     return "given as a DataFrame" if isinstance(corpus, pd.DataFrame) else str(corpus)
+
+
+def scan_with_index(model: Model, targets: list[Target], corpus: str, config: ScanConfig,
+                    progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """`scan`, except that targets a whole-corpus feature index of `corpus` covers are read from it (seconds,
+    its candidates rather than `config.candidates`); returns the windows and the specs read from the index."""
+    found = find_index(model, corpus) if isinstance(corpus, str) and config.max_tokens is None else None
+    indexed = [t for t in targets if found is not None and found.covers(t)]
+    frames = [found.windows(model, t, top=config.top, length=config.window) for t in indexed]
+    rest = [t for t in targets if t not in indexed]
+    if rest:
+        frames.append(scan(model, rest, corpus, config, progress=progress))
+    frame = pd.concat(frames, ignore_index=True) if frames else scan(model, [], corpus, config)
+    return frame, [t.spec for t in indexed]
