@@ -17,6 +17,7 @@ an attention entry or a Python function cannot be scanned and starts from the mo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -48,8 +49,9 @@ def windows_for(model: Model, target: Target, corpus=AUTO, *, length: int = 12,
                 notice: Callable[[str], None] | None = None, progress: Progress | None = None,
                 index: IndexConfig | None = None) -> tuple[pd.DataFrame | None, str]:
     """(the target's best `length`-token windows or None, where they came from); see the module docstring.
-    `notice` hears about slow steps before they start (an index built on first use, a targeted scan)."""
-    notice = notice or (lambda line: None)
+    `notice` (default: a line on stderr) hears about slow steps before they start (an index built on first
+    use, a targeted scan) and, once its first batch has run, how long an index will take."""
+    notice = notice or (lambda line: print(line, file=sys.stderr, flush=True))
     if corpus is None:
         return None, "no corpus: the population starts from the model alone"
     if is_scan(corpus):
@@ -72,13 +74,27 @@ def windows_for(model: Model, target: Target, corpus=AUTO, *, length: int = 12,
         part = "" if index is None or index.max_tokens is None else f"the first {index.max_tokens:,} tokens of "
         notice(f"indexing {part}{source} for {model.spec}, once: every MLP neuron's top positions in one pass "
                "(later dreams read it in seconds; `--no-corpus` dreams from the model alone)")
-        built = build_index(model, source, index, progress=progress)
+        built = build_index(model, source, index, progress=_estimating(progress, notice))
         return _from_index(built, model, target, source, length)
     notice(f"{target.spec} is not in a feature index: scanning the first {SCAN_TOKENS:,} tokens of {source} for it")
     windows = scan(model, [target], source, ScanConfig(window=length, max_tokens=SCAN_TOKENS))
     if windows.empty:
         return None, f"the first {SCAN_TOKENS:,} tokens of {source} gave no window: starting from the model alone"
     return windows, f"{len(windows)} windows of a scan of the first {SCAN_TOKENS:,} tokens of {source}"
+
+
+def _estimating(progress: Progress | None, notice: Callable[[str], None]) -> Progress:
+    """`progress`, and one notice of the whole pass's expected time once the first batch has been timed."""
+    told = []
+
+    def report(done: int, total: int, seconds_per_token: float) -> None:
+        if not told and seconds_per_token == seconds_per_token and done < total:     # (not NaN)
+            told.append(True)
+            notice(f"the index will take about {total * seconds_per_token / 60:.0f} min on this machine "
+                   f"({total:,} tokens)")
+        if progress is not None:
+            progress(done, total, seconds_per_token)
+    return report
 
 
 def _indexable(target: Target) -> bool:
