@@ -66,7 +66,7 @@ def split_name(name: str) -> tuple[str, str]:
 def neuronpedia(text: str) -> tuple[str, str, int]:
     """(release, sae_id, feature) of a Neuronpedia feature `MODEL/SOURCE/INDEX`, through SAELens's directory."""
     source, _, index = text.rpartition("/")
-    if not source or not index.isdigit():
+    if not source or not (index.isascii() and index.isdigit()):
         raise TargetError(f"cannot parse neuronpedia:{text}: use neuronpedia:MODEL/SOURCE/INDEX, "
                           "e.g. neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234")
     ids = {np_id: (release, sae_id) for release, lookup in directory().items()

@@ -147,10 +147,7 @@ class Direction(Target):
             v = torch.randn(d, generator=torch.Generator().manual_seed(self.seed))
             v = v / v.norm()
         elif isinstance(self.vector, str):
-            try:
-                v = torch.from_numpy(np.load(self.vector).astype(np.float32))
-            except (OSError, ValueError) as e:
-                raise TargetError(f"{self.spec}: cannot read the direction file {self.vector} ({e})") from None
+            v = torch.from_numpy(read_direction(self.vector, self.spec))
         else:
             v = torch.as_tensor(self.vector, dtype=torch.float32)
         if v.shape != (d,):
@@ -172,6 +169,25 @@ class Direction(Target):
         if isinstance(self.vector, str):
             return f"direction:{layer}:{self.vector}"
         return f"direction:{layer}:seed={self.seed}" if self.vector is None else f"direction:{layer}:<array>"
+
+
+def read_direction(path: str, spec: str) -> np.ndarray:
+    """The vector in a .npy file as float32: a file that is not one array of real numbers (an .npz archive,
+    complex, text or object entries) is one TargetError line naming the file (shape and finiteness are
+    checked against the model by `Direction.prepare`)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise TargetError(f"{spec}: cannot read the direction file {path} ({e}): save the vector with "
+                          "numpy.save(path, vector)") from None
+    if not isinstance(data, np.ndarray):
+        data.close()
+        raise TargetError(f"{spec}: the direction file {path} is an .npz archive of several arrays: save the one "
+                          "vector with numpy.save(path, vector)")
+    if not any(np.issubdtype(data.dtype, kind) for kind in (np.floating, np.integer, np.bool_)):
+        raise TargetError(f"{spec}: the direction file {path} holds {data.dtype} entries: a direction is real "
+                          "numbers (float32, for instance)")
+    return data.astype(np.float32)
 
 
 @dataclass
@@ -234,7 +250,7 @@ def token_arg(text: str) -> str | int:
     """A token as typed: quoted text stays text ('"5"' is the token "5"), bare digits are an id."""
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         return text[1:-1]
-    return int(text) if text.isdigit() else text
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 _LAYER = r"(?:L(?P<layer>\d+)|(?P<hook>blocks\.\d+\.[\w.]+?))"
@@ -273,7 +289,7 @@ def _attention(rest: str, ban: tuple[str, ...]) -> Attention | None:
 
 def _sae(rest: str, ban: tuple[str, ...]) -> SAEFeature | None:
     path, sep, feature = rest.rpartition(":F")
-    return SAEFeature(path, int(feature)) if sep and path and feature.isdigit() else None
+    return SAEFeature(path, int(feature)) if sep and path and re.fullmatch("[0-9]+", feature) else None
 
 
 def _neuronpedia(rest: str, ban: tuple[str, ...]) -> SAEFeature | None:
