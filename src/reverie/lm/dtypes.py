@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import platform
 import statistics
 import time
@@ -176,9 +177,9 @@ def probe_choice(config, timer: Timer | None = None) -> tuple[torch.dtype, str]:
     """fp32 or bf16 on this CPU for this shape, from the cache or a probe (`timer`, default `probe_seconds`)."""
     path = cache_dir() / "dtype-probe.json"
     key = f"{machine_key()}|{shape_key(config)}"
-    cached = read_json(path).get(key) if timer is None else None
-    if cached and cached.get("dtype") in DTYPES:
-        times, source = (cached["fp32"], cached["bf16"]), "probed earlier on this CPU"
+    cached = cached_times(read_json(path).get(key)) if timer is None else None
+    if cached:
+        times, source = cached, "probed earlier on this CPU"
     else:
         timer = timer or probe_seconds
         try:
@@ -198,6 +199,16 @@ def probe_choice(config, timer: Timer | None = None) -> tuple[torch.dtype, str]:
         write_json(path, data)
     log.info("dtype %s", reason)
     return chosen, reason
+
+
+def cached_times(entry) -> tuple[float, float] | None:
+    """(fp32, bf16) seconds of a probe cache entry, or None where the entry is not one (a cache edited
+    or written by another version is probed again, never trusted)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
+        return None
+    times = entry.get("fp32"), entry.get("bf16")
+    ok = all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in times)
+    return times if ok else None
 
 
 def probe_seconds(config, dtype: torch.dtype) -> float:
