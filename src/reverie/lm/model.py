@@ -9,8 +9,10 @@ TransformerLens-style hook points (`blocks.9.mlp.hook_post`, `blocks.8.hook_resi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -34,6 +36,8 @@ _BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decod
                 "transformer.layers", "model.language_model.layers")
 _MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out")
 _ATTN = ("self_attn", "attn", "attention")
+SLOW_PASS = 1.0      # seconds: a model whose probe pass takes longer is announced as slow (stderr)
+log = logging.getLogger("reverie")
 
 HOOK_RE = re.compile(
     r"^blocks\.(?P<layer>\d+)\.(?P<point>hook_resid_pre|hook_resid_post|mlp\.hook_post|"
@@ -104,6 +108,7 @@ class Model:
     dtype_reason: str = ""   # why load_model chose this dtype, for the CLI to show
     adapter: Adapter = field(init=False)
     split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
+    pass_seconds: float | None = field(init=False, default=None)   # one forward pass of 4 tokens, timed once
 
     def __post_init__(self) -> None:
         self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"
@@ -157,7 +162,9 @@ class Model:
             return False
         probe = torch.arange(4, device=self.device)[None]
         with torch.inference_mode():
+            start = time.perf_counter()
             plain = self.hf(input_ids=probe, use_cache=False).logits.float()
+            self.pass_seconds = time.perf_counter() - start
             try:
                 split = self._unembed(self._base_hidden(probe)).float()
             except Exception:       # an architecture whose base model needs more than input ids
@@ -277,4 +284,9 @@ def load_model(spec: str | os.PathLike = BUNDLED, *, device: str | torch.device 
                          f"{name!r})) and pass it, e.g. reverie.resume(run_dir, model=that_model)")
     hf, tokenizer, reason = load_hf(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                                     device_map=device_map)
-    return Model(hf, tokenizer, spec=spec, dtype_reason=reason)
+    model = Model(hf, tokenizer, spec=spec, dtype_reason=reason)
+    if model.pass_seconds is not None and model.pass_seconds > SLOW_PASS:
+        log.warning("%s takes %.1f s per forward pass on %s: a dream scores hundreds of prompts, so expect "
+                    "minutes (a GPU, or for random:NAME fewer layers, is faster)", spec, model.pass_seconds,
+                    model.device)
+    return model
