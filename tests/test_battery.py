@@ -80,6 +80,13 @@ def _random(b: Bench, spec: str, *args) -> list:
     return ["dream", "--model", spec, "--out", b.tmp / "new", "--iters", "1", *SMALL, *args]
 
 
+def _direction_file(b: Bench, save) -> list:
+    path = b.tmp / "v.npy"
+    with open(path, "wb") as f:
+        save(f)
+    return b.dream("--target", f"direction:L1:{path}")
+
+
 def _direction(b: Bench, values) -> list:
     np.save(b.tmp / "v.npy", np.asarray(values, np.float32))
     return b.dream("--target", f"direction:L1:{b.tmp / 'v.npy'}")
@@ -166,6 +173,10 @@ CLI = {
                                      "e.json", "all"),
     "export with no suffix": (lambda b: ["export", b.run(), "--format", "csv", "--out", b.tmp / "e"], "e.csv", "all"),
     "direction with NaN": (lambda b: _direction(b, np.full(64, np.nan)), "NaN", ()),
+    "direction an npz archive": (lambda b: _direction_file(b, lambda f: np.savez(f, a=np.ones(64), b=np.ones(64))),
+                                 "npz", ()),
+    "direction complex": (lambda b: _direction_file(b, lambda f: np.save(f, np.ones(64, complex))), "complex", ()),
+    "direction text": (lambda b: _direction_file(b, lambda f: np.save(f, np.array(["1.0"] * 64))), "<U3", ()),
     "direction all zeros": (lambda b: _direction(b, np.zeros(64)), "zeros", ()),
     "penalty max inf": (lambda b: b.dream("--target", "neuron:L1.N7", "--penalty-max", "inf"), "penalty_max", ()),
     "gcg nan": (lambda b: b.dream("--target", "neuron:L1.N7", "--gcg", "nan"), "gcg", ()),
@@ -253,6 +264,7 @@ API = {
     "device map a number": (lambda m: reverie.load_model("random:smollm2-135m:layers=1", device_map=2.5), "2.5"),
     "sae weights of the wrong shape": (lambda m: reverie.SAEFeature(reverie.SAEWeights(
         torch.zeros(64, 8), torch.zeros(8), torch.zeros(10), "blocks.1.hook_resid_pre"), 1), "b_dec has shape [10]"),
+    "sae feature a superscript": (lambda m: reverie.parse_target("sae:folder:F\u00b2"), "cannot parse"),
     "sae TopK k past its features": (lambda m: reverie.SAEFeature(reverie.SAEWeights(
         torch.zeros(64, 8), torch.zeros(8), torch.zeros(64), "blocks.1.hook_resid_pre", k=9), 1), "1-8"),
 }

@@ -76,12 +76,46 @@ def test_weights_made_on_the_meta_device_are_initialised_like_a_normal_build(nam
     assert config.tie_word_embeddings == (built.get_output_embeddings().weight is w)
 
 
+@pytest.mark.parametrize("name", ["gemma-3-270m", "pythia-1.4b"])
+def test_a_tied_embedding_is_drawn_once(name, monkeypatch):
+    """The tied embedding and head are one matrix: drawn once (a 256k-row matrix takes seconds), not twice."""
+    config = shape_config(name, layers=1)
+    shape, draws = (config.vocab_size, config.hidden_size), []
+    normal = torch.Tensor.normal_
+
+    def counted(t, *args, **kwargs):
+        if tuple(t.shape) == shape and not t.is_meta:
+            draws.append(t.data_ptr())
+        return normal(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "normal_", counted)
+    built = random_weights(config, torch.float32, torch.device("cpu"))
+    tied = built.get_output_embeddings().weight is built.get_input_embeddings().weight
+    assert tied == config.tie_word_embeddings and len(draws) == (1 if tied else 2)
+
+
+def test_a_big_random_shape_on_a_cpu_says_what_it_builds_and_a_slow_model_says_so(monkeypatch, caplog):
+    from reverie.lm import loading, model as model_module
+
+    monkeypatch.setattr(loading, "ANNOUNCE_PARAMS", 1)
+    monkeypatch.setattr(model_module, "SLOW_PASS", 0.0)
+    with caplog.at_level("WARNING", logger="reverie"):
+        model = load_model("random:pythia-1.4b:layers=1", device="cpu", dtype="fp32")
+    lines = [r.getMessage() for r in caplog.records]
+    building = "building random:pythia-1.4b:layers=1 on the CPU: 0.3 B random weights in fp32"
+    assert any(m.startswith(building) for m in lines)
+    assert any(m.startswith("built random:pythia-1.4b:layers=1 in ") for m in lines)
+    assert model.pass_seconds > 0 and any("s per forward pass on cpu" in m for m in lines), lines
+
+
 def test_random_specs_parse_and_unknown_names_list_the_known_ones():
     assert RandomSpec.parse("random:gemma-3-270m:layers=2:seed=5") == RandomSpec("gemma-3-270m", 2, 5)
     with pytest.raises(ModelError) as e:
         load_model("random:gpt-5")
     assert "\n" not in str(e.value) and all(n in str(e.value) for n in PUBLISHED)
-    for bad in ("random:pythia-1.4b:layers=x", "random:pythia-1.4b:depth=2", "random:pythia-1.4b:layers=0"):
+    for bad in ("random:pythia-1.4b:layers=x", "random:pythia-1.4b:depth=2", "random:pythia-1.4b:layers=0",
+                "random:pythia-1.4b:layers=25", "random:pythia-1.4b:layers=1:layers=1",
+                "random:pythia-1.4b:seed=\u00b2", "random:pythia-1.4b:"):
         with pytest.raises(ModelError):
             RandomSpec.parse(bad)
 
@@ -172,6 +206,22 @@ def test_the_probe_runs_once_per_cpu_and_shape(tmp_path, monkeypatch):
     assert chosen == torch.bfloat16 and "probed earlier" in reason and len(calls) == 2
     chosen, _ = dtypes.choose_dtype(None, torch.device("cpu"), shape_config("pythia-12b", 1))  # another shape
     assert chosen == torch.float32 and len(calls) == 4
+
+
+@pytest.mark.parametrize("entry", [[1, 2], {"dtype": ["bf16"]}, {"dtype": "bf16", "fp32": "1", "bf16": 0.5},
+                                   {"dtype": "bf16", "fp32": 1.0}, {"dtype": "bf16", "fp32": 1.0, "bf16": -1.0},
+                                   {"dtype": "fp64", "fp32": 1.0, "bf16": 0.5},
+                                   {"dtype": "bf16", "fp32": True, "bf16": 0.5}])
+def test_a_probe_cache_entry_that_is_not_one_is_probed_again(entry, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path))
+    config, calls = shape_config("pythia-1.4b", 1), []
+    key = f"{dtypes.machine_key()}|{dtypes.shape_key(config)}"
+    (tmp_path / "dtype-probe.json").write_text(json.dumps({key: entry}))
+    monkeypatch.setattr(dtypes, "probe_seconds", fake_timer(1.0, 0.25, calls))
+    chosen, reason = dtypes.choose_dtype(None, torch.device("cpu"), config)
+    assert chosen == torch.bfloat16 and "probed now" in reason and len(calls) == 2
 
 
 # --------------------------------------------------------------------------- memory
