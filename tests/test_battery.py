@@ -264,6 +264,8 @@ API = {
     "device map a number": (lambda m: reverie.load_model("random:smollm2-135m:layers=1", device_map=2.5), "2.5"),
     "sae weights of the wrong shape": (lambda m: reverie.SAEFeature(reverie.SAEWeights(
         torch.zeros(64, 8), torch.zeros(8), torch.zeros(10), "blocks.1.hook_resid_pre"), 1), "b_dec has shape [10]"),
+    "dtype fp64": (lambda m: reverie.load_model("random:smollm2-135m:layers=1", dtype=torch.float64), "float64"),
+    "dtype a list": (lambda m: reverie.load_model("random:smollm2-135m:layers=1", dtype=["fp32"]), "['fp32']"),
     "sae feature a superscript": (lambda m: reverie.parse_target("sae:folder:F\u00b2"), "cannot parse"),
     "sae TopK k past its features": (lambda m: reverie.SAEFeature(reverie.SAEWeights(
         torch.zeros(64, 8), torch.zeros(8), torch.zeros(64), "blocks.1.hook_resid_pre", k=9), 1), "1-8"),

@@ -130,9 +130,9 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     """A dtype from its name; "auto" (or None) is `default_dtype` (no probe: see `choose_dtype`)."""
     if dtype is None or dtype == "auto":
         return default_dtype(device)
-    if isinstance(dtype, torch.dtype):
+    if isinstance(dtype, torch.dtype) and dtype in DTYPE_NAMES:
         return dtype
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
