@@ -109,6 +109,19 @@ def _disk_full(b: Bench) -> list:
     return ["dream", "--resume", b.run(), "--iters", "4", "--checkpoint-every", "1", "--quiet", "--no-report"]
 
 
+def _checkpoint(b: Bench, change) -> list:
+    """Resume a copy of the finished run whose checkpoint's tensors `change` rewrote."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = b.run()
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    changed = {k: v.contiguous() for k, v in change(tensors).items()}
+    save_file(changed, out / "checkpoint.safetensors", metadata=metadata)
+    return ["dream", "--resume", out, "--iters", "4", "--quiet", "--no-report"]
+
+
 def _unwritable_scan_out(b: Bench) -> list:
     (b.tmp / "file").write_text("a file, not a folder")
     return ["scan", "--model", b.model, "--target", "neuron:L1.N7", "--corpus", "bundled", "--out", b.tmp / "file" / "scan"]
@@ -143,6 +156,14 @@ CLI = {
     "frontier of an empty config": (lambda b: _empty_config(b, "frontier"), "config.json", ()),
     "resume checkpoint every 0": (lambda b: ["dream", "--resume", b.run(), "--iters", "4", "--checkpoint-every", "0",
                                              "--quiet"], "checkpoint", "all"),
+    "checkpoint prompts shorter than the length": (lambda b: _checkpoint(b, lambda t: {
+        **t, "population": t["population"][:, :3]}), "3 tokens", "all"),
+    "checkpoint token ids as floats": (lambda b: _checkpoint(b, lambda t: {**t, "population": t["population"].float()}),
+                                       "integer token ids", "all"),
+    "checkpoint scores shorter than the population": (lambda b: _checkpoint(b, lambda t: {**t, "f": t["f"][:1]}),
+                                                      "one per prompt", "all"),
+    "checkpoint negative cross-entropy": (lambda b: _checkpoint(b, lambda t: {**t, "ce": t["ce"] - 100}),
+                                          "negative", "all"),
     "disk full during a checkpoint": (_disk_full, "No space left", ("checkpoint.safetensors",)),
     "sae config a list": (_sae_with_list_config, "cfg.json", ()),
     "sae W_enc one-dimensional": (lambda b: _sae_folder(b, W_enc=torch.zeros(64)), "W_enc has shape [64]", ()),

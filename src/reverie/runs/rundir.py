@@ -172,6 +172,10 @@ class RunDir:
         except (OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
             raise RunDirError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
                               "delete it to restart the run from scratch") from None
+        wrong = state_problem(state, self.config()["epo"])
+        if wrong:
+            raise RunDirError(f"checkpoint {path} does not hold a run's state ({wrong}); "
+                              "delete it to restart the run from scratch")
         self.checkpointed = iteration
         return state
 
@@ -190,6 +194,40 @@ class RunDir:
         if upto is not None:
             df = df[df["iteration"] <= upto].reset_index(drop=True)
         return df
+
+
+def state_problem(state: EPOState, epo: dict) -> str | None:
+    """What is wrong with a checkpoint's tensors, given the run's EPO options (config.json), or None:
+    population [M, n] integer token ids (n the prompt length, or within the length bounds of a run that
+    inserts and deletes; -1 pads), f and ce [M] floats, ce never negative (NaN: not scored), rng bytes.
+    f's values are not judged: a target may itself give NaN or inf, and the checkpoint keeps what the run
+    computed."""
+    import torch
+
+    pop, f, ce, rng = state.population, state.f, state.ce, state.rng
+    if pop.dim() != 2 or pop.dtype not in (torch.int64, torch.int32) or pop.shape[0] == 0:
+        return f"population is {pop.dtype} {list(pop.shape)}, not integer token ids [slots, tokens]"
+    m, n = pop.shape
+    if isinstance(epo.get("population"), int) and m != epo["population"]:
+        return f"population has {m} prompts but the run's population is {epo['population']}"
+    if bool((pop < -1).any()):
+        return "population holds negative token ids"
+    length, variable = epo.get("length"), bool(epo.get("insert_rate") or epo.get("delete_rate"))
+    longest = epo.get("max_length") if epo.get("max_length") is not None else (
+        length + 4 if isinstance(length, int) else None)
+    if isinstance(length, int) and not epo.get("init_prompt"):
+        if not variable and n != length:
+            return f"population prompts are {n} tokens but the run's length is {length}"
+        if variable and isinstance(longest, int) and n > longest:
+            return f"population prompts are {n} tokens, past the run's longest prompt ({longest})"
+    for name, t in (("f", f), ("ce", ce)):
+        if t.dim() != 1 or not t.is_floating_point() or len(t) != m:
+            return f"{name} is {t.dtype} {list(t.shape)}, not {m} floats (one per prompt)"
+    if bool((ce < -1e-3).any()):
+        return "ce holds negative cross-entropies"
+    if rng.dim() != 1 or rng.dtype != torch.uint8:
+        return f"rng is {rng.dtype} {list(rng.shape)}, not a random generator's state (bytes)"
+    return None
 
 
 def finished(path: Path) -> dict | None:
