@@ -215,10 +215,11 @@ def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     config = EPOConfig.paper(starts="data", population=4, children=8, top_k=32, length=8, iters=4,
                              check_retokenization=False)
     result = dream(tiny_llama, "neuron:L1.N5", config, corpus=windows, out=tmp_path / "run")
-    first = result.history[result.history["iteration"] == 0]
     by_text = {tuple(map(int, i)) for i in windows["ids"]}
-    started = [tuple(map(int, i)) in by_text for i in first["ids"]]
+    started = [tuple(map(int, i)) in by_text for i in result.config.init_ids]
     assert started == [False, True, False, True]                        # every other slot, the rest from the beam
+    first = result.history[(result.history["iteration"] == 0) & result.history["kept"]]
+    assert {tuple(map(int, i)) for i in first["ids"]} >= {result.config.init_ids[1], result.config.init_ids[3]}
     lam = config.slot_penalties()
     best_for = lambda slot: tuple(windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"])
     assert result.config.init_ids[3] == best_for(3)                    # the most fluent slot: the most fluent good window

@@ -187,6 +187,9 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
         scorer = make_scorer(model, target, config, fluency_models=fluency_models)
         target = scorer.target
         _check_memory(model, scorer, config)
+        if state is not None and int(state.population.max()) >= model.adapter.embed.weight.shape[0]:
+            raise RunDirError(f"{run_dir.path / 'checkpoint.safetensors'} holds token ids past {model.spec}'s "
+                              "vocabulary: resume with the run's model, or delete it to restart the run")
         history = History()
         if state is not None:
             history.extend(run_dir.history(upto=state.iteration))
