@@ -28,7 +28,7 @@ from ..lm.loading import BUNDLED
 from ..lm.model import Model
 from ..lm.targets import Attention, Neuron, Target
 from .features import FeatureIndex, IndexConfig, build_index, find_index
-from .scan import ScanConfig, read_scan, scan
+from .scan import COLUMNS, ScanConfig, read_scan, scan
 
 SCAN_TOKENS = 100_000     # a targeted scan's default budget, for targets the index cannot hold
 AUTO = "auto"
@@ -121,5 +121,5 @@ def scan_with_index(model: Model, targets: list[Target], corpus: str, config: Sc
     rest = [t for t in targets if t not in indexed]
     if rest:
         frames.append(scan(model, rest, corpus, config, progress=progress))
-    frame = pd.concat(frames, ignore_index=True) if frames else scan(model, [], corpus, config)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     return frame, [t.spec for t in indexed]
