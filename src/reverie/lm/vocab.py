@@ -28,7 +28,17 @@ if TYPE_CHECKING:     # torch loads when a vocabulary is built, not when the CLI
 DECODES = 1          # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
 PRINTABLE = 2        # ... and that text is printable ASCII
 LETTERS = 4          # ... and that text has a letter (not only digits, punctuation, symbols or spaces)
-FLAGS_VERSION = 2    # bump when the flags' meaning changes: it names the cache files
+WORD_START = 8       # ... and the token can begin a text: it does not continue a word (see `starts_word`)
+FLAGS_VERSION = 3    # bump when the flags' meaning changes: it names the cache files
+SPACE_MARKS = ("Ġ", "▁", " ", "Ċ", "\n", "\t")   # how byte-level and SentencePiece pieces spell a leading space
+
+
+def starts_word(text: str, piece: str) -> bool:
+    """Whether a token (its text decoded alone, and its raw vocabulary piece) can begin a prompt without
+    reading as the tail of a word: it has a leading space (in the piece, as byte-level BPE and SentencePiece
+    mark it, or in the text), or its text does not start with a lower-case letter ("The", "1971", "(" do;
+    "cken", "ulous" do not)."""
+    return piece.startswith(SPACE_MARKS) or text[:1].isspace() or not text[:1].islower()
 
 
 def token_texts(tokenizer, n: int) -> list[str]:
@@ -43,7 +53,7 @@ def token_texts(tokenizer, n: int) -> list[str]:
 
 
 def token_flags(tokenizer, n: int) -> np.ndarray:
-    """DECODES | PRINTABLE | LETTERS flags (uint8) of the first n tokens. Decoding a 262k vocabulary takes seconds,
+    """DECODES | PRINTABLE | LETTERS | WORD_START flags (uint8) of the first n tokens. Decoding a 262k vocabulary takes seconds,
     so the flags are cached on disk (`vocab_cache_folder()`) under the tokenizer's fingerprint (itself kept
     in memory per tokenizer object); a cache that cannot be read or written is recomputed
     (docs/performance.md#large-vocabularies)."""
@@ -57,9 +67,11 @@ def token_flags(tokenizer, n: int) -> np.ndarray:
         except (OSError, ValueError, EOFError):
             pass
     texts = token_texts(tokenizer, n)
+    pieces = [p or "" for p in tokenizer.convert_ids_to_tokens(list(range(n)))]
     flags = np.fromiter(((bool(t) and "\ufffd" not in t) * DECODES
                          + (t.isascii() and t.isprintable()) * PRINTABLE
-                         + any(c.isalpha() for c in t) * LETTERS for t in texts), np.uint8, n)
+                         + any(c.isalpha() for c in t) * LETTERS
+                         + starts_word(t, str(p)) * WORD_START for t, p in zip(texts, pieces)), np.uint8, n)
     if path is not None:
         save(path, flags)
     return flags
@@ -117,11 +129,13 @@ class Vocabulary:
     check_retokenization: bool = True
     allowed_set: frozenset[int] = field(default=frozenset(), repr=False)
     letters: torch.Tensor | None = field(default=None, repr=False)   # bool per token id: its text has a letter
+    word_starts: torch.Tensor | None = field(default=None, repr=False)   # bool per token id, when prompts must
+    #   begin with a token that does not continue a word (`starts_word`); None: any first token
 
     @classmethod
     def build(cls, tokenizer, embedding_rows: int, *, ascii_only: bool = False,
               banned_tokens: tuple[str | int, ...] = (), banned_strings: tuple[str, ...] = (),
-              check_retokenization: bool = True) -> "Vocabulary":
+              check_retokenization: bool = True, word_start: bool = False) -> "Vocabulary":
         import torch
 
         n = min(len(tokenizer), embedding_rows)
@@ -137,7 +151,7 @@ class Vocabulary:
         if not len(keep):
             raise ConfigError("no token of the vocabulary is allowed: loosen --ascii-only or the banned tokens")
         return cls(tokenizer, keep, as_items(banned_strings), check_retokenization, frozenset(keep.tolist()),
-                   (flags & LETTERS) > 0)
+                   (flags & LETTERS) > 0, (flags & WORD_START) > 0 if word_start else None)
 
     @classmethod
     def for_model(cls, model, **options) -> "Vocabulary":
@@ -155,7 +169,7 @@ class Vocabulary:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def ok(self, ids: torch.Tensor, texts: list[str] | None = None) -> torch.Tensor:
-        """Bool per prompt: passes banned strings and (if on) re-tokenisation."""
+        """Bool per prompt: begins a word (if `word_starts`), passes banned strings and (if on) re-tokenisation."""
         import torch
 
         texts = self.decode(ids) if texts is None else texts
@@ -164,19 +178,27 @@ class Vocabulary:
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if self.check_retokenization else None
         for j, text in enumerate(texts):
             low = text.lower()
-            passed = not any(b.lower() in low for b in self.banned_strings)
+            passed = not any(b.lower() in low for b in self.banned_strings) and self._begins(rows[j])
             if passed and encoded is not None:
                 passed = encoded[j] == rows[j]
             good.append(passed)
         return torch.tensor(good, dtype=torch.bool)
 
+    def _begins(self, row: list[int]) -> bool:
+        starts = self.word_starts
+        return starts is None or not row or (0 <= row[0] < len(starts) and bool(starts[row[0]]))
+
     def random_prompts(self, m: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        """m prompts of n allowed tokens; each is re-tokenised until it round-trips (bounded tries)."""
+        """m prompts of n allowed tokens (the first one that begins a word, if `word_starts`); each is
+        re-tokenised until it round-trips (bounded tries)."""
         import torch
 
         out = []
+        first = None if self.word_starts is None else self.allowed[self.word_starts[self.allowed]]
         for _ in range(m):
             ids = self.allowed[torch.randint(len(self.allowed), (n,), generator=generator)]
+            if first is not None and len(first):
+                ids[0] = first[torch.randint(len(first), (1,), generator=generator)]
             for _ in range(20):
                 if bool(self.ok(ids[None])[0]) or not self.check_retokenization:
                     break

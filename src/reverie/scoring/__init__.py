@@ -73,7 +73,7 @@ def make_scorer(model: Model, target: Target | str | Callable, config, *, scorer
     vocab = Vocabulary.for_model(
         model, ascii_only=config.ascii_only, banned_tokens=config.ban_tokens,
         banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
-        check_retokenization=config.check_retokenization)
+        check_retokenization=config.check_retokenization, word_start=config.word_start)
     objective = Objective(model, target, vocab, template=config.template,
                           fluency=fluency(model, config.fluency, fluency_models))
     longest = max(length, config.length_bounds()[1]) if config.variable_length else length
