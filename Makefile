@@ -8,7 +8,7 @@ ITERS  ?= 60
 # the demo indexes the first 100k tokens of the bundled corpus (about 2 minutes); a plain dream indexes all of it
 INDEX_TOKENS ?= 100000
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo check test test-fast clean
 
 install: $(STAMP)
 
@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/reverie dream --model bundled --target $(TARGET) --iters $(ITERS) --index-tokens $(INDEX_TOKENS)
+
+# lint, import order and format with ruff (configured in pyproject.toml), then types with mypy on src/
+check: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src/reverie
 
 test: install
 	$(PY) -m pytest
