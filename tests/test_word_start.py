@@ -1,4 +1,4 @@
-"""word_start: prompts begin with a token that does not continue a word (no "cken-" or "ulous" first)."""
+"""word_start: prompts begin with a word, not inside one (no "cken-", "ulous" or "---" first)."""
 
 import math
 
@@ -17,8 +17,10 @@ SMALL = dict(population=4, children=8, top_k=32, length=8, iters=4, seed=0)
 
 @pytest.mark.parametrize("text, piece, expected", [
     (" the", "Ġthe", True), ("the", "▁the", True),    # a leading space, as byte-level BPE or SentencePiece marks it
-    ("The", "The", True), ("1971", "1971", True), ("(", "(", True), ("\n", "Ċ", True),
-    ("cken", "cken", False), ("ulous", "ulous", False), ("the", "the", False),
+    ("The", "The", True), ("1971", "1971", True), (" Wien", "ĠWien", True),
+    ("cken", "cken", False), ("ulous", "ulous", False), ("the", "the", False),     # the tail of a word
+    ("(", "(", False), (" ---", "Ġ---", False), ("\n", "Ċ", False),              # not a word
+
 ])
 def test_starts_word(text, piece, expected):
     assert starts_word(text, piece) is expected

@@ -56,7 +56,7 @@ def per_run_options(
     ban_tokens: List[str] = typer.Option([], "--ban-token", help="Never propose this token (text or id); repeatable."),
     ascii_only: bool = typer.Option(DEFAULTS.ascii_only, "--ascii-only", help="Only printable-ASCII tokens."),
     check_retokenization: bool = typer.Option(DEFAULTS.check_retokenization, "--retokenize-check/--no-retokenize-check", help="Require prompts to re-tokenise to the same ids."),
-    word_start: bool = typer.Option(DEFAULTS.word_start, "--word-start/--any-start", help="Prompts begin with a token that does not continue a word (no 'cken-' or 'ulous' first)."),
+    word_start: bool = typer.Option(DEFAULTS.word_start, "--word-start/--any-start", help="Prompts begin with a word, not inside one or with punctuation (no 'cken', 'ulous' or '---' first)."),
     batch_size: Optional[int] = typer.Option(DEFAULTS.batch_size, help="Prompts per forward pass (default: from free memory, halved on out-of-memory)."),
     scorer: str = typer.Option(DEFAULTS.scorer, "--scorer", help="packed (the fast path) or plain (the paper's algorithm written plainly: check a surprising result against it)."),
 ) -> None:

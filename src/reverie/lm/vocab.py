@@ -28,17 +28,18 @@ if TYPE_CHECKING:     # torch loads when a vocabulary is built, not when the CLI
 DECODES = 1          # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
 PRINTABLE = 2        # ... and that text is printable ASCII
 LETTERS = 4          # ... and that text has a letter (not only digits, punctuation, symbols or spaces)
-WORD_START = 8       # ... and the token can begin a text: it does not continue a word (see `starts_word`)
-FLAGS_VERSION = 3    # bump when the flags' meaning changes: it names the cache files
+WORD_START = 8       # ... and the token can begin a prompt as a word, not inside one (see `starts_word`)
+FLAGS_VERSION = 4    # bump when the flags' meaning changes: it names the cache files
 SPACE_MARKS = ("Ġ", "▁", " ", "Ċ", "\n", "\t")   # how byte-level and SentencePiece pieces spell a leading space
 
 
 def starts_word(text: str, piece: str) -> bool:
-    """Whether a token (its text decoded alone, and its raw vocabulary piece) can begin a prompt without
-    reading as the tail of a word: it has a leading space (in the piece, as byte-level BPE and SentencePiece
-    mark it, or in the text), or its text does not start with a lower-case letter ("The", "1971", "(" do;
-    "cken", "ulous" do not)."""
-    return piece.startswith(SPACE_MARKS) or text[:1].isspace() or not text[:1].islower()
+    """Whether a token (its text decoded alone, and its raw vocabulary piece) can begin a prompt as a word: its
+    text, past any leading space, starts with a letter or digit, and it has a leading space (in the piece, as
+    byte-level BPE and SentencePiece mark it, or in the text) or does not start with a lower-case letter
+    (" the", "The", "1971" do; "cken", "ulous", "(", "---" do not)."""
+    word = text.lstrip()
+    return word[:1].isalnum() and (piece.startswith(SPACE_MARKS) or text[:1].isspace() or not word[:1].islower())
 
 
 def token_texts(tokenizer, n: int) -> list[str]:

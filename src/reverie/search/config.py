@@ -61,7 +61,7 @@ class EPOConfig:
     ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
     ascii_only: bool = False
     check_retokenization: bool = True         # decode→encode must give back the same ids
-    word_start: bool = False                  # prompts begin with a token that does not continue a word
+    word_start: bool = False                  # prompts begin with a word, not inside one (lm.vocab.starts_word)
     batch_size: int | None = None             # prompts per forward pass; None = from free memory
     scorer: str = "packed"                    # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
 
