@@ -29,7 +29,7 @@ from reverie.runs.rundir import finished
 from reverie.sweeps.specs import expand_targets, make_jobs, parse_seeds
 from reverie.sweeps.index import frontier_frame
 
-VARIANTS = {   # name -> (EPOConfig options on top of the paper's, start from the scan's windows)
+VARIANTS = {  # name -> (EPOConfig options on top of the paper's, start from the scan's windows)
     "baseline": ({}, False),
     "data-starts": ({}, True),
     "insert-delete": ({"insert_rate": 0.1, "delete_rate": 0.1}, False),
@@ -53,7 +53,9 @@ def main() -> None:
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--targets", default=str(Path(__file__).resolve().parents[2] / "shared/bench/neurons.txt"))
     ap.add_argument("--limit", type=int, default=None, help="only the first N targets")
-    ap.add_argument("--scan", required=True, help="a scan folder of the same targets (data starts, and the windows to beat)")
+    ap.add_argument(
+        "--scan", required=True, help="a scan folder of the same targets (data starts, and the windows to beat)"
+    )
     ap.add_argument("--seeds", default="0-2")
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--max-ce", type=float, default=5.0)
@@ -62,7 +64,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ablation")
     args = ap.parse_args()
 
-    targets = expand_targets(args.targets)[:args.limit]
+    targets = expand_targets(args.targets)[: args.limit]
     seeds = parse_seeds(args.seeds)
     variants = args.variants.split(",")
     out = Path(args.out)
@@ -70,8 +72,16 @@ def main() -> None:
     for name in variants:
         options, data = VARIANTS[name]
         print(f"== {name}", flush=True)
-        reverie.sweep(model, targets, seeds, out / name, EPOConfig.paper(iters=args.iters, **options),
-                      executor=args.executor, report=False, starts=args.scan if data else None)
+        reverie.sweep(
+            model,
+            targets,
+            seeds,
+            out / name,
+            EPOConfig.paper(iters=args.iters, **options),
+            executor=args.executor,
+            report=False,
+            starts=args.scan if data else None,
+        )
 
     scan = read_scan(args.scan)
     rows, versus = [], []
@@ -82,21 +92,31 @@ def main() -> None:
             for job in make_jobs([spec], seeds):
                 points = frontier_points(job.path(out / name))
                 if points is not None:
-                    rows.append({"target": spec, "variant": name, "seed": job.seed, "best": best_activation(points, args.max_ce)})
+                    rows.append(
+                        {
+                            "target": spec,
+                            "variant": name,
+                            "seed": job.seed,
+                            "best": best_activation(points, args.max_ce),
+                        }
+                    )
                     merged.append(points)
             if merged and len(windows) and (v := versus_data(pd.concat(merged, ignore_index=True), windows)):
                 versus.append({"target": spec, "variant": name, **v})
     runs = pd.DataFrame(rows)
     table = runs.groupby(["target", "variant"], sort=False)["best"].agg(["mean", "std", "count"]).reset_index()
-    def fmt(r) -> str:   # seeds that found nothing at cross-entropy <= max_ce are counted, not averaged
+
+    def fmt(r) -> str:  # seeds that found nothing at cross-entropy <= max_ce are counted, not averaged
         if pd.isna(r.mean):
             return "none"
         text = f"{r.mean:.2f} ± {r.std:.2f}" if r.count > 1 else f"{r.mean:.2f}"
         return text + (f" ({r.count}/{len(seeds)} seeds)" if r.count < len(seeds) else "")
 
     cell = {(r.target, r.variant): fmt(r) for r in table.itertuples()}
-    print(f"\nbest activation at cross-entropy <= {args.max_ce:g}, mean ± sd over seeds {args.seeds}, {args.iters} iterations"
-          " (seeds with nothing that fluent are left out and counted)")
+    print(
+        f"\nbest activation at cross-entropy <= {args.max_ce:g}, mean ± sd over seeds {args.seeds}, {args.iters} iterations"
+        " (seeds with nothing that fluent are left out and counted)"
+    )
     print("| neuron | " + " | ".join(variants) + " |")
     print("|---" * (len(variants) + 1) + "|")
     for spec in targets:
@@ -105,10 +125,14 @@ def main() -> None:
     print("| mean over neurons | " + " | ".join(f"{per_target[v].mean():.2f}" for v in variants) + " |")
     if "baseline" in per_target:
         wins = {v: int((per_target[v] > per_target["baseline"]).sum()) for v in variants if v != "baseline"}
-        print("neurons where the addition beats the baseline (mean over seeds): "
-              + ", ".join(f"{v} {k}/{len(per_target)}" for v, k in wins.items()))
-    print("\nbest dream (seeds merged) at a cross-entropy no higher than the best scan window's, margin over the "
-          "window, windows above the dreams' frontier")
+        print(
+            "neurons where the addition beats the baseline (mean over seeds): "
+            + ", ".join(f"{v} {k}/{len(per_target)}" for v, k in wins.items())
+        )
+    print(
+        "\nbest dream (seeds merged) at a cross-entropy no higher than the best scan window's, margin over the "
+        "window, windows above the dreams' frontier"
+    )
     print("| neuron | best window (act @ ce) | " + " | ".join(variants) + " |")
     print("|---" * (len(variants) + 2) + "|")
     vs = {(v["target"], v["variant"]): v for v in versus}
@@ -116,13 +140,20 @@ def main() -> None:
         cells = []
         for name in variants:
             v = vs.get((spec, name))
-            cells.append("-" if v is None else "none that fluent" if math.isnan(v["dream_activation"]) else
-                         f"{v['dream_activation']:.2f} ({v['margin']:+.2f}, {v['windows_above']}/{v['windows']})")
+            cells.append(
+                "-"
+                if v is None
+                else "none that fluent"
+                if math.isnan(v["dream_activation"])
+                else f"{v['dream_activation']:.2f} ({v['margin']:+.2f}, {v['windows_above']}/{v['windows']})"
+            )
         w = next((v for v in versus if v["target"] == spec), None)
         window = "-" if w is None else f"{w['window_activation']:.2f} @ {w['window_cross_entropy']:.2f}"
         print(f"| {spec.removeprefix('neuron:')} | {window} | " + " | ".join(cells) + " |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps({"settings": vars(args), "runs": rows, "versus": versus}, indent=2, default=str))
+    (out / "ablation.json").write_text(
+        json.dumps({"settings": vars(args), "runs": rows, "versus": versus}, indent=2, default=str)
+    )
 
 
 if __name__ == "__main__":

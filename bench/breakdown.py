@@ -50,13 +50,16 @@ def profiled(scorer, config, warmup: int, iters: int) -> dict:
             continue
         out["matmul"] += seconds
         shapes = [s for s in event.input_shapes if len(s) == 2]
-        width = max(s[-1] for s in shapes)      # the output's columns, or the inner side of a backward
-        if under(event, TILES) or width >= vocab // 2:        # a tile of the unembedding, or (most of) the vocabulary
+        width = max(s[-1] for s in shapes)  # the output's columns, or the inner side of a backward
+        if under(event, TILES) or width >= vocab // 2:  # a tile of the unembedding, or (most of) the vocabulary
             out["vocab_matmul"] += seconds
             out["vocab_rows"] += shapes[0][0] * min(width, vocab) / vocab / iters
-    return {"iterations": iters, "wall_seconds": sum(s.seconds for s in steps) / iters,
-            "phases": {k: sum(s.phases[k] for s in steps) / iters for k in steps[0].phases},
-            **{f"{k}_seconds" if k != "vocab_rows" else k: v for k, v in out.items()}}
+    return {
+        "iterations": iters,
+        "wall_seconds": sum(s.seconds for s in steps) / iters,
+        "phases": {k: sum(s.phases[k] for s in steps) / iters for k in steps[0].phases},
+        **{f"{k}_seconds" if k != "vocab_rows" else k: v for k, v in out.items()},
+    }
 
 
 def under(event, name: str) -> bool:
@@ -92,19 +95,32 @@ def main() -> None:
     label_tiles()
     model = reverie.load_model(args.model, dtype=args.dtype)
     config = EPOConfig.paper(iters=10**6, seed=0)  # paper settings: M=8, r=32, k=512, n=12
-    paths = {"reverie": profiled(make_scorer(model, args.target, config), config, args.warmup, args.iters),
-             "plain": profiled(make_scorer(model, args.target, config, scorer="plain"), config, 1, args.plain_iters)}
-    result = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
-              "cpu_flags": cpu_flags(), "model": model.spec, "vocab_size": model.adapter.embed.num_embeddings, "dtype": str(model.dtype),
-              "target": args.target, "paths": paths}
+    paths = {
+        "reverie": profiled(make_scorer(model, args.target, config), config, args.warmup, args.iters),
+        "plain": profiled(make_scorer(model, args.target, config, scorer="plain"), config, 1, args.plain_iters),
+    }
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "cpu_flags": cpu_flags(),
+        "model": model.spec,
+        "vocab_size": model.adapter.embed.num_embeddings,
+        "dtype": str(model.dtype),
+        "target": args.target,
+        "paths": paths,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, allow_nan=False))
-    print(f"{model.spec} ({result['vocab_size']} tokens), {model.dtype}, {result['machine']}, {' '.join(result['cpu_flags'])}")
+    print(
+        f"{model.spec} ({result['vocab_size']} tokens), {model.dtype}, {result['machine']}, {' '.join(result['cpu_flags'])}"
+    )
     print(f"{'path':<9}{'wall s/it':>10}{'cpu s/it':>10}{'matmul':>9}{'vocab mm':>10}{'vocab rows':>12}")
     for name, p in paths.items():
-        print(f"{name:<9}{p['wall_seconds']:>10.2f}{p['cpu_seconds']:>10.2f}{p['matmul_seconds']:>9.2f}"
-              f"{p['vocab_matmul_seconds']:>10.2f}{p['vocab_rows']:>12.0f}")
+        print(
+            f"{name:<9}{p['wall_seconds']:>10.2f}{p['cpu_seconds']:>10.2f}{p['matmul_seconds']:>9.2f}"
+            f"{p['vocab_matmul_seconds']:>10.2f}{p['vocab_rows']:>12.0f}"
+        )
 
 
 if __name__ == "__main__":

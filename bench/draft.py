@@ -71,11 +71,13 @@ def record_run(scorer, config) -> tuple[list[dict], dict]:
     """One EPO run; per iteration the parents and their children (with parent index and mutated position)
     as EPO scores them, and the run's median seconds per phase."""
     epo, log = EPO(scorer, config), []
-    score = epo._score             # EPO scores an iteration's children as _score(children, parents, parent, pos)
+    score = epo._score  # EPO scores an iteration's children as _score(children, parents, parent, pos)
 
     def recording(ids, parents=None, parent=None, pos=None):
         if parents is not None:
-            log.append({"parents": parents.clone(), "children": ids.clone(), "parent": parent.clone(), "pos": pos.clone()})
+            log.append(
+                {"parents": parents.clone(), "children": ids.clone(), "parent": parent.clone(), "pos": pos.clone()}
+            )
         return score(ids, parents, parent, pos)
 
     epo._score = recording
@@ -108,7 +110,7 @@ def packed_draft(scorer, k: int) -> PackedScorer:
     target, layer = scorer.target, min(scorer.target.layer, k - 1)
     spec = f"neuron:L{layer}.N{target.index}"
     out = PackedScorer(Objective(scorer.model, as_target(spec, scorer.model), scorer.vocab), scorer.batch_size)
-    if layer == k - 1:        # the draft's last block: no block above it runs without the last position
+    if layer == k - 1:  # the draft's last block: no block above it runs without the last position
         out.deepest_block_read = lambda: None
     return out
 
@@ -139,18 +141,20 @@ def probe(it: dict, fk: torch.Tensor, cek: torch.Tensor, penalties: torch.Tensor
     """Probe sampling on one iteration: keep the union over slots of each slot's top q of the children
     under its draft objective, then select with full scores over parents ∪ kept children."""
     C, M = len(it["children"]), len(penalties)
-    draft_obj = objective(fk, cek, penalties)                                 # [M, C]
+    draft_obj = objective(fk, cek, penalties)  # [M, C]
     kept = torch.zeros(C, dtype=torch.bool)
     kept[draft_obj.topk(max(1, math.ceil(q * C)), dim=1).indices.flatten()] = True
     pool = torch.cat([it["parents"], it["children"]])
-    full = objective(torch.cat([it["pf"], it["f"]]), torch.cat([it["pce"], it["ce"]]), penalties)   # [M, M + C]
+    full = objective(torch.cat([it["pf"], it["f"]]), torch.cat([it["pce"], it["ce"]]), penalties)  # [M, M + C]
     best = full.argmax(1)
     chosen = full.masked_fill(torch.cat([torch.zeros(M, dtype=torch.bool), ~kept])[None], -torch.inf).argmax(1)
     rows = torch.arange(M)
-    return {"agreement": float((pool[best] == pool[chosen]).all(1).float().mean()),
-            "regret": float((full[rows, best] - full[rows, chosen]).mean()),
-            "gain": float((full[rows, best] - full[rows, rows]).mean()),
-            "union_fraction": float(kept.float().mean())}
+    return {
+        "agreement": float((pool[best] == pool[chosen]).all(1).float().mean()),
+        "regret": float((full[rows, best] - full[rows, chosen]).mean()),
+        "gain": float((full[rows, best] - full[rows, rows]).mean()),
+        "union_fraction": float(kept.float().mean()),
+    }
 
 
 def mean(xs) -> float | None:
@@ -170,32 +174,46 @@ def measure(model, spec: str, args) -> dict:
     target = scorer.target
     packed = {k: packed_draft(scorer, k) for k in args.ks}
     first = log[0]
-    scorer.score(first["children"]), scorer.score_children(first["parents"], first["children"], first["parent"], first["pos"])
-    for k in args.ks:                                             # warm up every path once (compilation, caches)
+    (
+        scorer.score(first["children"]),
+        scorer.score_children(first["parents"], first["children"], first["parent"], first["pos"]),
+    )
+    for k in args.ks:  # warm up every path once (compilation, caches)
         draft(scorer, first["children"], k)
         with first_layers(model, k):
             packed[k].score_children(first["parents"], first["children"], first["parent"], first["pos"])
-    seconds = {"score": 0.0, "score_children": 0.0, **{f"draft_{k}": 0.0 for k in args.ks},
-               **{f"draft_packed_{k}": 0.0 for k in args.ks}}
+    seconds = {
+        "score": 0.0,
+        "score_children": 0.0,
+        **{f"draft_{k}": 0.0 for k in args.ks},
+        **{f"draft_packed_{k}": 0.0 for k in args.ks},
+    }
     for it in log:
-        failed = ~scorer.vocab.ok(it["children"])                 # constraint failures: f = −∞, as in EPO
+        failed = ~scorer.vocab.ok(it["children"])  # constraint failures: f = −∞, as in EPO
         dt, (it["f"], it["ce"]) = timed(scorer.score, it["children"])
         seconds["score"] += dt
         it["f"][failed] = -torch.inf
         it["pf"], it["pce"] = scorer.score(it["parents"])
-        seconds["score_children"] += timed(scorer.score_children, it["parents"], it["children"], it["parent"], it["pos"])[0]
+        seconds["score_children"] += timed(
+            scorer.score_children, it["parents"], it["children"], it["parent"], it["pos"]
+        )[0]
         it["draft"] = {}
         for k in args.ks:
             dt, (fk, cek) = timed(draft, scorer, it["children"], k)
             seconds[f"draft_{k}"] += dt
             it["draft"][k] = (fk.masked_fill(failed, -torch.inf), cek)
             with first_layers(model, k):
-                seconds[f"draft_packed_{k}"] += timed(packed[k].score_children, it["parents"], it["children"],
-                                                      it["parent"], it["pos"])[0]
+                seconds[f"draft_packed_{k}"] += timed(
+                    packed[k].score_children, it["parents"], it["children"], it["parent"], it["pos"]
+                )[0]
     per_iter = {name: s / len(log) for name, s in seconds.items()}
     costs = {"plain": per_iter["score"], "packed": per_iter["score_children"], "gradients": phases["gradients"]}
-    return {"iterations": len(log), "phases_median_seconds": phases, "seconds_per_iteration": per_iter,
-            "ks": {str(k): analyse(log, k, penalties, args.qs, costs, per_iter, target.layer < k) for k in args.ks}}
+    return {
+        "iterations": len(log),
+        "phases_median_seconds": phases,
+        "seconds_per_iteration": per_iter,
+        "ks": {str(k): analyse(log, k, penalties, args.qs, costs, per_iter, target.layer < k) for k in args.ks},
+    }
 
 
 def analyse(log: list[dict], k: int, penalties, qs, costs: dict, per_iter: dict, exact: bool) -> dict:
@@ -204,20 +222,31 @@ def analyse(log: list[dict], k: int, penalties, qs, costs: dict, per_iter: dict,
     ok = [~it["f"].isneginf() for it in log]
     raw = [it["draft"][k] for it in log]
     (fk0, cek0), m0 = raw[0], ok[0]
-    lines = [torch.linalg.lstsq(torch.stack([x[m0], torch.ones(int(m0.sum()))], 1).double(), y[m0, None].double()).solution[:, 0]
-             for x, y in ((fk0, log[0]["f"]), (cek0, log[0]["ce"]))]
-    calibrated = [((fk * lines[0][0] + lines[0][1]).float().masked_fill(~m, -torch.inf),
-                   (cek * lines[1][0] + lines[1][1]).float()) for (fk, cek), m in zip(raw, ok)]
+    lines = [
+        torch.linalg.lstsq(torch.stack([x[m0], torch.ones(int(m0.sum()))], 1).double(), y[m0, None].double()).solution[
+            :, 0
+        ]
+        for x, y in ((fk0, log[0]["f"]), (cek0, log[0]["ce"]))
+    ]
+    calibrated = [
+        (
+            (fk * lines[0][0] + lines[0][1]).float().masked_fill(~m, -torch.inf),
+            (cek * lines[1][0] + lines[1][1]).float(),
+        )
+        for (fk, cek), m in zip(raw, ok)
+    ]
     out = {"f_exact": exact, "calibration": {"f": lines[0].tolist(), "ce": lines[1].tolist()}}
-    pairs = {"objective": [], "f": [], "ce": []}                  # (draft, full) over each iteration's valid children
+    pairs = {"objective": [], "f": [], "ce": []}  # (draft, full) over each iteration's valid children
     for it, (fk, cek), m in zip(log, raw, ok):
         pairs["f"].append((fk[m], it["f"][m]))
         pairs["ce"].append((cek[m], it["ce"][m]))
         pairs["objective"] += zip(objective(fk[m], cek[m], penalties), objective(it["f"][m], it["ce"][m], penalties))
     out.update({f"spearman_{name}": mean(spearman(a, b) for a, b in p) for name, p in pairs.items()})
     out["spearman_objective_calibrated"] = mean(
-        spearman(a, b) for it, (fk, cek), m in list(zip(log, calibrated, ok))[1:]
-        for a, b in zip(objective(fk[m], cek[m], penalties), objective(it["f"][m], it["ce"][m], penalties)))
+        spearman(a, b)
+        for it, (fk, cek), m in list(zip(log, calibrated, ok))[1:]
+        for a, b in zip(objective(fk[m], cek[m], penalties), objective(it["f"][m], it["ce"][m], penalties))
+    )
     draft_costs = {"plain": per_iter[f"draft_{k}"], "packed": per_iter[f"draft_packed_{k}"]}
     for name, drafts, its in (("q", raw, log), ("q_calibrated", calibrated[1:], log[1:])):
         out[name] = {}
@@ -227,8 +256,9 @@ def analyse(log: list[dict], k: int, penalties, qs, costs: dict, per_iter: dict,
             u = r["union_fraction"]
             for path in ("plain", "packed"):
                 r[f"speedup_scoring_{path}"] = costs[path] / (draft_costs[path] + u * costs[path])
-            r["speedup_iteration_packed"] = ((costs["gradients"] + costs["packed"])
-                                             / (costs["gradients"] + draft_costs["packed"] + u * costs["packed"]))
+            r["speedup_iteration_packed"] = (costs["gradients"] + costs["packed"]) / (
+                costs["gradients"] + draft_costs["packed"] + u * costs["packed"]
+            )
             out[name][str(q)] = r
     return out
 
@@ -245,26 +275,45 @@ def main() -> None:
 
     model = reverie.load_model("bundled", dtype="bf16")
     print(f"model {model.spec}: {model.n_layers} layers, {model.dtype}, {torch.get_num_threads()} threads", flush=True)
-    result = {"command": " ".join(["python", *sys.argv]), "cpu_flags": cpu_flags(),
-              "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "model": model.spec,
-              "dtype": str(model.dtype), "settings": {"M": 8, "r": 32, "k": 512, "n": 12, "iters": args.iters,
-                                                      "seed": args.seed, "ks": args.ks, "qs": args.qs},
-              "targets": {spec: measure(model, spec, args) for spec in args.targets}}
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "cpu_flags": cpu_flags(),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "model": model.spec,
+        "dtype": str(model.dtype),
+        "settings": {
+            "M": 8,
+            "r": 32,
+            "k": 512,
+            "n": 12,
+            "iters": args.iters,
+            "seed": args.seed,
+            "ks": args.ks,
+            "qs": args.qs,
+        },
+        "targets": {spec: measure(model, spec, args) for spec in args.targets},
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, allow_nan=False))
-    print(f"{'target':<18}{'K':>3}{'q':>6}{'agree':>7}{'regret':>8}{'gain':>7}{'union':>7}{'rho':>6}"
-          f"{'x plain':>8}{'x packed':>9}{'x iter':>7}  calibrated: agree regret union rho x packed")
+    print(
+        f"{'target':<18}{'K':>3}{'q':>6}{'agree':>7}{'regret':>8}{'gain':>7}{'union':>7}{'rho':>6}"
+        f"{'x plain':>8}{'x packed':>9}{'x iter':>7}  calibrated: agree regret union rho x packed"
+    )
     for spec, t in result["targets"].items():
         for k, e in t["ks"].items():
             for q, r in e["q"].items():
                 c = e["q_calibrated"][q]
-                print(f"{spec:<18}{k:>3}{q:>6}{r['agreement']:>7.2f}{r['regret']:>8.3f}{r['gain']:>7.3f}"
-                      f"{r['union_fraction']:>7.2f}{e['spearman_objective']:>6.2f}{r['speedup_scoring_plain']:>8.2f}"
-                      f"{r['speedup_scoring_packed']:>9.2f}{r['speedup_iteration_packed']:>7.2f}  {'':>11}"
-                      f"{c['agreement']:>6.2f}{c['regret']:>7.3f}{c['union_fraction']:>6.2f}"
-                      f"{e['spearman_objective_calibrated']:>5.2f}{c['speedup_scoring_packed']:>9.2f}")
-        print(f"{spec:<18}seconds/iteration: " + ", ".join(f"{n} {s:.3f}" for n, s in t["seconds_per_iteration"].items()))
+                print(
+                    f"{spec:<18}{k:>3}{q:>6}{r['agreement']:>7.2f}{r['regret']:>8.3f}{r['gain']:>7.3f}"
+                    f"{r['union_fraction']:>7.2f}{e['spearman_objective']:>6.2f}{r['speedup_scoring_plain']:>8.2f}"
+                    f"{r['speedup_scoring_packed']:>9.2f}{r['speedup_iteration_packed']:>7.2f}  {'':>11}"
+                    f"{c['agreement']:>6.2f}{c['regret']:>7.3f}{c['union_fraction']:>6.2f}"
+                    f"{e['spearman_objective_calibrated']:>5.2f}{c['speedup_scoring_packed']:>9.2f}"
+                )
+        print(
+            f"{spec:<18}seconds/iteration: " + ", ".join(f"{n} {s:.3f}" for n, s in t["seconds_per_iteration"].items())
+        )
 
 
 if __name__ == "__main__":

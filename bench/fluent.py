@@ -57,7 +57,7 @@ def run(args) -> None:
     key = lambda r: (r["target"], r["seed"], r["variant"], r["data_starts"], r["budget"])  # noqa: E731
     seen = {key(r) for r in done}
     specs = [line.strip() for line in Path(args.neurons).read_text().splitlines() if line.strip()]
-    specs = specs[args.part::args.parts]
+    specs = specs[args.part :: args.parts]
     windows = read_scan(args.scan)
     model = reverie.load_model(args.model, dtype=args.dtype)
     budget = "iterations" if args.time_budget is None else f"{args.time_budget:g}s"
@@ -69,12 +69,20 @@ def run(args) -> None:
                 row = {"target": spec, "seed": seed, "variant": name, "data_starts": args.data_starts, "budget": budget}
                 if key(row) in seen:
                     continue
-                config = EPOConfig.paper(seed=seed, iters=args.iters if args.time_budget is None else 10**6,
-                                         time_budget=args.time_budget, **options)
+                config = EPOConfig.paper(
+                    seed=seed,
+                    iters=args.iters if args.time_budget is None else 10**6,
+                    time_budget=args.time_budget,
+                    **options,
+                )
                 scorer = make_scorer(model, spec, config)
                 if args.data_starts:
-                    config = EPOConfig(**{**config.to_dict(), "init_ids": data_starts(
-                        mine, config.slot_penalties(), scorer.vocab, config.length)})
+                    config = EPOConfig(
+                        **{
+                            **config.to_dict(),
+                            "init_ids": data_starts(mine, config.slot_penalties(), scorer.vocab, config.length),
+                        }
+                    )
                 start = time.perf_counter()
                 epo = EPO(scorer, config)
                 epo.run()
@@ -82,20 +90,39 @@ def run(args) -> None:
                 history = epo.history.frame(scorer.vocab.decode)
                 at = best_at(history, float(best_window["cross_entropy"]))
                 best = summary(history, THRESHOLDS)
-                row.update({
-                    "options": options, "iterations": epo.state.iteration, "seconds": round(seconds, 2),
-                    "window_activation": float(best_window["activation"]),
-                    "window_cross_entropy": float(best_window["cross_entropy"]),
-                    "best_at_window": None if at is None else float(at["activation"]),
-                    "best_at_window_text": None if at is None else at["text"],
-                    **{f"ce<={x:g}": (None if pd.isna(a) else float(a))
-                       for x, a in zip(best.max_cross_entropy, best.activation)}})
+                row.update(
+                    {
+                        "options": options,
+                        "iterations": epo.state.iteration,
+                        "seconds": round(seconds, 2),
+                        "window_activation": float(best_window["activation"]),
+                        "window_cross_entropy": float(best_window["cross_entropy"]),
+                        "best_at_window": None if at is None else float(at["activation"]),
+                        "best_at_window_text": None if at is None else at["text"],
+                        **{
+                            f"ce<={x:g}": (None if pd.isna(a) else float(a))
+                            for x, a in zip(best.max_cross_entropy, best.activation)
+                        },
+                    }
+                )
                 done.append(row)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "func"},
-                                           "runs": done}, indent=1, allow_nan=False))
-                print(json.dumps({k: row[k] for k in ("target", "seed", "variant", "seconds", "window_activation",
-                                                      "best_at_window")}), flush=True)
+                out.write_text(
+                    json.dumps(
+                        {"settings": {k: v for k, v in vars(args).items() if k != "func"}, "runs": done},
+                        indent=1,
+                        allow_nan=False,
+                    )
+                )
+                print(
+                    json.dumps(
+                        {
+                            k: row[k]
+                            for k in ("target", "seed", "variant", "seconds", "window_activation", "best_at_window")
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -114,20 +141,31 @@ def table(args) -> None:
         for name, v in group.groupby("variant", sort=False):
             per_neuron = v.groupby("target").agg(best=("best_at_window", "max"), window=("window_activation", "first"))
             margin = per_neuron["best"] - per_neuron["window"]
-            row = {"starts": "data" if data else "no corpus", "budget": budget, "variant": name,
-                   "runs": len(v), "s/run": round(v["seconds"].mean(), 1),
-                   "neurons won": f"{int((margin > 0).sum())}/{len(per_neuron)}",
-                   "median margin": f"{margin.fillna(-np.inf).median():+.2f}"}
+            row = {
+                "starts": "data" if data else "no corpus",
+                "budget": budget,
+                "variant": name,
+                "runs": len(v),
+                "s/run": round(v["seconds"].mean(), 1),
+                "neurons won": f"{int((margin > 0).sum())}/{len(per_neuron)}",
+                "median margin": f"{margin.fillna(-np.inf).median():+.2f}",
+            }
             if name != args.baseline and len(base):
                 mine = v.set_index(["target", "seed"])["value"]
                 both = mine.index.intersection(base.index)
                 d = (mine[both] - base[both]).to_numpy()
                 wins, losses = int((d > 0).sum()), int((d < 0).sum())
                 boot = d[rng.integers(0, len(d), (10_000, len(d)))].mean(1) if len(d) else np.zeros(1)
-                row.update({"vs " + args.baseline: f"{wins}/{losses}/{len(d) - wins - losses}",
-                            "sign p": f"{sign_test(wins, losses):.2g}",
-                            "mean diff [95%]": f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, "
-                                               f"{np.percentile(boot, 97.5):+.2f}]" if len(d) else "-"})
+                row.update(
+                    {
+                        "vs " + args.baseline: f"{wins}/{losses}/{len(d) - wins - losses}",
+                        "sign p": f"{sign_test(wins, losses):.2g}",
+                        "mean diff [95%]": f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, "
+                        f"{np.percentile(boot, 97.5):+.2f}]"
+                        if len(d)
+                        else "-",
+                    }
+                )
             rows.append(row)
     table = pd.DataFrame(rows).fillna("")
     print("| " + " | ".join(table.columns) + " |")

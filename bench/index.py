@@ -42,8 +42,10 @@ def main() -> None:
     model = reverie.load_model("bundled")
     config = IndexConfig(max_tokens=args.max_tokens)
     if (index_dir(model, "bundled", config) / "index.json").exists():
-        raise SystemExit(f"an index with these options exists already ({index_dir(model, 'bundled', config)}): "
-                         "give another --max-tokens, or delete it")
+        raise SystemExit(
+            f"an index with these options exists already ({index_dir(model, 'bundled', config)}): "
+            "give another --max-tokens, or delete it"
+        )
     rows = []
     for repeat in range(args.repeats):
         for what in ("scan", "index"):
@@ -51,14 +53,14 @@ def main() -> None:
             if what == "scan":
                 frame = scan(model, targets, "bundled", ScanConfig(max_tokens=args.max_tokens))
                 tokens = None
-            else:      # built fresh: the folder is deleted after each repeat
+            else:  # built fresh: the folder is deleted after each repeat
                 built = build_index(model, "bundled", config)
                 tokens = built.meta["tokens"]
             seconds = time.perf_counter() - start
             rows.append({"what": what, "repeat": repeat, "seconds": round(seconds, 1), "tokens": tokens})
             print(json.dumps(rows[-1]), flush=True)
             if what == "index":
-                windows = []       # the first call reads the index; it stays open in memory for the rest
+                windows = []  # the first call reads the index; it stays open in memory for the rest
                 for spec in neurons:
                     t = time.perf_counter()
                     windows_for(model, as_target(spec, model), "bundled", index=config)
@@ -67,8 +69,12 @@ def main() -> None:
                 rows.append({"what": "windows_for", "seconds": windows})
                 shutil.rmtree(built.path)
     flags = " ".join(f for f in cpu_flags().split() if f.startswith(("amx", "avx512_bf16", "avx512f")))
-    result = {"machine": f"x86_64 {torch.get_num_threads()} threads, flags {flags}",
-              "max_tokens": args.max_tokens, "targets": targets, "rows": rows}
+    result = {
+        "machine": f"x86_64 {torch.get_num_threads()} threads, flags {flags}",
+        "max_tokens": args.max_tokens,
+        "targets": targets,
+        "rows": rows,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 

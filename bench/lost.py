@@ -40,9 +40,16 @@ def written_text(model, samples: int, tokens: int, seed: int = 0) -> list[str]:
     texts = []
     with torch.inference_mode():
         for chunk in start.split(64):
-            out = model.hf.generate(chunk, attention_mask=torch.ones_like(chunk), do_sample=True, top_p=0.95,
-                                    top_k=0, max_new_tokens=tokens, pad_token_id=0)
-            texts += model.tokenizer.batch_decode(out[:, chunk.shape[1]:])
+            out = model.hf.generate(
+                chunk,
+                attention_mask=torch.ones_like(chunk),
+                do_sample=True,
+                top_p=0.95,
+                top_k=0,
+                max_new_tokens=tokens,
+                pad_token_id=0,
+            )
+            texts += model.tokenizer.batch_decode(out[:, chunk.shape[1] :])
     return texts
 
 
@@ -72,18 +79,33 @@ def main() -> None:
         prompts = list(dict.fromkeys(history["text"]))
         anywhere = scan(model, [spec], prompts, ScanConfig(window=2, top=1, chunk=64, batch_size=64))
         own = written[written["target"] == spec]
-        rows.append({"target": spec, "window": float(window["activation"]),
-                     "window_cross_entropy": float(window["cross_entropy"]), "window_text": window["text"],
-                     "search_last_position": float(history["activation"].max()),
-                     "search_any_position": float(anywhere["in_context"].max()),
-                     "model_text": float(own["activation"].max()), "model_text_cross_entropy":
-                     float(own.loc[own["activation"].idxmax(), "cross_entropy"]),
-                     "model_text_window": own.loc[own["activation"].idxmax(), "text"]})
+        rows.append(
+            {
+                "target": spec,
+                "window": float(window["activation"]),
+                "window_cross_entropy": float(window["cross_entropy"]),
+                "window_text": window["text"],
+                "search_last_position": float(history["activation"].max()),
+                "search_any_position": float(anywhere["in_context"].max()),
+                "model_text": float(own["activation"].max()),
+                "model_text_cross_entropy": float(own.loc[own["activation"].idxmax(), "cross_entropy"]),
+                "model_text_window": own.loc[own["activation"].idxmax(), "text"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    Path(args.out).write_text(json.dumps({
-        "command": " ".join(["python", *sys.argv]), "iters": args.iters,
-        "model_text_tokens": args.samples * args.tokens, "model_text_seconds": round(seconds, 1),
-        "targets": rows}, indent=1) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "command": " ".join(["python", *sys.argv]),
+                "iters": args.iters,
+                "model_text_tokens": args.samples * args.tokens,
+                "model_text_seconds": round(seconds, 1),
+                "targets": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

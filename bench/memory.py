@@ -41,8 +41,7 @@ def measure(spec: str, dtype: str, batch_size: int, device: str) -> dict:
     model = load_model(spec, dtype=dtype, device=device)
     loaded = rss_now()
     config = EPOConfig.paper(batch_size=batch_size)  # paper settings: M=8, r=32, n=12
-    est = memory.estimate(model, config.population, config.length, batch_size, children=config.children,
-                          device=device)
+    est = memory.estimate(model, config.population, config.length, batch_size, children=config.children, device=device)
     scorer = make_scorer(model, "neuron:L1.N5", config)
     gen = torch.Generator().manual_seed(0)
     if device.startswith("cuda"):
@@ -55,10 +54,20 @@ def measure(spec: str, dtype: str, batch_size: int, device: str) -> dict:
         peak = torch.cuda.max_memory_allocated() + memory.CUDA_OVERHEAD
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"model": spec, "dtype": str(model.dtype), "layers": model.n_layers, "batch_size": batch_size,
-            "baseline_rss": baseline, "after_load_rss": loaded, "peak": peak, "estimate": est.total,
-            "estimate_weights": est.weights, "estimate_gradients": est.gradients, "estimate_scoring": est.scoring,
-            "estimate_overhead": est.overhead}
+    return {
+        "model": spec,
+        "dtype": str(model.dtype),
+        "layers": model.n_layers,
+        "batch_size": batch_size,
+        "baseline_rss": baseline,
+        "after_load_rss": loaded,
+        "peak": peak,
+        "estimate": est.total,
+        "estimate_weights": est.weights,
+        "estimate_gradients": est.gradients,
+        "estimate_scoring": est.scoring,
+        "estimate_overhead": est.overhead,
+    }
 
 
 def main() -> None:
@@ -67,25 +76,43 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--one", help=argparse.SUPPRESS)          # the child process: measure one model
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # the child process: measure one model
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.dtype, args.batch_size, args.device)))
         return
     mib = 1 << 20
-    print(f"{'model':<34}{'dtype':>15}{'batch':>6}{'base':>7}{'loaded':>8}{'peak':>8}{'estimate':>9}{'est/peak':>9}"
-          "   estimate parts (MiB): weights, gradients, scoring, overhead")
+    print(
+        f"{'model':<34}{'dtype':>15}{'batch':>6}{'base':>7}{'loaded':>8}{'peak':>8}{'estimate':>9}{'est/peak':>9}"
+        "   estimate parts (MiB): weights, gradients, scoring, overhead"
+    )
     for spec in args.models:
-        out = subprocess.run([sys.executable, __file__, "--one", spec, "--dtype", args.dtype, "--batch-size",
-                              str(args.batch_size), "--device", args.device], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                spec,
+                "--dtype",
+                args.dtype,
+                "--batch-size",
+                str(args.batch_size),
+                "--device",
+                args.device,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             print(f"{spec:<34} failed: {out.stderr.strip().splitlines()[-1]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{spec:<34}{r['dtype']:>15}{r['batch_size']:>6}{r['baseline_rss'] // mib:>7}{r['after_load_rss'] // mib:>8}"
-              f"{r['peak'] // mib:>8}{r['estimate'] // mib:>9}{r['estimate'] / r['peak']:>9.2f}   "
-              f"{r['estimate_weights'] // mib}, {r['estimate_gradients'] // mib}, {r['estimate_scoring'] // mib}, "
-              f"{r['estimate_overhead'] // mib}")
+        print(
+            f"{spec:<34}{r['dtype']:>15}{r['batch_size']:>6}{r['baseline_rss'] // mib:>7}{r['after_load_rss'] // mib:>8}"
+            f"{r['peak'] // mib:>8}{r['estimate'] // mib:>9}{r['estimate'] / r['peak']:>9.2f}   "
+            f"{r['estimate_weights'] // mib}, {r['estimate_gradients'] // mib}, {r['estimate_scoring'] // mib}, "
+            f"{r['estimate_overhead'] // mib}"
+        )
 
 
 if __name__ == "__main__":

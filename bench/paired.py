@@ -49,11 +49,16 @@ def main() -> None:
         d = a - b
         wins, losses = int((d > 0).sum()), int((d < 0).sum())
         boot = d[rng.integers(0, len(d), (10_000, len(d)))].mean(1)
-        rows.append({"threshold": c, "reverie found": f"{pairs[c]['reverie'].count()}/{len(d)}",
-                     "reference found": f"{pairs[c]['reference'].count()}/{len(d)}",
-                     "wins/losses/ties": f"{wins}/{losses}/{len(d) - wins - losses}",
-                     "sign test p": f"{sign_test(wins, losses):.2g}",
-                     "mean difference [95%]": f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]"})
+        rows.append(
+            {
+                "threshold": c,
+                "reverie found": f"{pairs[c]['reverie'].count()}/{len(d)}",
+                "reference found": f"{pairs[c]['reference'].count()}/{len(d)}",
+                "wins/losses/ties": f"{wins}/{losses}/{len(d) - wins - losses}",
+                "sign test p": f"{sign_test(wins, losses):.2g}",
+                "mean difference [95%]": f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]",
+            }
+        )
     print(f"{len(pairs)} paired runs, budget {args.budget}")
     print(pd.DataFrame(rows).to_string(index=False))
 

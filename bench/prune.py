@@ -46,12 +46,13 @@ def needed_rows(epo: EPO, parents, children, parent, pos, f, ce) -> dict[str, fl
     """Rows every child would unembed, and those each rule still needs, for one iteration's children."""
     scorer, s = epo.scorer, epo.state
     allowed, (m, n), first = scorer.vocab.allowed, parents.shape, scorer.objective.first
-    index = lambda ids: torch.searchsorted(allowed, ids)          # noqa: E731  token id -> allowed column
-    logprobs = scorer.next_token_logprobs(list(parents))          # per parent [n, A], NaN rows without context
+    index = lambda ids: torch.searchsorted(allowed, ids)  # noqa: E731  token id -> allowed column
+    logprobs = scorer.next_token_logprobs(list(parents))  # per parent [n, A], NaN rows without context
     own = torch.stack([lp[torch.arange(n), index(p)] for lp, p in zip(logprobs, parents)]).nan_to_num(0.0)
-    before = torch.cat([torch.zeros(m, 1), own.cumsum(1)], 1)[parent, pos]          # Σ_{j < pos}
-    new = torch.stack([logprobs[p][q, index(children[j, q])] for j, (p, q) in
-                       enumerate(zip(parent.tolist(), pos.tolist()))]).nan_to_num(0.0)
+    before = torch.cat([torch.zeros(m, 1), own.cumsum(1)], 1)[parent, pos]  # Σ_{j < pos}
+    new = torch.stack(
+        [logprobs[p][q, index(children[j, q])] for j, (p, q) in enumerate(zip(parent.tolist(), pos.tolist()))]
+    ).nan_to_num(0.0)
     ce_lb = -(before + new) / (n - first)
     ok = f.isfinite()
     assert bool((ce_lb[ok] <= ce[ok] + 1e-3).all()), "the bound must hold"
@@ -60,15 +61,19 @@ def needed_rows(epo: EPO, parents, children, parent, pos, f, ce) -> dict[str, fl
     f_exact, ce_exact = torch.cat([s.f, f[ok]]), torch.cat([s.ce, ce[ok]])
     frontier = ~((f_exact[None] >= f[:, None]) & (ce_exact[None] <= ce_lb[:, None])).any(1)
     rows = (n - 1 - pos).clamp_min(0).float() * ok
-    return {"rows": float(rows.sum()), "selection": float((rows * selection).sum()),
-            "frontier": float((rows * frontier).sum()), "either": float((rows * (selection | frontier)).sum())}
+    return {
+        "rows": float(rows.sum()),
+        "selection": float((rows * selection).sum()),
+        "frontier": float((rows * frontier).sum()),
+        "either": float((rows * (selection | frontier)).sum()),
+    }
 
 
 def measure(model, spec: str, iters: int) -> dict:
     config = EPOConfig.paper(iters=iters, seed=0)
     epo = EPO(make_scorer(model, spec, config), config)
     totals: dict[str, float] = {}
-    score = epo._score               # EPO scores an iteration's children as _score(children, parents, parent, pos)
+    score = epo._score  # EPO scores an iteration's children as _score(children, parents, parent, pos)
 
     def counting(ids, parents=None, parent=None, pos=None):
         f, ce = score(ids, parents, parent, pos)
@@ -79,8 +84,12 @@ def measure(model, spec: str, iters: int) -> dict:
 
     epo._score = counting
     epo.run()
-    return {"target": spec, "iterations": iters, **totals,
-            **{f"{k} needed": round(totals[k] / totals["rows"], 3) for k in ("selection", "frontier", "either")}}
+    return {
+        "target": spec,
+        "iterations": iters,
+        **totals,
+        **{f"{k} needed": round(totals[k] / totals["rows"], 3) for k in ("selection", "frontier", "either")},
+    }
 
 
 def bound(model, spec: str, rows: int, reference_iters: int = 2) -> dict:
@@ -93,8 +102,12 @@ def bound(model, spec: str, rows: int, reference_iters: int = 2) -> dict:
     epo = EPO(make_scorer(model, spec, config, scorer="plain"), config)
     steps = [epo.step() for _ in range(reference_iters)]
     reference = min(s.seconds for s in steps)
-    return {"rows": rows, "unembed_seconds": round(unembed, 3), "reference_seconds_per_iteration": round(reference, 3),
-            "most_speedup": round(reference / unembed, 2)}
+    return {
+        "rows": rows,
+        "unembed_seconds": round(unembed, 3),
+        "reference_seconds_per_iteration": round(reference, 3),
+        "most_speedup": round(reference / unembed, 2),
+    }
 
 
 def main() -> None:
@@ -110,15 +123,25 @@ def main() -> None:
     rows = []
     for spec in args.targets:
         rows.append(measure(model, spec, args.iters))
-        if args.time:     # the least rows: the children's own rows any rule needs, and the parents' prefix rows
+        if args.time:  # the least rows: the children's own rows any rule needs, and the parents' prefix rows
             config = EPOConfig.paper()
             least_rows = min(rows[-1][k] for k in ("selection", "frontier")) / args.iters
             rows[-1]["bound"] = bound(model, spec, round(least_rows) + config.population * (config.length - 1))
         print(json.dumps(rows[-1]), flush=True)
-    Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "model": args.model,
-                                          "dtype": args.dtype, "machine": platform.machine(),
-                                          "threads": torch.get_num_threads(),
-                                          "targets": rows}, indent=1) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "command": " ".join(["python", *sys.argv]),
+                "model": args.model,
+                "dtype": args.dtype,
+                "machine": platform.machine(),
+                "threads": torch.get_num_threads(),
+                "targets": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

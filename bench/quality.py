@@ -39,14 +39,18 @@ def one_run(model, spec, seed, iters, seconds, reference):
     epo.run()
     history = epo.history.frame(scorer.vocab.decode)
     best = summary(history, THRESHOLDS)
-    return {"iterations": epo.state.iteration,
-            **{f"ce<={x:g}": (None if pd.isna(a) else float(a)) for x, a in zip(best.max_cross_entropy, best.activation)}}
+    return {
+        "iterations": epo.state.iteration,
+        **{f"ce<={x:g}": (None if pd.isna(a) else float(a)) for x, a in zip(best.max_cross_entropy, best.activation)},
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bundled")
-    ap.add_argument("--dtype", default=None, help="e.g. float32: both paths then walk the same path (tests/test_spec.py)")
+    ap.add_argument(
+        "--dtype", default=None, help="e.g. float32: both paths then walk the same path (tests/test_spec.py)"
+    )
     ap.add_argument("--neurons", default=str(Path(__file__).resolve().parents[2] / "shared/bench/neurons.txt"))
     ap.add_argument("--limit", type=int, default=None, help="only the first N neurons")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -56,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/quality.json")
     args = ap.parse_args()
 
-    specs = [line.strip() for line in Path(args.neurons).read_text().splitlines() if line.strip()][:args.limit]
+    specs = [line.strip() for line in Path(args.neurons).read_text().splitlines() if line.strip()][: args.limit]
     model = reverie.load_model(args.model, dtype=args.dtype)
     rows = []
     for spec in specs:

@@ -49,7 +49,7 @@ def run(args) -> None:
     key = lambda r: (r["target"], r["seed"], r["variant"], r["corpus"])  # noqa: E731
     seen = {key(r) for r in done}
     specs = [line.strip() for line in Path(args.neurons).read_text().splitlines() if line.strip()]
-    specs = specs[args.part::args.parts]
+    specs = specs[args.part :: args.parts]
     model = reverie.load_model("bundled", dtype=args.dtype)
     index = find_index(model, "bundled")
     if index is None:
@@ -71,24 +71,51 @@ def run(args) -> None:
                 seconds = time.perf_counter() - start
                 at = best_at(result.history, float(window["cross_entropy"]))
                 five = best_at(result.history, 5.0)
-                row.update({
-                    "options": options, "paper": make is EPOConfig.paper, "seconds": round(seconds, 2),
-                    "window_activation": float(window["activation"]),
-                    "window_cross_entropy": float(window["cross_entropy"]),
-                    "window_text": window["text"], "window_words": real_word_share(window["text"], words),
-                    "windows_words": float(np.median([real_word_share(t, words) for t in windows["text"]])),
-                    "best_at_window": None if at is None else float(at["activation"]),
-                    "best_at_window_text": None if at is None else at["text"],
-                    "ce5_activation": None if five is None else float(five["activation"]),
-                    "ce5_cross_entropy": None if five is None else float(five["cross_entropy"]),
-                    "ce5_text": None if five is None else five["text"],
-                    "ce5_words": None if five is None else real_word_share(five["text"], words)})
+                row.update(
+                    {
+                        "options": options,
+                        "paper": make is EPOConfig.paper,
+                        "seconds": round(seconds, 2),
+                        "window_activation": float(window["activation"]),
+                        "window_cross_entropy": float(window["cross_entropy"]),
+                        "window_text": window["text"],
+                        "window_words": real_word_share(window["text"], words),
+                        "windows_words": float(np.median([real_word_share(t, words) for t in windows["text"]])),
+                        "best_at_window": None if at is None else float(at["activation"]),
+                        "best_at_window_text": None if at is None else at["text"],
+                        "ce5_activation": None if five is None else float(five["activation"]),
+                        "ce5_cross_entropy": None if five is None else float(five["cross_entropy"]),
+                        "ce5_text": None if five is None else five["text"],
+                        "ce5_words": None if five is None else real_word_share(five["text"], words),
+                    }
+                )
                 done.append(row)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "func"},
-                                           "runs": done}, indent=1, allow_nan=False))
-                print(json.dumps({k: row[k] for k in ("target", "seed", "variant", "seconds", "window_activation",
-                                                      "best_at_window", "ce5_words", "ce5_text")}), flush=True)
+                out.write_text(
+                    json.dumps(
+                        {"settings": {k: v for k, v in vars(args).items() if k != "func"}, "runs": done},
+                        indent=1,
+                        allow_nan=False,
+                    )
+                )
+                print(
+                    json.dumps(
+                        {
+                            k: row[k]
+                            for k in (
+                                "target",
+                                "seed",
+                                "variant",
+                                "seconds",
+                                "window_activation",
+                                "best_at_window",
+                                "ce5_words",
+                                "ce5_text",
+                            )
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 def table(args) -> None:
@@ -102,12 +129,17 @@ def table(args) -> None:
             merged = v.groupby("target").agg(best=("best_at_window", "max"), window=("window_activation", "first"))
             margin = merged["best"] - merged["window"]
             per_seed = v.assign(won=v["margin"] > 0).groupby("seed")["won"].sum()
-            row = {"corpus": corpus, "variant": name, "runs": len(v), "s/run": round(v["seconds"].mean(), 1),
-                   "won, seeds merged": f"{int((margin > 0).sum())}/{len(merged)}",
-                   "won per seed": ", ".join(str(int(w)) for w in per_seed),
-                   "median margin": f"{margin.fillna(-math.inf).median():+.2f}",
-                   "real words, ce <= 5": f"{v['ce5_words'].median():.2f}",
-                   "real words, windows": f"{v['windows_words'].median():.2f}"}
+            row = {
+                "corpus": corpus,
+                "variant": name,
+                "runs": len(v),
+                "s/run": round(v["seconds"].mean(), 1),
+                "won, seeds merged": f"{int((margin > 0).sum())}/{len(merged)}",
+                "won per seed": ", ".join(str(int(w)) for w in per_seed),
+                "median margin": f"{margin.fillna(-math.inf).median():+.2f}",
+                "real words, ce <= 5": f"{v['ce5_words'].median():.2f}",
+                "real words, windows": f"{v['windows_words'].median():.2f}",
+            }
             if name != args.baseline and len(base):
                 mine = v.set_index(["target", "seed"])["value"]
                 both = mine.index.intersection(base.index)
@@ -117,7 +149,7 @@ def table(args) -> None:
                 row["sign p"] = f"{sign_test(wins, losses):.3f}"
             rows.append(row)
     frame = pd.DataFrame(rows).fillna("")
-    if args.markdown:       # a table for docs/performance.md
+    if args.markdown:  # a table for docs/performance.md
         print("| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns))
         for values in frame.itertuples(index=False):
             print("| " + " | ".join(map(str, values)) + " |")

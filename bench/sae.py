@@ -30,7 +30,7 @@ def corpus_activations(model, hook, tokens, chunk=256):
     for text in documents("bundled"):
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
         for i in range(0, len(ids), chunk):
-            piece = torch.tensor([ids[i:i + chunk]], device=model.device)
+            piece = torch.tensor([ids[i : i + chunk]], device=model.device)
             with torch.inference_mode(), model.capture([hook]) as cache:
                 model.hf(input_ids=piece)
             rows.append(cache[hook][0, 1:].float().cpu())  # skip each chunk's first position (attention sink)
@@ -65,11 +65,15 @@ def main() -> None:
     fvu = float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
     l0 = float((f > 0).float().sum(-1).mean())
     alive = (f > 0).float().mean(0)
-    print(f"SAE {hook} d_sae={args.d_sae}: {len(x):,} activations in {t1 - t0:.0f} s, trained in {t2 - t1:.0f} s; "
-          f"unexplained variance {fvu:.3f}, L0 {l0:.1f}, alive {int((alive > 0).sum())}")
+    print(
+        f"SAE {hook} d_sae={args.d_sae}: {len(x):,} activations in {t1 - t0:.0f} s, trained in {t2 - t1:.0f} s; "
+        f"unexplained variance {fvu:.3f}, L0 {l0:.1f}, alive {int((alive > 0).sum())}"
+    )
     # features that fire on 0.1-2% of tokens: specific, but present in the corpus
     candidates = ((alive > 0.001) & (alive < 0.02)).nonzero()[:, 0]
-    picks = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(0))[:args.features]].tolist()
+    picks = candidates[
+        torch.randperm(len(candidates), generator=torch.Generator().manual_seed(0))[: args.features]
+    ].tolist()
     specs = [f"sae:{folder}:F{i}" for i in picks]
     windows = scan(model, specs, "bundled", ScanConfig(max_tokens=args.scan_tokens))
     rows = []
@@ -78,16 +82,40 @@ def main() -> None:
         result = reverie.dream(model, spec, EPOConfig(iters=args.iters, seed=0))
         v = versus_data(result.history, mine)
         best = result.best()
-        rows.append({"target": spec, "feature_density": float(alive[int(spec.rsplit('F', 1)[1])]),
-                     "best_window": v["window_activation"], "best_window_ce": v["window_cross_entropy"],
-                     "window_text": v["window_text"], "dream_at_window_ce": v["dream_activation"],
-                     "best_dream": float(best["activation"]), "best_dream_ce": float(best["cross_entropy"]),
-                     "best_dream_text": best["text"], "dream_seconds": round(result.seconds, 1)})
-        print(f"{spec}: best window {v['window_activation']:.2f} @ ce {v['window_cross_entropy']:.2f}; dream "
-              f"{best['activation']:.2f} @ ce {best['cross_entropy']:.2f} ({best['activation'] / max(v['window_activation'], 1e-9):.1f}x); "
-              f"at ce <= window's: {v['dream_activation']:.2f}", flush=True)
-    Path(args.out).write_text(json.dumps({"hook": hook, "d_sae": args.d_sae, "tokens": len(x), "fvu": fvu, "l0": l0,
-                                          "iters": args.iters, "features": rows}, indent=2))
+        rows.append(
+            {
+                "target": spec,
+                "feature_density": float(alive[int(spec.rsplit("F", 1)[1])]),
+                "best_window": v["window_activation"],
+                "best_window_ce": v["window_cross_entropy"],
+                "window_text": v["window_text"],
+                "dream_at_window_ce": v["dream_activation"],
+                "best_dream": float(best["activation"]),
+                "best_dream_ce": float(best["cross_entropy"]),
+                "best_dream_text": best["text"],
+                "dream_seconds": round(result.seconds, 1),
+            }
+        )
+        print(
+            f"{spec}: best window {v['window_activation']:.2f} @ ce {v['window_cross_entropy']:.2f}; dream "
+            f"{best['activation']:.2f} @ ce {best['cross_entropy']:.2f} ({best['activation'] / max(v['window_activation'], 1e-9):.1f}x); "
+            f"at ce <= window's: {v['dream_activation']:.2f}",
+            flush=True,
+        )
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "hook": hook,
+                "d_sae": args.d_sae,
+                "tokens": len(x),
+                "fvu": fvu,
+                "l0": l0,
+                "iters": args.iters,
+                "features": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def settle() -> None:
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):      # not glibc
+    except (OSError, AttributeError):  # not glibc
         pass
 
 
@@ -71,9 +71,12 @@ def time_run(scorer, config, iters, seeds=(0,), first=None):
 
 def summarise(steps, config) -> dict:
     med = statistics.median(s.seconds for s in steps)
-    return {"iterations": len(steps), "seconds_per_iteration": med,
-            "children_per_second": config.population * config.children / med,
-            "phases": {k: statistics.median(s.phases[k] for s in steps) for k in steps[0].phases}}
+    return {
+        "iterations": len(steps),
+        "seconds_per_iteration": med,
+        "children_per_second": config.population * config.children / med,
+        "phases": {k: statistics.median(s.phases[k] for s in steps) for k in steps[0].phases},
+    }
 
 
 def time_floor(model, vocab, prompts, n, batch_size, repeats=5):
@@ -94,16 +97,23 @@ def time_floor(model, vocab, prompts, n, batch_size, repeats=5):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="bundled",
-                    help='a model spec: hub id, folder, .gguf, "bundled", or random:NAME[:layers=N] (random weights of a '
-                         'research shape: gemma-3-270m, gemma-2-2b, llama-3.2-1b, qwen2.5-0.5b, pythia-1.4b, pythia-12b, '
-                         'random-1b, ...); "random-1b" is random:random-1b (a ~1.2B Llama, for GPUs)')
+    ap.add_argument(
+        "--model",
+        default="bundled",
+        help='a model spec: hub id, folder, .gguf, "bundled", or random:NAME[:layers=N] (random weights of a '
+        "research shape: gemma-3-270m, gemma-2-2b, llama-3.2-1b, qwen2.5-0.5b, pythia-1.4b, pythia-12b, "
+        'random-1b, ...); "random-1b" is random:random-1b (a ~1.2B Llama, for GPUs)',
+    )
     ap.add_argument("--target", default="neuron:L2.N148")
     ap.add_argument("--iters", type=int, default=300, help="reverie's run (default: the paper's 300 iterations)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reverie's runs, pooled")
-    ap.add_argument("--reference-iters", type=int, default=20, help="the reference path's sample (same work every iteration)")
+    ap.add_argument(
+        "--reference-iters", type=int, default=20, help="the reference path's sample (same work every iteration)"
+    )
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--batch-size", type=int, default=None, help="prompts per forward pass, both paths (default: automatic)")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="prompts per forward pass, both paths (default: automatic)"
+    )
     ap.add_argument("--out", default="bench/results/speed.json")
     args = ap.parse_args()
 
@@ -116,16 +126,23 @@ def main() -> None:
     children = config.population * config.children
     floor = time_floor(model, scorer.vocab, children, config.length, children)
     floor_batched = time_floor(model, scorer.vocab, children, config.length, scorer.batch_size)
-    ref = time_run(ref_scorer, config, args.reference_iters)   # first: a long run slows what follows
+    ref = time_run(ref_scorer, config, args.reference_iters)  # first: a long run slows what follows
     fast = time_run(scorer, config, args.iters, args.seeds, first=args.reference_iters)
     result = {
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "device": str(model.device),
-        "dtype": str(model.dtype), "model": model.spec, "target": args.target,
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "model": model.spec,
+        "target": args.target,
         "settings": {"M": config.population, "r": config.children, "k": config.top_k, "n": config.length},
-        "batch_size": scorer.batch_size, "floor_seconds": floor, "floor_batched_seconds": floor_batched,
-        "reverie": fast, "reference": ref,
+        "batch_size": scorer.batch_size,
+        "floor_seconds": floor,
+        "floor_batched_seconds": floor_batched,
+        "reverie": fast,
+        "reference": ref,
         "speedup_vs_reference": ref["seconds_per_iteration"] / fast["seconds_per_iteration"],
-        "speedup_vs_reference_same_iterations": ref["seconds_per_iteration"] / fast.get("first_iterations", fast)["seconds_per_iteration"],
+        "speedup_vs_reference_same_iterations": ref["seconds_per_iteration"]
+        / fast.get("first_iterations", fast)["seconds_per_iteration"],
         "ratio_to_floor": fast["seconds_per_iteration"] / floor,
         "ratio_to_floor_batched": fast["seconds_per_iteration"] / floor_batched,
     }
@@ -141,10 +158,14 @@ def main() -> None:
         print(f"{name:<22}{r['seconds_per_iteration']:>9.3f}{r['children_per_second']:>12.0f}  {phases}")
     print(f"{'':<22}reverie per seed: " + ", ".join(f"{k}: {v:.3f}" for k, v in fast["seeds"].items()))
     print(f"{'floor':<22}{floor:>9.3f}{'':>12}  one plain forward of {children}x{config.length} prompts")
-    print(f"{'floor/batch':<22}{floor_batched:>9.3f}{'':>12}  the same in batches of {scorer.batch_size} (both paths' batch size)")
-    print(f"speed-up vs reference {result['speedup_vs_reference']:.2f}x (same iterations "
-          f"{result['speedup_vs_reference_same_iterations']:.2f}x); reverie / floor {result['ratio_to_floor']:.2f}x "
-          f"(/ batched floor {result['ratio_to_floor_batched']:.2f}x)")
+    print(
+        f"{'floor/batch':<22}{floor_batched:>9.3f}{'':>12}  the same in batches of {scorer.batch_size} (both paths' batch size)"
+    )
+    print(
+        f"speed-up vs reference {result['speedup_vs_reference']:.2f}x (same iterations "
+        f"{result['speedup_vs_reference_same_iterations']:.2f}x); reverie / floor {result['ratio_to_floor']:.2f}x "
+        f"(/ batched floor {result['ratio_to_floor_batched']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ def main() -> None:
             epo = EPO(scorer, config)
             start, steps = time.perf_counter() - t, []
             epo.run(lambda step: steps.append(step.seconds))
-            print(f"{spec} {name}: start {start:.2f} s, {sum(steps) / len(steps):.2f} s/iteration over {len(steps)}",
-                  flush=True)
+            print(
+                f"{spec} {name}: start {start:.2f} s, {sum(steps) / len(steps):.2f} s/iteration over {len(steps)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

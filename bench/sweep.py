@@ -30,20 +30,40 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=None)
     ap.add_argument("--cpus-per-actor", type=float, default=1)
     ap.add_argument("--out", default="runs/bench-sweep")
-    ap.add_argument("--init-from", default=None, help="a scan folder: dreams start half their population at its windows")
+    ap.add_argument(
+        "--init-from", default=None, help="a scan folder: dreams start half their population at its windows"
+    )
     args = ap.parse_args()
     results = []
     for executor in args.executors.split(","):
         out = Path(args.out) / executor
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
-        index = reverie.sweep(args.model, args.targets, args.seeds, out, EPOConfig(iters=args.iters),
-                              executor=executor, actors=args.actors, cpus_per_actor=args.cpus_per_actor, report=False,
-                              starts=args.init_from)
+        index = reverie.sweep(
+            args.model,
+            args.targets,
+            args.seeds,
+            out,
+            EPOConfig(iters=args.iters),
+            executor=executor,
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            report=False,
+            starts=args.init_from,
+        )
         seconds = time.perf_counter() - start
         jobs = int(index["seeds_done"].sum())
-        results.append({"executor": executor, "jobs": jobs, "failed": int(index["seeds_failed"].sum()),
-                        "iters": args.iters, "init_from": args.init_from, "seconds": round(seconds, 1), "jobs_per_hour": round(jobs * 3600 / seconds, 2)})
+        results.append(
+            {
+                "executor": executor,
+                "jobs": jobs,
+                "failed": int(index["seeds_failed"].sum()),
+                "iters": args.iters,
+                "init_from": args.init_from,
+                "seconds": round(seconds, 1),
+                "jobs_per_hour": round(jobs * 3600 / seconds, 2),
+            }
+        )
         print(f"{executor}: {jobs} jobs in {seconds:.0f} s = {results[-1]['jobs_per_hour']:.1f} jobs/hour", flush=True)
     Path(args.out, "results.json").write_text(json.dumps(results, indent=2))
 

@@ -30,7 +30,9 @@ def run_dirs(paths):
         if (path / "config.json").exists():
             yield path
         else:
-            yield from sorted(p.parent for p in path.rglob("config.json") if (p.parent / "checkpoint.safetensors").exists())
+            yield from sorted(
+                p.parent for p in path.rglob("config.json") if (p.parent / "checkpoint.safetensors").exists()
+            )
 
 
 def main() -> None:
@@ -51,19 +53,34 @@ def main() -> None:
         v = None if mine is None else versus_data(merge([r.history for r in runs]), mine)
         if v is None:
             continue
-        rows.append({"target": target, "seeds": len(runs), "iterations": min(r.iterations for r in runs), **v,
-                     "window_words": real_word_share(v["window_text"], words),
-                     "dream_words": None if v["dream_text"] is None else real_word_share(v["dream_text"], words)})
+        rows.append(
+            {
+                "target": target,
+                "seeds": len(runs),
+                "iterations": min(r.iterations for r in runs),
+                **v,
+                "window_words": real_word_share(v["window_text"], words),
+                "dream_words": None if v["dream_text"] is None else real_word_share(v["dream_text"], words),
+            }
+        )
     table = pd.DataFrame(rows)
-    print("| target | seeds × iters | best window (act @ ce) | best dream at ce ≤ window's | margin | windows above the "
-          "dreams | real words: window, dream |")
+    print(
+        "| target | seeds × iters | best window (act @ ce) | best dream at ce ≤ window's | margin | windows above the "
+        "dreams | real words: window, dream |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in table.itertuples():
-        dream = "none that fluent" if math.isnan(r.dream_activation) else f"{r.dream_activation:.2f} @ {r.dream_cross_entropy:.2f}"
+        dream = (
+            "none that fluent"
+            if math.isnan(r.dream_activation)
+            else f"{r.dream_activation:.2f} @ {r.dream_cross_entropy:.2f}"
+        )
         margin = "–" if math.isnan(r.margin) else f"{r.margin:+.2f}"
-        print(f"| {r.target} | {r.seeds} × {r.iterations} | {r.window_activation:.2f} @ {r.window_cross_entropy:.2f} | "
-              f"{dream} | {margin} | {r.windows_above}/{r.windows} | {r.window_words:.2f}, "
-              f"{'–' if r.dream_words is None or math.isnan(r.dream_words) else f'{r.dream_words:.2f}'} |")
+        print(
+            f"| {r.target} | {r.seeds} × {r.iterations} | {r.window_activation:.2f} @ {r.window_cross_entropy:.2f} | "
+            f"{dream} | {margin} | {r.windows_above}/{r.windows} | {r.window_words:.2f}, "
+            f"{'–' if r.dream_words is None or math.isnan(r.dream_words) else f'{r.dream_words:.2f}'} |"
+        )
     wins = int((table["margin"] > 0).sum())
     print(f"\ndreams win at equal fluency on {wins} of {len(table)} targets")
     if args.out:

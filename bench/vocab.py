@@ -50,6 +50,7 @@ GEMMA_VOCAB = 262144
 
 # ----------------------------------------------------------------------------------- the 262k model
 
+
 def synthetic_tokenizer(size: int = GEMMA_VOCAB):
     """The bundled tokenizer extended to `size` tokens by merges of its own tokens (a + b, b without a
     leading space, so that encoding can produce them); built once into the cache."""
@@ -91,10 +92,19 @@ def gemma3_262k(dtype: str | None) -> Model:
     4 heads of 256 with 1 key-value head, sliding window 512, tied embeddings scaled by sqrt(640)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    config = Gemma3TextConfig(vocab_size=GEMMA_VOCAB, hidden_size=640, intermediate_size=2048,
-                              num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
-                              head_dim=256, sliding_window=512, max_position_embeddings=32768,
-                              query_pre_attn_scalar=256, tie_word_embeddings=True)
+    config = Gemma3TextConfig(
+        vocab_size=GEMMA_VOCAB,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        max_position_embeddings=32768,
+        query_pre_attn_scalar=256,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     hf = Gemma3ForCausalLM(config).to(parse_dtype(dtype, torch.device("cpu")))
     return Model(hf, synthetic_tokenizer(), spec="random-gemma3-262k")
@@ -105,6 +115,7 @@ def load(name: str, dtype: str | None) -> Model:
 
 
 # ----------------------------------------------------------------------------------- timers
+
 
 class Timers:
     """Seconds spent inside wrapped functions, per iteration (nested calls count once, at the outside)."""
@@ -159,6 +170,7 @@ def timed_parts():
 
 # ----------------------------------------------------------------------------------- measurements
 
+
 def time_iterations(scorer, config, iters: int, warmup: int, timers: Timers) -> dict:
     """Median seconds of iterations warmup+1 … warmup+iters of one run (seed 0), its phases, and the
     wrapped functions' seconds per iteration."""
@@ -172,10 +184,13 @@ def time_iterations(scorer, config, iters: int, warmup: int, timers: Timers) -> 
         steps.append(epo.step())
         parts.append(timers.take())
     names = sorted({k for p in parts for k in p})
-    return {"iterations": iters, "seconds_per_iteration": statistics.median(s.seconds for s in steps),
-            "each": [round(s.seconds, 4) for s in steps],
-            "phases": {k: statistics.median(s.phases[k] for s in steps) for k in steps[0].phases},
-            "inside": {k: statistics.median(p.get(k, 0.0) for p in parts) for k in names}}
+    return {
+        "iterations": iters,
+        "seconds_per_iteration": statistics.median(s.seconds for s in steps),
+        "each": [round(s.seconds, 4) for s in steps],
+        "phases": {k: statistics.median(s.phases[k] for s in steps) for k in steps[0].phases},
+        "inside": {k: statistics.median(p.get(k, 0.0) for p in parts) for k in names},
+    }
 
 
 def time_vocabulary(model: Model) -> dict:
@@ -183,7 +198,7 @@ def time_vocabulary(model: Model) -> dict:
     flags not cached (decoding every token; the cache file of this tokenizer is removed first), and with
     them cached on disk."""
     t = time.perf_counter()
-    cached = hasattr(vocab_module, "fingerprint")      # not before the disk cache (bench/results/vocab-before.json)
+    cached = hasattr(vocab_module, "fingerprint")  # not before the disk cache (bench/results/vocab-before.json)
     key = vocab_module.fingerprint(model.tokenizer) if cached else None
     hashing = time.perf_counter() - t
     for path in vocab_module.vocab_cache_folder().glob(f"{key}-*") if key else ():
@@ -194,8 +209,14 @@ def time_vocabulary(model: Model) -> dict:
     t = time.perf_counter()
     vocab_module.Vocabulary.for_model(model)
     warm = time.perf_counter() - t
-    return {"tokens": len(model.tokenizer), "allowed": len(v), "fingerprint_seconds": hashing,
-            "cold_seconds": cold, "warm_seconds": warm, "disk_cache": cached}
+    return {
+        "tokens": len(model.tokenizer),
+        "allowed": len(v),
+        "fingerprint_seconds": hashing,
+        "cold_seconds": cold,
+        "warm_seconds": warm,
+        "disk_cache": cached,
+    }
 
 
 def measure(name: str, dtype: str | None, args, timers: Timers) -> dict:
@@ -203,7 +224,10 @@ def measure(name: str, dtype: str | None, args, timers: Timers) -> dict:
     print(f"\n== {model.spec} {model.dtype} vocabulary {len(model.tokenizer)}", flush=True)
     config = EPOConfig.paper(iters=10**6, seed=0, batch_size=args.batch_size, restart_every=0)
     vocab = time_vocabulary(model)
-    print(f"allowed tokens: {vocab['allowed']} (cold {vocab['cold_seconds']:.2f} s, warm {vocab['warm_seconds']:.3f} s)", flush=True)
+    print(
+        f"allowed tokens: {vocab['allowed']} (cold {vocab['cold_seconds']:.2f} s, warm {vocab['warm_seconds']:.3f} s)",
+        flush=True,
+    )
     packed = make_scorer(model, args.target, config)
     plain = make_scorer(model, args.target, config, scorer="plain")
     children = config.population * config.children
@@ -212,21 +236,36 @@ def measure(name: str, dtype: str | None, args, timers: Timers) -> dict:
         runs["floor"].append(time_floor(model, packed.vocab, children, config.length, packed.batch_size, repeats=1))
         runs["packed"].append(time_iterations(packed, config, args.iters, args.warmup, timers))
         runs["plain"].append(time_iterations(plain, config, args.plain_iters, 1, timers))
-        print(f"repeat {r}: floor {runs['floor'][-1]:.3f} s, packed {runs['packed'][-1]['seconds_per_iteration']:.3f} s, "
-              f"plain {runs['plain'][-1]['seconds_per_iteration']:.3f} s", flush=True)
+        print(
+            f"repeat {r}: floor {runs['floor'][-1]:.3f} s, packed {runs['packed'][-1]['seconds_per_iteration']:.3f} s, "
+            f"plain {runs['plain'][-1]['seconds_per_iteration']:.3f} s",
+            flush=True,
+        )
     floor = statistics.median(runs["floor"])
     fast = statistics.median(r["seconds_per_iteration"] for r in runs["packed"])
     slow = statistics.median(r["seconds_per_iteration"] for r in runs["plain"])
-    result = {"model": model.spec, "dtype": str(model.dtype), "vocabulary": len(model.tokenizer),
-              "batch_size": packed.batch_size, "allowed_vocabulary": vocab,
-              "floor_seconds": floor, "packed_seconds_per_iteration": fast, "plain_seconds_per_iteration": slow,
-              "ratio_to_floor": fast / floor, "speedup_vs_plain": slow / fast, "runs": runs}
+    result = {
+        "model": model.spec,
+        "dtype": str(model.dtype),
+        "vocabulary": len(model.tokenizer),
+        "batch_size": packed.batch_size,
+        "allowed_vocabulary": vocab,
+        "floor_seconds": floor,
+        "packed_seconds_per_iteration": fast,
+        "plain_seconds_per_iteration": slow,
+        "ratio_to_floor": fast / floor,
+        "speedup_vs_plain": slow / fast,
+        "runs": runs,
+    }
     for path in ("packed", "plain"):
         last = runs[path][-1]
         print(f"{path:>7}: {' '.join(f'{k}={v:.3f}' for k, v in last['phases'].items())}")
         print(f"{'':>7}  inside: {' '.join(f'{k}={v:.3f}' for k, v in last['inside'].items())}")
-    print(f"floor {floor:.3f} s; packed {fast:.3f} s ({fast / floor:.2f}x floor); plain {slow:.3f} s; "
-          f"packed is {slow / fast:.2f}x faster than plain", flush=True)
+    print(
+        f"floor {floor:.3f} s; packed {fast:.3f} s ({fast / floor:.2f}x floor); plain {slow:.3f} s; "
+        f"packed is {slow / fast:.2f}x faster than plain",
+        flush=True,
+    )
     del packed, plain, model
     settle()
     return result
@@ -239,7 +278,9 @@ def main() -> None:
     ap.add_argument("--target", default="neuron:L2.N148")
     ap.add_argument("--iters", type=int, default=12, help="reverie's iterations per repeat, after --warmup")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--plain-iters", type=int, default=3, help="the plain path's iterations per repeat (after one warm-up)")
+    ap.add_argument(
+        "--plain-iters", type=int, default=3, help="the plain path's iterations per repeat (after one warm-up)"
+    )
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--label", default="after")
@@ -251,11 +292,20 @@ def main() -> None:
                 results.append(measure(name, None if dtype == "default" else dtype, args, timers))
     out = Path(__file__).parent / "results" / f"vocab-{args.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "cpu_flags": cpu_flags(),
-        "note": "cores shared with other processes: compare ratios within this file",
-        "target": args.target, "settings": {"M": 8, "r": 32, "k": 512, "n": 12, "restarts": "off"},
-        "command": "python bench/vocab.py " + " ".join(sys.argv[1:]), "results": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                "cpu_flags": cpu_flags(),
+                "note": "cores shared with other processes: compare ratios within this file",
+                "target": args.target,
+                "settings": {"M": 8, "r": 32, "k": 512, "n": 12, "restarts": "off"},
+                "command": "python bench/vocab.py " + " ".join(sys.argv[1:]),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {out}")
 
 

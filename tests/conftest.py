@@ -19,32 +19,96 @@ DEVICE = os.environ.get("REVERIE_TEST_DEVICE", "cpu")
 # model_type -> small config overrides (2-3 layers, width 64, MLP 128)
 FAMILIES = {
     "gpt2": dict(bos_token_id=0, eos_token_id=0, n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64),
-    "gpt_neox": dict(bos_token_id=0, eos_token_id=0, num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                     max_position_embeddings=64),
-    "llama": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, max_position_embeddings=64),
-    "mistral": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=128, max_position_embeddings=64),
-    "qwen2": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, max_position_embeddings=64),
-    "qwen3": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, max_position_embeddings=64, head_dim=16),
-    "phi": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                max_position_embeddings=64),
-    "phi3": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, max_position_embeddings=64, pad_token_id=0),
-    "gemma": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, max_position_embeddings=64, head_dim=16),
-    "gemma2": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=128, max_position_embeddings=64, head_dim=16, sliding_window=16),
-    "gemma3_text": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                        intermediate_size=128, max_position_embeddings=64, head_dim=16, sliding_window=16),
+    "gpt_neox": dict(
+        bos_token_id=0,
+        eos_token_id=0,
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    ),
+    "llama": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    ),
+    "mistral": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    ),
+    "qwen2": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    ),
+    "qwen3": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        head_dim=16,
+    ),
+    "phi": dict(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, max_position_embeddings=64
+    ),
+    "phi3": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    ),
+    "gemma": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        head_dim=16,
+    ),
+    "gemma2": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        head_dim=16,
+        sliding_window=16,
+    ),
+    "gemma3_text": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        head_dim=16,
+        sliding_window=16,
+    ),
 }
 
 
 def checkpoint_iteration(run_dir) -> int:
     """The iteration of a run directory's checkpoint, or -1 if there is none (yet) or it is being written."""
     from safetensors import safe_open
+
     try:
         with safe_open(str(run_dir / "checkpoint.safetensors"), "pt") as fh:
             return int(fh.metadata()["iteration"])
@@ -84,8 +148,10 @@ def tiny_dir(tmp_path_factory, tiny_llama):
     return path
 
 
-TEXTS = ["The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
-         "Rivers carry sediment from mountains to the sea, building deltas where the water slows down."]
+TEXTS = [
+    "The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
+    "Rivers carry sediment from mountains to the sea, building deltas where the water slows down.",
+]
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +173,9 @@ def gradient(scorer, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor
 def browser():
     """Debian's chromium driven by Playwright, for the pages' tests (skipped without it, except on CI)."""
     playwright = pytest.importorskip("playwright.sync_api")
-    executable = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    executable = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
     if executable is None:
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's chromium (see .ci/run)")

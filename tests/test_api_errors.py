@@ -42,16 +42,23 @@ def test_load_model_refuses_a_device_this_machine_lacks(tiny_dir, device):
 
 
 def test_prompts_longer_than_the_context_are_refused(tiny_llama):
-    tiny_llama.check_length(tiny_llama.context)         # the tiny models have 64 positions
+    tiny_llama.check_length(tiny_llama.context)  # the tiny models have 64 positions
     assert tiny_llama.context == 64
     with pytest.raises(ConfigError) as e:
         tiny_llama.check_length(65)
     one_line(e, "65", "64", "shorter")
 
 
-@pytest.mark.parametrize("vector, words", [
-    (np.full(64, np.nan, np.float32), "NaN"), (np.r_[np.ones(63), np.inf].astype(np.float32), "infinite"),
-    (np.zeros(64, np.float32), "zeros"), ("npy-nan", "NaN"), ("npy-zeros", "zeros")])
+@pytest.mark.parametrize(
+    "vector, words",
+    [
+        (np.full(64, np.nan, np.float32), "NaN"),
+        (np.r_[np.ones(63), np.inf].astype(np.float32), "infinite"),
+        (np.zeros(64, np.float32), "zeros"),
+        ("npy-nan", "NaN"),
+        ("npy-zeros", "zeros"),
+    ],
+)
 def test_degenerate_directions_are_refused(tiny_llama, tmp_path, vector, words):
     if isinstance(vector, str):
         np.save(tmp_path / "v.npy", np.full(64, np.nan if vector == "npy-nan" else 0.0, np.float32))
@@ -65,14 +72,16 @@ def test_a_bare_ban_string_is_one_item():
     assert Logit(" dog", ban=" dog").banned_text == (" dog",)
     assert parse_target('logit:" dog"', ban=" dog").banned_text == (" dog",)
     assert Logit(" dog", ban=[" dog", "cat"]).banned_text == (" dog", "cat")
-    assert Custom(lambda c: c["logits"][:, -1, 0], hooks="blocks.1.hook_resid_post").hooks == ("blocks.1.hook_resid_post",)
+    assert Custom(lambda c: c["logits"][:, -1, 0], hooks="blocks.1.hook_resid_post").hooks == (
+        "blocks.1.hook_resid_post",
+    )
 
 
 def test_a_bare_banned_token_or_string_is_one_item(tiny_llama):
     dog = tiny_llama.tokenizer(" dog", add_special_tokens=False)["input_ids"][0]
     vocab = Vocabulary.for_model(tiny_llama, banned_tokens=" dog", banned_strings=" cat")
     assert vocab.banned_strings == (" cat",) and dog not in vocab.allowed_set
-    assert tiny_llama.tokenizer.convert_tokens_to_ids("d") in vocab.allowed_set     # not its letters
+    assert tiny_llama.tokenizer.convert_tokens_to_ids("d") in vocab.allowed_set  # not its letters
 
 
 @pytest.mark.parametrize("token", [3.5, None, True])
@@ -83,14 +92,20 @@ def test_a_logit_token_is_text_or_an_id(tiny_llama, token):
 
 
 @pytest.mark.parametrize("scorer", ["plain", "packed"])
-@pytest.mark.parametrize("fn, hooks, words", [
-    (lambda c: c["blocks.1.hook_resid_post"][:, -1], ("blocks.1.hook_resid_post",), "shape (2, 64) for 2 prompts"),
-    (lambda c: c["blocks.1.hook_resid_post"][:, -1, :1], ("blocks.1.hook_resid_post",), "shape (2, 1)"),
-    (lambda c: c["blocks.1.hook_resid_post"][0, -1, 0], ("blocks.1.hook_resid_post",), "shape ()"),
-    (lambda c: 1.0, (), "returned float"),
-    (lambda c: c["blocks.0.hook_resid_pre"][:, -1, 0], ("blocks.1.hook_resid_post",),
-     "'blocks.0.hook_resid_pre', which it did not declare (declared: blocks.1.hook_resid_post)"),
-])
+@pytest.mark.parametrize(
+    "fn, hooks, words",
+    [
+        (lambda c: c["blocks.1.hook_resid_post"][:, -1], ("blocks.1.hook_resid_post",), "shape (2, 64) for 2 prompts"),
+        (lambda c: c["blocks.1.hook_resid_post"][:, -1, :1], ("blocks.1.hook_resid_post",), "shape (2, 1)"),
+        (lambda c: c["blocks.1.hook_resid_post"][0, -1, 0], ("blocks.1.hook_resid_post",), "shape ()"),
+        (lambda c: 1.0, (), "returned float"),
+        (
+            lambda c: c["blocks.0.hook_resid_pre"][:, -1, 0],
+            ("blocks.1.hook_resid_post",),
+            "'blocks.0.hook_resid_pre', which it did not declare (declared: blocks.1.hook_resid_post)",
+        ),
+    ],
+)
 def test_custom_targets_that_misbehave_are_named(tiny_llama, scorer, fn, hooks, words):
     target = Custom(fn, hooks=hooks, name="mine")
     s = make_scorer(tiny_llama, target, EPOConfig(length=4, check_retokenization=False, batch_size=8), scorer=scorer)
@@ -121,8 +136,9 @@ def test_attribution_refuses_more_substitutes_than_tokens(tiny_llama):
     one_line(e, "k=100000", "smaller k")
 
 
-HISTORY = pd.DataFrame({"activation": [1.0, 2.0], "cross_entropy": [4.0, 6.0], "ids": [[1], [2]],
-                        "iteration": [0, 1], "text": ["a", "b"]})
+HISTORY = pd.DataFrame(
+    {"activation": [1.0, 2.0], "cross_entropy": [4.0, 6.0], "ids": [[1], [2]], "iteration": [0, 1], "text": ["a", "b"]}
+)
 
 
 @pytest.mark.parametrize("bad", ["5", None, math.nan, True])
@@ -135,12 +151,15 @@ def test_frontier_thresholds_must_be_numbers(bad):
     assert best_at(HISTORY, np.float32(5))["text"] == "a" and best_at(HISTORY, 7)["text"] == "b"
 
 
-@pytest.mark.parametrize("a, b", [
-    (Neuron(9, 402), Neuron("blocks.9.mlp.hook_post", 402)),
-    (Direction(8), Direction("blocks.8.hook_resid_pre")),
-    (parse_target("neuron:L9.N402"), parse_target("neuron:blocks.9.mlp.hook_post.N402")),
-    (parse_target("direction:L8:seed=2"), parse_target("direction:blocks.8.hook_resid_pre:seed=2")),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (Neuron(9, 402), Neuron("blocks.9.mlp.hook_post", 402)),
+        (Direction(8), Direction("blocks.8.hook_resid_pre")),
+        (parse_target("neuron:L9.N402"), parse_target("neuron:blocks.9.mlp.hook_post.N402")),
+        (parse_target("direction:L8:seed=2"), parse_target("direction:blocks.8.hook_resid_pre:seed=2")),
+    ],
+)
 def test_the_layer_and_hook_forms_are_one_target(a, b):
     assert a.spec == b.spec and a.hooks == b.hooks and a == b
     assert "blocks" not in a.spec
@@ -158,11 +177,14 @@ def test_paths_in_specs_are_absolute(tmp_path, monkeypatch):
     assert parse_target(parse_target("direction:L1:" + str(tmp_path / "v.npy")).spec).spec.endswith("v.npy")
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("neuron:blocks.1.hook_resid_post.N64", "hook_resid_post has neurons 0-63"),    # d_model 64, d_mlp 128
-    ("neuron:L1.N128", "the MLP has neurons 0-127"),
-    ("neuron:blocks.1.attn.hook_pattern.N0", "attention:L1"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("neuron:blocks.1.hook_resid_post.N64", "hook_resid_post has neurons 0-63"),  # d_model 64, d_mlp 128
+        ("neuron:L1.N128", "the MLP has neurons 0-127"),
+        ("neuron:blocks.1.attn.hook_pattern.N0", "attention:L1"),
+    ],
+)
 def test_neurons_are_checked_against_the_width_of_their_hook(tiny_llama, spec, words):
     with pytest.raises(TargetError) as e:
         parse_target(spec).prepare(tiny_llama)

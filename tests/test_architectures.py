@@ -55,12 +55,17 @@ def _independent_mlp_post(family: str, mlp: torch.nn.Module, x: torch.Tensor) ->
 
 # --------------------------------------------------------------------------- 1. hook points
 
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_hook_points_are_the_real_ones(family, tokenizer):
     model = build_tiny(family, tokenizer)
     block = model.adapter.blocks[1]
-    ids = torch.stack([_ids(tokenizer, "The cat sat on the mat and looked at", 7),
-                       _ids(tokenizer, "In 1492 Columbus sailed across the ocean", 7)])
+    ids = torch.stack(
+        [
+            _ids(tokenizer, "The cat sat on the mat and looked at", 7),
+            _ids(tokenizer, "In 1492 Columbus sailed across the ocean", 7),
+        ]
+    )
     b, n = ids.shape
 
     with torch.no_grad():
@@ -108,6 +113,7 @@ def test_hook_points_are_the_real_ones(family, tokenizer):
 
 # --------------------------------------------------------------------------- 2. a short dream
 
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_short_dream_raises_a_neuron(family, tokenizer, vocab):
     model = build_tiny(family, tokenizer)
@@ -124,7 +130,7 @@ def test_short_dream_raises_a_neuron(family, tokenizer, vocab):
 
     scored = np.isfinite(h["activation"].to_numpy())
     assert np.isfinite(h["cross_entropy"].to_numpy()[scored]).all()
-    assert np.isnan(h["cross_entropy"].to_numpy()[~scored]).all()     # failing a constraint: not scored
+    assert np.isnan(h["cross_entropy"].to_numpy()[~scored]).all()  # failing a constraint: not scored
     assert not np.isnan(h["activation"].to_numpy()).any()
 
     # selection never keeps a child that failed its constraints (f = -inf)
@@ -142,6 +148,7 @@ def test_short_dream_raises_a_neuron(family, tokenizer, vocab):
 
 
 # --------------------------------------------------------------------------- 3. gradient sign
+
 
 def test_token_gradients_rank_swaps_in_the_right_direction(tiny_llama, tokenizer, vocab):
     model = tiny_llama
@@ -167,7 +174,9 @@ def test_token_gradients_rank_swaps_in_the_right_direction(tiny_llama, tokenizer
         rows[0, p], rows[1, p] = top, bottom
         up, down = objective(rows).tolist()
         wins.append(up > down)
-    assert sum(wins) >= 4, f"the top-ranked swap beat the bottom-ranked one at only {sum(wins)} of {len(positions)} positions"
+    assert sum(wins) >= 4, (
+        f"the top-ranked swap beat the bottom-ranked one at only {sum(wins)} of {len(positions)} positions"
+    )
 
     # top_k agrees with the gradient ranking
     top = scorer.top_k([ids], torch.tensor([lam]), 5)
@@ -187,7 +196,7 @@ def test_every_target_kind_runs_one_step(family, spec, tokenizer, vocab):
     result = reverie.dream(model, spec, config)
     h = result.history
     assert result.iterations == 1 and set(h["iteration"]) == {0, 1}
-    assert (h["iteration"] == 1).sum() == 2 * 4 and (h["iteration"] == 0).sum() >= 2   # the beam records its candidates
+    assert (h["iteration"] == 1).sum() == 2 * 4 and (h["iteration"] == 0).sum() >= 2  # the beam records its candidates
 
     ids = torch.tensor(np.stack(h["ids"].to_list()), dtype=torch.long)
     valid = vocab.ok(ids).numpy()
@@ -196,6 +205,6 @@ def test_every_target_kind_runs_one_step(family, spec, tokenizer, vocab):
     assert np.isfinite(f[valid]).all(), f"{family} {spec}: non-finite value for a valid prompt"
     assert (f[~valid] == -math.inf).all()
     ce = h["cross_entropy"].to_numpy()
-    assert np.isfinite(ce[valid]).all() and np.isnan(ce[~valid]).all()    # a rejected prompt is not scored
+    assert np.isfinite(ce[valid]).all() and np.isnan(ce[~valid]).all()  # a rejected prompt is not scored
     if spec.startswith("attention"):
         assert ((f[valid] >= 0) & (f[valid] <= 1 + 1e-6)).all()

@@ -22,7 +22,7 @@ def test_same_seed_same_history(tiny_llama):
     pd.testing.assert_frame_equal(a.history, b.history)
     assert len(a.history) == 4 + 5 * 4 * 8
     assert not a.history["text"].equals(c.history["text"])
-    d = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))      # the defaults: beam starts, LM children
+    d = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))  # the defaults: beam starts, LM children
     e = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL))
     pd.testing.assert_frame_equal(d.history, e.history)
     assert not d.history["text"].equals(a.history["text"])
@@ -34,9 +34,15 @@ def test_activation_rises_and_selection_never_loses(tiny_llama):
     assert h["activation"].max() > h[h.iteration == 0]["activation"].max()
     # without restarts, each slot's objective never decreases (parents compete with their children)
     penalties = r.config.slot_penalties()
-    assert torch.all(objective(r.state.f, r.state.ce, penalties).diagonal() >=
-                     objective(torch.tensor(h[h.iteration == 0]["activation"].to_numpy()),
-                               torch.tensor(h[h.iteration == 0]["cross_entropy"].to_numpy()), penalties).diagonal() - 1e-6)
+    assert torch.all(
+        objective(r.state.f, r.state.ce, penalties).diagonal()
+        >= objective(
+            torch.tensor(h[h.iteration == 0]["activation"].to_numpy()),
+            torch.tensor(h[h.iteration == 0]["cross_entropy"].to_numpy()),
+            penalties,
+        ).diagonal()
+        - 1e-6
+    )
 
 
 def test_children_differ_from_parent_in_one_position(tiny_llama):
@@ -63,9 +69,9 @@ def test_restart_draws_penalty_from_range_and_fills_every_slot(tiny_llama):
             assert (step.state.population == step.state.population[0]).all()
         else:
             assert step.iteration % 3 != 0 or step.iteration == 12
-    assert len(drawn) == 3                       # at 3, 6, 9 — never at iteration 0 nor at the last one
+    assert len(drawn) == 3  # at 3, 6, 9 — never at iteration 0 nor at the last one
     assert all(0.667 <= x <= 6.0 for x in drawn)
-    assert len(set(drawn)) == 3                  # really random, not a constant
+    assert len(set(drawn)) == 3  # really random, not a constant
 
 
 def test_gcg_is_population_one(tiny_llama):
@@ -95,8 +101,7 @@ def test_retokenization_check_and_allowed_tokens(tiny_llama):
 
 
 def test_ascii_only_and_banned_tokens(tiny_llama):
-    r = reverie.dream(tiny_llama, "neuron:L1.N7",
-                      EPOConfig(**{**SMALL, "ascii_only": True, "ban_tokens": (" the",)}))
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "ascii_only": True, "ban_tokens": (" the",)}))
     the = tiny_llama.tokenizer(" the", add_special_tokens=False)["input_ids"][0]
     for row in r.history.itertuples():
         assert row.text.isascii()
@@ -104,8 +109,7 @@ def test_ascii_only_and_banned_tokens(tiny_llama):
 
 
 def test_initial_prompt_sets_population_and_length(tiny_llama):
-    r = reverie.dream(tiny_llama, "neuron:L1.N7",
-                      EPOConfig(**{**SMALL, "init_prompt": "The cat sat on the mat today"}))
+    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "init_prompt": "The cat sat on the mat today"}))
     first = r.history[r.history.iteration == 0]
     assert set(first["text"]) == {"The cat sat on the mat today"}
     assert r.state.population.shape[1] == len(first["ids"].iloc[0])
@@ -113,8 +117,12 @@ def test_initial_prompt_sets_population_and_length(tiny_llama):
 
 def test_time_budget_and_callback_stop_cleanly(tiny_llama):
     seen = []
-    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 100}),
-                      callback=lambda s: seen.append(s.iteration) or s.iteration < 3)
+    r = reverie.dream(
+        tiny_llama,
+        "neuron:L1.N7",
+        EPOConfig(**{**SMALL, "iters": 100}),
+        callback=lambda s: seen.append(s.iteration) or s.iteration < 3,
+    )
     assert r.stopped == "callback" and seen == [1, 2, 3] and r.iterations == 3
     assert r.history["iteration"].max() == 3
     # after that first run (whose start compiles what scoring uses, and the budget counts the start)
@@ -124,7 +132,7 @@ def test_time_budget_and_callback_stop_cleanly(tiny_llama):
 
 def test_time_budget_counts_the_start(tiny_llama, monkeypatch):
     # a beam start's search is part of the run: a budget it uses up leaves no time for iterations
-    def slow(*args, **kwargs):      # the beam's first next-token distributions take 0.5 s
+    def slow(*args, **kwargs):  # the beam's first next-token distributions take 0.5 s
         if not calls:
             time.sleep(0.5)
         calls.append(1)
@@ -132,8 +140,9 @@ def test_time_budget_counts_the_start(tiny_llama, monkeypatch):
 
     calls = []
     monkeypatch.setattr("reverie.search.epo.next_logprobs", slow)
-    r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.4,
-                                                                 "starts": "beam"}))
+    r = reverie.dream(
+        tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.4, "starts": "beam"})
+    )
     assert r.stopped == "time" and r.iterations == 0
 
 
@@ -141,6 +150,7 @@ def test_ctrl_c_keeps_completed_iterations(tiny_llama):
     def interrupt(step):
         if step.iteration == 2:
             raise KeyboardInterrupt
+
     r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 50}), callback=interrupt)
     assert r.stopped == "interrupted" and r.iterations == 2
     assert sorted(r.history.iteration.unique()) == [0, 1, 2]
@@ -148,6 +158,7 @@ def test_ctrl_c_keeps_completed_iterations(tiny_llama):
 
 def test_scores_are_fp32_under_bf16(tokenizer):
     from conftest import build_tiny
+
     model = build_tiny("llama", tokenizer)
     model.hf.to(torch.bfloat16)
     scorer = make_scorer(model, "neuron:L1.N7", EPOConfig(**SMALL))
@@ -159,39 +170,60 @@ def test_scores_are_fp32_under_bf16(tokenizer):
     assert any(abs(x * 32 - round(x * 32)) > 1e-3 for x in ce.tolist())
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(population=0), "population"),
-    (dict(length=1), "length"),
-    (dict(penalty_min=5, penalty_max=1), "penalty_min"),
-    (dict(population=2, penalties=(1.0,)), "penalties"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(population=0), "population"),
+        (dict(length=1), "length"),
+        (dict(penalty_min=5, penalty_max=1), "penalty_min"),
+        (dict(population=2, penalties=(1.0,)), "penalties"),
+    ],
+)
 def test_config_errors(tiny_llama, bad, message):
     with pytest.raises(reverie.ConfigError, match=message):
         reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, **bad}))
 
 
 def test_top_k_schedule_grows_k(tiny_llama):
-    config = EPOConfig.paper(population=2, children=16, top_k=64, top_k_start=1, length=6, iters=11,
-                             restart_every=0, check_retokenization=False)
+    config = EPOConfig.paper(
+        population=2,
+        children=16,
+        top_k=64,
+        top_k_start=1,
+        length=6,
+        iters=11,
+        restart_every=0,
+        check_retokenization=False,
+    )
     scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)
     assert [epo.k_at(t) for t in (0, 5, 10)] == [1, 32, 64]
     top = scorer.top_k(list(epo.state.population), epo.penalties, 64)
     parents = epo.state.population.clone()
     epo.step()
-    children = torch.tensor([list(map(int, i)) for i in epo.history.frame(scorer.vocab.decode).query("iteration == 1")["ids"]])
+    children = torch.tensor(
+        [list(map(int, i)) for i in epo.history.frame(scorer.vocab.decode).query("iteration == 1")["ids"]]
+    )
     for j, child in enumerate(children):
         slot = j // 16
         changed = (child != parents[slot]).nonzero()
-        for p in changed[:, 0].tolist():                    # k = 1 at iteration 0: only each position's best token
+        for p in changed[:, 0].tolist():  # k = 1 at iteration 0: only each position's best token
             assert child[p] == top[slot][p, 0]
     with pytest.raises(reverie.ConfigError, match="cannot exceed"):
         EPOConfig(top_k=8, top_k_start=9)
 
 
 def test_adaptive_restart_waits_for_stagnation(tiny_llama, tmp_path):
-    config = EPOConfig(population=3, children=2, top_k=2, length=6, iters=40, restart_every=3, adaptive_restart=True,
-                       check_retokenization=False)
+    config = EPOConfig(
+        population=3,
+        children=2,
+        top_k=2,
+        length=6,
+        iters=40,
+        restart_every=3,
+        adaptive_restart=True,
+        check_retokenization=False,
+    )
     scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)
     stale, restarts = [0], []
@@ -202,16 +234,17 @@ def test_adaptive_restart_waits_for_stagnation(tiny_llama, tmp_path):
             restarts.append(step.iteration)
 
     epo.run(record)
-    assert restarts                                                       # it did stagnate here (k = 2)
+    assert restarts  # it did stagnate here (k = 2)
     for t in restarts:
-        assert stale[t - 1] == 2 and stale[t] == 0                           # 3 iterations without improvement
+        assert stale[t - 1] == 2 and stale[t] == 0  # 3 iterations without improvement
     for t in range(1, 40):
         if t not in restarts:
             assert stale[t] in (0, stale[t - 1] + 1) and stale[t] < 3
     # the stale count survives a checkpoint: a resumed run is the same run
     whole = reverie.dream(tiny_llama, "neuron:L1.N3", config, out=tmp_path / "a").history
-    reverie.dream(tiny_llama, "neuron:L1.N3", config, out=tmp_path / "b", callback=lambda s: s.iteration < 7,
-                  checkpoint_every=1)
+    reverie.dream(
+        tiny_llama, "neuron:L1.N3", config, out=tmp_path / "b", callback=lambda s: s.iteration < 7, checkpoint_every=1
+    )
     resumed = reverie.resume(tmp_path / "b", model=tiny_llama).history
     pd.testing.assert_frame_equal(whole, resumed)
 
@@ -219,13 +252,17 @@ def test_adaptive_restart_waits_for_stagnation(tiny_llama, tmp_path):
 def test_gradients_are_taken_once_per_distinct_prompt(tiny_llama):
     """Slots sharing a prompt share its gradient pass, a prompt that survives or moves to another slot
     keeps its gradient, and every slot still takes its top-k under its own λ."""
-    config = EPOConfig(population=4, children=8, top_k=16, length=6, iters=5, restart_every=0, check_retokenization=False)
+    config = EPOConfig(
+        population=4, children=8, top_k=16, length=6, iters=5, restart_every=0, check_retokenization=False
+    )
     scorer = make_scorer(tiny_llama, "neuron:L1.N3", config)
     epo = EPO(scorer, config)
-    packed = scorer.scorer                        # the PackedScorer inside the out-of-memory back-off
+    packed = scorer.scorer  # the PackedScorer inside the out-of-memory back-off
     passes, parts = [], packed.gradient_parts
     one_pass = packed.gradient_pass
-    packed.gradient_pass = lambda ids, keep=False: passes.append({tuple(r) for r in ids.tolist()}) or one_pass(ids, keep)
+    packed.gradient_pass = lambda ids, keep=False: (
+        passes.append({tuple(r) for r in ids.tolist()}) or one_pass(ids, keep)
+    )
     population = epo.state.population.clone()
     population[1], population[3] = population[0], population[2]
     prompts = [tuple(r) for r in population.tolist()]
@@ -237,8 +274,10 @@ def test_gradients_are_taken_once_per_distinct_prompt(tiny_llama):
         expected = scorer.vocab.allowed[(d_f - lam * d_ce).topk(16).indices]
         assert torch.equal(got.sort(-1).values, expected.sort(-1).values)
 
-    moved = population[[2, 0, 0, 3]].clone()          # slot 0 takes slot 2's prompt; slot 3 gets a new one
-    moved[3, 0] = int(scorer.vocab.allowed[0]) if moved[3, 0] != scorer.vocab.allowed[0] else int(scorer.vocab.allowed[1])
+    moved = population[[2, 0, 0, 3]].clone()  # slot 0 takes slot 2's prompt; slot 3 gets a new one
+    moved[3, 0] = (
+        int(scorer.vocab.allowed[0]) if moved[3, 0] != scorer.vocab.allowed[0] else int(scorer.vocab.allowed[1])
+    )
     del passes[:]
     scorer.top_k(list(moved), epo.penalties, 16)
     assert passes == [{tuple(moved[3].tolist())}]

@@ -63,28 +63,29 @@ def test_an_sae_is_indexed_in_the_same_pass(tiny_llama, corpus, tmp_path):
 
 def test_a_second_build_is_a_cache_hit_and_an_interrupted_one_resumes(tiny_llama, corpus, monkeypatch, tmp_path):
     config = IndexConfig(window=8, candidates=20, chunk=16, batch_size=1)
-    monkeypatch.setattr(features, "CHECKPOINT_SECONDS", 0.0)     # a checkpoint after every batch
+    monkeypatch.setattr(features, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every batch
     calls = []
 
     def interrupt(done, total, per_token):
         calls.append(done)
         if len(calls) == 4:
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         build_index(tiny_llama, corpus, config, progress=interrupt)
-    assert find_index(tiny_llama, corpus, config) is None            # not complete: not used
+    assert find_index(tiny_llama, corpus, config) is None  # not complete: not used
     resumed = []
     index = build_index(tiny_llama, corpus, config, progress=lambda done, total, s: resumed.append(done))
-    assert resumed[0] > 0                                             # it began where the first pass stopped
+    assert resumed[0] > 0  # it began where the first pass stopped
     with monkeypatch.context() as m:
         m.setenv("REVERIE_CACHE", str(tmp_path / "elsewhere"))
-        fresh = build_index(tiny_llama, corpus, config)                # the same pass, uninterrupted
+        fresh = build_index(tiny_llama, corpus, config)  # the same pass, uninterrupted
     for name in index.values:
         assert torch.equal(index.values[name], fresh.values[name])
         assert torch.equal(index.positions[name], fresh.positions[name])
     again = []
     hit = build_index(tiny_llama, corpus, config, progress=lambda *a: again.append(a))
-    assert hit.path == index.path and not again                       # nothing ran
+    assert hit.path == index.path and not again  # nothing ran
     assert find_index(tiny_llama, corpus).meta["tokens"] == index.meta["tokens"]
 
 
@@ -105,9 +106,11 @@ def test_dreams_start_from_the_index_by_default(tiny_llama, corpus, tmp_path):
     """dream(corpus=...) with the default starts: half the slots at the best windows, the windows kept with the
     run and in its report; the frontier starts at the data."""
     from reverie.search.frontier import versus_data
+
     lines = []
-    result = reverie.dream(tiny_llama, "neuron:L1.N5", EPOConfig(**SMALL), corpus=corpus, out=tmp_path / "run",
-                           notice=lines.append)
+    result = reverie.dream(
+        tiny_llama, "neuron:L1.N5", EPOConfig(**SMALL), corpus=corpus, out=tmp_path / "run", notice=lines.append
+    )
     assert result.windows is not None and len(result.windows) > 0
     ids = {tuple(map(int, i)) for i in result.windows["ids"]}
     assert [p in ids for p in map(tuple, result.config.init_ids)] == [False, True, False, True]
@@ -122,7 +125,7 @@ def test_dreams_start_from_the_index_by_default(tiny_llama, corpus, tmp_path):
 def test_no_corpus_and_no_index(tiny_llama, tmp_path):
     none = reverie.dream(tiny_llama, "neuron:L1.N5", EPOConfig(**SMALL), corpus=None)
     assert none.windows is None and "model alone" in none.start and not any(none.config.init_ids)
-    auto = reverie.dream(tiny_llama, "neuron:L1.N5", EPOConfig(**SMALL))       # not the bundled model: no build
+    auto = reverie.dream(tiny_llama, "neuron:L1.N5", EPOConfig(**SMALL))  # not the bundled model: no build
     assert auto.windows is None and "reverie index --model tiny-llama" in auto.start
 
 
@@ -139,29 +142,80 @@ def test_index_and_dream_from_the_command_line(tiny_dir, corpus, tmp_path, monke
         with pytest.raises(SystemExit) as e:
             main()
         return e.value.code, *capsys.readouterr()
+
     code, out, err = cli("index", "--model", tiny_dir, "--corpus", corpus, "--window", 6, "--chunk", 16)
     assert code in (0, None) and "feature index of" in out
     code, out, err = cli("index", "--model", tiny_dir, "--corpus", corpus, "--window", 6, "--chunk", 16)
     assert "read from the cache" in out
-    code, out, err = cli("scan", "--model", tiny_dir, "--corpus", corpus, "--window", 6, "--target", "neuron:L1.N5",
-                         "--target", 'logit:" the"', "--out", tmp_path / "scan")
+    code, out, err = cli(
+        "scan",
+        "--model",
+        tiny_dir,
+        "--corpus",
+        corpus,
+        "--window",
+        6,
+        "--target",
+        "neuron:L1.N5",
+        "--target",
+        'logit:" the"',
+        "--out",
+        tmp_path / "scan",
+    )
     assert code in (0, None) and "read from the feature index of" in err and "neuron:L1.N5" in err
     assert set(pd.read_parquet(tmp_path / "scan" / "scan.parquet")["target"]) == {"neuron:L1.N5", "logit:' the'"}
-    small = ["--population", "4", "--children", "4", "--top-k", "16", "--length", "6", "--iters", "2", "--quiet",
-             "--no-report", "--no-retokenize-check"]
-    code, out, err = cli("dream", "--model", tiny_dir, "-t", "neuron:L1.N5", "--corpus", corpus,
-                         "--out", tmp_path / "a", *small)
+    small = [
+        "--population",
+        "4",
+        "--children",
+        "4",
+        "--top-k",
+        "16",
+        "--length",
+        "6",
+        "--iters",
+        "2",
+        "--quiet",
+        "--no-report",
+        "--no-retokenize-check",
+    ]
+    code, out, err = cli(
+        "dream", "--model", tiny_dir, "-t", "neuron:L1.N5", "--corpus", corpus, "--out", tmp_path / "a", *small
+    )
     assert code in (0, None) and "dreams against real text" in out and "window 1" in out
     assert "half the slots start from" in err
-    code, out, err = cli("dream", "--model", tiny_dir, "-t", "neuron:L1.N5", "--no-corpus", "--out", tmp_path / "b",
-                         *small)
+    code, out, err = cli(
+        "dream", "--model", tiny_dir, "-t", "neuron:L1.N5", "--no-corpus", "--out", tmp_path / "b", *small
+    )
     assert code in (0, None) and "dreams against real text" not in out
     assert reverie.load_run(tmp_path / "b").config.starts == "beam"
-    code, out, err = cli("dream", "--model", tiny_dir, "-t", "neuron:L1.N5", "--no-corpus", "--corpus", corpus,
-                         "--out", tmp_path / "c", *small)
+    code, out, err = cli(
+        "dream",
+        "--model",
+        tiny_dir,
+        "-t",
+        "neuron:L1.N5",
+        "--no-corpus",
+        "--corpus",
+        corpus,
+        "--out",
+        tmp_path / "c",
+        *small,
+    )
     assert code == 2 and "--no-corpus" in err
-    code, out, err = cli("dream", "--model", tiny_dir, "-t", "neuron:L1.N5", "--starts", "random", "--no-corpus",
-                         "--out", tmp_path / "d", *small)
+    code, out, err = cli(
+        "dream",
+        "--model",
+        tiny_dir,
+        "-t",
+        "neuron:L1.N5",
+        "--starts",
+        "random",
+        "--no-corpus",
+        "--out",
+        tmp_path / "d",
+        *small,
+    )
     assert "--starts is deprecated: use --start" in err and reverie.load_run(tmp_path / "d").config.starts == "random"
 
 
@@ -191,15 +245,25 @@ def test_the_junk_penalty_steers_selection_away_from_digit_runs(bundled):
         return sum((not bool(vocab.letters[t])) or t in ids[:j] for j, t in enumerate(ids)) / len(ids)
 
     def last_kept(gamma):
-        config = EPOConfig.paper(population=1, penalties=(1.0,), restart_every=0, children=32, top_k=64, iters=6,
-                                 init_prompt="1 1 1 1 2 2 2 2", junk_penalty=gamma, seed=0)
+        config = EPOConfig.paper(
+            population=1,
+            penalties=(1.0,),
+            restart_every=0,
+            children=32,
+            top_k=64,
+            iters=6,
+            init_prompt="1 1 1 1 2 2 2 2",
+            junk_penalty=gamma,
+            seed=0,
+        )
         kept = reverie.dream(bundled, "neuron:L3.N492", config, corpus=None).history
         kept = kept[kept["kept"]].sort_values("iteration")
         return [junk(ids) for ids in kept["ids"]], kept.iloc[-1], config
+
     start = junk(vocab.encode("1 1 1 1 2 2 2 2"))
     shares, last, config = last_kept(1000.0)
     plain, _, _ = last_kept(0.0)
     assert start > 0.9 and all(b <= a for a, b in zip(shares, shares[1:]))
     assert shares[-1] <= start - 5 / len(last["ids"]) and shares[-1] < plain[-1]
     f, ce = reverie.make_scorer(bundled, "neuron:L3.N492", config).score(torch.tensor([list(map(int, last["ids"]))]))
-    assert last["cross_entropy"] == pytest.approx(float(ce[0]), abs=0.1)   # bf16 paths differ by ~0.02; J is 1000s
+    assert last["cross_entropy"] == pytest.approx(float(ce[0]), abs=0.1)  # bf16 paths differ by ~0.02; J is 1000s

@@ -32,10 +32,14 @@ def test_cross_entropy_is_the_weighted_mix(tiny_llama, other):
     with torch.no_grad():
         expected = 0.25 * plain_ce(tiny_llama, ids) + 0.75 * plain_ce(other, ids)
     assert torch.allclose(ce, expected, atol=1e-5)
-    only = make_scorer(tiny_llama, "neuron:L1.N5", EPOConfig(length=6, fluency=(("tiny-llama-other", 1.0),)),
-                       fluency_models={"tiny-llama-other": other})
+    only = make_scorer(
+        tiny_llama,
+        "neuron:L1.N5",
+        EPOConfig(length=6, fluency=(("tiny-llama-other", 1.0),)),
+        fluency_models={"tiny-llama-other": other},
+    )
     assert torch.allclose(only.score(ids)[1], plain_ce(other, ids).detach(), atol=1e-5)
-    assert torch.allclose(only.score(ids)[0], f)                      # the feature is still the target model's
+    assert torch.allclose(only.score(ids)[0], f)  # the feature is still the target model's
 
 
 def test_gradients_equal_one_hot_gradients_of_the_mix(tiny_llama, other):
@@ -69,12 +73,20 @@ def test_a_fluency_model_must_share_the_tokenizer(tiny_llama, other):
 
 
 def test_dream_with_two_fluency_models_resumes(tiny_llama, other, tmp_path):
-    config = EPOConfig(population=4, children=8, top_k=32, length=6, iters=4,
-                       fluency=(("self", 1.0), ("tiny-llama-other", 1.0)))
+    config = EPOConfig(
+        population=4, children=8, top_k=32, length=6, iters=4, fluency=(("self", 1.0), ("tiny-llama-other", 1.0))
+    )
     models = {"tiny-llama-other": other}
     whole = reverie.dream(tiny_llama, "neuron:L1.N5", config, fluency_models=models).history
-    reverie.dream(tiny_llama, "neuron:L1.N5", config, out=tmp_path / "r", fluency_models=models,
-                  callback=lambda s: s.iteration < 2, checkpoint_every=1)
+    reverie.dream(
+        tiny_llama,
+        "neuron:L1.N5",
+        config,
+        out=tmp_path / "r",
+        fluency_models=models,
+        callback=lambda s: s.iteration < 2,
+        checkpoint_every=1,
+    )
     resumed = reverie.resume(tmp_path / "r", model=tiny_llama, fluency_models=models).history
     assert resumed["cross_entropy"].tolist() == pytest.approx(whole["cross_entropy"].tolist(), abs=1e-6, nan_ok=True)
 
@@ -86,13 +98,23 @@ def repeated(pop):
 @pytest.mark.parametrize("rho", [0.0, 100.0])
 def test_repetition_penalty_keeps_repeats_out(tiny_llama, rho):
     """Every proposed child repeats a token of its parent; only the penalty keeps them all out."""
-    config = EPOConfig.paper(population=4, children=16, top_k=4, length=6, iters=5, repetition_penalty=rho,
-                             restart_every=0, check_retokenization=False)
+    config = EPOConfig.paper(
+        population=4,
+        children=16,
+        top_k=4,
+        length=6,
+        iters=5,
+        repetition_penalty=rho,
+        restart_every=0,
+        check_retokenization=False,
+    )
     scorer = make_scorer(tiny_llama, "neuron:L1.N5", config)
     epo = EPO(scorer, config)
     assert repeated(epo.state.population).max() == 0
-    scorer.top_k = lambda prompts, penalties, k, beta=0.0: [p[torch.arange(6).roll(-1)][:, None].expand(-1, 4) for p in prompts]  # next position's token
+    scorer.top_k = lambda prompts, penalties, k, beta=0.0: [
+        p[torch.arange(6).roll(-1)][:, None].expand(-1, 4) for p in prompts
+    ]  # next position's token
     epo.run()
     children = epo.history.frame(scorer.vocab.decode).query("iteration > 0")
-    assert all(len(set(map(int, i))) < 6 for i in children["ids"])      # every child has a repeat
+    assert all(len(set(map(int, i))) < 6 for i in children["ids"])  # every child has a repeat
     assert (repeated(epo.state.population).max() == 0) == (rho > 0)

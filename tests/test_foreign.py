@@ -21,18 +21,34 @@ from reverie.scoring import make_scorer
 tl = pytest.importorskip("transformer_lens")
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-HOOKS = ["blocks.1.mlp.hook_post", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_mlp_out",
-         "blocks.1.hook_attn_out", "blocks.1.attn.hook_pattern"]
+HOOKS = [
+    "blocks.1.mlp.hook_post",
+    "blocks.1.hook_resid_pre",
+    "blocks.0.hook_resid_post",
+    "blocks.1.hook_mlp_out",
+    "blocks.1.hook_attn_out",
+    "blocks.1.attn.hook_pattern",
+]
 
 
 @pytest.fixture(scope="module")
 def lens():
-    cfg = tl.HookedTransformerConfig(n_layers=2, d_model=64, d_head=16, n_heads=4, d_mlp=128, d_vocab=49152,
-                                     n_ctx=128, act_fn="gelu", normalization_type="LN", seed=0)
+    cfg = tl.HookedTransformerConfig(
+        n_layers=2,
+        d_model=64,
+        d_head=16,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=49152,
+        n_ctx=128,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = tl.HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(bundled_path()))
-    with torch.no_grad():    # larger random weights than the default init, for activations worth comparing
+    with torch.no_grad():  # larger random weights than the default init, for activations worth comparing
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.3)
@@ -76,10 +92,10 @@ def test_scorers_read_what_run_with_cache_reads(lens, model, spec):
     ce_want = torch.nn.functional.cross_entropy(lens(x)[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").mean(1)
     config = reverie.EPOConfig(length=7, check_retokenization=False)
     for scorer in ("plain", "packed"):
-        f, ce = make_scorer(lens, spec, config, scorer=scorer).score(x)     # the HookedTransformer itself
+        f, ce = make_scorer(lens, spec, config, scorer=scorer).score(x)  # the HookedTransformer itself
         torch.testing.assert_close(f, want, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(ce, ce_want, rtol=1e-4, atol=1e-4)
-        f, _ = make_scorer(model, spec, config, scorer=scorer).score(x)     # wrapped once
+        f, _ = make_scorer(model, spec, config, scorer=scorer).score(x)  # wrapped once
         torch.testing.assert_close(f, want, rtol=1e-4, atol=1e-4)
 
 
@@ -89,10 +105,12 @@ def test_gradient_agrees_with_transformer_lens_backward(lens, model):
     df, dce = scorer.gradient_parts(x)
     W_E = lens.embed.W_E
     one_hot = torch.nn.functional.one_hot(x, W_E.shape[0]).float().requires_grad_(True)
-    with torch.enable_grad():     # TransformerLens's own pass, its hook_embed replaced by the one-hot embeddings
+    with torch.enable_grad():  # TransformerLens's own pass, its hook_embed replaced by the one-hot embeddings
         store = {}
-        hooks = [("hook_embed", lambda act, hook: one_hot @ W_E),
-                 ("blocks.1.mlp.hook_post", lambda act, hook: store.setdefault("post", act))]
+        hooks = [
+            ("hook_embed", lambda act, hook: one_hot @ W_E),
+            ("blocks.1.mlp.hook_post", lambda act, hook: store.setdefault("post", act)),
+        ]
         logits = lens.run_with_hooks(x, fwd_hooks=hooks)
         f = store["post"][:, -1, 5]
         (want_df,) = torch.autograd.grad(f.sum(), one_hot, retain_graph=True)
@@ -102,7 +120,9 @@ def test_gradient_agrees_with_transformer_lens_backward(lens, model):
     allowed = scorer.vocab.allowed
     torch.testing.assert_close(df, want_df[..., allowed], rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(dce, want_dce[..., allowed], rtol=1e-3, atol=1e-5)
-    packed = make_scorer(model, "neuron:L1.N5", reverie.EPOConfig(length=7, check_retokenization=False), scorer="packed")
+    packed = make_scorer(
+        model, "neuron:L1.N5", reverie.EPOConfig(length=7, check_retokenization=False), scorer="packed"
+    )
     pdf, pdce = packed.gradient_parts(x)
     torch.testing.assert_close(pdf, df, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(pdce, dce, rtol=1e-3, atol=1e-5)
@@ -135,7 +155,7 @@ def test_nnsight_language_model_is_its_transformers_model():
     nnsight = pytest.importorskip("nnsight")
     from conftest import build_tiny
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_path())    # nnsight sets its padding: not the shared one
+    tokenizer = AutoTokenizer.from_pretrained(bundled_path())  # nnsight sets its padding: not the shared one
     plain = build_tiny("llama", tokenizer, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -150,8 +170,9 @@ def test_nnsight_language_model_is_its_transformers_model():
     for name in names:
         torch.testing.assert_close(got[name], want[name])
     config = reverie.EPOConfig(length=7, check_retokenization=False)
-    torch.testing.assert_close(make_scorer(wrapped, "neuron:L1.N5", config).score(x),
-                               make_scorer(plain, "neuron:L1.N5", config).score(x))
+    torch.testing.assert_close(
+        make_scorer(wrapped, "neuron:L1.N5", config).score(x), make_scorer(plain, "neuron:L1.N5", config).score(x)
+    )
 
 
 def test_anything_else_is_one_line():
@@ -166,8 +187,11 @@ def test_readme_example_runs(lens):
     blocks = re.findall(r"```python\n(# example: transformer-lens\n.*?)```", README.read_text(), re.S)
     assert len(blocks) == 1
     code = blocks[0]
-    for old, new in [('HookedTransformer.from_pretrained("gpt2")', "TINY"), ("L5.N100", "L1.N5"),
-                     ("iters=100", "iters=2, population=4, children=8, top_k=32, length=6")]:
+    for old, new in [
+        ('HookedTransformer.from_pretrained("gpt2")', "TINY"),
+        ("L5.N100", "L1.N5"),
+        ("iters=100", "iters=2, population=4, children=8, top_k=32, length=6"),
+    ]:
         assert old in code
         code = code.replace(old, new)
     exec(compile(code, "README.md", "exec"), {"TINY": lens})

@@ -9,10 +9,17 @@ from reverie.search.frontier import best_at, merge, pareto, summary
 
 
 def frame(points):
-    return pd.DataFrame({
-        "iteration": np.arange(len(points)), "slot": 0,
-        "ids": [[i, i + 1] for i in range(len(points))], "text": [f"p{i}" for i in range(len(points))],
-        "activation": [p[0] for p in points], "cross_entropy": [p[1] for p in points], "kept": True})
+    return pd.DataFrame(
+        {
+            "iteration": np.arange(len(points)),
+            "slot": 0,
+            "ids": [[i, i + 1] for i in range(len(points))],
+            "text": [f"p{i}" for i in range(len(points))],
+            "activation": [p[0] for p in points],
+            "cross_entropy": [p[1] for p in points],
+            "kept": True,
+        }
+    )
 
 
 def test_pareto_is_non_dominated_set_including_non_convex_points():

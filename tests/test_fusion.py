@@ -30,14 +30,14 @@ def test_fused_norms_give_the_plain_hidden_states(family, tokenizer):
     model = build_tiny(family, tokenizer)
     assert fusion.norms(model)
     with torch.no_grad():
-        for m in fusion.norms(model):      # each norm its own weights (they start all ones or all zeros)
+        for m in fusion.norms(model):  # each norm its own weights (they start all ones or all zeros)
             m.weight.normal_(1.0, 0.5)
     compiles(model)
     with torch.inference_mode():
         plain = model.trunk(ids())
         with fusion.fused_norms(model):
             assert all("forward" in vars(m) for m in fusion.norms(model))
-            fused = [model.trunk(ids()), model.trunk(ids(11)[:1])]     # batch and single row, other sizes
+            fused = [model.trunk(ids()), model.trunk(ids(11)[:1])]  # batch and single row, other sizes
         assert torch.allclose(fused[0], plain, atol=1e-4, rtol=1e-4)
         assert torch.allclose(fused[1], model.trunk(ids(11)[:1]), atol=1e-4, rtol=1e-4)
     assert not any("forward" in vars(m) for m in fusion.norms(model))
@@ -67,7 +67,7 @@ def test_hooks_on_a_norm_still_run_and_an_error_unpatches(tiny_llama):
 def test_off_under_autograd_and_with_reverie_compile_0(tokenizer, monkeypatch):
     model = build_tiny("llama", tokenizer)
     compiles(model)
-    with FastPath.of(model).run():      # gradients on: the plain norms, whose backward autograd knows
+    with FastPath.of(model).run():  # gradients on: the plain norms, whose backward autograd knows
         assert not any("forward" in vars(m) for m in fusion.norms(model))
     monkeypatch.setenv("REVERIE_COMPILE", "0")
     model = build_tiny("llama", tokenizer)

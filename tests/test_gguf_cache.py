@@ -53,8 +53,15 @@ def write_tiny_gguf(path, d=64, ff=128, layers=2, heads=4, kv=2) -> None:
     w.add_tensor("output_norm.weight", np.ones(d, np.float32))
     w.add_tensor("output.weight", t(len(tokens), d))
     for i in range(layers):
-        for name, shape in [("attn_q", (d, d)), ("attn_k", (kv * d // heads, d)), ("attn_v", (kv * d // heads, d)),
-                            ("attn_output", (d, d)), ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)), ("ffn_down", (d, ff))]:
+        for name, shape in [
+            ("attn_q", (d, d)),
+            ("attn_k", (kv * d // heads, d)),
+            ("attn_v", (kv * d // heads, d)),
+            ("attn_output", (d, d)),
+            ("ffn_gate", (ff, d)),
+            ("ffn_up", (ff, d)),
+            ("ffn_down", (d, ff)),
+        ]:
             w.add_tensor(f"blk.{i}.{name}.weight", t(*shape))
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
@@ -74,12 +81,12 @@ def tiny_gguf(tmp_path, monkeypatch):
 
 def test_a_gguf_file_is_converted_once(tiny_gguf, monkeypatch, capsys, caplog):
     first = load_model(tiny_gguf, dtype="fp32", device="cpu")
-    assert [r.message for r in caplog.records if r.message.startswith("converting")]    # the slow step says so
+    assert [r.message for r in caplog.records if r.message.startswith("converting")]  # the slow step says so
     caplog.clear()
     folder = loading.gguf_cache_path(tiny_gguf)
     assert loading.is_converted(folder) and (folder / "tokenizer.json").exists()
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]    # no temporary folder left
-    assert "Converting" not in capsys.readouterr().err                              # no progress bar
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert "Converting" not in capsys.readouterr().err  # no progress bar
 
     def refuse(path, out):
         raise AssertionError("converted again")
@@ -114,4 +121,4 @@ def test_device_map_passes_through_to_transformers(tiny_gguf, monkeypatch):
     model = load_model(tiny_gguf, dtype="fp32", device="cpu", device_map="auto")
     assert seen[-1] == "auto" and model.device.type == "cpu" and model.dtype_reason == "fp32 as asked"
     load_model(tiny_gguf, dtype="fp32", device="cpu")
-    assert seen[-1] is None                  # not passed unless asked for
+    assert seen[-1] is None  # not passed unless asked for

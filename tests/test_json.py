@@ -18,7 +18,9 @@ def reject(constant):
 
 
 def strict_files(out: Path) -> dict:
-    files = {p.relative_to(out).as_posix(): json.loads(p.read_text(), parse_constant=reject) for p in out.rglob("*.json")}
+    files = {
+        p.relative_to(out).as_posix(): json.loads(p.read_text(), parse_constant=reject) for p in out.rglob("*.json")
+    }
     assert files
     return files
 
@@ -27,18 +29,19 @@ def test_dream_files_are_strict_json(tiny_llama, tmp_path):
     reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=2), out=tmp_path / "r")
     files = strict_files(tmp_path / "r")
     best = {row["max_cross_entropy"]: row for row in files["frontier.json"]["best"]}
-    assert set(best) == {4.0, 5.0, 6.0, None}               # None: no cross-entropy limit
-    assert best[4.0]["activation"] is None and best[4.0]["text"] is None   # a random tiny model is never this fluent
+    assert set(best) == {4.0, 5.0, 6.0, None}  # None: no cross-entropy limit
+    assert best[4.0]["activation"] is None and best[4.0]["text"] is None  # a random tiny model is never this fluent
     assert isinstance(best[None]["activation"], float) and best[None]["text"]
 
 
 def test_sweep_and_diverse_files_are_strict_json(tiny_llama, tmp_path):
-    index = reverie.sweep(tiny_llama, "neuron:L0.N1,neuron:L5.N0", 0, tmp_path / "s", EPOConfig(**SMALL, iters=2),
-                          report=False).set_index("target")
+    index = reverie.sweep(
+        tiny_llama, "neuron:L0.N1,neuron:L5.N0", 0, tmp_path / "s", EPOConfig(**SMALL, iters=2), report=False
+    ).set_index("target")
     assert index["status"].to_dict() == {"neuron:L0.N1": "done", "neuron:L5.N0": "failed"}
     files = strict_files(tmp_path / "s")
     assert {"sweep.json", "runs/neuron_L0.N1/seed0/frontier.json", "runs/neuron_L5.N0/seed0.failed.json"} <= set(files)
-    assert not list((tmp_path / "s").rglob(".lock"))        # no lock left in the sweep folder or its runs
+    assert not list((tmp_path / "s").rglob(".lock"))  # no lock left in the sweep folder or its runs
     failure = files["runs/neuron_L5.N0/seed0.failed.json"]
     assert "layer 5 does not exist" in failure["error"]
     # the traceback keeps files, lines and the error, but no machine's folders

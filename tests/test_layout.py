@@ -8,10 +8,23 @@ ROOT = Path(__file__).parents[1]
 SRC = ROOT / "src" / "reverie"
 
 # lowest first: a module may import its own layer (without a cycle) and the layers below it
-LAYERS = ["errors", "files", "version", "lm", "fast", "scoring", "search", "evidence", "runs", "report", "sweeps", "cli"]
+LAYERS = [
+    "errors",
+    "files",
+    "version",
+    "lm",
+    "fast",
+    "scoring",
+    "search",
+    "evidence",
+    "runs",
+    "report",
+    "sweeps",
+    "cli",
+]
 LEVEL = {name: i for i, name in enumerate(LAYERS)}
-LEVEL.update(errors=0, files=0, version=0)   # the base: one layer
-LONG = {}   # module -> why it may run past ~400 lines (none today)
+LEVEL.update(errors=0, files=0, version=0)  # the base: one layer
+LONG = {}  # module -> why it may run past ~400 lines (none today)
 
 
 def module_name(path: Path) -> str:
@@ -29,13 +42,13 @@ def imports(path: Path, name: str):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
             if target == "reverie" or target.startswith("reverie."):
                 known = modules()
-                for alias in node.names:      # `from . import plots` imports a module
+                for alias in node.names:  # `from . import plots` imports a module
                     sub = f"{target}.{alias.name}"
                     yield (sub, [], node.lineno) if sub in known else (target, [alias.name], node.lineno)
         elif isinstance(node, ast.Import):
@@ -51,7 +64,7 @@ def layer(module: str) -> int:
 def test_imports_flow_down_the_layers_without_a_cycle():
     graph, wrong = {}, []
     for name, path in modules().items():
-        if name in ("reverie", "reverie.__main__"):      # the package's face: it gathers every layer
+        if name in ("reverie", "reverie.__main__"):  # the package's face: it gathers every layer
             continue
         graph[name] = set()
         for target, _, line in imports(path, name):
@@ -81,20 +94,32 @@ def private_uses(path: Path) -> list[str]:
     """Imports of a reverie module's private names, and `module._name` uses of imported reverie modules."""
     tree = ast.parse(path.read_text())
     name = module_name(path) if SRC in path.parents else "reverie.outside"
-    found = [f"{path.name}:{line} imports {target}.{n}" for target, names, line in imports(path, name)
-             for n in names if n.startswith("_") and not n.startswith("__")]
-    bound = set()                          # names bound to reverie modules (or to what they export)
+    found = [
+        f"{path.name}:{line} imports {target}.{n}"
+        for target, names, line in imports(path, name)
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
+    bound = set()  # names bound to reverie modules (or to what they export)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             bound.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("reverie"))
         elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("reverie")):
             bound.update(a.asname or a.name for a in node.names)
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
-                getattr(node.value.func, "attr", None) == "import_module":
+        elif (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "attr", None) == "import_module"
+        ):
             bound.update(t.id for t in node.targets if isinstance(t, ast.Name))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound \
-                and node.attr.startswith("_") and not node.attr.startswith("__"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
     return found
 

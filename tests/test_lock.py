@@ -17,7 +17,11 @@ SMALL = dict(population=4, children=8, top_k=32, length=8, seed=0)
 def hold(path):
     """A process holding `path`'s run-directory lock as a dream or resume writing it does: an flock on
     path/.lock, the file holding its process id."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import fcntl, os, time
         os.makedirs({str(path)!r}, exist_ok=True)
         with open(os.path.join({str(path)!r}, ".lock"), "a+") as fh:
@@ -27,7 +31,11 @@ def hold(path):
             fh.flush()
             print("locked", flush=True)
             time.sleep(120)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -35,19 +43,21 @@ def hold(path):
 def test_second_writer_is_refused_until_the_holder_is_killed(tiny_llama, tmp_path):
     out = tmp_path / "r"
     reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=2), out=out)
-    assert not (out / ".lock").exists()                    # a finished writer leaves no lock file
+    assert not (out / ".lock").exists()  # a finished writer leaves no lock file
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     holder = hold(out)
     try:
-        with pytest.raises(reverie.RunDirError, match=f"another reverie process \\(pid {holder.pid}\\) is running") as e:
+        with pytest.raises(
+            reverie.RunDirError, match=f"another reverie process \\(pid {holder.pid}\\) is running"
+        ) as e:
             reverie.resume(out, model=tiny_llama, iters=4)
         assert "\n" not in str(e.value)
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    assert (out / ".lock").read_text() == str(holder.pid)   # the killed holder's lock file stays...
-    done = reverie.resume(out, model=tiny_llama, iters=4)    # ...and blocks nobody
+    assert (out / ".lock").read_text() == str(holder.pid)  # the killed holder's lock file stays...
+    done = reverie.resume(out, model=tiny_llama, iters=4)  # ...and blocks nobody
     assert done.iterations == 4 and not (out / ".lock").exists()
 
 

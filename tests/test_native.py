@@ -25,14 +25,16 @@ def packed_attention(layout, q, k, v, monkeypatch, use_kernel: bool, **options):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("options", [{}, {"softcap": 2.0}, {"sliding_window": 3}, {"softcap": 1.5, "sliding_window": 5}])
+@pytest.mark.parametrize(
+    "options", [{}, {"softcap": 2.0}, {"sliding_window": 3}, {"softcap": 1.5, "sliding_window": 5}]
+)
 def test_kernel_equals_torch_packed_attention(kernel, dtype, options, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     n, parents, heads, kv_heads, d = 9, 3, 6, 2, 16
     parent = torch.randint(parents, (40,), generator=gen)
     pos = torch.randint(n, (40,), generator=gen)
-    layouts = [attention.Packed({}, parent[:25], pos[:25], n, lead=parents)]      # parents lead: keys and values kept
-    layouts.append(attention.Packed(layouts[0].kv, parent[25:], pos[25:], n))       # a second pass reads them
+    layouts = [attention.Packed({}, parent[:25], pos[:25], n, lead=parents)]  # parents lead: keys and values kept
+    layouts.append(attention.Packed(layouts[0].kv, parent[25:], pos[25:], n))  # a second pass reads them
     for layout in layouts:
         T = len(layout.entry)
         # the attention interface's layout: [1, heads, T, d] views of [1, T, heads, d] projections
@@ -59,7 +61,7 @@ def test_kernel_refuses_a_layout_that_does_not_match_its_row(kernel):
     args = (kp, kp, layout.entry, layout.position, layout.entry_start, layout.entry_pos, layout.parent, 0.3, None, None)
     assert native.packed_attention(q, k, v, *args).shape == (1, T, 2, 8)
     with pytest.raises(ValueError):
-        native.packed_attention(q[:, :, :-3], k[:, :, :-3], v[:, :, :-3], *args)     # fewer tokens than the layout
+        native.packed_attention(q[:, :, :-3], k[:, :, :-3], v[:, :, :-3], *args)  # fewer tokens than the layout
     start = layout.entry_start.clone()
     start[-1] += 5
     with pytest.raises(ValueError):
@@ -72,10 +74,10 @@ def test_the_kernel_is_loaded_only_from_a_folder_only_this_user_can_change(kerne
     monkeypatch.setenv("REVERIE_CACHE", str(tmp_path))
     library = native.build()
     assert library.parent == tmp_path / "native" and native.private(library.parent) and native.private(library)
-    library.chmod(0o666)                                      # a file anyone could have replaced
+    library.chmod(0o666)  # a file anyone could have replaced
     library.write_bytes(b"planted")
     rebuilt = native.build()
     assert rebuilt == library and native.private(rebuilt) and rebuilt.read_bytes() != b"planted"
-    (tmp_path / "native").chmod(0o777)                        # a folder anyone can write to
+    (tmp_path / "native").chmod(0o777)  # a folder anyone can write to
     elsewhere = native.build()
     assert elsewhere.parent != tmp_path / "native" and native.private(elsewhere.parent)

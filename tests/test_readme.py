@@ -30,8 +30,11 @@ def _name(path: Path) -> str:
 
 def python_blocks(path: Path) -> list[str]:
     """The bodies of the ```python fences of a Markdown page."""
-    return [body for _, info, body in FENCE.findall(path.read_text(encoding="utf-8"))
-            if info.strip().split(" ")[0].lower() in ("python", "py")]
+    return [
+        body
+        for _, info, body in FENCE.findall(path.read_text(encoding="utf-8"))
+        if info.strip().split(" ")[0].lower() in ("python", "py")
+    ]
 
 
 def prose(path: Path) -> str:
@@ -91,7 +94,8 @@ def resolves(dotted: str) -> bool:
 def test_readme_is_a_short_page():
     size = len(README.read_bytes())
     assert size <= MAX_README_BYTES, (
-        f"README.md is {size} bytes (at most {MAX_README_BYTES}): move the detail into docs/")
+        f"README.md is {size} bytes (at most {MAX_README_BYTES}): move the detail into docs/"
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_name)
@@ -104,8 +108,9 @@ def test_python_examples_use_public_names(page):
         except SyntaxError as e:
             pytest.fail(f"{_name(page)}: python block {i} does not parse: {e}")
         missing |= {name for name in names if not resolves(name)}
-    assert not missing, (f"{_name(page)} uses names that a plain `import reverie` does not provide: "
-                         f"{', '.join(sorted(missing))}")
+    assert not missing, (
+        f"{_name(page)} uses names that a plain `import reverie` does not provide: {', '.join(sorted(missing))}"
+    )
 
 
 def test_readme_has_python_that_is_checked():
@@ -116,7 +121,7 @@ def test_readme_has_python_that_is_checked():
 def test_relative_links_point_at_files_and_headings(page):
     broken = []
     for target in LINK.findall(prose(page)):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):     # http:, https:, mailto: ...
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto: ...
             continue
         file, _, anchor = target.partition("#")
         path = (page.parent / file).resolve() if file else page

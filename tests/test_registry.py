@@ -68,6 +68,8 @@ def test_only_kinds_with_ranges_expand_them():
 
 def test_sae_imports_first_in_a_fresh_interpreter():
     """No cycle between targets and SAEs (tests/test_layout.py checks every module): either imports first."""
-    code = ("import reverie.lm.sae as sae, reverie.lm.targets as t; "
-            "assert issubclass(sae.SAEFeature, t.Target) and t.KINDS['sae'].parse('x:Fy', ()) is None")
+    code = (
+        "import reverie.lm.sae as sae, reverie.lm.targets as t; "
+        "assert issubclass(sae.SAEFeature, t.Target) and t.KINDS['sae'].parse('x:Fy', ()) is None"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -37,8 +37,12 @@ def xss_run(tmp_path_factory, tiny_llama):
     """A real run whose best dream is `<script>alert(1)</script></div>` (its history row is rewritten to
     that text and those tokens, as if EPO had found it)."""
     out = tmp_path_factory.mktemp("runs") / "xss"
-    dream(tiny_llama, "neuron:L1.N7", EPOConfig(population=2, children=4, top_k=16, length=8, iters=2,
-                                                 init_prompt=XSS, check_retokenization=False), out=out)
+    dream(
+        tiny_llama,
+        "neuron:L1.N7",
+        EPOConfig(population=2, children=4, top_k=16, length=8, iters=2, init_prompt=XSS, check_retokenization=False),
+        out=out,
+    )
     history = pd.read_parquet(out / "history.parquet")
     best = history["activation"].idxmax()
     history.at[best, "text"] = XSS
@@ -71,16 +75,36 @@ def far_run(tmp_path_factory, run_dir):
 
 def test_empty_fluency_buckets_say_so_not_nan(far_run, tiny_llama):
     html = words(build_report(far_run, model=tiny_llama, points=2, k=4))
-    assert "nan" not in html.lower() and html.count(NONE) == 3        # <= 4, 5 and 6 are empty
-    index = environment().get_template("index.html.j2").render(
-        meta={"model": "m", "dtype": "fp32", "epo": {"iters": 1, "population": 1}, "seeds": [0]},
-        rows=[{"target": "t", "status": "done", "seeds_done": 1, "seeds": 1, "seeds_failed": 0, "seconds": 1.0,
-               "error": None, **{f"activation_{t}": math.nan for t in ("ce4", "any")},
-               "activation_any": 1.0, "cross_entropy_any": 22.0, "prompt_any": ODD}],
-        links={"t": []}, tags=[("ce4", "≤ 4"), ("any", "any")], counts={"done": 1}, generated="now",
-        isfinite=lambda v: isinstance(v, float) and math.isfinite(v))
+    assert "nan" not in html.lower() and html.count(NONE) == 3  # <= 4, 5 and 6 are empty
+    index = (
+        environment()
+        .get_template("index.html.j2")
+        .render(
+            meta={"model": "m", "dtype": "fp32", "epo": {"iters": 1, "population": 1}, "seeds": [0]},
+            rows=[
+                {
+                    "target": "t",
+                    "status": "done",
+                    "seeds_done": 1,
+                    "seeds": 1,
+                    "seeds_failed": 0,
+                    "seconds": 1.0,
+                    "error": None,
+                    **{f"activation_{t}": math.nan for t in ("ce4", "any")},
+                    "activation_any": 1.0,
+                    "cross_entropy_any": 22.0,
+                    "prompt_any": ODD,
+                }
+            ],
+            links={"t": []},
+            tags=[("ce4", "≤ 4"), ("any", "any")],
+            counts={"done": 1},
+            generated="now",
+            isfinite=lambda v: isinstance(v, float) and math.isfinite(v),
+        )
+    )
     assert NONE in index and "nan" not in index.lower()
-    assert "line one⏎line two\\x07 $x^2$ \\n" in index                # one line, every character visible
+    assert "line one⏎line two\\x07 $x^2$ \\n" in index  # one line, every character visible
 
 
 def test_newlines_and_control_characters_are_visible(far_run):
@@ -95,11 +119,14 @@ def test_template_context_is_shown_around_the_optimised_span(tmp_path, tiny_llam
     dream(tiny_llama, "neuron:L1.N7", config, out=tmp_path / "t")
     html = build_report(tmp_path / "t", model=tiny_llama, points=1, k=4, baseline_prompts=64)
     best = reverie.load_run(tmp_path / "t").best()["text"]
-    assert "<b>" not in best and "<" not in best                     # (the assertion below reads it raw)
-    assert re.search(r'<p id="template">.*<span class="ctx">Once &lt;b&gt;upon&lt;/b&gt; </span>'
-                     r'<mark class="span">[^<]+</mark><span class="ctx"> and then</span>', html)
+    assert "<b>" not in best and "<" not in best  # (the assertion below reads it raw)
+    assert re.search(
+        r'<p id="template">.*<span class="ctx">Once &lt;b&gt;upon&lt;/b&gt; </span>'
+        r'<mark class="span">[^<]+</mark><span class="ctx"> and then</span>',
+        html,
+    )
     assert 'id="heat-scale"' in html and 'class="ctx t-before"' in html and 'class="ctx t-after"' in html
-    assert f'<mark class="span">{best}</mark>' in html                # shown with the best dream
+    assert f'<mark class="span">{best}</mark>' in html  # shown with the best dream
 
 
 def test_no_template_no_context(run_dir):
@@ -117,12 +144,19 @@ def test_random_baseline_matches_a_direct_computation(tiny_llama):
 
 
 def test_versus_data_compares_at_equal_fluency():
-    history = pd.DataFrame({"iteration": 0, "ids": [[1], [2], [3]], "text": ["a", "b", "c"],
-                            "activation": [1.0, 3.0, 5.0], "cross_entropy": [4.0, 6.0, 9.0]})
+    history = pd.DataFrame(
+        {
+            "iteration": 0,
+            "ids": [[1], [2], [3]],
+            "text": ["a", "b", "c"],
+            "activation": [1.0, 3.0, 5.0],
+            "cross_entropy": [4.0, 6.0, 9.0],
+        }
+    )
     windows = pd.DataFrame({"activation": [2.0, 2.5], "cross_entropy": [6.5, 3.0], "text": ["w1", "w2"]})
     v = versus_data(history, windows)
     assert v["window_activation"] == 2.5 and v["dream_activation"] is not None
-    assert math.isnan(v["dream_activation"]) and v["windows_above"] == 1   # nothing as fluent as 3.0
+    assert math.isnan(v["dream_activation"]) and v["windows_above"] == 1  # nothing as fluent as 3.0
     v = versus_data(history, windows.iloc[:1])
     assert v["dream_activation"] == 3.0 and v["margin"] == 1.0 and v["windows_above"] == 0
 
@@ -131,12 +165,12 @@ def test_report_has_every_section(run_dir, tiny_llama, corpus):
     windows = scan(tiny_llama, ["neuron:L1.N7", "neuron:L1.N8"], str(corpus), ScanConfig(window=8, top=5, chunk=16))
     html = build_report(run_dir, scan=windows, model=tiny_llama, points=2, k=4)
     front = reverie.load_run(run_dir).frontier()
-    assert html.count('src="data:image/png;base64,') == 3          # frontier, dreams vs data, over iterations
-    assert html.count("<tr>") >= len(front) + 5 + 4                  # frontier rows + windows + best table
+    assert html.count('src="data:image/png;base64,') == 3  # frontier, dreams vs data, over iterations
+    assert html.count("<tr>") >= len(front) + 5 + 4  # frontier rows + windows + best table
     assert 'id="windows"' in html and "Best dataset window" in html
     assert 'class="tok"' in html and "Random-prompt baseline" in html
-    assert "http://" not in html and "https://" not in html           # nothing fetched from anywhere
-    without = build_report(run_dir)                                   # no model: says so, still renders
+    assert "http://" not in html and "https://" not in html  # nothing fetched from anywhere
+    without = build_report(run_dir)  # no model: says so, still renders
     assert "need the model" in without and 'class="tok"' not in without and without.count("data:image/png") == 2
 
 
@@ -144,28 +178,69 @@ def test_direction_report_shows_z_scores(tmp_path, tiny_llama):
     dream(tiny_llama, "direction:L1", CONFIG, out=tmp_path / "d")
     html = build_report(tmp_path / "d", model=tiny_llama, points=1, k=4, baseline_prompts=64)
     assert re.search(r"<th[^>]*>z</th>", html)
-    assert not re.search(r"<th[^>]*>z</th>", build_report(tmp_path / "d"))   # no baseline without the model
+    assert not re.search(r"<th[^>]*>z</th>", build_report(tmp_path / "d"))  # no baseline without the model
 
 
 def test_dreamed_markup_is_escaped(xss_run, tiny_llama):
     html = build_report(xss_run, model=tiny_llama, points=4, k=4)
-    assert html.count("<script") == 1 and "alert(1)" in html          # the page's own script, no dreamed one
+    assert html.count("<script") == 1 and "alert(1)" in html  # the page's own script, no dreamed one
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;/div&gt;" in html
 
 
 def test_cli_dream_writes_report_and_report_command(monkeypatch, capsys, tiny_dir, tmp_path, corpus):
-    code, out, err = run(monkeypatch, capsys, "scan", "--model", tiny_dir, "--target", "neuron:L1.N7",
-                         "--corpus", corpus, "--out", tmp_path / "scan", "--window", "8", "--chunk", "16")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "scan",
+        "--model",
+        tiny_dir,
+        "--target",
+        "neuron:L1.N7",
+        "--corpus",
+        corpus,
+        "--out",
+        tmp_path / "scan",
+        "--window",
+        "8",
+        "--chunk",
+        "16",
+    )
     assert code in (0, None), err
-    code, out, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7",
-                         "--out", tmp_path / "a", "--scan", tmp_path / "scan", *SMALL)
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "dream",
+        "--model",
+        tiny_dir,
+        "--target",
+        "neuron:L1.N7",
+        "--out",
+        tmp_path / "a",
+        "--scan",
+        tmp_path / "scan",
+        *SMALL,
+    )
     assert code in (0, None), err
     html = (tmp_path / "a" / "report.html").read_text()
     assert 'id="windows"' in html and 'class="tok"' in html
-    assert any(reverie.load_run(tmp_path / "a").config.init_ids)        # --scan also starts from the data...
-    code, out, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7", "--out",
-                         tmp_path / "plain", "--scan", tmp_path / "scan", "--random-start", "--no-report", *SMALL)
-    assert code in (0, None) and not any(reverie.load_run(tmp_path / "plain").config.init_ids)   # ...unless told not to
+    assert any(reverie.load_run(tmp_path / "a").config.init_ids)  # --scan also starts from the data...
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "dream",
+        "--model",
+        tiny_dir,
+        "--target",
+        "neuron:L1.N7",
+        "--out",
+        tmp_path / "plain",
+        "--scan",
+        tmp_path / "scan",
+        "--random-start",
+        "--no-report",
+        *SMALL,
+    )
+    assert code in (0, None) and not any(reverie.load_run(tmp_path / "plain").config.init_ids)  # ...unless told not to
     code, out, err = run(monkeypatch, capsys, "report", tmp_path / "a", "--no-model", "--out", tmp_path / "r.html")
     assert code in (0, None), err
     assert (tmp_path / "r.html").exists() and 'class="tok"' not in (tmp_path / "r.html").read_text()
@@ -173,12 +248,25 @@ def test_cli_dream_writes_report_and_report_command(monkeypatch, capsys, tiny_di
     assert code == 2 and "cannot read the scan" in err
     code, _, err = run(monkeypatch, capsys, "report", tmp_path / "nothing")
     assert code == 2
-    code, _, err = run(monkeypatch, capsys, "dream", "--model", tiny_dir, "--target", "neuron:L1.N7",
-                       "--out", tmp_path / "b", "--scan", tmp_path / "nowhere", *SMALL)
-    assert code == 2 and not (tmp_path / "b").exists()              # fails before any work
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "dream",
+        "--model",
+        tiny_dir,
+        "--target",
+        "neuron:L1.N7",
+        "--out",
+        tmp_path / "b",
+        "--scan",
+        tmp_path / "nowhere",
+        *SMALL,
+    )
+    assert code == 2 and not (tmp_path / "b").exists()  # fails before any work
 
 
 # ------------------------------------------------------------------------------ in a real browser
+
 
 def test_report_renders_in_chromium(browser, run_dir, tiny_llama, corpus, tmp_path):
     windows = scan(tiny_llama, ["neuron:L1.N7"], str(corpus), ScanConfig(window=8, top=5, chunk=16))
@@ -186,7 +274,7 @@ def test_report_renders_in_chromium(browser, run_dir, tiny_llama, corpus, tmp_pa
     page, problems, dialogs = open_page(browser, path, clipboard=False)
     assert problems == [] and dialogs == []
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-    assert len(widths) == 3 and min(widths) > 300                     # every plot decoded
+    assert len(widths) == 3 and min(widths) > 300  # every plot decoded
     rows = page.locator("#frontier tr").count() - 1
     assert rows == len(reverie.load_run(run_dir).frontier()) and page.locator("#frontier").is_visible()
     assert page.locator("#windows tr").count() > 1
@@ -195,17 +283,17 @@ def test_report_renders_in_chromium(browser, run_dir, tiny_llama, corpus, tmp_pa
     tip = tokens.first.locator(".tip")
     assert not tip.is_visible()
     tokens.first.hover()
-    assert tip.is_visible() and "worst substitute" in tip.inner_text()   # hover details
+    assert tip.is_visible() and "worst substitute" in tip.inner_text()  # hover details
     page.close()
 
 
 def test_dreamed_script_is_text_in_chromium(browser, xss_run, tiny_llama):
     path = write_report(xss_run, model=tiny_llama, points=4, k=4)
     page, problems, dialogs = open_page(browser, path, clipboard=False)
-    assert dialogs == [] and problems == []                            # alert(1) never ran
-    assert page.evaluate("document.scripts.length") == 1               # the page's own (tables.html.j2)
+    assert dialogs == [] and problems == []  # alert(1) never ran
+    assert page.evaluate("document.scripts.length") == 1  # the page's own (tables.html.j2)
     assert XSS in page.locator("#frontier").inner_text() or XSS in page.locator("#best").inner_text()
-    assert page.locator("h2").count() >= 5                             # the stray </div> broke no layout
+    assert page.locator("h2").count() >= 5  # the stray </div> broke no layout
     page.close()
 
 
@@ -216,9 +304,9 @@ if __name__ == "__main__":
 def test_a_cached_baseline_is_computed_once_per_model_and_target(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("REVERIE_CACHE", str(tmp_path))
     first = random_baseline(tiny_llama, "neuron:L1.N3", n=16, length=4, cached=True)
-    assert first == random_baseline(tiny_llama, "neuron:L1.N3", n=16, length=4)      # the same numbers
+    assert first == random_baseline(tiny_llama, "neuron:L1.N3", n=16, length=4)  # the same numbers
     [path] = (tmp_path / "baselines").iterdir()
-    path.write_text(json.dumps({**first.to_dict(), "mean": 123.0}))                 # what is read back is the cache
+    path.write_text(json.dumps({**first.to_dict(), "mean": 123.0}))  # what is read back is the cache
     assert random_baseline(tiny_llama, "neuron:L1.N3", n=16, length=4, cached=True).mean == 123.0
     assert random_baseline(tiny_llama, "neuron:L1.N4", n=16, length=4, cached=True).mean != 123.0
     assert random_baseline(tiny_llama, "neuron:L1.N3", n=16, length=5, cached=True).mean != 123.0

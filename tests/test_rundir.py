@@ -20,8 +20,13 @@ SMALL = dict(population=4, children=8, top_k=32, length=8, seed=0)
 def test_run_directory_contents(tiny_llama, tmp_path):
     out = tmp_path / "run"
     r = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig.paper(**SMALL, iters=6), out=out)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "frontier.json",
-                                                     "history", "history.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.safetensors",
+        "config.json",
+        "frontier.json",
+        "history",
+        "history.parquet",
+    ]
     config = json.loads((out / "config.json").read_text())
     assert config["target"] == "neuron:L1.N7" and config["epo"]["iters"] == 6
     history = pd.read_parquet(out / "history.parquet")
@@ -36,8 +41,14 @@ def test_run_directory_contents(tiny_llama, tmp_path):
 def test_resume_in_python_continues_and_matches_uninterrupted(tiny_llama, tmp_path):
     full = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=8))
     stop_at_5 = lambda s: s.iteration < 5  # noqa: E731
-    part = reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=8), out=tmp_path / "r",
-                         callback=stop_at_5, checkpoint_every=2)
+    part = reverie.dream(
+        tiny_llama,
+        "neuron:L1.N7",
+        EPOConfig(**SMALL, iters=8),
+        out=tmp_path / "r",
+        callback=stop_at_5,
+        checkpoint_every=2,
+    )
     assert part.stopped == "callback" and part.iterations == 5
     done = reverie.resume(tmp_path / "r", model=tiny_llama)
     assert done.stopped == "done" and done.iterations == 8
@@ -49,9 +60,33 @@ def test_resume_in_python_continues_and_matches_uninterrupted(tiny_llama, tmp_pa
 
 def test_sigkill_then_resume_keeps_every_iteration(tiny_dir, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "reverie", "dream", "--model", str(tiny_dir), "--target", "neuron:L1.N7",
-           "--iters", "400", "--population", "4", "--children", "8", "--top-k", "32", "--length", "8",
-           "--checkpoint-every", "1", "--dtype", "fp32", "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reverie",
+        "dream",
+        "--model",
+        str(tiny_dir),
+        "--target",
+        "neuron:L1.N7",
+        "--iters",
+        "400",
+        "--population",
+        "4",
+        "--children",
+        "8",
+        "--top-k",
+        "32",
+        "--length",
+        "8",
+        "--checkpoint-every",
+        "1",
+        "--dtype",
+        "fp32",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while checkpoint_iteration(out) < 6 and time.time() < deadline and proc.poll() is None:
@@ -62,11 +97,15 @@ def test_sigkill_then_resume_keeps_every_iteration(tiny_dir, tmp_path):
     killed_at = checkpoint_iteration(out)
     assert 6 <= killed_at < 400
     assert not (out / "frontier.json").exists()
-    partial = reverie.load_run(out)          # a killed run is readable as it is
+    partial = reverie.load_run(out)  # a killed run is readable as it is
     assert partial.iterations == killed_at and partial.stopped == "unfinished"
 
-    resumed = subprocess.run([sys.executable, "-m", "reverie", "dream", "--resume", str(out), "--iters", "20",
-                              "--quiet"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "reverie", "dream", "--resume", str(out), "--iters", "20", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     final = reverie.load_run(out)
     assert final.iterations == 20 and final.stopped == "done"
@@ -122,7 +161,7 @@ def test_resume_checks_checkpoint_every_before_computing(tiny_llama, tmp_path):
 def test_resume_rewrites_config_only_once_the_run_started(tiny_llama, tmp_path):
     out = tmp_path / "r"
     reverie.dream(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=2), out=out)
-    stopped = reverie.resume(out, model=tiny_llama, iters=5, time_budget=1e-9)   # stops before an iteration
+    stopped = reverie.resume(out, model=tiny_llama, iters=5, time_budget=1e-9)  # stops before an iteration
     assert stopped.stopped == "time" and stopped.iterations == 2
     assert json.loads((out / "config.json").read_text())["epo"]["iters"] == 2
     done = reverie.resume(out, model=tiny_llama, iters=3)
@@ -150,7 +189,7 @@ def test_disk_full_during_checkpoint_keeps_the_last_one(tiny_llama, tmp_path, mo
     assert "\n" not in message and "No space left on device" in message
     assert "checkpoint of iteration 3" in message and "last checkpoint (iteration 2)" in message
     assert (out / "checkpoint.safetensors").read_bytes() == before
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]       # no temporary file, no lock left
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file, no lock left
     monkeypatch.undo()
     done = reverie.resume(out, model=tiny_llama, iters=4)
     assert done.iterations == 4 and sorted(done.history.iteration.unique()) == list(range(5))

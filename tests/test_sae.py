@@ -42,8 +42,8 @@ def test_trained_sae_reconstructs_and_round_trips(sae_dir):
     f = sae.encode(x)
     recon = f @ sae.W_dec + sae.b_dec
     unexplained = ((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
-    assert unexplained < 0.5                                   # it learned something
-    assert 0 < (f > 0).float().sum(-1).mean() < 64 / 4         # and it is sparse
+    assert unexplained < 0.5  # it learned something
+    assert 0 < (f > 0).float().sum(-1).mean() < 64 / 4  # and it is sparse
     assert sae.hook_name == HOOK and sae.threshold is None
 
 
@@ -75,8 +75,13 @@ def test_saelens_object_is_read(sae_dir, tiny_llama):
     """A SAELens SAE exposes W_enc, b_enc, b_dec, W_dec and cfg.hook_name (cfg.metadata.hook_name in v6)."""
     folder, x = sae_dir
     w = SAEWeights.load(folder)
-    lens = SimpleNamespace(W_enc=w.W_enc, b_enc=w.b_enc, b_dec=w.b_dec, W_dec=w.W_dec,
-                           cfg=SimpleNamespace(metadata=SimpleNamespace(hook_name=HOOK), apply_b_dec_to_input=True))
+    lens = SimpleNamespace(
+        W_enc=w.W_enc,
+        b_enc=w.b_enc,
+        b_dec=w.b_dec,
+        W_dec=w.W_dec,
+        cfg=SimpleNamespace(metadata=SimpleNamespace(hook_name=HOOK), apply_b_dec_to_input=True),
+    )
     target = SAEFeature(lens, 5)
     make_scorer(tiny_llama, target, EPOConfig())
     assert torch.allclose(target.value({HOOK: x[None]}), w.encode(x[-1:], [5])[:, 0])
@@ -85,7 +90,7 @@ def test_saelens_object_is_read(sae_dir, tiny_llama):
 def test_dreaming_a_feature_beats_the_corpus(sae_dir, tiny_llama, tmp_path):
     folder, x = sae_dir
     sae = SAEWeights.load(folder)
-    feature = int(sae.encode(x).max(0).values.argmax())          # the feature the corpus drives hardest
+    feature = int(sae.encode(x).max(0).values.argmax())  # the feature the corpus drives hardest
     spec = f"sae:{folder}:F{feature}"
     (tmp_path / "c.txt").write_text(" ".join(TEXTS))
     data = scan(tiny_llama, [spec], str(tmp_path / "c.txt"), ScanConfig(window=8, top=5, chunk=32))

@@ -21,8 +21,10 @@ from reverie.lm.sae import SAEFeature, SAEWeights  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_pre"
 GEMMA = "sae:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical:F123"
-TEXTS = ["The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
-         "In 1905 Einstein published four papers that changed physics, including special relativity."]
+TEXTS = [
+    "The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
+    "In 1905 Einstein published four papers that changed physics, including special relativity.",
+]
 
 # name -> (SAE class, config class, config extras)
 KINDS = {
@@ -52,7 +54,7 @@ def random_sae(name, d_in=64, d_sae=32, hook=HOOK, model_name="tiny-llama", seed
     cls, config, extra = KINDS[name]
     sae = cls(config(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook, model_name=model_name), **extra))
     gen = torch.Generator().manual_seed(seed)
-    scale = {"W_enc": 3.0, "W_dec": 0.3, "b_enc": 0.1, "b_dec": 0.01}     # the tiny llama's activations are ~0.03
+    scale = {"W_enc": 3.0, "W_dec": 0.3, "b_enc": 0.1, "b_dec": 0.01}  # the tiny llama's activations are ~0.03
     with torch.no_grad():
         for pname, p in sae.named_parameters():
             if pname == "threshold":
@@ -67,14 +69,14 @@ def test_reverie_reads_what_saelens_encodes(name, acts, tiny_llama, tmp_path):
     sae = random_sae(name)
     sae.save_model(tmp_path / name)
     with torch.no_grad():
-        expected = sae.encode(acts)                                   # [N, 32]
+        expected = sae.encode(acts)  # [N, 32]
     assert 0 < int((expected[:, 3] != 0).sum()) or name.startswith("topk")
-    assert 0 < int((expected != 0).sum()) < expected.numel()          # the activation function does something
+    assert 0 < int((expected != 0).sum()) < expected.numel()  # the activation function does something
 
     for target in (parse_target(f"sae:{tmp_path / name}:F3"), SAEFeature(sae, 3)):
         assert target.hooks == (HOOK,)
-        make_scorer(tiny_llama, target, EPOConfig())                  # prepare: fits the tiny llama
-        got = target.value({HOOK: acts[:, None, :]})                  # every row as a prompt of one token
+        make_scorer(tiny_llama, target, EPOConfig())  # prepare: fits the tiny llama
+        got = target.value({HOOK: acts[:, None, :]})  # every row as a prompt of one token
         torch.testing.assert_close(got, expected[:, 3], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(target.weights.encode(acts), expected, rtol=1e-5, atol=1e-5)
     w = SAEWeights.load(tmp_path / name)
@@ -86,6 +88,7 @@ def test_reverie_reads_what_saelens_encodes(name, acts, tiny_llama, tmp_path):
 def test_reverie_saves_what_saelens_loads(acts, tmp_path):
     """SAEWeights.save writes SAELens's layout: SAELens loads it back as the same SAE."""
     from sae_lens import SAE
+
     for name in ("standard", "jumprelu", "topk"):
         w = SAEWeights.from_saelens(random_sae(name))
         w.save(tmp_path / name)
@@ -99,6 +102,7 @@ def test_reverie_saves_what_saelens_loads(acts, tmp_path):
 def offline(monkeypatch, tmp_path):
     """No hub, and an empty hub cache: nothing can be downloaded or found."""
     from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
@@ -127,7 +131,7 @@ def test_a_neuronpedia_id_resolves_through_the_directory(offline):
     assert (release, sae_id, feature) == ("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", 1234)
     assert saelens.directory()[release].neuronpedia_id[sae_id] == "gemma-2-2b/12-gemmascope-res-16k"
     assert saelens.model_of(release) == "gemma-2-2b"
-    with pytest.raises(TargetError, match="sae:FOLDER:F1234"):      # parsed as its SAE by name: offline, one line
+    with pytest.raises(TargetError, match="sae:FOLDER:F1234"):  # parsed as its SAE by name: offline, one line
         parse_target("neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234")
     with pytest.raises(TargetError, match="close: gemma-2-2b/12-gemmascope-res-16k"):
         parse_target("neuronpedia:gemma-2-2b/12-gemmascope-res-16/1234")
@@ -136,6 +140,7 @@ def test_a_neuronpedia_id_resolves_through_the_directory(offline):
 def test_a_cached_release_loads_offline(offline, acts, tiny_llama, tmp_path):
     """A release in the hub cache (faked here: a random SAE where gpt2-small-res-jb's would be) loads offline."""
     from huggingface_hub import constants
+
     commit = "0" * 40
     repo = tmp_path / "hub" / "models--jbloom--GPT2-Small-SAEs-Reformatted"
     (repo / "refs").mkdir(parents=True)
@@ -146,7 +151,7 @@ def test_a_cached_release_loads_offline(offline, acts, tiny_llama, tmp_path):
     target = parse_target(f"sae:gpt2-small-res-jb/{HOOK}:F3")
     assert target.spec == f"sae:gpt2-small-res-jb/{HOOK}:F3" and target.weights.model_name == "gpt2-small"
     assert parse_target("neuronpedia:gpt2-small/1-res-jb/3").spec == target.spec
-    make_scorer(tiny_llama, target, EPOConfig())      # the fake fits the tiny llama: same width, same hook
+    make_scorer(tiny_llama, target, EPOConfig())  # the fake fits the tiny llama: same width, same hook
     with torch.no_grad():
         torch.testing.assert_close(target.value({HOOK: acts[:, None, :]}), sae.encode(acts)[:, 3])
 
@@ -162,8 +167,20 @@ def test_a_gemma_scope_sae_on_another_model_is_one_line(hook, tiny_llama, tmp_pa
 
 
 def test_the_cli_refuses_a_release_offline_in_one_line(offline, tiny_dir, tmp_path, monkeypatch, capsys):
-    argv = ["reverie", "dream", "--model", str(tiny_dir), "--out", str(tmp_path / "run"), "--target", GEMMA,
-            "--iters", "2", "--quiet", "--no-report"]
+    argv = [
+        "reverie",
+        "dream",
+        "--model",
+        str(tiny_dir),
+        "--out",
+        str(tmp_path / "run"),
+        "--target",
+        GEMMA,
+        "--iters",
+        "2",
+        "--quiet",
+        "--no-report",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
         main()
@@ -173,7 +190,9 @@ def test_the_cli_refuses_a_release_offline_in_one_line(offline, tiny_dir, tmp_pa
 
 
 def test_the_target_modules_import_no_heavy_package():
-    code = ("import sys; import reverie.lm.sae, reverie.lm.saelens, reverie.lm.target; "
-            "print([m for m in ('torch', 'safetensors', 'sae_lens', 'transformers', 'transformer_lens') if m in sys.modules])")
+    code = (
+        "import sys; import reverie.lm.sae, reverie.lm.saelens, reverie.lm.target; "
+        "print([m for m in ('torch', 'safetensors', 'sae_lens', 'transformers', 'transformer_lens') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

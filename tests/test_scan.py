@@ -35,7 +35,7 @@ def brute_force(model, spec, n):
     windows = []
     for text in TEXTS:
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        windows += [ids[e - n + 1:e + 1] for e in range(n - 1, len(ids))]
+        windows += [ids[e - n + 1 : e + 1] for e in range(n - 1, len(ids))]
     f, ce = scorer.score(torch.tensor(windows))
     return f, ce
 
@@ -62,7 +62,7 @@ def test_many_targets_cost_one_pass(tiny_llama, corpus_dir):
         many = scan(tiny_llama, ["neuron:L1.N5", "neuron:L0.N9", "direction:L1:seed=4"], str(corpus_dir), config)
     finally:
         handle.remove()
-    n_rescore = 1                                          # one re-scoring forward per target
+    n_rescore = 1  # one re-scoring forward per target
     assert len(calls) - n_one == n_one + 2 * n_rescore
     same = many[many.target == "neuron:L1.N5"].reset_index(drop=True)
     pd.testing.assert_frame_equal(same.drop(columns="ids"), one.drop(columns="ids"))
@@ -84,12 +84,23 @@ def test_sources_and_errors(tiny_llama, tmp_path):
     assert limited["doc"].max() < 3
 
 
-@pytest.mark.parametrize("options, field", [
-    (dict(chunk=0), "chunk"), (dict(chunk=1), "chunk"), (dict(batch_size=0), "batch_size"), (dict(window=1), "window"),
-    (dict(top=0), "top"), (dict(candidates=0), "candidates"), (dict(max_tokens=0), "max_tokens"),
-    (dict(chunk="8"), "chunk"), (dict(top=2.5), "top"), (dict(batch_size=True), "batch_size"), (dict(field=3), "field"),
-    (dict(field=""), "field"),
-])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        (dict(chunk=0), "chunk"),
+        (dict(chunk=1), "chunk"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(window=1), "window"),
+        (dict(top=0), "top"),
+        (dict(candidates=0), "candidates"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(chunk="8"), "chunk"),
+        (dict(top=2.5), "top"),
+        (dict(batch_size=True), "batch_size"),
+        (dict(field=3), "field"),
+        (dict(field=""), "field"),
+    ],
+)
 def test_config_is_checked_on_construction(options, field):
     with pytest.raises(ConfigError, match=f"^{field} must"):
         ScanConfig(**options)
@@ -99,6 +110,7 @@ def test_config_is_checked_on_construction(options, field):
 
 def test_config_accepts_numpy_integers():
     import numpy as np
+
     config = ScanConfig(chunk=np.int64(16), max_tokens=None)
     assert config.chunk == 16 and type(config.chunk) is int
 
@@ -106,8 +118,23 @@ def test_config_accepts_numpy_integers():
 @pytest.mark.parametrize("option", ["--chunk", "--batch-size"])
 def test_cli_bad_option_is_one_line(monkeypatch, capsys, corpus_dir, tmp_path, option):
     from reverie.cli.app import main
-    monkeypatch.setattr(sys, "argv", ["reverie", "scan", "--target", "neuron:L1.N5", "--corpus", str(corpus_dir),
-                                      "--out", str(tmp_path / "scan"), option, "0"])
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "reverie",
+            "scan",
+            "--target",
+            "neuron:L1.N5",
+            "--corpus",
+            str(corpus_dir),
+            "--out",
+            str(tmp_path / "scan"),
+            option,
+            "0",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
@@ -121,13 +148,16 @@ def bad_jsonl(path, lines):
     return path
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([b'{"text": "fine"}', b'{"text": "caf\xe9"}'], "line 2 is not UTF-8"),
-    ([b'{"text": "fine"}', b'', b'{"text": "open'], "line 3 is not valid JSON"),
-    ([b'["text"]'], "line 1 is not a JSON object"),
-    ([b'{"text": null}'], "line 1: field 'text' is null, not a string"),
-    ([b'{"text": "fine"}', b'{"text": 7}'], "line 2: field 'text' is 7, not a string"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([b'{"text": "fine"}', b'{"text": "caf\xe9"}'], "line 2 is not UTF-8"),
+        ([b'{"text": "fine"}', b"", b'{"text": "open'], "line 3 is not valid JSON"),
+        ([b'["text"]'], "line 1 is not a JSON object"),
+        ([b'{"text": null}'], "line 1: field 'text' is null, not a string"),
+        ([b'{"text": "fine"}', b'{"text": 7}'], "line 2: field 'text' is 7, not a string"),
+    ],
+)
 def test_jsonl_errors_are_one_line(tmp_path, lines, message):
     path = bad_jsonl(tmp_path / "c.jsonl", lines)
     with pytest.raises(ReverieError, match=message) as e:
@@ -169,11 +199,11 @@ def test_text_splits_at_blank_lines(tiny_llama, tmp_path):
     (folder / ".git").mkdir(parents=True)
     (folder / "a.md").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}")
     (folder / "b.txt").write_text(TEXTS[2])
-    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")         # hidden files are skipped
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")  # hidden files are skipped
     (folder / ".git" / "HEAD").write_text("ref: refs/heads/main")
     assert list(documents(str(folder))) == TEXTS
     result = scan(tiny_llama, ["neuron:L1.N5"], str(tmp_path / "one.txt"), ScanConfig(window=6, top=50, chunk=16))
-    assert set(result["doc"]) == {0, 1, 2}                               # windows never cross a blank line
+    assert set(result["doc"]) == {0, 1, 2}  # windows never cross a blank line
 
 
 def test_bundled_corpus_needs_a_writable_cache(monkeypatch, tmp_path):
@@ -185,9 +215,29 @@ def test_bundled_corpus_needs_a_writable_cache(monkeypatch, tmp_path):
 
 def test_cli_scan(monkeypatch, capsys, tiny_dir, corpus_dir, tmp_path):
     from reverie.cli.app import main
-    monkeypatch.setattr(sys, "argv", ["reverie", "scan", "--model", str(tiny_dir), "--target", "neuron:L1.N5",
-                                      "--target", "neuron:L0.N2", "--corpus", str(corpus_dir),
-                                      "--out", str(tmp_path / "scan"), "--window", "6", "--top", "4"])
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "reverie",
+            "scan",
+            "--model",
+            str(tiny_dir),
+            "--target",
+            "neuron:L1.N5",
+            "--target",
+            "neuron:L0.N2",
+            "--corpus",
+            str(corpus_dir),
+            "--out",
+            str(tmp_path / "scan"),
+            "--window",
+            "6",
+            "--top",
+            "4",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code in (0, None)
@@ -211,20 +261,24 @@ def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     """Half the slots start at the windows that suit their λ; the frontier begins at the data."""
     from reverie import dream, load_run, resume
     from reverie.search.frontier import versus_data
+
     windows = scan(tiny_llama, ["neuron:L1.N5"], str(corpus_dir), ScanConfig(window=8, top=10, chunk=16))
-    config = EPOConfig.paper(starts="data", population=4, children=8, top_k=32, length=8, iters=4,
-                             check_retokenization=False)
+    config = EPOConfig.paper(
+        starts="data", population=4, children=8, top_k=32, length=8, iters=4, check_retokenization=False
+    )
     result = dream(tiny_llama, "neuron:L1.N5", config, corpus=windows, out=tmp_path / "run")
     by_text = {tuple(map(int, i)) for i in windows["ids"]}
     started = [tuple(map(int, i)) in by_text for i in result.config.init_ids]
-    assert started == [False, True, False, True]                        # every other slot, the rest from the beam
+    assert started == [False, True, False, True]  # every other slot, the rest from the beam
     first = result.history[(result.history["iteration"] == 0) & result.history["kept"]]
     assert {tuple(map(int, i)) for i in first["ids"]} >= {result.config.init_ids[1], result.config.init_ids[3]}
     lam = config.slot_penalties()
-    best_for = lambda slot: tuple(windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"])
-    assert result.config.init_ids[3] == best_for(3)                    # the most fluent slot: the most fluent good window
-    assert result.config.init_ids[1] in (best_for(1), best_for(3))       # (unless slot 3 took it already)
-    assert versus_data(result.history, windows)["margin"] >= -1e-4     # never below the best window
+    best_for = lambda slot: tuple(
+        windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"]
+    )
+    assert result.config.init_ids[3] == best_for(3)  # the most fluent slot: the most fluent good window
+    assert result.config.init_ids[1] in (best_for(1), best_for(3))  # (unless slot 3 took it already)
+    assert versus_data(result.history, windows)["margin"] >= -1e-4  # never below the best window
     assert load_run(tmp_path / "run").config.init_ids == result.config.init_ids
     assert resume(tmp_path / "run", model=tiny_llama, iters=6).iterations == 6
     with pytest.raises(ConfigError, match="no windows for neuron:L1.N6"):

@@ -23,7 +23,7 @@ def assert_gradients_equal_one_hot_gradients(model, spec: str, length: int = 6) 
     lam = torch.tensor([0.0, 0.5, 3.0])
     E = model.adapter.embed.weight
     one_hot = F.one_hot(ids, E.shape[0]).float().requires_grad_(True)
-    embeds = (one_hot @ E) * getattr(model.adapter.embed, "embed_scale", 1.0)   # Gemma 3 scales its embeddings
+    embeds = (one_hot @ E) * getattr(model.adapter.embed, "embed_scale", 1.0)  # Gemma 3 scales its embeddings
     with model.capture(list(target.hooks)) as cache:
         logits = model.hf(inputs_embeds=embeds).logits.float()
     cache["logits"] = logits
@@ -39,7 +39,7 @@ def assert_gradients_equal_one_hot_gradients(model, spec: str, length: int = 6) 
 def test_token_gradients_equal_one_hot_gradients(family, spec, tokenizer):
     """The gradient pass (attention in fp32 through reverie's layout) equals the paper's one-hot gradient."""
     model = build_tiny(family, tokenizer)
-    assert FastPath.of(model).packs                   # the fp32 attention of gradient passes runs
+    assert FastPath.of(model).packs  # the fp32 attention of gradient passes runs
     assert_gradients_equal_one_hot_gradients(model, spec)
 
 
@@ -71,7 +71,7 @@ def test_score_matches_plain_cross_entropy(family, spec, tokenizer):
 def test_an_output_layer_beyond_unembedding_falls_back_to_full_logits(tokenizer):
     """If base model + unembedding (+ soft cap) does not reproduce the logits, scoring uses the whole model."""
     model = build_tiny("llama", tokenizer)
-    model.hf.config.final_logit_softcapping = 2.0        # Llama ignores it, so the split would be wrong
+    model.hf.config.final_logit_softcapping = 2.0  # Llama ignores it, so the split would be wrong
     model = Model(model.hf, tokenizer)
     assert not model.split_head
     scorer = make_scorer(model, "neuron:L1.N5", EPOConfig(length=6))
@@ -88,8 +88,8 @@ def test_head_logprobs_equal_fp32_log_softmax(family, compiled, tokenizer, monke
     cap on Gemma 2), by the fused kernel (torch.compile) and its plain fallback, equal an fp32
     log-softmax over the model's whole logits."""
     monkeypatch.setattr(unembed.tile_logsumexp, "compiled", None)
-    monkeypatch.setattr(unembed, "VOCAB_TILE", 5000)      # the bundled tokenizer's 49152 tokens: 10 tiles
-    monkeypatch.setattr(unembed, "TILE_BYTES", 5000 * 4 * 7)   # 7 rows at a time in fp32
+    monkeypatch.setattr(unembed, "VOCAB_TILE", 5000)  # the bundled tokenizer's 49152 tokens: 10 tiles
+    monkeypatch.setattr(unembed, "TILE_BYTES", 5000 * 4 * 7)  # 7 rows at a time in fp32
     monkeypatch.setenv("REVERIE_COMPILE", "1" if compiled else "0")
     model = build_tiny(family, tokenizer)
     gen = torch.Generator().manual_seed(0)
@@ -110,7 +110,9 @@ def assert_children_score_as_plain(scorer, parents: int, children: int, length: 
     tops = scorer.vocab.random_prompts(parents, length, gen)
     parent, pos = torch.randint(parents, (children,), generator=gen), torch.randint(length, (children,), generator=gen)
     kids = tops[parent].clone()
-    kids[torch.arange(children), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (children,), generator=gen)]
+    kids[torch.arange(children), pos] = scorer.vocab.allowed[
+        torch.randint(len(scorer.vocab.allowed), (children,), generator=gen)
+    ]
     f, ce = scorer.score_children(tops, kids, parent, pos)
     f0, ce0 = scorer.score(kids)
     assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
@@ -118,15 +120,16 @@ def assert_children_score_as_plain(scorer, parents: int, children: int, length: 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("spec", ["neuron:L1.N5", "attention:L1.H1.K2", "direction:L1", 'logit:" the"',
-                                  "neuron:L0.N5", "attention:L0.H1.K2"])
+@pytest.mark.parametrize(
+    "spec", ["neuron:L1.N5", "attention:L1.H1.K2", "direction:L1", 'logit:" the"', "neuron:L0.N5", "attention:L0.H1.K2"]
+)
 def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     """Children scored on top of their parent's cached prefix get the same activation and cross-entropy;
     for a target in the first of two layers, the second runs without the last position (not GPT-2, whose
     model reshapes its output to its input's shape: the probe finds that out)."""
     model = build_tiny(family, tokenizer)
     scorer = make_scorer(model, spec, EPOConfig(length=7, batch_size=5))
-    assert scorer.reuses_prefix                     # the packed path runs, not the plain fallback
+    assert scorer.reuses_prefix  # the packed path runs, not the plain fallback
     assert scorer.deepest_block_read() == (0 if "L0" in spec and family != "gpt2" else None)
     assert_children_score_as_plain(scorer, parents=3, children=24, length=7, seed=0)
 
@@ -138,7 +141,7 @@ def test_prefix_reuse_with_repeated_and_childless_parents(tiny_llama):
     gen = torch.Generator().manual_seed(3)
     parents = scorer.vocab.random_prompts(4, 6, gen)
     parents[2] = parents[0]
-    parent, pos = torch.tensor([0, 0, 1, 2, 2, 0]), torch.tensor([0, 3, 5, 1, 3, 5])    # parent 3: no children
+    parent, pos = torch.tensor([0, 0, 1, 2, 2, 0]), torch.tensor([0, 3, 5, 1, 3, 5])  # parent 3: no children
     kids = parents[parent].clone()
     kids[torch.arange(6), pos] = scorer.vocab.allowed[torch.randint(len(scorer.vocab.allowed), (6,), generator=gen)]
     seen = []
@@ -147,7 +150,7 @@ def test_prefix_reuse_with_repeated_and_childless_parents(tiny_llama):
         f, ce = scorer.score_children(parents, kids, parent, pos)
     finally:
         hook.remove()
-    assert seen[-1] == 2 * 6 + int((6 - pos).sum())          # two distinct parents with children, then the children
+    assert seen[-1] == 2 * 6 + int((6 - pos).sum())  # two distinct parents with children, then the children
     f0, ce0 = scorer.score(kids)
     assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4) and torch.allclose(ce, ce0, atol=1e-4, rtol=1e-4)
 
@@ -236,6 +239,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_llama, monkeypatc
 def test_automatic_batch_size_fits_free_memory(tiny_llama):
     from reverie.lm.memory import available
     from reverie.scoring.batching import auto_batch_size
+
     b = auto_batch_size(tiny_llama)
     assert 1 <= b <= 512
     per_prompt = 12 * 49152 * 12

@@ -33,8 +33,14 @@ def meta_model(config):
 def test_shapes_have_the_published_hyper_parameters(name):
     arch, vocab, hidden, layers, heads, kv, mlp, tied, params = PUBLISHED[name]
     config = shape_config(name)
-    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-            getattr(config, "num_key_value_heads", heads), config.intermediate_size) == (vocab, hidden, layers, heads, kv, mlp)
+    assert (
+        config.vocab_size,
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        getattr(config, "num_key_value_heads", heads),
+        config.intermediate_size,
+    ) == (vocab, hidden, layers, heads, kv, mlp)
     assert config.tie_word_embeddings == tied
     hf = meta_model(config)
     assert type(hf).__name__ == arch
@@ -53,12 +59,12 @@ def test_shrunk_shapes_build_with_the_right_sizes(name):
     assert len(hf.base_model.layers) == 2
 
 
-@pytest.mark.parametrize("name", sorted(set(shape_names()) - {"pythia-12b", "random-1b"}))   # their twins are here
+@pytest.mark.parametrize("name", sorted(set(shape_names()) - {"pythia-12b", "random-1b"}))  # their twins are here
 def test_weights_made_on_the_meta_device_are_initialised_like_a_normal_build(name):
     """Every buffer (rotary tables, embedding scales) equals the one of a model built normally, norms are
     initialised as the architecture does, and the weights are seeded: same seed, same weights."""
     config = shape_config(name, layers=1)
-    config.vocab_size, config.intermediate_size = 512, 128       # buffers and norms do not depend on them
+    config.vocab_size, config.intermediate_size = 512, 128  # buffers and norms do not depend on them
     normal = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     built = random_weights(config, torch.float32, torch.device("cpu"), seed=3)
     for (n1, b1), (n2, b2) in zip(sorted(normal.named_buffers()), sorted(built.named_buffers())):
@@ -66,7 +72,7 @@ def test_weights_made_on_the_meta_device_are_initialised_like_a_normal_build(nam
     params = dict(normal.named_parameters())
     for n, p in built.named_parameters():
         assert torch.isfinite(p).all(), n
-        if p.ndim == 1:        # norms and biases: their architecture's constants
+        if p.ndim == 1:  # norms and biases: their architecture's constants
             assert torch.equal(p, params[n]), n
     again = random_weights(config, torch.float32, torch.device("cpu"), seed=3)
     other = random_weights(config, torch.float32, torch.device("cpu"), seed=4)
@@ -113,9 +119,15 @@ def test_random_specs_parse_and_unknown_names_list_the_known_ones():
     with pytest.raises(ModelError) as e:
         load_model("random:gpt-5")
     assert "\n" not in str(e.value) and all(n in str(e.value) for n in PUBLISHED)
-    for bad in ("random:pythia-1.4b:layers=x", "random:pythia-1.4b:depth=2", "random:pythia-1.4b:layers=0",
-                "random:pythia-1.4b:layers=25", "random:pythia-1.4b:layers=1:layers=1",
-                "random:pythia-1.4b:seed=\u00b2", "random:pythia-1.4b:"):
+    for bad in (
+        "random:pythia-1.4b:layers=x",
+        "random:pythia-1.4b:depth=2",
+        "random:pythia-1.4b:layers=0",
+        "random:pythia-1.4b:layers=25",
+        "random:pythia-1.4b:layers=1:layers=1",
+        "random:pythia-1.4b:seed=\u00b2",
+        "random:pythia-1.4b:",
+    ):
         with pytest.raises(ModelError):
             RandomSpec.parse(bad)
 
@@ -129,7 +141,7 @@ def test_the_synthetic_tokenizer_has_the_vocabulary_size_and_round_trips(name):
     vocab = Vocabulary.build(tok, config.vocab_size)
     assert config.eos_token_id not in vocab.allowed_set and len(vocab) >= config.vocab_size - 3
     ids = vocab.random_prompts(4, 9, torch.Generator().manual_seed(0))
-    assert bool(vocab.ok(ids).all())                 # decode -> encode gives the ids back
+    assert bool(vocab.ok(ids).all())  # decode -> encode gives the ids back
     assert vocab.decode(ids[:1])[0].split()[0] == word(int(ids[0, 0]))
 
 
@@ -168,21 +180,24 @@ def test_a_short_dream_on_a_shrunk_gemma3(gemma3, tmp_path):
 def test_random_shapes_load_in_any_dtype_and_reuse_the_bundled_tokenizer_where_the_vocab_matches():
     model = load_model("random:smollm2-135m:layers=1", dtype="bf16", device="cpu", device_map="auto")
     assert model.dtype == torch.bfloat16 and len(model.tokenizer) == 49152
-    assert "device_map" in model.dtype_reason          # ignored, and said so
+    assert "device_map" in model.dtype_reason  # ignored, and said so
     assert model.tokenizer.decode(model.tokenizer(" the cat")["input_ids"]) == " the cat"
 
 
 # --------------------------------------------------------------------------- dtype "auto"
 
+
 def fake_timer(fp32: float, bf16: float, calls: list):
     def timer(config, dtype):
         calls.append(dtype)
         return fp32 if dtype == torch.float32 else bf16
+
     return timer
 
 
-@pytest.mark.parametrize("fp32, bf16, expected", [(1.0, 0.3, torch.bfloat16), (1.0, 0.95, torch.float32),
-                                                  (0.5, 1.0, torch.float32)])
+@pytest.mark.parametrize(
+    "fp32, bf16, expected", [(1.0, 0.3, torch.bfloat16), (1.0, 0.95, torch.float32), (0.5, 1.0, torch.float32)]
+)
 def test_auto_takes_bf16_only_where_the_probe_finds_it_clearly_faster(fp32, bf16, expected, tmp_path, monkeypatch):
     monkeypatch.setenv("REVERIE_CACHE", str(tmp_path))
     config, calls = shape_config("pythia-1.4b", 1), []
@@ -201,17 +216,25 @@ def test_the_probe_runs_once_per_cpu_and_shape(tmp_path, monkeypatch):
     model = load_model("random:pythia-1.4b:layers=1", device="cpu")
     assert model.dtype == torch.bfloat16 and "probed now" in model.dtype_reason and len(calls) == 2
     assert (tmp_path / "dtype-probe.json").exists()
-    monkeypatch.setattr(dtypes, "probe_seconds", fake_timer(0.1, 5.0, calls))   # would choose fp32
+    monkeypatch.setattr(dtypes, "probe_seconds", fake_timer(0.1, 5.0, calls))  # would choose fp32
     chosen, reason = dtypes.choose_dtype(None, torch.device("cpu"), shape_config("pythia-1.4b", 3))
     assert chosen == torch.bfloat16 and "probed earlier" in reason and len(calls) == 2
     chosen, _ = dtypes.choose_dtype(None, torch.device("cpu"), shape_config("pythia-12b", 1))  # another shape
     assert chosen == torch.float32 and len(calls) == 4
 
 
-@pytest.mark.parametrize("entry", [[1, 2], {"dtype": ["bf16"]}, {"dtype": "bf16", "fp32": "1", "bf16": 0.5},
-                                   {"dtype": "bf16", "fp32": 1.0}, {"dtype": "bf16", "fp32": 1.0, "bf16": -1.0},
-                                   {"dtype": "fp64", "fp32": 1.0, "bf16": 0.5},
-                                   {"dtype": "bf16", "fp32": True, "bf16": 0.5}])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [1, 2],
+        {"dtype": ["bf16"]},
+        {"dtype": "bf16", "fp32": "1", "bf16": 0.5},
+        {"dtype": "bf16", "fp32": 1.0},
+        {"dtype": "bf16", "fp32": 1.0, "bf16": -1.0},
+        {"dtype": "fp64", "fp32": 1.0, "bf16": 0.5},
+        {"dtype": "bf16", "fp32": True, "bf16": 0.5},
+    ],
+)
 def test_a_probe_cache_entry_that_is_not_one_is_probed_again(entry, tmp_path, monkeypatch):
     import json
 
@@ -225,6 +248,7 @@ def test_a_probe_cache_entry_that_is_not_one_is_probed_again(entry, tmp_path, mo
 
 
 # --------------------------------------------------------------------------- memory
+
 
 def test_the_estimate_counts_weights_and_the_larger_pass():
     est = memory.estimate(shape_config("pythia-12b"), population=8, length=12, batch_size=170, dtype="bf16")
@@ -248,10 +272,10 @@ def test_the_memory_check_refuses_in_one_line_with_what_to_change(gemma3):
 
 
 def test_a_model_too_large_for_memory_is_refused_before_its_weights_are_made(monkeypatch):
-    monkeypatch.setattr(memory, "available", lambda device: 4 << 30)     # a 4 GiB machine
+    monkeypatch.setattr(memory, "available", lambda device: 4 << 30)  # a 4 GiB machine
     with pytest.raises(ModelError) as e:
-        reverie.load_model("random:pythia-12b", dtype="float32")         # 47 GiB of weights: never built
+        reverie.load_model("random:pythia-12b", dtype="float32")  # 47 GiB of weights: never built
     message = str(e.value)
     assert "\n" not in message and "GiB" in message and "--dtype bf16" in message
-    model = reverie.load_model("random:pythia-1.4b:layers=1", dtype="float32")   # ~0.5 GiB: fits
+    model = reverie.load_model("random:pythia-1.4b:layers=1", dtype="float32")  # ~0.5 GiB: fits
     assert model.n_layers == 1

@@ -10,28 +10,41 @@ from reverie.lm.sae import SAEWeights
 from reverie.lm.targets import as_target
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("neuron:L9.N402", Neuron(9, 402)),
-    ("neuron:blocks.9.mlp.hook_post.N402", Neuron("blocks.9.mlp.hook_post", 402)),
-    ('logit:" dog"', Logit(" dog")),
-    ('logit:"5"', Logit("5")),          # quoted digits are text
-    ("logit:17", Logit(17)),             # bare digits are a token id
-    ("direction:L8", Direction(8)),
-    ("direction:L8:seed=3", Direction(8, seed=3)),
-    ("direction:blocks.8.hook_resid_pre", Direction("blocks.8.hook_resid_pre")),
-    ("attention:L3.H2.K-2", Attention(3, 2, -2)),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("neuron:L9.N402", Neuron(9, 402)),
+        ("neuron:blocks.9.mlp.hook_post.N402", Neuron("blocks.9.mlp.hook_post", 402)),
+        ('logit:" dog"', Logit(" dog")),
+        ('logit:"5"', Logit("5")),  # quoted digits are text
+        ("logit:17", Logit(17)),  # bare digits are a token id
+        ("direction:L8", Direction(8)),
+        ("direction:L8:seed=3", Direction(8, seed=3)),
+        ("direction:blocks.8.hook_resid_pre", Direction("blocks.8.hook_resid_pre")),
+        ("attention:L3.H2.K-2", Attention(3, 2, -2)),
+    ],
+)
 def test_parse(spec, expected):
     got = parse_target(spec)
     assert type(got) is type(expected) and got.hooks == expected.hooks
     assert got == expected
 
 
-@pytest.mark.parametrize("spec, canonical", [
-    ("neuron:L9.N402", None), ("neuron:blocks.9.mlp.hook_post.N402", "neuron:L9.N402"), ('logit:" dog"', "logit:' dog'"),
-    ("logit:123", None), ("direction:L8", "direction:L8:seed=0"), ("direction:L8:seed=3", None),
-    ("direction:L8:{dir}/v.npy", None), ("direction:blocks.8.hook_resid_pre", "direction:L8:seed=0"),
-    ("attention:L3.H2.K-2", None), ("sae:{dir}/sae:F123", None)])
+@pytest.mark.parametrize(
+    "spec, canonical",
+    [
+        ("neuron:L9.N402", None),
+        ("neuron:blocks.9.mlp.hook_post.N402", "neuron:L9.N402"),
+        ('logit:" dog"', "logit:' dog'"),
+        ("logit:123", None),
+        ("direction:L8", "direction:L8:seed=0"),
+        ("direction:L8:seed=3", None),
+        ("direction:L8:{dir}/v.npy", None),
+        ("direction:blocks.8.hook_resid_pre", "direction:L8:seed=0"),
+        ("attention:L3.H2.K-2", None),
+        ("sae:{dir}/sae:F123", None),
+    ],
+)
 def test_spec_round_trips(spec, canonical, tmp_path):
     """Every spec form keeps its canonical spec string (run directories and sweeps are named by it)."""
     np.save(tmp_path / "v.npy", np.ones(4, np.float32))

@@ -19,19 +19,21 @@ def test_scores_read_the_prompt_inside_its_context(tiny_llama, spec):
     target = scorer.target
     before, after = template_ids(tiny_llama.tokenizer, TEMPLATE)
     L = len(before)
-    assert L == 4 and len(after) == 2                       # "Once upon a time" / " and then"
+    assert L == 4 and len(after) == 2  # "Once upon a time" / " and then"
     ids = scorer.vocab.random_prompts(4, 6, torch.Generator().manual_seed(0))
     f, ce = scorer.score(ids)
     full = torch.cat([before.expand(4, -1), ids, after.expand(4, -1)], 1)
     with tiny_llama.capture(list(target.hooks)) as cache:
         logits = tiny_llama.hf(full).logits.float()
-    view = {k: v[:, :, L:L + 6, L:L + 6] if k.endswith("hook_pattern") else v[:, L:L + 6] for k, v in cache.items()}
-    view["logits"] = logits[:, L:L + 6]
+    view = {
+        k: v[:, :, L : L + 6, L : L + 6] if k.endswith("hook_pattern") else v[:, L : L + 6] for k, v in cache.items()
+    }
+    view["logits"] = logits[:, L : L + 6]
     assert torch.allclose(f, target.value(view).float(), atol=1e-5)
-    expected = F.cross_entropy(logits[:, L - 1:L + 5].transpose(1, 2), ids, reduction="none").mean(-1)
-    assert torch.allclose(ce, expected, atol=1e-5)          # all 6 prompt tokens, given the context
+    expected = F.cross_entropy(logits[:, L - 1 : L + 5].transpose(1, 2), ids, reduction="none").mean(-1)
+    assert torch.allclose(ce, expected, atol=1e-5)  # all 6 prompt tokens, given the context
     plain = make_scorer(tiny_llama, spec, EPOConfig(length=6)).score(ids)
-    assert not torch.allclose(plain[1], ce)                  # the context really changes things
+    assert not torch.allclose(plain[1], ce)  # the context really changes things
 
 
 def test_template_gradients_equal_one_hot_gradients(tiny_llama):
@@ -47,7 +49,7 @@ def test_template_gradients_equal_one_hot_gradients(tiny_llama):
     with tiny_llama.capture(list(target.hooks)) as cache:
         logits = tiny_llama.hf(inputs_embeds=embeds).logits.float()
     f = cache[target.hooks[0]][:, L + 5, 5].float()
-    ce = -(logits[:, L - 1:L + 5].log_softmax(-1) * one_hot).sum(-1).mean(-1)
+    ce = -(logits[:, L - 1 : L + 5].log_softmax(-1) * one_hot).sum(-1).mean(-1)
     (f - lam * ce).sum().backward()
     assert torch.allclose(gradient(scorer, ids, lam), one_hot.grad[..., scorer.vocab.allowed], atol=1e-4, rtol=1e-4)
 

@@ -20,9 +20,15 @@ def reference_allowed(tokenizer, n: int, ascii_only: bool = False, banned=()) ->
     """The allowed list computed plainly: every token decoded alone by the tokenizer and checked in Python."""
     texts = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    return [i for i, t in enumerate(texts)
-            if i not in special and i not in banned and t and "\ufffd" not in t
-            and (not ascii_only or (t.isascii() and t.isprintable()))]
+    return [
+        i
+        for i, t in enumerate(texts)
+        if i not in special
+        and i not in banned
+        and t
+        and "\ufffd" not in t
+        and (not ascii_only or (t.isascii() and t.isprintable()))
+    ]
 
 
 @pytest.fixture
@@ -36,7 +42,7 @@ def test_cached_allowed_list_equals_computing_it(tokenizer, cache, ascii_only):
     dog = tokenizer(" dog", add_special_tokens=False)["input_ids"][0]
     expected = reference_allowed(tokenizer, VOCAB, ascii_only, banned={dog, 7})
     cold = Vocabulary.build(tokenizer, VOCAB, ascii_only=ascii_only, banned_tokens=(" dog", 7))
-    assert len(list(cache.glob("*.npy"))) == 1            # computed once, then cached on disk
+    assert len(list(cache.glob("*.npy"))) == 1  # computed once, then cached on disk
     warm = Vocabulary.build(tokenizer, VOCAB, ascii_only=ascii_only, banned_tokens=(" dog", 7))
     assert cold.allowed.tolist() == warm.allowed.tolist() == expected
     assert warm.allowed_set == frozenset(expected)
@@ -47,7 +53,8 @@ def test_cached_allowed_list_equals_computing_it(tokenizer, cache, ascii_only):
 def test_token_texts_equal_batch_decode(tokenizer):
     n = 5000
     assert vocab_module.token_texts(tokenizer, n) == tokenizer.batch_decode(
-        [[i] for i in range(n)], clean_up_tokenization_spaces=False)
+        [[i] for i in range(n)], clean_up_tokenization_spaces=False
+    )
 
 
 def test_a_bad_cache_file_is_recomputed(tokenizer, cache):
@@ -57,14 +64,14 @@ def test_a_bad_cache_file_is_recomputed(tokenizer, cache):
     cache.mkdir(parents=True)
     path.write_bytes(b"not an array")
     assert Vocabulary.build(tokenizer, VOCAB).allowed.tolist() == reference_allowed(tokenizer, VOCAB)
-    np.save(path, np.zeros(3, np.uint8))                   # the wrong length: recomputed too
+    np.save(path, np.zeros(3, np.uint8))  # the wrong length: recomputed too
     assert Vocabulary.build(tokenizer, VOCAB).allowed.tolist() == reference_allowed(tokenizer, VOCAB)
 
 
 def test_an_unwritable_cache_still_builds(tokenizer, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("REVERIE_CACHE", str(blocker))     # cache_dir()/vocab cannot be created
+    monkeypatch.setenv("REVERIE_CACHE", str(blocker))  # cache_dir()/vocab cannot be created
     assert Vocabulary.build(tokenizer, 2000).allowed.tolist() == reference_allowed(tokenizer, 2000)
 
 
@@ -72,10 +79,10 @@ def test_an_unwritable_cache_still_builds(tokenizer, tmp_path, monkeypatch):
 def test_several_labels_per_row_equal_full_log_probabilities(tokenizer, dtype, monkeypatch):
     model = build_tiny("llama", tokenizer)
     model.hf.to(dtype)
-    monkeypatch.setattr("reverie.fast.unembed.TILE_BYTES", 64 * 4096 * 4)      # several row blocks
+    monkeypatch.setattr("reverie.fast.unembed.TILE_BYTES", 64 * 4096 * 4)  # several row blocks
     hidden = torch.randn(150, 64, dtype=dtype)
     labels = torch.randint(0, VOCAB, (150, 3))
-    labels[::4, 2] = -1                                                       # padding
+    labels[::4, 2] = -1  # padding
     with torch.inference_mode():
         full = model.head(hidden).float().log_softmax(-1)
         got = head_logprobs(model, hidden, labels)

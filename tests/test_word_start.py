@@ -15,13 +15,22 @@ from reverie.lm.vocab import Vocabulary, starts_word
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=4, seed=0)
 
 
-@pytest.mark.parametrize("text, piece, expected", [
-    (" the", "Ġthe", True), ("the", "▁the", True),    # a leading space, as byte-level BPE or SentencePiece marks it
-    ("The", "The", True), ("1971", "1971", True), (" Wien", "ĠWien", True),
-    ("cken", "cken", False), ("ulous", "ulous", False), ("the", "the", False),     # the tail of a word
-    ("(", "(", False), (" ---", "Ġ---", False), ("\n", "Ċ", False),              # not a word
-
-])
+@pytest.mark.parametrize(
+    "text, piece, expected",
+    [
+        (" the", "Ġthe", True),
+        ("the", "▁the", True),  # a leading space, as byte-level BPE or SentencePiece marks it
+        ("The", "The", True),
+        ("1971", "1971", True),
+        (" Wien", "ĠWien", True),
+        ("cken", "cken", False),
+        ("ulous", "ulous", False),
+        ("the", "the", False),  # the tail of a word
+        ("(", "(", False),
+        (" ---", "Ġ---", False),
+        ("\n", "Ċ", False),  # not a word
+    ],
+)
 def test_starts_word(text, piece, expected):
     assert starts_word(text, piece) is expected
 
@@ -31,7 +40,7 @@ def test_the_bundled_tokenizer_flags_fragments(tokenizer):
     first = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
     assert bool(vocab.word_starts[first(" decentral")]) and bool(vocab.word_starts[first("The")])
     assert not vocab.word_starts[first("cken")] and not vocab.word_starts[first("ulous")]
-    assert Vocabulary.build(tokenizer, len(tokenizer)).word_starts is None      # off unless asked for
+    assert Vocabulary.build(tokenizer, len(tokenizer)).word_starts is None  # off unless asked for
     rows = torch.tensor([[first("cken"), first(" the")], [first(" the"), first("cken")]])
     assert vocab.ok(rows).tolist() == [False, True]
 

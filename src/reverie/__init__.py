@@ -13,7 +13,7 @@ import importlib
 from .errors import ConfigError, ModelError, ReverieError, RunDirError, TargetError  # noqa: F401
 from .version import __version__  # noqa: F401
 
-_WHERE = {     # public name -> the module that defines it
+_WHERE = {  # public name -> the module that defines it
     "lm.model": ("Model", "load_model"),
     "lm.foreign": ("as_model",),
     "lm.sae": ("SAEFeature", "SAEWeights", "train_sae"),
@@ -46,7 +46,7 @@ def __getattr__(name: str):
     if name not in _MODULE:
         raise AttributeError(f"module 'reverie' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_MODULE[name]}", __name__), name)
-    globals()[name] = value     # later lookups skip __getattr__
+    globals()[name] = value  # later lookups skip __getattr__
     return value
 
 

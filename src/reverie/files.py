@@ -54,7 +54,7 @@ def locked(folder: Path, what: str, busy: str) -> Iterator[None]:
     process blocks nobody; the file itself is removed when the block ends. FOLDER is created if needed."""
     try:
         import fcntl
-    except ImportError:     # not POSIX: no lock
+    except ImportError:  # not POSIX: no lock
         yield
         return
     path = folder / LOCK
@@ -71,7 +71,7 @@ def locked(folder: Path, what: str, busy: str) -> Iterator[None]:
             pid = handle.read().strip() or "?"
             handle.close()
             raise RunDirError(f"another {what} (pid {pid}) is running in {folder}: {busy}") from None
-        try:   # the holder before us may have removed the file after we opened it: lock the file now there
+        try:  # the holder before us may have removed the file after we opened it: lock the file now there
             same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
             same = False
@@ -85,4 +85,4 @@ def locked(folder: Path, what: str, busy: str) -> Iterator[None]:
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)   # still holding the lock: a waiting writer then retries on a new file
+            path.unlink(missing_ok=True)  # still holding the lock: a waiting writer then retries on a new file

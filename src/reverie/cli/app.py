@@ -24,16 +24,20 @@ from .options import epo_config, epo_options
 from ..errors import ReverieError
 from ..lm.targets import usage
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make a language model dream: find fluent prompts that drive a feature high (EPO).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make a language model dream: find fluent prompts that drive a feature high (EPO).",
+)
 
 app.command("export")(export_run)
 app.command("scan")(scan_corpus)
 app.command("index")(index_corpus)
 
-out_console = Console(markup=False, highlight=False)   # what it prints holds model text: data, not markup
+out_console = Console(markup=False, highlight=False)  # what it prints holds model text: data, not markup
 
-TARGET_FORMS = escape(usage())   # the target spec forms, for help texts (square brackets are not markup)
+TARGET_FORMS = escape(usage())  # the target spec forms, for help texts (square brackets are not markup)
 
 
 def _default_out(target: str) -> Path:
@@ -45,21 +49,53 @@ def _default_out(target: str) -> Path:
 @epo_options()
 def dream(
     target: Optional[str] = typer.Option(None, "--target", "-t", help=f"Feature to dream: {TARGET_FORMS}."),
-    model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled' (SmolLM2-135M, offline)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: runs/<target>-<time>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    model: str = typer.Option(
+        "bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled' (SmolLM2-135M, offline)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory to write (default: runs/<target>-<time>)."
+    ),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last checkpoint."
+    ),
     *,
-    epo: dict,   # the per-run EPO options (options.py)
-    corpus: str = typer.Option("auto", "--corpus", "-c", help="Where the target's best real text comes from (half the slots start there with --start data; the report compares with it): 'auto' (the bundled corpus's feature index; built once on first use for the bundled model), a text file, folder, .jsonl, .parquet, hf:NAME, 'bundled', or a `reverie scan` folder."),
-    index_tokens: Optional[int] = typer.Option(None, "--index-tokens", help="Where a feature index must be built for --corpus, index only its first this many tokens (quicker; a later dream without it builds the whole corpus's)."),
-    no_corpus: bool = typer.Option(False, "--no-corpus", help="No real text: the population starts from the model alone (--start beam unless given) and the report has no windows."),
+    epo: dict,  # the per-run EPO options (options.py)
+    corpus: str = typer.Option(
+        "auto",
+        "--corpus",
+        "-c",
+        help="Where the target's best real text comes from (half the slots start there with --start data; the report compares with it): 'auto' (the bundled corpus's feature index; built once on first use for the bundled model), a text file, folder, .jsonl, .parquet, hf:NAME, 'bundled', or a `reverie scan` folder.",
+    ),
+    index_tokens: Optional[int] = typer.Option(
+        None,
+        "--index-tokens",
+        help="Where a feature index must be built for --corpus, index only its first this many tokens (quicker; a later dream without it builds the whole corpus's).",
+    ),
+    no_corpus: bool = typer.Option(
+        False,
+        "--no-corpus",
+        help="No real text: the population starts from the model alone (--start beam unless given) and the report has no windows.",
+    ),
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default auto: the faster on this machine, measured once by a short probe)."),
+    dtype: Optional[str] = typer.Option(
+        None,
+        help="auto, fp32, bf16 or fp16 (default auto: the faster on this machine, measured once by a short probe).",
+    ),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread a model too large for one device over all of them (accelerate)."),
+    device_map: Optional[str] = typer.Option(
+        None, "--device-map", help="auto: spread a model too large for one device over all of them (accelerate)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
-    report: Optional[bool] = typer.Option(None, "--report/--no-report", help="Write report.html into the run directory at the end (default: yes; with --resume, as the run was started)."),
-    diverse: int = typer.Option(1, "--diverse", help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume."),
+    report: Optional[bool] = typer.Option(
+        None,
+        "--report/--no-report",
+        help="Write report.html into the run directory at the end (default: yes; with --resume, as the run was started).",
+    ),
+    diverse: int = typer.Option(
+        1,
+        "--diverse",
+        help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume.",
+    ),
     scan_dir: Optional[Path] = typer.Option(None, "--scan", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
     random_start: bool = typer.Option(False, "--random-start", hidden=True, help="Deprecated: --start beam."),
@@ -74,8 +110,9 @@ def dream(
         raise ReverieError(f"--diverse takes the number of distinct dreams, K >= 1 (got {diverse})")
     if resume is None:
         config = epo_config(epo)
-        parse_target(target, config.ban_strings)   # a bad spec fails before anything loads
-    from ..runs.rundir import RunDir   # imports torch: after the checks that need nothing loaded
+        parse_target(target, config.ban_strings)  # a bad spec fails before anything loads
+    from ..runs.rundir import RunDir  # imports torch: after the checks that need nothing loaded
+
     if resume is None:
         run_path = out or _default_out(target)
         RunDir(run_path).check_writable()  # fail before the model loads
@@ -97,26 +134,48 @@ def dream(
         console.print(f"[dim]dtype {escape(loaded.dtype_reason)}[/dim]", soft_wrap=True)
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
     from ..evidence.features import IndexConfig
-    starting = dict(corpus=corpus, notice=_notice, progress=IndexProgress(enabled=not quiet), options={"report": report},
-                    index=None if index_tokens is None else IndexConfig(max_tokens=index_tokens))
+
+    starting = dict(
+        corpus=corpus,
+        notice=_notice,
+        progress=IndexProgress(enabled=not quiet),
+        options={"report": report},
+        index=None if index_tokens is None else IndexConfig(max_tokens=index_tokens),
+    )
     try:
         if diverse > 1:
             if resume is not None:
                 raise ReverieError("rerun the same --diverse command with the same --out to continue diverse dreams")
             from ..runs.diverse import diverse as run_diverse
-            faces = run_diverse(loaded, target, config, k=diverse, out=run_path, callback=display,
-                                checkpoint_every=checkpoint_every, **starting)
+
+            faces = run_diverse(
+                loaded,
+                target,
+                config,
+                k=diverse,
+                out=run_path,
+                callback=display,
+                checkpoint_every=checkpoint_every,
+                **starting,
+            )
             result = faces[-1]
         elif resume is None:
-            result = run_dream(loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every,
-                               **starting)
+            result = run_dream(
+                loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every, **starting
+            )
         else:
-            result = run_resume(resume, model=loaded, iters=epo["iters"], time_budget=epo["time_budget"], callback=display,
-                                checkpoint_every=checkpoint_every)
+            result = run_resume(
+                resume,
+                model=loaded,
+                iters=epo["iters"],
+                time_budget=epo["time_budget"],
+                callback=display,
+                checkpoint_every=checkpoint_every,
+            )
     finally:
         display.stop()
     _print_result(result, run_path)
-    if result.stopped == "interrupted":     # saved up to the last complete iteration; no report: the user asked to stop
+    if result.stopped == "interrupted":  # saved up to the last complete iteration; no report: the user asked to stop
         raise typer.Exit(130)
     if diverse > 1:
         _write_faces(run_path, faces, report, dict(model=loaded, quiet=quiet))
@@ -127,17 +186,26 @@ def dream(
 def _start_options(corpus: str, no_corpus: bool, scan_dir: Optional[Path], random_start: bool, epo: dict):
     """(corpus, epo) after --no-corpus and the deprecated --scan, --init-from and --random-start."""
     epo = dict(epo)
-    for old, new, given in (("--scan/--init-from DIR", "--corpus DIR", scan_dir is not None),
-                            ("--random-start", "--start beam", random_start)):
+    for old, new, given in (
+        ("--scan/--init-from DIR", "--corpus DIR", scan_dir is not None),
+        ("--random-start", "--start beam", random_start),
+    ):
         if given:
             console.print(f"note: {old} is deprecated: use {new}", soft_wrap=True, markup=False)
     if random_start:
         epo["starts"] = "beam"
     if scan_dir is not None:
         corpus = str(scan_dir)
-    if not no_corpus and corpus not in ("auto", "bundled") and not corpus.startswith("hf:") and not Path(corpus).exists():
-        raise ReverieError(f"--corpus {corpus} does not exist: give a text file, a folder, .jsonl, .parquet, hf:NAME, "
-                           "'bundled', 'auto' or a `reverie scan` folder")
+    if (
+        not no_corpus
+        and corpus not in ("auto", "bundled")
+        and not corpus.startswith("hf:")
+        and not Path(corpus).exists()
+    ):
+        raise ReverieError(
+            f"--corpus {corpus} does not exist: give a text file, a folder, .jsonl, .parquet, hf:NAME, "
+            "'bundled', 'auto' or a `reverie scan` folder"
+        )
     if no_corpus:
         if scan_dir is not None or corpus != "auto":
             raise ReverieError("--no-corpus dreams from the model alone: drop --corpus (or --no-corpus)")
@@ -155,15 +223,21 @@ def _print_result(result, run_path: Path) -> None:
     from ..search.frontier import versus_data
 
     front = result.frontier()
-    out_console.print(frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
-                                      f"frontier of {result.target} ({len(front)} prompts)"))
+    out_console.print(
+        frontier_table(
+            zip(front["activation"], front["cross_entropy"], front["text"]),
+            f"frontier of {result.target} ({len(front)} prompts)",
+        )
+    )
     versus = None if result.windows is None else versus_data(result.history, result.windows)
     if versus is not None:
         out_console.print(versus_table(versus, result.windows))
     elif result.start:
         out_console.print(f"no real text to compare with: {result.start}", soft_wrap=True)
-    out_console.print(f"{result.stopped} after {result.iterations} iterations in {result.seconds:.1f} s; "
-                      f"run directory: {run_path}", soft_wrap=True)
+    out_console.print(
+        f"{result.stopped} after {result.iterations} iterations in {result.seconds:.1f} s; run directory: {run_path}",
+        soft_wrap=True,
+    )
     if result.stopped in ("interrupted", "time"):
         out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
 
@@ -171,12 +245,17 @@ def _print_result(result, run_path: Path) -> None:
 def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
     for j, face in enumerate(faces):
         best = face.best()
-        found = "no prompt yet" if best is None else f"{best.activation:.3f} (ce {best.cross_entropy:.2f}) {shown(best.text)}"
+        found = (
+            "no prompt yet"
+            if best is None
+            else f"{best.activation:.3f} (ce {best.cross_entropy:.2f}) {shown(best.text)}"
+        )
         out_console.print(f"face {j} ({face.run_dir}): {found}", soft_wrap=True)
         if report:
             _write_report(face.run_dir, **options)
     try:
         from ..report.faces import write_faces
+
         out_console.print(f"faces: {write_faces(run_path, faces)}", soft_wrap=True)
     except ReverieError as e:
         console.print(f"no faces page: {e}", soft_wrap=True, markup=False)
@@ -190,6 +269,7 @@ def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
         def progress(step: str) -> None:
             if not quiet:
                 console.print(f"[dim]report: {step} …[/dim]")
+
         path = write_report(run_path, progress=progress, **kw)
     except ReverieError as e:
         console.print(f"no report: {e}", soft_wrap=True, markup=False)
@@ -200,7 +280,9 @@ def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
 @app.command()
 def frontier(
     runs: List[Path] = typer.Argument(..., help="Run directories; their histories are merged."),
-    export: Optional[Path] = typer.Option(None, "--export", "-e", help="Write the frontier to .csv, .parquet or .json."),
+    export: Optional[Path] = typer.Option(
+        None, "--export", "-e", help="Write the frontier to .csv, .parquet or .json."
+    ),
     max_ce: float = typer.Option(math.inf, "--max-ce", help="Only prompts with cross-entropy at most this."),
 ) -> None:
     """Print or export the Pareto frontier merged across run directories."""
@@ -209,21 +291,30 @@ def frontier(
 
     results = [load_run(r) for r in runs]
     if len({r.target for r in results}) > 1:
-        raise ReverieError("these runs dreamed different targets (" + ", ".join(sorted({r.target for r in results})) +
-                           "): a frontier merges runs of one target; give the runs of each target separately")
+        raise ReverieError(
+            "these runs dreamed different targets ("
+            + ", ".join(sorted({r.target for r in results}))
+            + "): a frontier merges runs of one target; give the runs of each target separately"
+        )
     history = merge([r.history for r in results], [str(r) for r in runs])
     front = pareto(history[history["cross_entropy"] <= max_ce])
     targets = sorted({r.target for r in results})
     if export is not None:
         _export(front, export)
         console.print(f"wrote {len(front)} frontier prompts to {export}", markup=False)
-    out_console.print(frontier_table(zip(front["activation"], front["cross_entropy"], front["text"]),
-                                      f"frontier of {', '.join(targets)} over {len(runs)} run(s), {len(history)} prompts scored"))
+    out_console.print(
+        frontier_table(
+            zip(front["activation"], front["cross_entropy"], front["text"]),
+            f"frontier of {', '.join(targets)} over {len(runs)} run(s), {len(history)} prompts scored",
+        )
+    )
     best = summary(history)
     for row in best.itertuples():
         if row.text is not None:
-            out_console.print(f"best at cross-entropy <= {row.max_cross_entropy:g}: {row.activation:.3f} "
-                              f"(ce {row.cross_entropy:.2f}) {shown(row.text)}")
+            out_console.print(
+                f"best at cross-entropy <= {row.max_cross_entropy:g}: {row.activation:.3f} "
+                f"(ce {row.cross_entropy:.2f}) {shown(row.text)}"
+            )
 
 
 @app.command()
@@ -232,7 +323,9 @@ def attribute(
     prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt to explain."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
     k: int = typer.Option(32, "-k", help="Gradient candidates substituted per position."),
-    export: Optional[Path] = typer.Option(None, "--export", "-e", help="Also write the table to .csv, .parquet or .json."),
+    export: Optional[Path] = typer.Option(
+        None, "--export", "-e", help="Also write the table to .csv, .parquet or .json."
+    ),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
 ) -> None:
     """Causal token attribution: how much the activation drops when each token is substituted."""
@@ -240,8 +333,10 @@ def attribute(
     from ..lm.model import load_model
 
     table = run_attribute(load_model(model, dtype=dtype), target, prompt, k=k)
-    view = Table(title=f"{target}: activation {table.baseline.iloc[0]:.3f}, "
-                       f"cross-entropy {table.attrs['cross_entropy']:.2f}", title_justify="left")
+    view = Table(
+        title=f"{target}: activation {table.baseline.iloc[0]:.3f}, cross-entropy {table.attrs['cross_entropy']:.2f}",
+        title_justify="left",
+    )
     for col in ("token", "drop by worst substitute", "drop by best alternative", "best alternative"):
         view.add_column(col, justify="left" if col in ("token", "best alternative") else "right")
     for r in table.itertuples():
@@ -254,11 +349,15 @@ def attribute(
 @app.command()
 def report(
     run: Path = typer.Argument(..., help="A run directory written by `reverie dream`."),
-    scan_dir: Optional[Path] = typer.Option(None, "--scan", help="A `reverie scan` folder: show its top windows for the run's target beside the dreams."),
+    scan_dir: Optional[Path] = typer.Option(
+        None, "--scan", help="A `reverie scan` folder: show its top windows for the run's target beside the dreams."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the HTML (default: RUN/report.html)."),
     points: int = typer.Option(4, help="Frontier prompts to explain with attribution heat-maps."),
     k: int = typer.Option(32, "-k", help="Gradient candidates substituted per position in the attribution."),
-    no_model: bool = typer.Option(False, "--no-model", help="Do not load the model: no attribution, no baseline (fast)."),
+    no_model: bool = typer.Option(
+        False, "--no-model", help="Do not load the model: no attribution, no baseline (fast)."
+    ),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default: the run's)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
@@ -274,8 +373,15 @@ def report(
     loaded = None
     if not no_model:
         loaded = load_model(result.model, dtype=dtype or RunDir(run).config().get("dtype"), device=device)
-    path = write_report(result, out=out or run / "report.html", scan=windows, model=loaded, points=points, k=k,
-                        progress=lambda step: console.print(f"[dim]{step} …[/dim]"))
+    path = write_report(
+        result,
+        out=out or run / "report.html",
+        scan=windows,
+        model=loaded,
+        points=points,
+        k=k,
+        progress=lambda step: console.print(f"[dim]{step} …[/dim]"),
+    )
     out_console.print(f"report: {path}", soft_wrap=True)
 
 
@@ -296,29 +402,51 @@ def _export(frame, path: Path) -> None:
 
 
 @app.command()
-@epo_options(exclude=(
-    "seed",          # --seeds gives each job its seed
-    "time_budget",   # a sweep's runs go to their iteration count: its index counts only finished runs
-))
+@epo_options(
+    exclude=(
+        "seed",  # --seeds gives each job its seed
+        "time_budget",  # a sweep's runs go to their iteration count: its index counts only finished runs
+    )
+)
 def sweep(
-    targets: List[str] = typer.Option(..., "--targets", "-t", help=f"Features to dream: {TARGET_FORMS}; also a file of them (one per line, # comments), a range (neuron:L9.N0-63, neuron:L*.N5) or a comma list; repeatable."),
+    targets: List[str] = typer.Option(
+        ...,
+        "--targets",
+        "-t",
+        help=f"Features to dream: {TARGET_FORMS}; also a file of them (one per line, # comments), a range (neuron:L9.N0-63, neuron:L*.N5) or a comma list; repeatable.",
+    ),
     seeds: str = typer.Option("0", "--seeds", "-s", help="Seeds per target: 0-4, 0,2,5 or one number."),
-    out: Path = typer.Option(..., "--out", "-o", help="Sweep folder; rerun the same command to resume. On Ray, a path every node can reach."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Sweep folder; rerun the same command to resume. On Ray, a path every node can reach."
+    ),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
-    use_ray: bool = typer.Option(False, "--ray", help="Run on Ray (pip install 'reverie\\[ray]'): a local cluster unless --ray-address."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); implies --ray."),
+    use_ray: bool = typer.Option(
+        False, "--ray", help="Run on Ray (pip install 'reverie\\[ray]'): a local cluster unless --ray-address."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); implies --ray."
+    ),
     actors: Optional[int] = typer.Option(None, help="Ray actors (default: one per slot of the cluster)."),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per Ray actor (its torch threads)."),
-    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per Ray actor (default 1 if the cluster has GPUs, else 0)."),
+    gpus_per_actor: Optional[float] = typer.Option(
+        None, help="GPUs per Ray actor (default 1 if the cluster has GPUs, else 0)."
+    ),
     retries: int = typer.Option(2, help="Tries after a job's first failure before it is recorded as failed."),
     *,
-    epo: dict,   # the per-run EPO options (options.py)
+    epo: dict,  # the per-run EPO options (options.py)
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write each run's report.html when it finishes."),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present; a Ray actor sees only the GPUs it is given)."),
+    device: Optional[str] = typer.Option(
+        None, help="cpu, cuda, ... (default: CUDA if present; a Ray actor sees only the GPUs it is given)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
-    corpus: str = typer.Option("auto", "--corpus", "-c", help="Where each dream's real text comes from, as for `reverie dream --corpus` (on Ray, a path every node can read)."),
+    corpus: str = typer.Option(
+        "auto",
+        "--corpus",
+        "-c",
+        help="Where each dream's real text comes from, as for `reverie dream --corpus` (on Ray, a path every node can read).",
+    ),
     init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
 ) -> None:
     """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
@@ -329,23 +457,43 @@ def sweep(
         console.print("note: --init-from is deprecated: use --corpus SCAN_DIR", soft_wrap=True, markup=False)
     display = SweepDisplay(enabled=not quiet)
     try:
-        index = run_sweep(model, targets, seeds, out, config, executor="ray" if use_ray or ray_address else "local",
-                          ray_address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
-                          gpus_per_actor=gpus_per_actor, retries=retries, checkpoint_every=checkpoint_every,
-                          report=report, dtype=dtype, device=device, progress=display,
-                          corpus=str(init_from) if init_from is not None else corpus)
+        index = run_sweep(
+            model,
+            targets,
+            seeds,
+            out,
+            config,
+            executor="ray" if use_ray or ray_address else "local",
+            ray_address=ray_address,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            retries=retries,
+            checkpoint_every=checkpoint_every,
+            report=report,
+            dtype=dtype,
+            device=device,
+            progress=display,
+            corpus=str(init_from) if init_from is not None else corpus,
+        )
     finally:
         display.stop()
     table = Table(title=f"best dreams of {len(index)} targets", title_justify="left")
     for col in ("target", "status", "best, ce ≤ 5", "best", "prompt"):
         table.add_column(col, overflow="fold", justify="right" if col.startswith("best") else "left")
     for r in index.sort_values("activation_any", ascending=False).head(20).itertuples():
-        table.add_row(r.target, r.status, f"{r.activation_ce5:.3f}", f"{r.activation_any:.3f}",
-                      shown(r.prompt_any) if isinstance(r.prompt_any, str) else "")
+        table.add_row(
+            r.target,
+            r.status,
+            f"{r.activation_ce5:.3f}",
+            f"{r.activation_any:.3f}",
+            shown(r.prompt_any) if isinstance(r.prompt_any, str) else "",
+        )
     out_console.print(table)
     failed = int(index["seeds_failed"].sum())
-    out_console.print(f"{int(index['seeds_done'].sum())} runs done, {failed} failed; index: {out / 'index.html'}",
-                      soft_wrap=True)
+    out_console.print(
+        f"{int(index['seeds_done'].sum())} runs done, {failed} failed; index: {out / 'index.html'}", soft_wrap=True
+    )
     if failed:
         raise typer.Exit(1)
 

@@ -31,7 +31,11 @@ def frontier_table(rows, title: str, penalties=None) -> Table:
     table.add_column("activation", justify="right")
     table.add_column("text", overflow="fold")
     for i, (act, ce, text) in enumerate(rows):
-        cells = [f"{ce:.2f}" if math.isfinite(ce) else "–", f"{act:.3f}" if math.isfinite(act) else "rejected", Text(shown(text))]
+        cells = [
+            f"{ce:.2f}" if math.isfinite(ce) else "–",
+            f"{act:.3f}" if math.isfinite(act) else "rejected",
+            Text(shown(text)),
+        ]
         if penalties is not None:
             cells.insert(0, f"{float(penalties[i]):.2f}")
         table.add_row(*cells)
@@ -43,9 +47,16 @@ class LiveDisplay:
 
     def __init__(self, tokenizer, total: int, enabled: bool = True):
         self.tokenizer, self.enabled = tokenizer, enabled
-        self.progress = Progress(TextColumn("[bold]dreaming"), BarColumn(), MofNCompleteColumn(), TextColumn("iterations"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
-                                 console=console)
+        self.progress = Progress(
+            TextColumn("[bold]dreaming"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("iterations"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"),
+            console=console,
+        )
         self.task = self.progress.add_task("dream", total=total, rate="")
         self.live = Live(console=console, refresh_per_second=4) if enabled else None
         self.started = False
@@ -57,7 +68,7 @@ class LiveDisplay:
             self.live.start()
             self.started = True
         self.progress.update(self.task, completed=step.iteration, rate=f"{step.seconds:.2f} s/it")
-        rows = [[t for t in r if t >= 0] for r in step.state.population.tolist()]   # -1 pads shorter prompts
+        rows = [[t for t in r if t >= 0] for r in step.state.population.tolist()]  # -1 pads shorter prompts
         texts = self.tokenizer.batch_decode(rows, clean_up_tokenization_spaces=False)
         rows = list(zip(step.state.f.tolist(), step.state.ce.tolist(), texts))
         self.live.update(Group(self.progress, frontier_table(rows, "current population", step.penalties)))
@@ -72,9 +83,16 @@ class SweepDisplay:
 
     def __init__(self, enabled: bool = True):
         self.enabled, self.jobs = enabled, {}
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, disable=not enabled)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
         self.sweep = None
 
     def __call__(self, e) -> None:
@@ -86,8 +104,11 @@ class SweepDisplay:
             self.sweep = self.progress.add_task("[bold]sweep", total=e.total, completed=e.done, note="")
         if self.sweep is None:
             return
-        self.progress.update(self.sweep, completed=e.done + e.failed,
-                             note=f"{e.done} done · {e.failed} failed · {e.total - e.done - e.failed} left")
+        self.progress.update(
+            self.sweep,
+            completed=e.done + e.failed,
+            note=f"{e.done} done · {e.failed} failed · {e.total - e.done - e.failed} left",
+        )
         key = (e.job.spec, e.job.seed) if e.job is not None else None
         if e.kind == "job" and key not in self.jobs:
             self.jobs[key] = self.progress.add_task(f"  {e.job}", total=e.iters, note="iterations")
@@ -110,9 +131,17 @@ class IndexProgress:
 
     def __init__(self, enabled: bool = True):
         self.enabled, self.task = enabled, None
-        self.progress = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=console,
-                                 transient=True, disable=not enabled)
+        self.progress = Progress(
+            TextColumn("[bold]indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tokens"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console,
+            transient=True,
+            disable=not enabled,
+        )
 
     def __call__(self, done: int, total: int, seconds_per_token: float) -> None:
         if self.task is None:
@@ -128,15 +157,22 @@ def versus_table(versus: dict, windows) -> Table:
     """The best real text beside the best dream at a cross-entropy no higher than its own, and the next
     best windows: the paper's comparison, in the terminal. Text is data, never markup."""
     margin = versus["margin"]
-    verdict = ("no dream is as fluent as the best window yet" if math.isnan(margin) else
-               f"the dream {'beats' if margin > 0 else 'does not beat'} the best window by {margin:+.3f} "
-               f"at equal fluency; {versus['windows_above']} of {versus['windows']} windows beat every dream as fluent")
+    verdict = (
+        "no dream is as fluent as the best window yet"
+        if math.isnan(margin)
+        else f"the dream {'beats' if margin > 0 else 'does not beat'} the best window by {margin:+.3f} "
+        f"at equal fluency; {versus['windows_above']} of {versus['windows']} windows beat every dream as fluent"
+    )
     table = Table(title=Text(f"dreams against real text: {verdict}"), title_justify="left", expand=False)
     for name, justify in (("", "left"), ("cross-entropy", "right"), ("activation", "right"), ("text", "left")):
         table.add_column(name, justify=justify, overflow="fold")
     if not math.isnan(margin):
-        table.add_row("best dream", f"{versus['dream_cross_entropy']:.2f}", f"{versus['dream_activation']:.3f}",
-                      Text(shown(versus["dream_text"])))
+        table.add_row(
+            "best dream",
+            f"{versus['dream_cross_entropy']:.2f}",
+            f"{versus['dream_activation']:.3f}",
+            Text(shown(versus["dream_text"])),
+        )
     top = windows.sort_values("activation", ascending=False).head(3)
     for i, w in enumerate(top.itertuples()):
         table.add_row(f"window {i + 1}", f"{w.cross_entropy:.2f}", f"{w.activation:.3f}", Text(shown(w.text)))

@@ -21,10 +21,15 @@ out_console = Console(markup=False, highlight=False)
 
 def export(
     run: Path = typer.Argument(..., help="A run directory written by `reverie dream`."),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="json (strict: no NaN), csv or parquet "
-                                         "(default: the one --out's suffix names, else json)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="File to write, named for its format (default: RUN/export.FORMAT)."),
+    format: Optional[str] = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="json (strict: no NaN), csv or parquet (default: the one --out's suffix names, else json).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="File to write, named for its format (default: RUN/export.FORMAT)."
+    ),
     dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default: the run's)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
@@ -35,8 +40,8 @@ def export(
     fmt = None if format is None else format.lower().lstrip(".")
     if fmt is not None and fmt not in FORMATS:
         raise ReverieError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
-    fmt = export_format(fmt, out)     # --out named for another format: refused before the model loads
-    load_run(run)                     # not a run directory: fail before the model loads
+    fmt = export_format(fmt, out)  # --out named for another format: refused before the model loads
+    load_run(run)  # not a run directory: fail before the model loads
     if out is not None and not out.parent.is_dir():
         raise ReverieError(f"cannot write the export {out}: the folder {out.parent} does not exist")
     path = run_export(run, fmt=fmt, out=out, dtype=dtype, device=device)

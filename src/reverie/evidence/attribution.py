@@ -19,8 +19,9 @@ from ..scoring import make_scorer
 from ..search.config import EPOConfig
 
 
-def attribute(model: Model, target: Target | str, prompt: str | list[int], k: int = 32,
-              template: str | None = None) -> pd.DataFrame:
+def attribute(
+    model: Model, target: Target | str, prompt: str | list[int], k: int = 32, template: str | None = None
+) -> pd.DataFrame:
     """One row per prompt token: token, baseline, worst/best substitute activations and drops, substitutes.
     `template`: the fixed context the prompt was dreamed in (see `EPOConfig.template`)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -33,11 +34,13 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
     scorer = make_scorer(model, target, EPOConfig(length=len(ids), check_retokenization=False, template=template))
     vocab = scorer.vocab
     if k > len(vocab) - 1:
-        raise ConfigError(f"k={k} is more substitutes than there are ({len(vocab) - 1}, the allowed tokens but "
-                          "the prompt's own): use a smaller k, e.g. 32")
+        raise ConfigError(
+            f"k={k} is more substitutes than there are ({len(vocab) - 1}, the allowed tokens but "
+            "the prompt's own): use a smaller k, e.g. 32"
+        )
     base = torch.tensor([ids])
     f0, ce0 = scorer.score(base)
-    top = scorer.top_k(list(base), torch.zeros(1), k + 1)[0]               # [n, k+1]
+    top = scorer.top_k(list(base), torch.zeros(1), k + 1)[0]  # [n, k+1]
     variants, where = [], []
     for i in range(len(ids)):
         subs = [t for t in top[i].tolist() if t != ids[i]][:k]
@@ -47,24 +50,33 @@ def attribute(model: Model, target: Target | str, prompt: str | list[int], k: in
             variants.append(v)
             where.append((i, t))
     # each variant is the prompt with one token swapped: scored as its children, from the swap on
-    f, _ = scorer.score_children(base, torch.tensor(variants), torch.zeros(len(variants), dtype=torch.long),
-                                 torch.tensor([i for i, _ in where]))
+    f, _ = scorer.score_children(
+        base, torch.tensor(variants), torch.zeros(len(variants), dtype=torch.long), torch.tensor([i for i, _ in where])
+    )
     rows = []
     tokens = vocab.decode(torch.tensor(ids)[:, None])
     unique = sorted({t for _, t in where})
-    text = dict(zip(unique, vocab.decode(torch.tensor(unique)[:, None])))   # each substitute decoded once
+    text = dict(zip(unique, vocab.decode(torch.tensor(unique)[:, None])))  # each substitute decoded once
     baseline = float(f0[0])
     for i, token in enumerate(tokens):
         mine = [(float(f[j]), t) for j, (pos, t) in enumerate(where) if pos == i]
         mine.sort(reverse=True)
         worst, best = mine[-1], mine[0]
-        rows.append({
-            "position": i, "token": token, "token_id": ids[i], "baseline": baseline,
-            "worst_activation": worst[0], "best_activation": best[0],
-            "drop_worst": baseline - worst[0], "drop_best": baseline - best[0],
-            "worst_substitute": text[worst[1]], "best_substitute": text[best[1]],
-            "substitutes": [(text[t], a) for a, t in mine],
-        })
+        rows.append(
+            {
+                "position": i,
+                "token": token,
+                "token_id": ids[i],
+                "baseline": baseline,
+                "worst_activation": worst[0],
+                "best_activation": best[0],
+                "drop_worst": baseline - worst[0],
+                "drop_best": baseline - best[0],
+                "worst_substitute": text[worst[1]],
+                "best_substitute": text[best[1]],
+                "substitutes": [(text[t], a) for a, t in mine],
+            }
+        )
     frame = pd.DataFrame(rows)
     frame.attrs["cross_entropy"] = float(ce0[0])
     return frame

@@ -28,20 +28,30 @@ from ..search.config import EPOConfig
 class Baseline:
     mean: float
     std: float
-    n: int          # random prompts scored
-    length: int     # tokens per prompt
+    n: int  # random prompts scored
+    length: int  # tokens per prompt
 
     def z(self, activation):
         """(activation - mean) / std, for a number or an array."""
-        return (np.asarray(activation, dtype=float) - self.mean) / self.std if self.std > 0 else \
-            np.full(np.shape(activation), math.nan)
+        return (
+            (np.asarray(activation, dtype=float) - self.mean) / self.std
+            if self.std > 0
+            else np.full(np.shape(activation), math.nan)
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def random_baseline(model: Model, target: Target | str, n: int = 512, length: int = 12, seed: int = 0,
-                    template: str | None = None, cached: bool = False) -> Baseline:
+def random_baseline(
+    model: Model,
+    target: Target | str,
+    n: int = 512,
+    length: int = 12,
+    seed: int = 0,
+    template: str | None = None,
+    cached: bool = False,
+) -> Baseline:
     """Mean and standard deviation of `target` over `n` random prompts of `length` allowed tokens
     (inside `template` if given). `cached`: keep it in the cache directory, keyed by the model's weights,
     the target and these arguments, so the reports of many runs of one target compute it once."""
@@ -68,6 +78,7 @@ def _key(model: Model, target: str, *args) -> str:
     """The model by its spec, dtype and a sample of its embedding weights (a folder retrained in place is
     another model), with the target and the baseline's arguments."""
     sample = model.adapter.embed.weight[:8, :8].detach().float().cpu().numpy().round(6).tolist()
-    text = json.dumps([model.spec, dtype_name(model.dtype), list(model.adapter.embed.weight.shape), sample, target,
-                       *args])
+    text = json.dumps(
+        [model.spec, dtype_name(model.dtype), list(model.adapter.embed.weight.shape), sample, target, *args]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]

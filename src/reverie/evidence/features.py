@@ -44,12 +44,12 @@ META, TOKENS, FEATURES, PARTIAL = "index.json", "tokens.safetensors", "features.
 
 @dataclass(frozen=True)
 class IndexConfig:
-    window: int = 12                 # n: tokens per window re-scored on demand (the dreams' length)
-    candidates: int = 64             # in-context positions kept per feature
-    chunk: int = 256                 # tokens per forward pass row
-    batch_size: int = 8              # rows per forward pass
-    max_tokens: int | None = None    # index only the first this many corpus tokens
-    field: str = "text"              # JSONL field / Parquet column
+    window: int = 12  # n: tokens per window re-scored on demand (the dreams' length)
+    candidates: int = 64  # in-context positions kept per feature
+    chunk: int = 256  # tokens per forward pass row
+    batch_size: int = 8  # rows per forward pass
+    max_tokens: int | None = None  # index only the first this many corpus tokens
+    field: str = "text"  # JSONL field / Parquet column
 
     def __post_init__(self) -> None:
         least = {"window": 2, "candidates": 1, "chunk": 2, "batch_size": 1, "max_tokens": 1}
@@ -66,7 +66,8 @@ class IndexConfig:
 def _sources(model: Model, saes: tuple[SAEWeights, ...]) -> dict[str, tuple[str, Callable | None, int]]:
     """Name -> (hook, encoder or None, features): every layer's MLP neurons, then every SAE's features."""
     out: dict[str, tuple[str, Callable | None, int]] = {
-        f"L{layer}": (f"blocks.{layer}.mlp.hook_post", None, model.adapter.d_mlp) for layer in range(model.n_layers)}
+        f"L{layer}": (f"blocks.{layer}.mlp.hook_post", None, model.adapter.d_mlp) for layer in range(model.n_layers)
+    }
     for j, sae in enumerate(saes):
         out[f"sae{j}"] = (sae.hook_name, sae.encode, sae.d_sae)
     return out
@@ -80,8 +81,16 @@ def _sae_weights(sae) -> tuple[str, SAEWeights]:
 
 def index_dir(model: Model, corpus: str, config: IndexConfig, saes: Iterable[str] = ()) -> Path:
     """The cache folder of the index of `corpus` for `model` (and `saes`) with these options."""
-    key = json.dumps({"version": VERSION, "model": model.spec, "corpus": _corpus_key(corpus), "saes": list(saes),
-                      "config": asdict(config)}, sort_keys=True)
+    key = json.dumps(
+        {
+            "version": VERSION,
+            "model": model.spec,
+            "corpus": _corpus_key(corpus),
+            "saes": list(saes),
+            "config": asdict(config),
+        },
+        sort_keys=True,
+    )
     slug = "".join(c if c.isalnum() or c in ".-" else "-" for c in f"{model.spec}-{Path(corpus).name}")[-48:]
     return cache_dir() / "indexes" / f"{slug.strip('-')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
@@ -92,7 +101,7 @@ def _corpus_key(corpus: str) -> str:
     return str(Path(corpus).expanduser().resolve())
 
 
-_opened: dict = {}     # path -> (the files' modification times, the FeatureIndex read from them)
+_opened: dict = {}  # path -> (the files' modification times, the FeatureIndex read from them)
 
 
 @dataclass
@@ -101,9 +110,9 @@ class FeatureIndex:
 
     path: Path
     meta: dict
-    tokens: torch.Tensor          # [T] the corpus's token ids, documents one after another
-    doc_starts: torch.Tensor      # [D] where each document starts in `tokens`
-    values: dict[str, torch.Tensor]     # source -> [candidates, width] in-context activations (−inf: none)
+    tokens: torch.Tensor  # [T] the corpus's token ids, documents one after another
+    doc_starts: torch.Tensor  # [D] where each document starts in `tokens`
+    values: dict[str, torch.Tensor]  # source -> [candidates, width] in-context activations (−inf: none)
     positions: dict[str, torch.Tensor]  # source -> [candidates, width] flat positions in `tokens`
 
     @classmethod
@@ -131,10 +140,12 @@ class FeatureIndex:
             raise RunDirError(f"{path} holds no complete feature index: build it with `reverie index`")
         try:
             tokens, features = load_file(path / TOKENS), load_file(path / FEATURES)
-        except Exception as e:   # safetensors raises its own error types for a damaged file
-            raise RunDirError(f"cannot read the feature index in {path} ({e}): delete the folder and build it again") from None
-        values = {k[len("values."):]: v for k, v in features.items() if k.startswith("values.")}
-        positions = {k[len("positions."):]: v for k, v in features.items() if k.startswith("positions.")}
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise RunDirError(
+                f"cannot read the feature index in {path} ({e}): delete the folder and build it again"
+            ) from None
+        values = {k[len("values.") :]: v for k, v in features.items() if k.startswith("values.")}
+        positions = {k[len("positions.") :]: v for k, v in features.items() if k.startswith("positions.")}
         return cls(path, meta, tokens["tokens"], tokens["doc_starts"], values, positions)
 
     def source_of(self, target: Target) -> tuple[str, int] | None:
@@ -161,8 +172,10 @@ class FeatureIndex:
         target = as_target(target, model)
         where = self.source_of(target)
         if where is None:
-            raise ConfigError(f"the feature index in {self.path} does not cover {target.spec}: it holds MLP neurons"
-                              + (" and the features of its SAEs" if self.meta.get("saes") else ""))
+            raise ConfigError(
+                f"the feature index in {self.path} does not cover {target.spec}: it holds MLP neurons"
+                + (" and the features of its SAEs" if self.meta.get("saes") else "")
+            )
         values, positions = self.values[where[0]][:, where[1]], self.positions[where[0]][:, where[1]]
         found = values > -math.inf
         values, positions = values[found], positions[found].long()
@@ -171,7 +184,7 @@ class FeatureIndex:
         doc = torch.searchsorted(self.doc_starts, positions, right=True) - 1
         keys = torch.stack([doc, positions - self.doc_starts[doc]], 1)
         bounds = torch.cat([self.doc_starts, torch.tensor([len(self.tokens)])])
-        docs = {d: self.tokens[int(bounds[d]):int(bounds[d + 1])].tolist() for d in doc.unique().tolist()}
+        docs = {d: self.tokens[int(bounds[d]) : int(bounds[d + 1])].tolist() for d in doc.unique().tolist()}
         return score_windows(model, target, docs, keys, values, length or self.meta["config"]["window"], top)
 
 
@@ -184,15 +197,25 @@ def find_index(model: Model, corpus: str, config: IndexConfig | None = None) -> 
     found = []
     for meta_path in (cache_dir() / "indexes").glob(f"*/{META}"):
         meta = read_json(meta_path)
-        if (isinstance(meta, dict) and meta.get("complete") and meta.get("model") == model.spec
-                and meta.get("corpus") == _corpus_key(corpus) and meta.get("version") == VERSION
-                and meta.get("config", {}).get("max_tokens") is None):
+        if (
+            isinstance(meta, dict)
+            and meta.get("complete")
+            and meta.get("model") == model.spec
+            and meta.get("corpus") == _corpus_key(corpus)
+            and meta.get("version") == VERSION
+            and meta.get("config", {}).get("max_tokens") is None
+        ):
             found.append((meta.get("tokens", 0), meta_path.parent))
     return FeatureIndex.open(max(found)[1]) if found else None
 
 
-def build_index(model: Model | str, corpus: str = "bundled", config: IndexConfig | None = None, saes=(),
-                progress: Callable[[int, int, float], None] | None = None) -> FeatureIndex:
+def build_index(
+    model: Model | str,
+    corpus: str = "bundled",
+    config: IndexConfig | None = None,
+    saes=(),
+    progress: Callable[[int, int, float], None] | None = None,
+) -> FeatureIndex:
     """Index `corpus` for `model` (and the SAEs in `saes`: folders, SAELens names or SAEFeatures), or open
     the index already built with the same key. progress(tokens done, tokens in all, seconds per token so
     far) is called after every batch; the first call comes before the first batch, with 0 tokens done."""
@@ -202,7 +225,7 @@ def build_index(model: Model | str, corpus: str = "bundled", config: IndexConfig
     model = as_model(model)
     named = [_sae_weights(s) for s in saes]
     for name, weights in named:
-        SAEFeature(weights, 0).prepare(model)        # the SAE reads a hook this model has, of its width
+        SAEFeature(weights, 0).prepare(model)  # the SAE reads a hook this model has, of its width
     path = index_dir(model, corpus, config, [n for n, _ in named])
     if (path / META).exists() and read_json(path / META).get("complete"):
         return FeatureIndex.open(path)
@@ -210,24 +233,35 @@ def build_index(model: Model | str, corpus: str = "bundled", config: IndexConfig
     sources = _sources(model, tuple(w for _, w in named))
     widths = {name: width for name, (_, _, width) in sources.items()}
     state = {f"values.{n}": torch.full((config.candidates, w), -math.inf) for n, w in widths.items()}
-    state.update({f"positions.{n}": torch.full((config.candidates, w), -1, dtype=torch.int32) for n, w in widths.items()})
+    state.update(
+        {f"positions.{n}": torch.full((config.candidates, w), -1, dtype=torch.int32) for n, w in widths.items()}
+    )
     done, seconds = 0, 0.0
-    meta = {"version": VERSION, "model": model.spec, "corpus": _corpus_key(corpus), "saes": [n for n, _ in named],
-            "config": asdict(config), "tokens": int(len(tokens)), "documents": int(len(doc_starts)), "complete": False}
+    meta = {
+        "version": VERSION,
+        "model": model.spec,
+        "corpus": _corpus_key(corpus),
+        "saes": [n for n, _ in named],
+        "config": asdict(config),
+        "tokens": int(len(tokens)),
+        "documents": int(len(doc_starts)),
+        "complete": False,
+    }
     if (path / PARTIAL).exists() and (path / TOKENS).exists():
         try:
             saved = load_file(path / PARTIAL)
             done, seconds = int(saved.pop("done").item()), float(saved.pop("seconds").item())
             state = saved
-        except Exception:   # a damaged checkpoint: start over
+        except Exception:  # a damaged checkpoint: start over
             done, seconds = 0, 0.0
     try:
         path.mkdir(parents=True, exist_ok=True)
         atomic_write(path / TOKENS, lambda tmp: save_file({"tokens": tokens, "doc_starts": doc_starts}, tmp))
         write_json(path / META, meta)
     except OSError as e:
-        raise RunDirError(f"cannot write the feature index to {path} ({e.strerror}): set REVERIE_CACHE to a "
-                          "writable folder") from None
+        raise RunDirError(
+            f"cannot write the feature index to {path} ({e.strerror}): set REVERIE_CACHE to a writable folder"
+        ) from None
     hooks = sorted({hook for hook, _, _ in sources.values()})
     total = sum(len(c[2]) for c in chunks)
     done_tokens = sum(len(c[2]) for c in chunks[:done])
@@ -236,7 +270,7 @@ def build_index(model: Model | str, corpus: str = "bundled", config: IndexConfig
     last_save = time.perf_counter()
     for b in range(done, len(chunks), config.batch_size):
         started = time.perf_counter()
-        batch = chunks[b:b + config.batch_size]
+        batch = chunks[b : b + config.batch_size]
         _index_batch(model, batch, sources, hooks, state, config)
         seconds += time.perf_counter() - started
         done_tokens += sum(len(piece) for _, _, piece in batch)
@@ -268,11 +302,11 @@ def _tokenize(model: Model, corpus: str, config: IndexConfig):
             break
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
         if config.max_tokens is not None:
-            ids = ids[:config.max_tokens - seen]
-        starts.append(seen)       # every document keeps its number (as in a scan), even one too short to index
+            ids = ids[: config.max_tokens - seen]
+        starts.append(seen)  # every document keeps its number (as in a scan), even one too short to index
         for offset in range(0, len(ids) if len(ids) >= config.window else 0, config.chunk):
-            if len(ids[offset:offset + config.chunk]) >= 2:
-                chunks.append((seen + offset, max(0, config.window - 1 - offset), ids[offset:offset + config.chunk]))
+            if len(ids[offset : offset + config.chunk]) >= 2:
+                chunks.append((seen + offset, max(0, config.window - 1 - offset), ids[offset : offset + config.chunk]))
         pieces.append(torch.tensor(ids, dtype=torch.int32))
         seen += len(ids)
     if not chunks:
@@ -285,17 +319,18 @@ def _index_batch(model: Model, batch, sources: dict, hooks: list[str], state: di
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     width = max(len(piece) for _, _, piece in batch)
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    where = torch.full((len(batch), width), -1, dtype=torch.int32)    # flat position; −1: padding or no whole window
+    where = torch.full((len(batch), width), -1, dtype=torch.int32)  # flat position; −1: padding or no whole window
     for i, (start, first, piece) in enumerate(batch):
-        ids[i, :len(piece)] = torch.tensor(piece)
-        where[i, first:len(piece)] = torch.arange(start + first, start + len(piece), dtype=torch.int32)
+        ids[i, : len(piece)] = torch.tensor(piece)
+        where[i, first : len(piece)] = torch.arange(start + first, start + len(piece), dtype=torch.int32)
     with torch.inference_mode(), FastPath.of(model).run(), model.capture(hooks) as cache:
         model.trunk(ids.to(model.device))
     pos = where.reshape(-1)
     for name, (hook, encode, _) in sources.items():
-        acts = cache[hook].reshape(len(pos), -1)                  # in the model's dtype, on its device
+        acts = cache[hook].reshape(len(pos), -1)  # in the model's dtype, on its device
         state[f"values.{name}"], state[f"positions.{name}"] = merge_top(
-            state[f"values.{name}"], state[f"positions.{name}"], acts if encode is None else encode(acts), pos)
+            state[f"values.{name}"], state[f"positions.{name}"], acts if encode is None else encode(acts), pos
+        )
 
 
 def merge_top(values: torch.Tensor, positions: torch.Tensor, acts: torch.Tensor, pos: torch.Tensor):
@@ -310,7 +345,7 @@ def merge_top(values: torch.Tensor, positions: torch.Tensor, acts: torch.Tensor,
     row, col = ((acts > threshold[None, :]) & valid[:, None]).nonzero(as_tuple=True)
     if not len(row):
         return values, positions
-    if len(row) > values.numel():          # early in a pass most entries go in: one topk is cheaper
+    if len(row) > values.numel():  # early in a pass most entries go in: one topk is cheaper
         top = torch.cat([values, acts[valid].float().cpu()]).topk(C, dim=0)
         pos = pos[valid.cpu()][:, None].expand(-1, d).to(positions.dtype)
         return top.values, torch.cat([positions, pos]).gather(0, top.indices)
@@ -319,11 +354,11 @@ def merge_top(values: torch.Tensor, positions: torch.Tensor, acts: torch.Tensor,
     hit = torch.bincount(col, minlength=d) > 0
     touched = hit.nonzero()[:, 0]
     t = len(touched)
-    col = (hit.cumsum(0) - 1)[col]                         # each entry's column among the touched ones
+    col = (hit.cumsum(0) - 1)[col]  # each entry's column among the touched ones
     v = torch.cat([values[:, touched].t().reshape(-1), new])
     p = torch.cat([positions[:, touched].t().reshape(-1), pos[row].to(positions.dtype)])
     c = torch.cat([torch.arange(t).repeat_interleave(C), col])
-    order = (c << 32 | _descending(v)).argsort()          # one sort: by column, best first within each
+    order = (c << 32 | _descending(v)).argsort()  # one sort: by column, best first within each
     starts = torch.searchsorted(c[order], torch.arange(t))
     keep = order[torch.arange(len(order)) - starts[c[order]] < C]
     values, positions = values.clone(), positions.clone()
@@ -335,5 +370,5 @@ def merge_top(values: torch.Tensor, positions: torch.Tensor, acts: torch.Tensor,
 def _descending(v: torch.Tensor) -> torch.Tensor:
     """int64 keys in [0, 2^32) that sort float32 values from the largest down (−inf last)."""
     bits = v.float().contiguous().view(torch.int32).long()
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)     # now increasing with the value
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # now increasing with the value
     return (2**31 - 1) - ordered

@@ -51,7 +51,7 @@ def real_words(corpus: str = "bundled", min_count: int = MIN_COUNT) -> frozenset
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, {"corpus": corpus, "min_count": min_count, "words": words})
     except OSError:
-        pass    # a read-only cache: counted again next time
+        pass  # a read-only cache: counted again next time
     return frozenset(words)
 
 

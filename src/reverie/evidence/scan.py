@@ -40,20 +40,31 @@ from ..lm.targets import Attention, Target, as_target, usage
 from ..lm.vocab import Vocabulary
 
 BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-CONTEXT = 8   # tokens of the document kept on each side of a window (context_before, context_after)
-COLUMNS = ["target", "rank", "activation", "cross_entropy", "in_context", "doc", "position", "ids", "text",
-           "context_before", "context_after"]
+CONTEXT = 8  # tokens of the document kept on each side of a window (context_before, context_after)
+COLUMNS = [
+    "target",
+    "rank",
+    "activation",
+    "cross_entropy",
+    "in_context",
+    "doc",
+    "position",
+    "ids",
+    "text",
+    "context_before",
+    "context_after",
+]
 
 
 @dataclass
 class ScanConfig:
-    window: int = 12                 # n: tokens per re-scored window, as in the dreams
-    top: int = 20                    # examples kept per target
-    candidates: int = 200            # in-context positions per target re-scored as windows
-    chunk: int = 256                 # tokens per forward pass row
-    batch_size: int = 8              # rows per forward pass
-    max_tokens: int | None = None    # stop after this many corpus tokens
-    field: str = "text"              # JSONL field / Parquet column
+    window: int = 12  # n: tokens per re-scored window, as in the dreams
+    top: int = 20  # examples kept per target
+    candidates: int = 200  # in-context positions per target re-scored as windows
+    chunk: int = 256  # tokens per forward pass row
+    batch_size: int = 8  # rows per forward pass
+    max_tokens: int | None = None  # stop after this many corpus tokens
+    field: str = "text"  # JSONL field / Parquet column
 
     def __post_init__(self) -> None:
         """Check every option (also after `dataclasses.replace`): a ConfigError naming the one that is wrong."""
@@ -73,6 +84,7 @@ class ScanConfig:
 
 # ------------------------------------------------------------------------------------ corpora
 
+
 def bundled_corpus() -> Path:
     """Clean prose of gensim's Wikipedia shard as JSONL (one article per line), extracted once and cached."""
     out = cache_dir() / "enwiki-shard-v2.jsonl"
@@ -87,8 +99,9 @@ def bundled_corpus() -> Path:
     except OSError:
         writable = False
     if not writable:
-        raise ReverieError(f"cannot write the bundled corpus to the cache folder {out.parent}: "
-                           "set REVERIE_CACHE to a writable folder")
+        raise ReverieError(
+            f"cannot write the bundled corpus to the cache folder {out.parent}: set REVERIE_CACHE to a writable folder"
+        )
     source = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / BUNDLED_WIKI
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
     import bz2
@@ -129,12 +142,18 @@ def documents(source: str, field: str = "text") -> Iterator[str]:
         return
     path = Path(source)
     if not path.exists():
-        raise ReverieError(f"corpus {source} does not exist: give a text file, a folder, .jsonl, .parquet, "
-                           "hf:NAME or bundled")
+        raise ReverieError(
+            f"corpus {source} does not exist: give a text file, a folder, .jsonl, .parquet, hf:NAME or bundled"
+        )
     try:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md", "")
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix in (".txt", ".md", "")
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             for file in files:
                 yield from _text_documents(file)
         elif path.suffix == ".jsonl":
@@ -144,8 +163,9 @@ def documents(source: str, field: str = "text") -> Iterator[str]:
         else:
             yield from _text_documents(path)
     except OSError as e:
-        raise ReverieError(f"cannot read the corpus {e.filename or path} ({e.strerror or e}): "
-                           "check that it exists and is readable") from None
+        raise ReverieError(
+            f"cannot read the corpus {e.filename or path} ({e.strerror or e}): check that it exists and is readable"
+        ) from None
 
 
 def _hub_dataset(load_dataset, name: str, field: str) -> Iterator[str]:
@@ -154,15 +174,19 @@ def _hub_dataset(load_dataset, name: str, field: str) -> Iterator[str]:
         for n, row in enumerate(rows, 1):
             text = row.get(field)
             if not isinstance(text, str):
-                raise ReverieError(f"hf:{name} row {n} has no text in field {field!r} (its fields: "
-                                   f"{', '.join(map(str, row))}): choose one with --field")
+                raise ReverieError(
+                    f"hf:{name} row {n} has no text in field {field!r} (its fields: "
+                    f"{', '.join(map(str, row))}): choose one with --field"
+                )
             yield text
     except ReverieError:
         raise
-    except Exception as e:      # the hub, the network or the dataset: any of them can fail in its own way
+    except Exception as e:  # the hub, the network or the dataset: any of them can fail in its own way
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ReverieError(f"cannot read the Hugging Face dataset {name} ({message}): check the name, the "
-                           "network, or download it and give the local files") from None
+        raise ReverieError(
+            f"cannot read the Hugging Face dataset {name} ({message}): check the name, the "
+            "network, or download it and give the local files"
+        ) from None
 
 
 def _text_documents(path: Path) -> list[str]:
@@ -173,8 +197,10 @@ def _text_documents(path: Path) -> list[str]:
     except UnicodeDecodeError:
         text = None
     if text is None or "\0" in text:
-        raise ReverieError(f"{path} is not a UTF-8 text file (it has NUL bytes or invalid UTF-8): give text, "
-                           ".jsonl or .parquet, or re-save it as UTF-8")
+        raise ReverieError(
+            f"{path} is not a UTF-8 text file (it has NUL bytes or invalid UTF-8): give text, "
+            ".jsonl or .parquet, or re-save it as UTF-8"
+        )
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
@@ -192,15 +218,19 @@ def _jsonl(path: Path, field: str) -> Iterator[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ReverieError(f"{where} is not valid JSON ({e.msg} at column {e.colno}): each line must be "
-                                   f'one JSON object, e.g. {{"{field}": "..."}}') from None
+                raise ReverieError(
+                    f"{where} is not valid JSON ({e.msg} at column {e.colno}): each line must be "
+                    f'one JSON object, e.g. {{"{field}": "..."}}'
+                ) from None
             if not isinstance(row, dict):
                 raise ReverieError(f'{where} is not a JSON object: each line must be one, e.g. {{"{field}": "..."}}')
             if field not in row:
                 raise ReverieError(f"{where} has no field {field!r}: pass --field")
             if not isinstance(row[field], str):
-                raise ReverieError(f"{where}: field {field!r} is {json.dumps(row[field])[:40]}, not a string: "
-                                   "give every line text there, or pass --field")
+                raise ReverieError(
+                    f"{where}: field {field!r} is {json.dumps(row[field])[:40]}, not a string: "
+                    "give every line text there, or pass --field"
+                )
             yield row[field]
 
 
@@ -216,12 +246,15 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
     for i, value in enumerate(frame[field]):
         if not isinstance(value, str):
             shown = "null" if pd.api.types.is_scalar(value) and pd.isna(value) else repr(value)[:40]
-            raise ReverieError(f"{path} row {i + 1}: column {field!r} is {shown}, not a string: "
-                               "give every row text there, or pass --field")
+            raise ReverieError(
+                f"{path} row {i + 1}: column {field!r} is {shown}, not a string: "
+                "give every row text there, or pass --field"
+            )
         yield value
 
 
 # ------------------------------------------------------------------------------------ scanning
+
 
 def _per_position(target: Target) -> Target:
     """A copy of the target that reads every position instead of the last one."""
@@ -237,13 +270,18 @@ def _chunks(model: Model, docs: Iterable[str], config: ScanConfig) -> Iterator[t
     for d, text in enumerate(docs):
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids), config.chunk):
-            piece = ids[start:start + config.chunk]
+            piece = ids[start : start + config.chunk]
             if len(piece) >= 2:
                 yield d, start, piece
 
 
-def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
-         config: ScanConfig | None = None, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+def scan(
+    model: Model,
+    targets: list[Target | str],
+    corpus: str | Iterable[str],
+    config: ScanConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
     """Top `config.top` corpus windows per target, re-scored as n-token prompts.
 
     Returns one row per (target, example): target, rank, activation, cross_entropy (of the window),
@@ -266,17 +304,17 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
         width = max(len(p) for _, _, p in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         for i, (_, _, piece) in enumerate(batch):
-            ids[i, :len(piece)] = torch.tensor(piece)
+            ids[i, : len(piece)] = torch.tensor(piece)
         with torch.inference_mode(), FastPath.of(model).run(), model.capture(hooks) as cache:
             hidden = model.trunk(ids.to(model.device))
-            cache = TargetCache(cache, hidden, model.head, ", ".join(t.spec for t in targets))   # logits only if read
-            values = [r.value(cache).float().cpu() for r in readers]              # each [rows, width]
+            cache = TargetCache(cache, hidden, model.head, ", ".join(t.spec for t in targets))  # logits only if read
+            values = [r.value(cache).float().cpu() for r in readers]  # each [rows, width]
         doc = torch.tensor([d for d, _, _ in batch])[:, None].expand(-1, width)
         pos = torch.tensor([o for _, o, _ in batch])[:, None] + torch.arange(width)[None]
         valid = torch.zeros(len(batch), width, dtype=torch.bool)
         for i, (_, _, piece) in enumerate(batch):
-            valid[i, :len(piece)] = True
-        valid &= pos >= config.window - 1                        # a whole window fits inside the document
+            valid[i, : len(piece)] = True
+        valid &= pos >= config.window - 1  # a whole window fits inside the document
         keys = torch.stack([doc[valid], pos[valid]], -1)
         for t, v in enumerate(values):
             vals = torch.cat([best[t][0], v[valid]])
@@ -309,30 +347,51 @@ def scan(model: Model, targets: list[Target | str], corpus: str | Iterable[str],
     return pd.concat(rows, ignore_index=True)[COLUMNS]
 
 
-def score_windows(model: Model, target: Target, docs: Mapping[int, Sequence[int]], keys: torch.Tensor,
-                  in_context: torch.Tensor, window: int, top: int) -> pd.DataFrame:
+def score_windows(
+    model: Model,
+    target: Target,
+    docs: Mapping[int, Sequence[int]],
+    keys: torch.Tensor,
+    in_context: torch.Tensor,
+    window: int,
+    top: int,
+) -> pd.DataFrame:
     """The `top` best windows of one target, re-scored as `window`-token prompts (one row each, COLUMNS).
 
     keys: [N, 2] (document, position of the window's last token); in_context: [N] the activation recorded
     there in its chunk; docs: each document's token ids."""
-    whole = keys[:, 1] >= window - 1          # the window fits inside its document
+    whole = keys[:, 1] >= window - 1  # the window fits inside its document
     keys, in_context = keys[whole], in_context[whole]
-    windows = torch.stack([torch.as_tensor(docs[int(d)][int(p) - window + 1:int(p) + 1]) for d, p in keys.tolist()])
+    windows = torch.stack([torch.as_tensor(docs[int(d)][int(p) - window + 1 : int(p) + 1]) for d, p in keys.tolist()])
     scorer = make_scorer(model, target, EPOConfig(length=window, check_retokenization=False, batch_size=64))
     f, ce = scorer.score(windows)
-    sides = [(docs[int(d)][max(0, int(p) - window + 1 - CONTEXT):int(p) - window + 1],
-              docs[int(d)][int(p) + 1:int(p) + 1 + CONTEXT]) for d, p in keys.tolist()]
-    frame = pd.DataFrame({"target": scorer.target.spec, "activation": f.numpy(), "cross_entropy": ce.numpy(),
-                          "in_context": in_context.float().numpy(),
-                          "doc": keys[:, 0].numpy(), "position": keys[:, 1].numpy(),
-                          "ids": list(windows.numpy()), "text": scorer.vocab.decode(windows),
-                          "context_before": scorer.vocab.decode([list(b) for b, _ in sides]),
-                          "context_after": scorer.vocab.decode([list(a) for _, a in sides])})
+    sides = [
+        (
+            docs[int(d)][max(0, int(p) - window + 1 - CONTEXT) : int(p) - window + 1],
+            docs[int(d)][int(p) + 1 : int(p) + 1 + CONTEXT],
+        )
+        for d, p in keys.tolist()
+    ]
+    frame = pd.DataFrame(
+        {
+            "target": scorer.target.spec,
+            "activation": f.numpy(),
+            "cross_entropy": ce.numpy(),
+            "in_context": in_context.float().numpy(),
+            "doc": keys[:, 0].numpy(),
+            "position": keys[:, 1].numpy(),
+            "ids": list(windows.numpy()),
+            "text": scorer.vocab.decode(windows),
+            "context_before": scorer.vocab.decode([list(b) for b, _ in sides]),
+            "context_after": scorer.vocab.decode([list(a) for _, a in sides]),
+        }
+    )
     frame = frame.sort_values("activation", ascending=False).drop_duplicates("text").head(top)
     return frame.assign(rank=range(len(frame)))[COLUMNS].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------ reading scans, data starts
+
 
 def read_scan(scan: str | Path | pd.DataFrame | None) -> pd.DataFrame | None:
     """A scan's windows: a DataFrame as is, or `SCAN_DIR` / `SCAN_DIR/scan.parquet` from `reverie scan`
@@ -347,8 +406,9 @@ def read_scan(scan: str | Path | pd.DataFrame | None) -> pd.DataFrame | None:
         raise RunDirError(f"cannot read the scan {path} ({e}): pass the folder `reverie scan --out` wrote") from None
 
 
-def data_starts(windows: pd.DataFrame, penalties: torch.Tensor, vocab: Vocabulary, length: int,
-                every: int = 2) -> tuple[tuple[int, ...], ...]:
+def data_starts(
+    windows: pd.DataFrame, penalties: torch.Tensor, vocab: Vocabulary, length: int, every: int = 2
+) -> tuple[tuple[int, ...], ...]:
     """Starting prompts from a scan's windows, so a dream's frontier begins at the data and can only climb.
 
     Every `every`-th slot, from the most fluent (largest λ) down, takes the unused window that
@@ -362,7 +422,9 @@ def data_starts(windows: pd.DataFrame, penalties: torch.Tensor, vocab: Vocabular
     ids, f = ids[usable], torch.tensor(windows["activation"].to_numpy(), dtype=torch.float32)[usable]
     ce = torch.tensor(windows["cross_entropy"].to_numpy(), dtype=torch.float32)[usable]
     if len(ids) == 0:
-        raise ConfigError("none of the scan's windows for this target passes the prompt checks (banned text, re-tokenisation)")
+        raise ConfigError(
+            "none of the scan's windows for this target passes the prompt checks (banned text, re-tokenisation)"
+        )
     starts: list[tuple[int, ...]] = [()] * len(penalties)
     free = torch.ones(len(ids), dtype=torch.bool)
     for slot in range(len(penalties) - 1, -1, -every):

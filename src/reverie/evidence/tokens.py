@@ -41,8 +41,9 @@ def token_strings(model: Model, ids) -> list[str]:
     return model.tokenizer.batch_decode([[int(i)] for i in ids], clean_up_tokenization_spaces=False)
 
 
-def per_token(model: Model, target: Target | str, prompts, *, template: str | None = None,
-              batch_size: int = 32) -> list[np.ndarray]:
+def per_token(
+    model: Model, target: Target | str, prompts, *, template: str | None = None, batch_size: int = 32
+) -> list[np.ndarray]:
     """For each prompt (a sequence of token ids), float32 values of `target` at each of its tokens; all
     NaN for a target that cannot be read per position. `template` as in EPOConfig."""
     model = as_model(model)
@@ -58,27 +59,30 @@ def per_token(model: Model, target: Target | str, prompts, *, template: str | No
         if n == 0:
             continue
         for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
+            chunk = indices[start : start + batch_size]
             ids = torch.tensor([prompts[i] for i in chunk], dtype=torch.long)
             values = _values(model, reader, hooks, ids, before, after)
             if values is None:
-                return out          # this target has no value per position: leave every prompt NaN
+                return out  # this target has no value per position: leave every prompt NaN
             for row, i in enumerate(chunk):
                 out[i] = values[row]
     return out
 
 
-def _values(model: Model, reader: Target, hooks: list[str], ids: torch.Tensor, before: torch.Tensor,
-            after: torch.Tensor) -> np.ndarray | None:
+def _values(
+    model: Model, reader: Target, hooks: list[str], ids: torch.Tensor, before: torch.Tensor, after: torch.Tensor
+) -> np.ndarray | None:
     """[rows, n] values of a per-position reader for prompts `ids` [rows, n], or None if it gives none."""
     rows, n, L = ids.shape[0], ids.shape[1], len(before)
     full = torch.cat([before.expand(rows, -1), ids, after.expand(rows, -1)], 1).to(model.device)
     try:
         with torch.inference_mode(), model.capture(hooks) as cache:
             hidden = model.trunk(full)
-            seen = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
-                    for name, t in cache.items()}
-            value = reader.value(TargetCache(seen, hidden[:, L:L + n], model.head, reader.spec))
+            seen = {
+                name: t[:, :, L : L + n, L : L + n] if name.endswith("hook_pattern") else t[:, L : L + n]
+                for name, t in cache.items()
+            }
+            value = reader.value(TargetCache(seen, hidden[:, L : L + n], model.head, reader.spec))
     except (ReverieError, IndexError, RuntimeError, TypeError, ValueError):
         return None
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != (rows, n):

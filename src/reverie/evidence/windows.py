@@ -30,7 +30,7 @@ from ..lm.targets import Attention, Neuron, Target
 from .features import FeatureIndex, IndexConfig, build_index, find_index
 from .scan import COLUMNS, ScanConfig, read_scan, scan
 
-SCAN_TOKENS = 100_000     # a targeted scan's default budget, for targets the index cannot hold
+SCAN_TOKENS = 100_000  # a targeted scan's default budget, for targets the index cannot hold
 AUTO = "auto"
 
 Progress = Callable[[int, int, float], None]
@@ -45,9 +45,16 @@ def is_scan(corpus) -> bool:
     return (path / "scan.parquet").is_file() or (path.name == "scan.parquet" and path.is_file())
 
 
-def windows_for(model: Model, target: Target, corpus=AUTO, *, length: int = 12,
-                notice: Callable[[str], None] | None = None, progress: Progress | None = None,
-                index: IndexConfig | None = None) -> tuple[pd.DataFrame | None, str]:
+def windows_for(
+    model: Model,
+    target: Target,
+    corpus=AUTO,
+    *,
+    length: int = 12,
+    notice: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    index: IndexConfig | None = None,
+) -> tuple[pd.DataFrame | None, str]:
     """(the target's best `length`-token windows or None, where they came from); see the module docstring.
     `notice` (default: a line on stderr) hears about slow steps before they start (an index built on first
     use, a targeted scan) and, once its first batch has run, how long an index will take."""
@@ -68,12 +75,16 @@ def windows_for(model: Model, target: Target, corpus=AUTO, *, length: int = 12,
     if isinstance(target, Attention) or not hasattr(target, "position"):
         return None, f"{target.spec} cannot be read at every position of a text: no windows, starting from the model"
     if not may_build:
-        return None, (f"no feature index of the bundled corpus for {model.spec}: starting from the model alone "
-                      f"(`reverie index --model {model.spec}` builds one; later dreams start from its windows)")
+        return None, (
+            f"no feature index of the bundled corpus for {model.spec}: starting from the model alone "
+            f"(`reverie index --model {model.spec}` builds one; later dreams start from its windows)"
+        )
     if getattr(target, "position", None) == -1 and _indexable(target):
         part = "" if index is None or index.max_tokens is None else f"the first {index.max_tokens:,} tokens of "
-        notice(f"indexing {part}{source} for {model.spec}, once: every MLP neuron's top positions in one pass "
-               "(later dreams read it in seconds; `--no-corpus` dreams from the model alone)")
+        notice(
+            f"indexing {part}{source} for {model.spec}, once: every MLP neuron's top positions in one pass "
+            "(later dreams read it in seconds; `--no-corpus` dreams from the model alone)"
+        )
         built = build_index(model, source, index, progress=_estimating(progress, notice))
         return _from_index(built, model, target, source, length)
     notice(f"{target.spec} is not in a feature index: scanning the first {SCAN_TOKENS:,} tokens of {source} for it")
@@ -88,12 +99,14 @@ def _estimating(progress: Progress | None, notice: Callable[[str], None]) -> Pro
     told = []
 
     def report(done: int, total: int, seconds_per_token: float) -> None:
-        if not told and seconds_per_token == seconds_per_token and done < total:     # (not NaN)
+        if not told and seconds_per_token == seconds_per_token and done < total:  # (not NaN)
             told.append(True)
-            notice(f"the index will take about {total * seconds_per_token / 60:.0f} min on this machine "
-                   f"({total:,} tokens)")
+            notice(
+                f"the index will take about {total * seconds_per_token / 60:.0f} min on this machine ({total:,} tokens)"
+            )
         if progress is not None:
             progress(done, total, seconds_per_token)
+
     return report
 
 
@@ -101,8 +114,9 @@ def _indexable(target: Target) -> bool:
     return isinstance(target, Neuron) and isinstance(target.layer, int)
 
 
-def _from_index(found: FeatureIndex, model: Model, target: Target, source: str,
-                length: int) -> tuple[pd.DataFrame, str]:
+def _from_index(
+    found: FeatureIndex, model: Model, target: Target, source: str, length: int
+) -> tuple[pd.DataFrame, str]:
     windows = found.windows(model, target, length=length)
     return windows, f"{len(windows)} windows of the feature index of {source} ({found.meta['tokens']:,} tokens)"
 
@@ -111,8 +125,9 @@ def _name(corpus) -> str:
     return "given as a DataFrame" if isinstance(corpus, pd.DataFrame) else str(corpus)
 
 
-def scan_with_index(model: Model, targets: list[Target], corpus: str, config: ScanConfig,
-                    progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def scan_with_index(
+    model: Model, targets: list[Target], corpus: str, config: ScanConfig, progress: Callable[[int], None] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """`scan`, except that targets a whole-corpus feature index of `corpus` covers are read from it (seconds,
     its candidates rather than `config.candidates`); returns the windows and the specs read from the index."""
     found = find_index(model, corpus) if isinstance(corpus, str) and config.max_tokens is None else None

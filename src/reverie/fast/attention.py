@@ -40,28 +40,27 @@ class Packed:
     stores their keys and values into `kv` (layer index -> [M, kv heads, n, d]) before the children
     read them, so the parents need no pass of their own, and later rows reuse `kv`."""
 
-    def __init__(self, kv: dict, parent: torch.Tensor, pos: torch.Tensor, n: int, lead: int = 0,
-                 weights: bool = False):
+    def __init__(self, kv: dict, parent: torch.Tensor, pos: torch.Tensor, n: int, lead: int = 0, weights: bool = False):
         self.kv, self.n, self.lead = kv, n, lead
-        self.above: tuple[int, Packed] | None = None              # (block, layout of the blocks after it)
-        self.weights = weights                                    # also return attention probabilities [1, heads, T, n]
-        pos = torch.cat([pos.new_zeros(lead), pos])               # entries: the leading parents, then the children
+        self.above: tuple[int, Packed] | None = None  # (block, layout of the blocks after it)
+        self.weights = weights  # also return attention probabilities [1, heads, T, n]
+        pos = torch.cat([pos.new_zeros(lead), pos])  # entries: the leading parents, then the children
         self.parent = torch.cat([parent.new_zeros(lead), parent])
-        own = n - pos                                             # tokens each entry runs itself
-        self.entry = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)   # [T]
+        own = n - pos  # tokens each entry runs itself
+        self.entry = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)  # [T]
         start = torch.cumsum(own, 0) - own
         self.position = pos[self.entry] + torch.arange(len(self.entry), device=pos.device) - start[self.entry]
-        self.entry_start, self.entry_pos = start, pos              # each entry's first token in the row, and position
+        self.entry_start, self.entry_pos = start, pos  # each entry's first token in the row, and position
 
     @property
     def start(self) -> torch.Tensor:
         """Each child's first token in the row."""
-        return self.entry_start[self.lead:]
+        return self.entry_start[self.lead :]
 
     @property
     def pos(self) -> torch.Tensor:
         """Each child's mutated position."""
-        return self.entry_pos[self.lead:]
+        return self.entry_pos[self.lead :]
 
     def at(self, position: int) -> torch.Tensor:
         """Where each child's token at `position` (at or after its mutated position) lies in the row."""
@@ -69,11 +68,11 @@ class Packed:
 
     def shortened(self) -> "Packed":
         """The same entries without their tokens at the last position, n − 1 (`last_dropped_above`)."""
-        return Packed(self.kv, self.parent[self.lead:], self.pos, self.n - 1, self.lead, self.weights)
+        return Packed(self.kv, self.parent[self.lead :], self.pos, self.n - 1, self.lead, self.weights)
 
     def gather(self, parents: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
         """The packed row of token ids: [1, T]."""
-        rows = torch.cat([parents[:self.lead], children])
+        rows = torch.cat([parents[: self.lead], children])
         return rows[self.entry, self.position][None]
 
 
@@ -82,10 +81,10 @@ class Rows:
     CPU, faster than bf16 flash attention at prompt lengths: docs/performance.md#fp32-attention)."""
 
     def __init__(self, weights: bool = False):
-        self.weights = weights                                    # also return attention probabilities
+        self.weights = weights  # also return attention probabilities
 
 
-LAYOUT = "reverie_layout"      # the attribute of an attention module that holds its layout during a pass
+LAYOUT = "reverie_layout"  # the attribute of an attention module that holds its layout during a pass
 
 
 @contextlib.contextmanager
@@ -93,8 +92,15 @@ def attention(model: Model, layout: Packed | Rows):
     """Within the block, the model's attention runs on `layout`: packed children, or whole rows in fp32.
     Each attention module holds the layout for the pass (as the attribute LAYOUT), and the model's
     configs name this module's attention function; both are put back on leaving."""
-    configs = {id(c): c for c in [model.hf.config, getattr(model.hf.base_model, "config", None),
-                                   *(getattr(a, "config", None) for a in model.adapter.attn)] if c is not None}
+    configs = {
+        id(c): c
+        for c in [
+            model.hf.config,
+            getattr(model.hf.base_model, "config", None),
+            *(getattr(a, "config", None) for a in model.adapter.attn),
+        ]
+        if c is not None
+    }
     before = {k: c._attn_implementation_internal for k, c in configs.items()}
     for a in model.adapter.attn:
         setattr(a, LAYOUT, layout)
@@ -109,8 +115,9 @@ def attention(model: Model, layout: Packed | Rows):
             c._attn_implementation_internal = before[k]
 
 
-def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
-                     sliding_window=None, **kwargs):
+def packed_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, sliding_window=None, **kwargs
+):
     """Packed [1, heads, T, d] queries, keys and values -> ([1, T, heads, d] output, [1, heads, T, n]
     probabilities if the layout asks for them). Each child's keys are its parent's before its mutated
     position and its own from there on; causal, within `sliding_window` and soft-capped if given.
@@ -122,23 +129,39 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     if isinstance(layout, Packed) and layout.above is not None and module.layer_idx > layout.above[0]:
         layout = layout.above[1]
     if isinstance(layout, Rows):
-        out, probs = _causal(query.float(), key.float(), value.float(), scaling, softcap, sliding_window, layout.weights)
+        out, probs = _causal(
+            query.float(), key.float(), value.float(), scaling, softcap, sliding_window, layout.weights
+        )
         return out.to(query.dtype).transpose(1, 2).contiguous(), probs
-    if layout.lead:                          # the parents lead the row: keep their keys and values
+    if layout.lead:  # the parents lead the row: keep their keys and values
         m, n = layout.lead, layout.n
-        layout.kv[module.layer_idx] = (key[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1).float().contiguous(),
-                                       value[0, :, :m * n].unflatten(1, (m, n)).transpose(0, 1).float().contiguous())
+        layout.kv[module.layer_idx] = (
+            key[0, :, : m * n].unflatten(1, (m, n)).transpose(0, 1).float().contiguous(),
+            value[0, :, : m * n].unflatten(1, (m, n)).transpose(0, 1).float().contiguous(),
+        )
     k_parent, v_parent = layout.kv[module.layer_idx]
-    if not layout.weights:                   # the C kernel where it is available (`native`)
-        out = native.packed_attention(query, key, value, k_parent, v_parent, layout.entry, layout.position,
-                                      layout.entry_start, layout.entry_pos, layout.parent, scaling, softcap,
-                                      sliding_window)
+    if not layout.weights:  # the C kernel where it is available (`native`)
+        out = native.packed_attention(
+            query,
+            key,
+            value,
+            k_parent,
+            v_parent,
+            layout.entry,
+            layout.position,
+            layout.entry_start,
+            layout.entry_pos,
+            layout.parent,
+            scaling,
+            softcap,
+            sliding_window,
+        )
         if out is not None:
             return out, None
     # unpacked in fp32: the upcast rides on copies made anyway, and CPU flash attention runs faster in
     # fp32 than in bf16 at these shapes (docs/performance.md#fp32-attention)
     c, at = layout.entry, layout.position
-    keys, values = k_parent[layout.parent], v_parent[layout.parent]                   # [C, kv heads, n, d]
+    keys, values = k_parent[layout.parent], v_parent[layout.parent]  # [C, kv heads, n, d]
     keys[c, :, at], values[c, :, at] = key[0].transpose(0, 1).float(), value[0].transpose(0, 1).float()
     queries = query.new_zeros(len(layout.parent), query.shape[1], layout.n, query.shape[3], dtype=torch.float32)
     queries[c, :, at] = query[0].transpose(0, 1).float()
@@ -165,7 +188,7 @@ def last_dropped_above(model: Model, layout: Packed, block: int | None):
     def cut(module, args, kwargs):
         return _take(args, keep, tokens), _take(kwargs, keep, tokens)
 
-    handles = [b.register_forward_pre_hook(cut, with_kwargs=True) for b in model.adapter.blocks[block + 1:]]
+    handles = [b.register_forward_pre_hook(cut, with_kwargs=True) for b in model.adapter.blocks[block + 1 :]]
     layout.above = (block, short)
     try:
         yield short
@@ -197,13 +220,14 @@ def _causal(q, k, v, scaling, softcap, sliding_window, weights: bool):
     windowed = bool(sliding_window) and sliding_window < n
     mask = (i[None] <= i[:, None]) & (i[:, None] - i[None] < (sliding_window if windowed else n))
     groups = q.shape[1] // k.shape[1]
-    if not (weights or softcap is not None):   # a causal flag is much faster than a mask for CPU SDPA
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if windowed else None, is_causal=not windowed,
-                                             scale=scaling, enable_gqa=groups > 1)
+    if not (weights or softcap is not None):  # a causal flag is much faster than a mask for CPU SDPA
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask if windowed else None, is_causal=not windowed, scale=scaling, enable_gqa=groups > 1
+        )
         return out, None
     k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
     scores = q @ k.transpose(-1, -2) * scaling
-    if softcap is not None:                  # Gemma 2's soft-capped attention logits
+    if softcap is not None:  # Gemma 2's soft-capped attention logits
         scores = torch.tanh(scores / softcap) * softcap
     probs = scores.float().masked_fill(~mask, -torch.inf).softmax(-1).to(v.dtype)
     return probs @ v, probs if weights else None

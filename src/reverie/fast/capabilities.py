@@ -33,7 +33,7 @@ class FastPath:
     _models: "weakref.WeakKeyDictionary[Model, FastPath]" = weakref.WeakKeyDictionary()
 
     def __init__(self, model: Model):
-        self._model = weakref.ref(model)      # the FastPath lives as long as its model, not longer
+        self._model = weakref.ref(model)  # the FastPath lives as long as its model, not longer
 
     @classmethod
     def of(cls, model: Model) -> "FastPath":
@@ -71,7 +71,7 @@ class FastPath:
         shortened layout of the blocks above it), and with fused norms where the model takes them and
         the pass takes no gradients."""
         with contextlib.ExitStack() as stack:
-            if not torch.is_grad_enabled() and self.fuses:    # probe first: the probe runs the plain model
+            if not torch.is_grad_enabled() and self.fuses:  # probe first: the probe runs the plain model
                 stack.enter_context(fused_norms(self.model))
             if layout is not None:
                 stack.enter_context(attention(self.model, layout))
@@ -95,7 +95,7 @@ def probe_packed(model: Model, n: int = 6, block: int | None = None) -> bool:
             with attention(model, layout), last_dropped_above(model, layout, block) as out:
                 got = model.trunk(layout.gather(parents, children), position_ids=layout.position[None])[0].float()
             plain = model.trunk(torch.cat([parents, children]))[out.entry, out.position].float()
-    except Exception as e:   # an architecture that does not take the packed layout (its own attention, shared caches...)
+    except Exception as e:  # an architecture that does not take the packed layout (its own attention, shared caches...)
         if is_oom(e):
             raise
         return False
@@ -111,7 +111,7 @@ def probe_fused(model: Model, n: int = 6) -> bool:
             plain = [model.trunk(ids).float(), model.trunk(ids[:1]).float()]
             with fused_norms(model):
                 got = [model.trunk(ids).float(), model.trunk(ids[:1]).float()]
-    except Exception as e:      # no compiler, an op the compiler does not take
+    except Exception as e:  # no compiler, an op the compiler does not take
         if is_oom(e):
             raise
         return False

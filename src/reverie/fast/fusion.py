@@ -25,6 +25,7 @@ from torch import nn
 
 from ..lm.model import Model
 
+
 def compiling() -> bool:
     """Whether reverie compiles anything (these norms, the cross-entropy's tiles): REVERIE_COMPILE=0 turns it off."""
     return os.environ.get("REVERIE_COMPILE", "1") != "0"

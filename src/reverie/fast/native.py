@@ -74,8 +74,11 @@ def build() -> Path:
     if compiler_path is None:
         raise OSError("no C compiler")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), platform.machine().encode(),
-                                     _cpu().encode(), compiler_path.encode()])).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"\0".join(
+            [source, " ".join(FLAGS).encode(), platform.machine().encode(), _cpu().encode(), compiler_path.encode()]
+        )
+    ).hexdigest()[:16]
     folder = cache_dir() / "native"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not private(folder):
@@ -88,7 +91,7 @@ def build() -> Path:
     try:
         subprocess.run([compiler_path, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, library)       # atomic: processes building at once each write their own file
+        os.replace(tmp, library)  # atomic: processes building at once each write their own file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -98,16 +101,54 @@ def build() -> Path:
 def _load(library: Path):
     fn = ctypes.CDLL(str(library)).packed_attention
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-    fn.argtypes = [ptr, ptr, ptr, ctypes.c_int, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
-                   i64, i64, i64, i64, i64, i64, i64, f32, f32, i64, ctypes.c_int]
+    fn.argtypes = [
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_int,
+        i64,
+        i64,
+        i64,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        f32,
+        f32,
+        i64,
+        ctypes.c_int,
+    ]
     fn.restype = ctypes.c_int
     return fn
 
 
-def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parent_keys: torch.Tensor,
-                     parent_values: torch.Tensor, entry: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
-                     mutated: torch.Tensor, parent: torch.Tensor, scaling: float, softcap: float | None,
-                     sliding_window: int | None) -> torch.Tensor | None:
+def packed_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    parent_keys: torch.Tensor,
+    parent_values: torch.Tensor,
+    entry: torch.Tensor,
+    position: torch.Tensor,
+    start: torch.Tensor,
+    mutated: torch.Tensor,
+    parent: torch.Tensor,
+    scaling: float,
+    softcap: float | None,
+    sliding_window: int | None,
+) -> torch.Tensor | None:
     """[1, T, heads, d] output of packed attention, or None where the kernel is not available or does not
     take these tensors (then the caller computes it in torch). query [1, heads, T, d], key and value
     [1, kv heads, T, d] as the attention interface passes them; the parents' keys and values fp32
@@ -115,21 +156,53 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     mutated position and parent (int64)."""
     fn = kernel()
     q, k, v = query[0], key[0], value[0]
-    if (fn is None or q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16)
-            or not q.dtype == k.dtype == v.dtype or k.stride() != v.stride() or q.stride(-1) != 1 or k.stride(-1) != 1):
+    if (
+        fn is None
+        or q.device.type != "cpu"
+        or q.dtype not in (torch.float32, torch.bfloat16)
+        or not q.dtype == k.dtype == v.dtype
+        or k.stride() != v.stride()
+        or q.stride(-1) != 1
+        or k.stride(-1) != 1
+    ):
         return None
     H, T, d = q.shape
     kp, vp = parent_keys.float().contiguous(), parent_values.float().contiguous()
     index = [t.to(torch.int64).contiguous() for t in (entry, position, start, mutated, parent)]
     M, KH, N = kp.shape[:3]
-    if not (k.shape == v.shape == (KH, T, d) and kp.shape == vp.shape == (M, KH, N, d) and len(entry) == len(position) == T
-            and len(start) == len(mutated) == len(parent)):
+    if not (
+        k.shape == v.shape == (KH, T, d)
+        and kp.shape == vp.shape == (M, KH, N, d)
+        and len(entry) == len(position) == T
+        and len(start) == len(mutated) == len(parent)
+    ):
         raise ValueError(f"packed attention: {T} queries, {k.shape[1]} keys, {len(entry)} tokens in the layout")
     out = torch.empty(1, T, H, d, dtype=q.dtype)
-    status = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), int(q.dtype == torch.bfloat16),
-                q.stride(0), q.stride(1), k.stride(0), k.stride(1), kp.data_ptr(), vp.data_ptr(),
-                *(t.data_ptr() for t in index), out.data_ptr(), T, len(start), M, H, KH, N, d,
-                scaling, softcap or 0.0, sliding_window or 0, torch.get_num_threads())
+    status = fn(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        int(q.dtype == torch.bfloat16),
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        kp.data_ptr(),
+        vp.data_ptr(),
+        *(t.data_ptr() for t in index),
+        out.data_ptr(),
+        T,
+        len(start),
+        M,
+        H,
+        KH,
+        N,
+        d,
+        scaling,
+        softcap or 0.0,
+        sliding_window or 0,
+        torch.get_num_threads(),
+    )
     if status == 2:
         raise ValueError("packed attention: the layout points outside the row or the parents")
     return out if status == 0 else None

@@ -15,8 +15,8 @@ from ..errors import is_oom
 from .fusion import compiling
 from ..lm.model import Model
 
-VOCAB_TILE = 4096          # vocabulary columns unembedded at a time
-TILE_BYTES = 16 << 20      # bytes of logits per tile: at most this many rows × VOCAB_TILE at once
+VOCAB_TILE = 4096  # vocabulary columns unembedded at a time
+TILE_BYTES = 16 << 20  # bytes of logits per tile: at most this many rows × VOCAB_TILE at once
 
 
 def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,7 @@ def head_logprobs(model: Model, hidden: torch.Tensor, labels: torch.Tensor) -> t
     per row, labels [..., K] → [..., K] (a label outside the vocabulary, e.g. -1 as padding, gives −∞).
     Each row's log-sum-exp is computed once, whatever the number of its labels."""
     several = labels.dim() == hidden.dim()
-    flat = hidden.reshape(-1, hidden.shape[-1])     # contiguous rows (docs/performance.md#contiguous-rows)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # contiguous rows (docs/performance.md#contiguous-rows)
     flat_labels = labels.reshape(len(flat), -1) if several else labels.reshape(-1)
     rows = max(1, TILE_BYTES // (VOCAB_TILE * model.dtype.itemsize))
     out = []
@@ -54,7 +54,7 @@ class Fused:
 
     def __init__(self, fn):
         self.fn = fn
-        self.compiled = None     # the compiled function once tried; False where compiling failed or is off
+        self.compiled = None  # the compiled function once tried; False where compiling failed or is off
 
     def __call__(self, *args):
         if self.compiled is None:
@@ -62,7 +62,7 @@ class Fused:
         if self.compiled:
             try:
                 return self.compiled(*args)
-            except Exception as e:       # no compiler, an unsupported device: plain torch from now on
+            except Exception as e:  # no compiler, an unsupported device: plain torch from now on
                 if is_oom(e):
                     raise
                 self.compiled = False

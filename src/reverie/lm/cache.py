@@ -35,7 +35,9 @@ def write_folder(target: Path, fill: Callable[[Path], None], what: str) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
-        raise ModelError(f"cannot write {what} at {target} ({e.strerror}): set REVERIE_CACHE to a writable folder") from e
+        raise ModelError(
+            f"cannot write {what} at {target} ({e.strerror}): set REVERIE_CACHE to a writable folder"
+        ) from e
     return target
 
 

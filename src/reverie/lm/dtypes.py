@@ -28,12 +28,18 @@ from .cache import cache_dir, read_json, write_json
 log = logging.getLogger("reverie")
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-BF16_MARGIN = 0.9        # bf16 is chosen only if it takes under 90% of fp32's time
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+BF16_MARGIN = 0.9  # bf16 is chosen only if it takes under 90% of fp32's time
 PROBE_BATCH, PROBE_LENGTH, PROBE_REPEATS, PROBE_VOCAB = 32, 12, 2, 32768
 
-Timer = Callable[[object, torch.dtype], float]     # (model config, dtype) -> seconds of one probe forward
+Timer = Callable[[object, torch.dtype], float]  # (model config, dtype) -> seconds of one probe forward
 
 
 def default_device() -> torch.device:
@@ -49,7 +55,9 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} needs CUDA, which this machine (or this torch build) does not have: use cpu")
+        raise ModelError(
+            f"device {device!r} needs CUDA, which this machine (or this torch build) does not have: use cpu"
+        )
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise ModelError(f"device {device!r} does not exist: this machine has cuda:0-{torch.cuda.device_count() - 1}")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
@@ -137,8 +145,9 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     return DTYPES[dtype]
 
 
-def choose_dtype(dtype: str | torch.dtype | None, device: torch.device, config=None, *,
-                 timer: Timer | None = None) -> tuple[torch.dtype, str]:
+def choose_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, config=None, *, timer: Timer | None = None
+) -> tuple[torch.dtype, str]:
     """(dtype, why): an explicit dtype as given; "auto" (or None) as the module docstring says. `config` is
     the model's (transformers) config, needed for the CPU probe; `timer` replaces the timed probe."""
     if not (dtype is None or dtype == "auto"):
@@ -158,8 +167,17 @@ def choose_dtype(dtype: str | torch.dtype | None, device: torch.device, config=N
 
 def shape_key(config) -> str:
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    parts = [getattr(cfg, "model_type", "?")] + [str(getattr(cfg, k, None)) for k in (
-        "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")]
+    parts = [getattr(cfg, "model_type", "?")] + [
+        str(getattr(cfg, k, None))
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+        )
+    ]
     return "/".join(parts)
 
 
@@ -184,15 +202,17 @@ def probe_choice(config, timer: Timer | None = None) -> tuple[torch.dtype, str]:
         timer = timer or probe_seconds
         try:
             times, source = (timer(config, torch.float32), timer(config, torch.bfloat16)), "probed now"
-        except Exception as e:     # an architecture that cannot be built from its config alone
+        except Exception as e:  # an architecture that cannot be built from its config alone
             chosen = default_dtype(torch.device("cpu"))
             reason = f"{dtype_name(chosen)}: by the CPU's flags (the speed probe failed: {type(e).__name__})"
             log.info("dtype %s", reason)
             return chosen, reason
     fp32, bf16 = times
     chosen = torch.bfloat16 if bf16 < BF16_MARGIN * fp32 else torch.float32
-    reason = (f"{dtype_name(chosen)}: a forward pass of this shape took {bf16 * 1e3:.0f} ms in bf16 and "
-              f"{fp32 * 1e3:.0f} ms in fp32 on this CPU ({source}; bf16 must be over 10% faster)")
+    reason = (
+        f"{dtype_name(chosen)}: a forward pass of this shape took {bf16 * 1e3:.0f} ms in bf16 and "
+        f"{fp32 * 1e3:.0f} ms in fp32 on this CPU ({source}; bf16 must be over 10% faster)"
+    )
     if source == "probed now" and timer is probe_seconds:
         data = read_json(path)
         data[key] = {"dtype": dtype_name(chosen), "fp32": fp32, "bf16": bf16}

@@ -37,13 +37,15 @@ def as_model(obj) -> Model:
         return Model(Lens(obj), obj.tokenizer, spec=f"transformer-lens:{obj.cfg.model_name}")
     if _from_library(obj, "nnsight"):
         if not getattr(obj, "dispatched", True) and hasattr(obj, "dispatch"):
-            obj.dispatch()                  # a model loaded lazily (on the meta device): load its weights
+            obj.dispatch()  # a model loaded lazily (on the meta device): load its weights
         hf = getattr(obj, "_module", None)
         if not isinstance(hf, nn.Module) or getattr(obj, "tokenizer", None) is None:
             raise ModelError(f"nnsight {type(obj).__name__}: found no transformers model and tokenizer inside it")
         return Model(hf, obj.tokenizer)
-    raise ModelError(f"a model is a reverie Model (see load_model), a TransformerLens HookedTransformer or an "
-                     f"nnsight LanguageModel, not {type(obj).__name__} {obj!r:.60}")
+    raise ModelError(
+        f"a model is a reverie Model (see load_model), a TransformerLens HookedTransformer or an "
+        f"nnsight LanguageModel, not {type(obj).__name__} {obj!r:.60}"
+    )
 
 
 def _from_library(obj, library: str) -> bool:
@@ -67,7 +69,7 @@ class TokenEmbedding(nn.Module):
         return self.inner.W_E
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.inner.W_E[ids]          # an embedding LayerNorm (BLOOM) is applied after, in Lens.forward
+        return self.inner.W_E[ids]  # an embedding LayerNorm (BLOOM) is applied after, in Lens.forward
 
 
 class Unembedding(nn.Module):
@@ -94,9 +96,15 @@ class Lens(nn.Module):
         self.lens = lens
         self.embed = TokenEmbedding(lens.embed)
         self.unembed = Unembedding(lens.unembed)
-        self.config = SimpleNamespace(name_or_path=f"transformer-lens:{cfg.model_name}", model_type="transformer-lens",
-                                      num_attention_heads=cfg.n_heads, max_position_embeddings=cfg.n_ctx,
-                                      hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, vocab_size=cfg.d_vocab)
+        self.config = SimpleNamespace(
+            name_or_path=f"transformer-lens:{cfg.model_name}",
+            model_type="transformer-lens",
+            num_attention_heads=cfg.n_heads,
+            max_position_embeddings=cfg.n_ctx,
+            hidden_size=cfg.d_model,
+            num_hidden_layers=cfg.n_layers,
+            vocab_size=cfg.d_vocab,
+        )
 
     @property
     def hook_points(self) -> dict:
@@ -106,9 +114,16 @@ class Lens(nn.Module):
     def reverie_adapter(self) -> Adapter:
         """The parts of the model (`Adapter.find` asks for them)."""
         cfg, blocks = self.lens.cfg, self.lens.blocks
-        return Adapter(embed=self.embed, blocks=blocks, mlp_out=[getattr(b, "mlp", None) for b in blocks],
-                       attn=[b.attn for b in blocks], unembed=self.unembed, d_model=cfg.d_model,
-                       d_mlp=cfg.d_mlp or 0, n_heads=cfg.n_heads)
+        return Adapter(
+            embed=self.embed,
+            blocks=blocks,
+            mlp_out=[getattr(b, "mlp", None) for b in blocks],
+            attn=[b.attn for b in blocks],
+            unembed=self.unembed,
+            d_model=cfg.d_model,
+            d_mlp=cfg.d_mlp or 0,
+            n_heads=cfg.n_heads,
+        )
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embed
@@ -116,9 +131,15 @@ class Lens(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.unembed
 
-    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, use_cache: bool = False, attention_mask=None,
-                **kwargs) -> Output:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        use_cache: bool = False,
+        attention_mask=None,
+        **kwargs,
+    ) -> Output:
         """Logits [B, n, vocab] of whole rows at positions 0..n-1, from token ids or input embeddings
         (the token embeddings, before positional embeddings, as `get_input_embeddings()` returns them).
         The token embeddings run through `get_input_embeddings()` (hooks on it see them), then the
@@ -134,8 +155,12 @@ class Lens(nn.Module):
         lens = self.lens
         if lens.cfg.post_embedding_ln:
             embeds = lens.embed.ln(embeds)
-        tokens = input_ids if input_ids is not None else torch.zeros(embeds.shape[:2], dtype=torch.long,
-                                                                     device=embeds.device)
-        residual, shortformer = lens.get_residual(lens.hook_embed(embeds), 0, False, None, tokens,
-                                                  return_shortformer_pos_embed=True)
+        tokens = (
+            input_ids
+            if input_ids is not None
+            else torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        )
+        residual, shortformer = lens.get_residual(
+            lens.hook_embed(embeds), 0, False, None, tokens, return_shortformer_pos_embed=True
+        )
         return Output(lens(residual, start_at_layer=0, shortformer_pos_embed=shortformer))

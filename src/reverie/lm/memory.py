@@ -20,8 +20,8 @@ from ..errors import ModelError
 from .dtypes import DTYPE_NAMES, parse_dtype
 
 GiB = 1 << 30
-CPU_OVERHEAD = 600 << 20     # python + torch + transformers + tokenizer, resident before any model
-CUDA_OVERHEAD = 500 << 20    # CUDA context and kernels, outside torch's allocator
+CPU_OVERHEAD = 600 << 20  # python + torch + transformers + tokenizer, resident before any model
+CUDA_OVERHEAD = 500 << 20  # CUDA context and kernels, outside torch's allocator
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,10 @@ class Estimate:
         return self.total - (self.weights + self.overhead if self.loaded else 0)
 
     def describe(self) -> str:
-        return (f"{gib(self.total)} in {DTYPE_NAMES.get(self.dtype, self.dtype)}: weights {gib(self.weights)}, "
-                f"gradient pass {gib(self.gradients)}, scoring pass {gib(self.scoring)}, overhead {gib(self.overhead)}")
+        return (
+            f"{gib(self.total)} in {DTYPE_NAMES.get(self.dtype, self.dtype)}: weights {gib(self.weights)}, "
+            f"gradient pass {gib(self.gradients)}, scoring pass {gib(self.scoring)}, overhead {gib(self.overhead)}"
+        )
 
 
 def gib(n: int) -> str:
@@ -58,15 +60,23 @@ def shape_of(model_or_config) -> dict:
     if hasattr(model_or_config, "adapter"):
         m = model_or_config
         params = {id(p): p.numel() for p in m.hf.parameters()}
-        return dict(d=m.adapter.d_model, d_mlp=m.adapter.d_mlp, layers=m.n_layers,
-                    vocab=m.adapter.embed.weight.shape[0], params=sum(params.values()), dtype=m.dtype, loaded=True)
+        return dict(
+            d=m.adapter.d_model,
+            d_mlp=m.adapter.d_mlp,
+            layers=m.n_layers,
+            vocab=m.adapter.embed.weight.shape[0],
+            params=sum(params.values()),
+            dtype=m.dtype,
+            loaded=True,
+        )
     config = model_or_config
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
     d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-    return dict(d=d, d_mlp=d_mlp, layers=layers, vocab=cfg.vocab_size, params=count_parameters(config),
-                dtype=None, loaded=False)
+    return dict(
+        d=d, d_mlp=d_mlp, layers=layers, vocab=cfg.vocab_size, params=count_parameters(config), dtype=None, loaded=False
+    )
 
 
 def count_parameters(config) -> int:
@@ -78,9 +88,16 @@ def count_parameters(config) -> int:
     return sum({id(p): p.numel() for p in hf.parameters()}.values())
 
 
-def estimate(model_or_config, population: int = 8, length: int = 12, batch_size: int | None = None,
-             dtype: str | torch.dtype | None = None, *, children: int = 32,
-             device: str | torch.device = "cpu") -> Estimate:
+def estimate(
+    model_or_config,
+    population: int = 8,
+    length: int = 12,
+    batch_size: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    children: int = 32,
+    device: str | torch.device = "cpu",
+) -> Estimate:
     """Bytes a dream of `population` prompts of `length` tokens needs, scoring `batch_size` prompts per
     pass (default: all population x children at once), for a loaded `Model` (its dtype, weights
     already resident) or a transformers config (in `dtype`, default fp32)."""
@@ -109,6 +126,7 @@ def available(device: str | torch.device) -> int:
         return torch.cuda.mem_get_info(device)[0]
     try:
         import psutil
+
         return int(psutil.virtual_memory().available)
     except ImportError:
         pass
@@ -118,7 +136,7 @@ def available(device: str | torch.device) -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 1 << 62     # unknown: do not refuse
+    return 1 << 62  # unknown: do not refuse
 
 
 def check(est: Estimate, device: str | torch.device, free: int | None = None) -> Estimate:
@@ -133,8 +151,10 @@ def check(est: Estimate, device: str | torch.device, free: int | None = None) ->
         hints.append("device_map='auto' to spread the model over several GPUs")
     else:
         hints.append("a GPU, or a machine with more memory")
-    raise ModelError(f"this dream needs about {gib(est.still_needed)} more memory but {torch.device(device)} has "
-                     f"{gib(free)} free ({est.describe()}): try {', '.join(hints)}")
+    raise ModelError(
+        f"this dream needs about {gib(est.still_needed)} more memory but {torch.device(device)} has "
+        f"{gib(free)} free ({est.describe()}): try {', '.join(hints)}"
+    )
 
 
 def check_weights(config, dtype: torch.dtype, device: str | torch.device, free: int | None = None) -> int | None:
@@ -143,15 +163,19 @@ def check_weights(config, dtype: torch.dtype, device: str | torch.device, free: 
     number of parameters (None where transformers cannot count them)."""
     try:
         params = count_parameters(config)
-    except Exception:        # a config transformers cannot build by itself (remote code...): no check
+    except Exception:  # a config transformers cannot build by itself (remote code...): no check
         return None
-    need = params * dtype.itemsize + (
-        CUDA_OVERHEAD if torch.device(device).type == "cuda" else CPU_OVERHEAD)
+    need = params * dtype.itemsize + (CUDA_OVERHEAD if torch.device(device).type == "cuda" else CPU_OVERHEAD)
     free = available(device) if free is None else free
     if need <= free:
         return params
     hints = ["--dtype bf16"] if dtype == torch.float32 else []
-    hints.append("--device-map auto to spread it over several GPUs" if torch.device(device).type == "cuda"
-                 else "a GPU, or a machine with more memory")
-    raise ModelError(f"the model's weights need about {gib(need)} in {DTYPE_NAMES.get(dtype, dtype)} but "
-                     f"{torch.device(device)} has {gib(free)} free: try {' or '.join(hints)}")
+    hints.append(
+        "--device-map auto to spread it over several GPUs"
+        if torch.device(device).type == "cuda"
+        else "a GPU, or a machine with more memory"
+    )
+    raise ModelError(
+        f"the model's weights need about {gib(need)} in {DTYPE_NAMES.get(dtype, dtype)} but "
+        f"{torch.device(device)} has {gib(free)} free: try {' or '.join(hints)}"
+    )

@@ -22,26 +22,59 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 from .cache import cache_dir
-from .dtypes import (DTYPE_NAMES, DTYPES, choose_dtype, default_device, default_dtype, dtype_name, parse_device,
-                     parse_dtype)
+from .dtypes import (
+    DTYPE_NAMES,
+    DTYPES,
+    choose_dtype,
+    default_device,
+    default_dtype,
+    dtype_name,
+    parse_device,
+    parse_dtype,
+)
 from .loading import BUNDLED, BUNDLED_GGUF, BUNDLED_NAME, bundled_gguf, bundled_path, converted, load_hf
 
-__all__ = ["Adapter", "Model", "load_model", "HOOK_RE", "BUNDLED", "BUNDLED_GGUF", "BUNDLED_NAME", "DTYPES",
-           "DTYPE_NAMES", "bundled_gguf", "bundled_path", "cache_dir", "choose_dtype", "converted", "default_device",
-           "default_dtype", "dtype_name", "parse_device", "parse_dtype"]
+__all__ = [
+    "Adapter",
+    "Model",
+    "load_model",
+    "HOOK_RE",
+    "BUNDLED",
+    "BUNDLED_GGUF",
+    "BUNDLED_NAME",
+    "DTYPES",
+    "DTYPE_NAMES",
+    "bundled_gguf",
+    "bundled_path",
+    "cache_dir",
+    "choose_dtype",
+    "converted",
+    "default_device",
+    "default_dtype",
+    "dtype_name",
+    "parse_device",
+    "parse_dtype",
+]
 
 # Per family: where the decoder blocks live, and the names of the MLP output projection (whose
 # input is the post-nonlinearity neuron vector) and of the attention module inside a block.
-_BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
-                "transformer.layers", "model.language_model.layers")
+_BLOCK_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+    "model.language_model.layers",
+)
 _MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out")
 _ATTN = ("self_attn", "attn", "attention")
-SLOW_PASS = 1.0      # seconds: a model whose probe pass takes longer is announced as slow (stderr)
+SLOW_PASS = 1.0  # seconds: a model whose probe pass takes longer is announced as slow (stderr)
 log = logging.getLogger("reverie")
 
 HOOK_RE = re.compile(
     r"^blocks\.(?P<layer>\d+)\.(?P<point>hook_resid_pre|hook_resid_post|mlp\.hook_post|"
-    r"attn\.hook_pattern|hook_mlp_out|hook_attn_out)$")
+    r"attn\.hook_pattern|hook_mlp_out|hook_attn_out)$"
+)
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:
@@ -71,7 +104,7 @@ class Adapter:
 
     @classmethod
     def find(cls, hf: nn.Module) -> "Adapter":
-        if hasattr(hf, "reverie_adapter"):     # a wrapped foreign model names its own parts (lm.foreign)
+        if hasattr(hf, "reverie_adapter"):  # a wrapped foreign model names its own parts (lm.foreign)
             return hf.reverie_adapter()
         name = type(hf).__name__
         blocks = next((b for p in _BLOCK_PATHS if isinstance(b := _get(hf, p), nn.ModuleList)), None)
@@ -80,8 +113,10 @@ class Adapter:
         mlp_path = next((p for p in _MLP_OUT if _get(blocks[0], p) is not None), None)
         attn_path = next((p for p in _ATTN if _get(blocks[0], p) is not None), None)
         if mlp_path is None or attn_path is None:
-            raise ModelError(f"{name}: cannot find the MLP output projection or attention in its blocks; "
-                             "pass a custom target instead")
+            raise ModelError(
+                f"{name}: cannot find the MLP output projection or attention in its blocks; "
+                "pass a custom target instead"
+            )
         mlp_out = [_get(b, mlp_path) for b in blocks]
         w = mlp_out[0].weight
         # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
@@ -89,10 +124,13 @@ class Adapter:
         cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
         embed = hf.get_input_embeddings()
         return cls(
-            embed=embed, blocks=blocks, mlp_out=mlp_out,
+            embed=embed,
+            blocks=blocks,
+            mlp_out=mlp_out,
             attn=[_get(b, attn_path) for b in blocks],
             unembed=hf.get_output_embeddings(),
-            d_model=embed.weight.shape[1], d_mlp=d_mlp,
+            d_model=embed.weight.shape[1],
+            d_mlp=d_mlp,
             n_heads=getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"),
         )
 
@@ -105,10 +143,10 @@ class Model:
     hf: nn.Module
     tokenizer: object
     spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled", random:NAME); defaults to name_or_path
-    dtype_reason: str = ""   # why load_model chose this dtype, for the CLI to show
+    dtype_reason: str = ""  # why load_model chose this dtype, for the CLI to show
     adapter: Adapter = field(init=False)
-    split_head: bool = field(init=False)   # head(trunk(ids)) is base model + unembedding (see trunk)
-    pass_seconds: float | None = field(init=False, default=None)   # one forward pass of 4 tokens, timed once
+    split_head: bool = field(init=False)  # head(trunk(ids)) is base model + unembedding (see trunk)
+    pass_seconds: float | None = field(init=False, default=None)  # one forward pass of 4 tokens, timed once
 
     def __post_init__(self) -> None:
         self.spec = self.spec or getattr(self.hf.config, "name_or_path", "") or "custom"
@@ -151,8 +189,16 @@ class Model:
             return
         bias = unembed.bias
         for start in range(0, unembed.out_features, width):
-            yield start, self._softcap(F.linear(hidden, unembed.weight[start:start + width],
-                                                None if bias is None else bias[start:start + width]))
+            yield (
+                start,
+                self._softcap(
+                    F.linear(
+                        hidden,
+                        unembed.weight[start : start + width],
+                        None if bias is None else bias[start : start + width],
+                    )
+                ),
+            )
 
     def _head_splits(self) -> bool:
         """Whether base model + unembedding (+ soft cap) reproduces the logits, so that positions whose
@@ -167,7 +213,7 @@ class Model:
             self.pass_seconds = time.perf_counter() - start
             try:
                 split = self._unembed(self._base_hidden(probe)).float()
-            except Exception:       # an architecture whose base model needs more than input ids
+            except Exception:  # an architecture whose base model needs more than input ids
                 return False
         return split.shape == plain.shape and bool(torch.allclose(split, plain, rtol=1e-3, atol=1e-3))
 
@@ -201,16 +247,20 @@ class Model:
     def check_length(self, n: int) -> None:
         """Refuse inputs of `n` tokens (template included) longer than the model's context."""
         if self.context is not None and n > self.context:
-            raise ConfigError(f"prompts of {n} tokens (template included) do not fit the context of {self.spec}, "
-                              f"{self.context} tokens: use a shorter length, initial prompt or template")
+            raise ConfigError(
+                f"prompts of {n} tokens (template included) do not fit the context of {self.spec}, "
+                f"{self.context} tokens: use a shorter length, initial prompt or template"
+            )
 
     def check_hook(self, name: str) -> tuple[int, str]:
         """Validate a hook name against this model; return (layer, point)."""
         m = HOOK_RE.match(name)
         if not m:
-            raise ModelError(f"unknown hook point {name!r}: use blocks.L.hook_resid_pre, blocks.L.hook_resid_post, "
-                             "blocks.L.mlp.hook_post, blocks.L.attn.hook_pattern, blocks.L.hook_mlp_out "
-                             "or blocks.L.hook_attn_out")
+            raise ModelError(
+                f"unknown hook point {name!r}: use blocks.L.hook_resid_pre, blocks.L.hook_resid_post, "
+                "blocks.L.mlp.hook_post, blocks.L.attn.hook_pattern, blocks.L.hook_mlp_out "
+                "or blocks.L.hook_attn_out"
+            )
         layer = int(m["layer"])
         if layer >= self.n_layers:
             raise ModelError(f"layer {layer} does not exist: {self.spec} has layers 0-{self.n_layers - 1}")
@@ -222,7 +272,7 @@ class Model:
         cache: dict[str, torch.Tensor] = {}
         handles = []
         a = self.adapter
-        points = getattr(self.hf, "hook_points", None)    # a TransformerLens model's own HookPoints (lm.foreign)
+        points = getattr(self.hf, "hook_points", None)  # a TransformerLens model's own HookPoints (lm.foreign)
         for name in names:
             layer, point = self.check_hook(name)
             if points is not None:
@@ -250,6 +300,7 @@ class Model:
 def _store_input(cache: dict, name: str):
     def hook(module, args, kwargs):
         cache[name] = args[0] if args else kwargs["hidden_states"]
+
     return hook
 
 
@@ -260,14 +311,21 @@ def _store_output(cache: dict, name: str, index: int):
         elif index:
             raise ModelError(f"{type(module).__name__} does not return attention probabilities")
         cache[name] = output
+
     return hook
 
 
 # ----------------------------------------------------------------------------------- loading
 
-def load_model(spec: str | os.PathLike = BUNDLED, *, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
-               device_map: str | dict | None = None) -> Model:
+
+def load_model(
+    spec: str | os.PathLike = BUNDLED,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+) -> Model:
     """Load a frozen causal LM from a hub id, a local folder, a `.gguf` file, "bundled", or `random:NAME`
     (random weights of a research model's shape, see `lm.synthetic`).
 
@@ -275,18 +333,27 @@ def load_model(spec: str | os.PathLike = BUNDLED, *, device: str | torch.device 
     `model.dtype_reason`. `device_map` ("auto", or a dict) is passed to transformers (accelerate) to
     spread a model too large for one device over several; random shapes ignore it."""
     if not isinstance(spec, (str, os.PathLike)):
-        raise ModelError(f"a model is a hub id, a local folder, a .gguf file, 'bundled' or random:NAME, "
-                         f"not {type(spec).__name__} {spec!r}")
+        raise ModelError(
+            f"a model is a hub id, a local folder, a .gguf file, 'bundled' or random:NAME, "
+            f"not {type(spec).__name__} {spec!r}"
+        )
     spec = os.fspath(spec)
-    if spec.startswith("transformer-lens:"):     # what a run on a HookedTransformer records (lm.foreign)
+    if spec.startswith("transformer-lens:"):  # what a run on a HookedTransformer records (lm.foreign)
         name = spec.split(":", 1)[1]
-        raise ModelError(f"{spec} is a TransformerLens model: load it yourself (HookedTransformer.from_pretrained("
-                         f"{name!r})) and pass it, e.g. reverie.resume(run_dir, model=that_model)")
-    hf, tokenizer, reason = load_hf(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                    device_map=device_map)
+        raise ModelError(
+            f"{spec} is a TransformerLens model: load it yourself (HookedTransformer.from_pretrained("
+            f"{name!r})) and pass it, e.g. reverie.resume(run_dir, model=that_model)"
+        )
+    hf, tokenizer, reason = load_hf(
+        spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map
+    )
     model = Model(hf, tokenizer, spec=spec, dtype_reason=reason)
     if model.pass_seconds is not None and model.pass_seconds > SLOW_PASS:
-        log.warning("%s takes %.1f s per forward pass on %s: a dream scores hundreds of prompts, so expect "
-                    "minutes (a GPU, or for random:NAME fewer layers, is faster)", spec, model.pass_seconds,
-                    model.device)
+        log.warning(
+            "%s takes %.1f s per forward pass on %s: a dream scores hundreds of prompts, so expect "
+            "minutes (a GPU, or for random:NAME fewer layers, is faster)",
+            spec,
+            model.pass_seconds,
+            model.device,
+        )
     return model

@@ -58,16 +58,16 @@ def saelens_field(cfg, name: str):
 
 @dataclass
 class SAEWeights:
-    W_enc: torch.Tensor                   # [d_in, d_sae]
-    b_enc: torch.Tensor                   # [d_sae]
-    b_dec: torch.Tensor                   # [d_in]
+    W_enc: torch.Tensor  # [d_in, d_sae]
+    b_enc: torch.Tensor  # [d_sae]
+    b_dec: torch.Tensor  # [d_in]
     hook_name: str
     threshold: torch.Tensor | None = None  # [d_sae], JumpReLU only
     apply_b_dec_to_input: bool = True
-    W_dec: torch.Tensor | None = None     # [d_sae, d_in]; not needed to read features, kept when saving
-    k: int | None = None                  # TopK only: the k largest pre-activations of a row stay, the rest are 0
-    normalize: str = "none"               # SAELens's normalize_activations, applied to the input first
-    model_name: str | None = None         # the model it was trained on, if known (cfg metadata.model_name)
+    W_dec: torch.Tensor | None = None  # [d_sae, d_in]; not needed to read features, kept when saving
+    k: int | None = None  # TopK only: the k largest pre-activations of a row stay, the rest are 0
+    normalize: str = "none"  # SAELens's normalize_activations, applied to the input first
+    model_name: str | None = None  # the model it was trained on, if known (cfg metadata.model_name)
 
     @property
     def d_in(self) -> int:
@@ -85,13 +85,13 @@ class SAEWeights:
         """Feature activations of x [..., d_in] (optionally only `features`), fp32."""
         x = x.float()
         if self.normalize == "constant_norm_rescale":
-            x = x * (self.d_in ** 0.5 / x.norm(dim=-1, keepdim=True))
+            x = x * (self.d_in**0.5 / x.norm(dim=-1, keepdim=True))
         elif self.normalize == "layer_norm":
             x = x - x.mean(-1, keepdim=True)
             x = x / (x.std(-1, keepdim=True) + 1e-5)
         if self.apply_b_dec_to_input:
             x = x - self.b_dec.to(x.device)
-        if self.k is not None:     # TopK: a feature counts only among its row's k largest pre-activations
+        if self.k is not None:  # TopK: a feature counts only among its row's k largest pre-activations
             every = x @ self.W_enc.to(x.device) + self.b_enc.to(x.device)
             pre = every[..., features]
             return pre.relu() * (pre >= every.topk(min(self.k, self.d_sae), dim=-1).values[..., -1:])
@@ -104,15 +104,27 @@ class SAEWeights:
         """Refuse, in one TargetError line naming `where` and the tensor, weights that are not floating-point
         tensors of the shapes an SAE has ([d_in, d_sae], [d_sae], [d_in], ...; those in `cfg` if it gives
         them) or that hold NaN or infinities. Returns self."""
-        check_tensors(where, cfg, {"W_enc": self.W_enc, "b_enc": self.b_enc, "b_dec": self.b_dec,
-                                   "threshold": self.threshold, "W_dec": self.W_dec})
+        check_tensors(
+            where,
+            cfg,
+            {
+                "W_enc": self.W_enc,
+                "b_enc": self.b_enc,
+                "b_dec": self.b_dec,
+                "threshold": self.threshold,
+                "W_dec": self.W_dec,
+            },
+        )
         if not isinstance(self.hook_name, str) or not self.hook_name:
-            raise TargetError(f"{where}: the hook name must be one like blocks.8.hook_resid_pre, "
-                              f"not {self.hook_name!r}")
+            raise TargetError(
+                f"{where}: the hook name must be one like blocks.8.hook_resid_pre, not {self.hook_name!r}"
+            )
         k = self.k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= self.d_sae):
-            raise TargetError(f"{where}: the TopK SAE's k is {self.k!r}: it must be a whole number 1-{self.d_sae} "
-                              "(the SAE's number of features)")
+            raise TargetError(
+                f"{where}: the TopK SAE's k is {self.k!r}: it must be a whole number 1-{self.d_sae} "
+                "(the SAE's number of features)"
+            )
         return self
 
     @classmethod
@@ -126,15 +138,18 @@ class SAEWeights:
             raise TargetError(f"the JumpReLU SAE in {where} has no threshold")
         normalize = saelens_field(cfg, "normalize_activations") or "none"
         if normalize not in NORMALIZE:
-            raise TargetError(f"{where} normalizes its inputs by {normalize}, which reverie does not do: "
-                              f"use an SAE with normalize_activations one of {', '.join(NORMALIZE)}")
+            raise TargetError(
+                f"{where} normalizes its inputs by {normalize}, which reverie does not do: "
+                f"use an SAE with normalize_activations one of {', '.join(NORMALIZE)}"
+            )
         k = saelens_field(cfg, "k") if arch == "topk" else None
         if arch == "topk" and not (isinstance(k, int) and not isinstance(k, bool) and k > 0):
             raise TargetError(f"the TopK SAE in {where} has no k (a positive whole number) in its config")
         apply_b_dec = saelens_field(cfg, "apply_b_dec_to_input")
         if apply_b_dec is not None and not isinstance(apply_b_dec, bool):
-            raise TargetError(f"apply_b_dec_to_input in the config of {where} must be true or false, "
-                              f"not {apply_b_dec!r}")
+            raise TargetError(
+                f"apply_b_dec_to_input in the config of {where} must be true or false, not {apply_b_dec!r}"
+            )
         check_dtypes(where, {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec, "W_dec": W_dec, "threshold": threshold})
         W_enc, b_enc = W_enc.detach().float().cpu(), b_enc.detach().float().cpu()
         if W_dec is not None:
@@ -142,14 +157,23 @@ class SAEWeights:
         if arch == "topk" and saelens_field(cfg, "rescale_acts_by_decoder_norm"):
             if W_dec is None:
                 raise TargetError(f"the TopK SAE in {where} rescales by its decoder norms but has no W_dec")
-            norms = W_dec.norm(dim=-1)       # folded: pre · ‖W_dec row‖ is the same linear map
+            norms = W_dec.norm(dim=-1)  # folded: pre · ‖W_dec row‖ is the same linear map
             W_enc, b_enc = W_enc * norms, b_enc * norms
         hook, model_name = saelens_field(cfg, "hook_name"), saelens_field(cfg, "model_name")
         if model_name is not None and not isinstance(model_name, str):
             raise TargetError(f"model_name in the config of {where} must be a model's name, not {model_name!r}")
-        return cls(W_enc, b_enc, b_dec.detach().float().cpu(), hook,
-                   None if arch != "jumprelu" else threshold.detach().float().cpu(),
-                   apply_b_dec is not False, W_dec, k, normalize, model_name).check(where, cfg)
+        return cls(
+            W_enc,
+            b_enc,
+            b_dec.detach().float().cpu(),
+            hook,
+            None if arch != "jumprelu" else threshold.detach().float().cpu(),
+            apply_b_dec is not False,
+            W_dec,
+            k,
+            normalize,
+            model_name,
+        ).check(where, cfg)
 
     @classmethod
     def load(cls, path: str | Path) -> "SAEWeights":
@@ -166,23 +190,34 @@ class SAEWeights:
         except (OSError, ValueError, SafetensorError) as e:
             raise TargetError(f"cannot read the SAE in {path} ({e})") from None
         if not isinstance(cfg, dict) or not isinstance(cfg.get("metadata", {}), dict):
-            raise TargetError(f"{folder / CFG} is not an SAE config: it must be a JSON object like "
-                              '{"hook_name": "blocks.8.hook_resid_pre", ...} (SAELens\'s layout)')
+            raise TargetError(
+                f"{folder / CFG} is not an SAE config: it must be a JSON object like "
+                '{"hook_name": "blocks.8.hook_resid_pre", ...} (SAELens\'s layout)'
+            )
         hook = saelens_field(cfg, "hook_name")
         if hook is not None and not isinstance(hook, str):
-            raise TargetError(f"the hook_name in {folder / CFG} must be a hook name like blocks.8.hook_resid_pre, not {hook!r}")
+            raise TargetError(
+                f"the hook_name in {folder / CFG} must be a hook name like blocks.8.hook_resid_pre, not {hook!r}"
+            )
         missing = [k for k in ("W_enc", "b_enc") if k not in w] + ([] if hook else ["hook_name in cfg.json"])
         if missing:
             raise TargetError(f"the SAE in {path} has no {', '.join(missing)}")
         where = str(folder / WEIGHTS)
-        b_dec = w["b_dec"] if "b_dec" in w else torch.zeros(w["W_enc"].shape[:1])   # W_enc's shape: checked next
+        b_dec = w["b_dec"] if "b_dec" in w else torch.zeros(w["W_enc"].shape[:1])  # W_enc's shape: checked next
         return cls.assemble(where, cfg, w["W_enc"], w["b_enc"], b_dec, w.get("W_dec"), w.get("threshold"))
 
     @classmethod
     def from_saelens(cls, sae) -> "SAEWeights":
         """Read the encoder of a SAELens `SAE` object (standard, JumpReLU or TopK)."""
-        return cls.assemble(f"the SAELens {type(sae).__name__}", sae.cfg, sae.W_enc, sae.b_enc, sae.b_dec,
-                            getattr(sae, "W_dec", None), getattr(sae, "threshold", None))
+        return cls.assemble(
+            f"the SAELens {type(sae).__name__}",
+            sae.cfg,
+            sae.W_enc,
+            sae.b_enc,
+            sae.b_dec,
+            getattr(sae, "W_dec", None),
+            getattr(sae, "threshold", None),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the SAE in SAELens's layout (v6 config, with the hook name also at the top for older readers)."""
@@ -197,11 +232,21 @@ class SAEWeights:
             tensors["W_dec"] = self.W_dec
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, folder / WEIGHTS)
         metadata = {"hook_name": self.hook_name, **({"model_name": self.model_name} if self.model_name else {})}
-        write_json(folder / CFG, {
-            "hook_name": self.hook_name, "d_in": self.d_in, "d_sae": self.d_sae, "dtype": "float32", "device": "cpu",
-            "architecture": self.architecture,
-            **({"k": self.k} if self.k is not None else {}), "apply_b_dec_to_input": self.apply_b_dec_to_input,
-            "normalize_activations": self.normalize, "metadata": metadata})
+        write_json(
+            folder / CFG,
+            {
+                "hook_name": self.hook_name,
+                "d_in": self.d_in,
+                "d_sae": self.d_sae,
+                "dtype": "float32",
+                "device": "cpu",
+                "architecture": self.architecture,
+                **({"k": self.k} if self.k is not None else {}),
+                "apply_b_dec_to_input": self.apply_b_dec_to_input,
+                "normalize_activations": self.normalize,
+                "metadata": metadata,
+            },
+        )
         return folder
 
 
@@ -224,8 +269,10 @@ class SAEFeature(Target):
         if isinstance(self.sae, str) and is_name(self.sae):
             release, sae_id = saelens.split_name(str(self.sae))
             self.source = f"{release}/{sae_id}"
-            self.weights = replace(SAEWeights.from_saelens(saelens.load(release, sae_id, self.feature)),
-                                   model_name=saelens.model_of(release))
+            self.weights = replace(
+                SAEWeights.from_saelens(saelens.load(release, sae_id, self.feature)),
+                model_name=saelens.model_of(release),
+            )
         elif isinstance(self.sae, (str, Path)):
             self.source = absolute(self.sae)
             self.weights = SAEWeights.load(self.sae)
@@ -249,18 +296,30 @@ class SAEFeature(Target):
             width = model.adapter.d_mlp if hook.endswith("mlp.hook_post") else model.adapter.d_model
             wrong = None if w.d_in == width else f"{hook} has {width} dimensions, the SAE reads {w.d_in}"
         if wrong and w.model_name:
-            raise TargetError(f"{self.spec}: the SAE was trained on {w.model_name}, not on this model "
-                              f"({model.spec}: {wrong}): load --model {saelens.hub_model(w.model_name)}")
+            raise TargetError(
+                f"{self.spec}: the SAE was trained on {w.model_name}, not on this model "
+                f"({model.spec}: {wrong}): load --model {saelens.hub_model(w.model_name)}"
+            )
         if wrong and width is not None:
-            raise TargetError(f"{self.spec}: the SAE takes {w.d_in}-dimensional inputs but "
-                              f"{hook} has {width}: was it trained on another model?")
+            raise TargetError(
+                f"{self.spec}: the SAE takes {w.d_in}-dimensional inputs but "
+                f"{hook} has {width}: was it trained on another model?"
+            )
         if wrong:
             raise TargetError(f"{self.spec}: the SAE reads {hook}, which this model does not have ({wrong})")
         if not 0 <= self.feature < w.d_sae:
-            raise TargetError(f"{self.spec}: feature {self.feature} does not exist: the SAE has features 0-{w.d_sae - 1}")
-        self.weights = replace(w, W_dec=None, **{name: getattr(w, name).to(model.device) for name in
-                                                ("W_enc", "b_enc", "b_dec", "threshold")
-                                                if isinstance(getattr(w, name), torch.Tensor)})
+            raise TargetError(
+                f"{self.spec}: feature {self.feature} does not exist: the SAE has features 0-{w.d_sae - 1}"
+            )
+        self.weights = replace(
+            w,
+            W_dec=None,
+            **{
+                name: getattr(w, name).to(model.device)
+                for name in ("W_enc", "b_enc", "b_dec", "threshold")
+                if isinstance(getattr(w, name), torch.Tensor)
+            },
+        )
 
     def value(self, cache):
         x = cache[self.hooks[0]][:, self.position]
@@ -279,8 +338,10 @@ def check_dtypes(where: str, tensors: dict) -> None:
         if t is not None and not isinstance(t, torch.Tensor):
             raise TargetError(f"{where}: {name} must be a tensor, not {type(t).__name__}")
         if t is not None and not t.is_floating_point():
-            raise TargetError(f"{where}: {name} is {str(t.dtype).removeprefix('torch.')}: an SAE's weights are "
-                              "floating-point (float32, bfloat16 or float16)")
+            raise TargetError(
+                f"{where}: {name} is {str(t.dtype).removeprefix('torch.')}: an SAE's weights are "
+                "floating-point (float32, bfloat16 or float16)"
+            )
 
 
 def check_tensors(where: str, cfg, tensors: dict) -> None:
@@ -291,8 +352,10 @@ def check_tensors(where: str, cfg, tensors: dict) -> None:
     check_dtypes(where, tensors)
     W_enc = tensors["W_enc"]
     if W_enc.dim() != 2 or 0 in W_enc.shape:
-        raise TargetError(f"{where}: W_enc has shape {list(W_enc.shape)}: it must be [d_in, d_sae] "
-                          "(the model's width by the number of features)")
+        raise TargetError(
+            f"{where}: W_enc has shape {list(W_enc.shape)}: it must be [d_in, d_sae] "
+            "(the model's width by the number of features)"
+        )
     d_in, d_sae = W_enc.shape
     for key, size in (("d_in", d_in), ("d_sae", d_sae)):
         given = saelens_field(cfg, key) if cfg is not None else None
@@ -303,8 +366,9 @@ def check_tensors(where: str, cfg, tensors: dict) -> None:
         if t is None:
             continue
         if list(t.shape) != shapes[name]:
-            raise TargetError(f"{where}: {name} has shape {list(t.shape)} but W_enc [{d_in}, {d_sae}] needs "
-                              f"{shapes[name]}")
+            raise TargetError(
+                f"{where}: {name} has shape {list(t.shape)} but W_enc [{d_in}, {d_sae}] needs {shapes[name]}"
+            )
         if not bool(torch.isfinite(t).all()):
             raise TargetError(f"{where}: {name} holds NaN or infinite values: an SAE's weights must be finite")
 
@@ -315,8 +379,16 @@ def is_name(text: str) -> bool:
     return not (os.path.exists(text) or os.path.isabs(text) or text.startswith(("~", ".")) or "\\" in text)
 
 
-def train_sae(activations: torch.Tensor, hook_name: str, d_sae: int = 512, l1: float = 0.1, steps: int = 2000,
-              batch_size: int = 1024, lr: float = 1e-3, seed: int = 0) -> SAEWeights:
+def train_sae(
+    activations: torch.Tensor,
+    hook_name: str,
+    d_sae: int = 512,
+    l1: float = 0.1,
+    steps: int = 2000,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> SAEWeights:
     """Fit a ReLU SAE to activations [N, d_in]: reconstruction MSE + l1 · Σ|f| · ‖W_dec row‖, Adam.
 
     Inputs are scaled to unit mean norm during training and the scale folded into the weights."""
@@ -341,5 +413,12 @@ def train_sae(activations: torch.Tensor, hook_name: str, d_sae: int = 512, l1: f
         loss.backward()
         opt.step()
     with torch.no_grad():  # undo the input scaling: encode(raw x) = encode_trained(raw x / scale) · scale
-        return SAEWeights(W_enc.detach().clone(), (b_enc * scale).detach(), (b_dec * scale).detach(),
-                          hook_name, None, True, W_dec.detach().clone())
+        return SAEWeights(
+            W_enc.detach().clone(),
+            (b_enc * scale).detach(),
+            (b_dec * scale).detach(),
+            hook_name,
+            None,
+            True,
+            W_dec.detach().clone(),
+        )

@@ -36,7 +36,7 @@ def directory() -> dict:
 
 
 def close(word: str, choices, n: int = 5) -> str:
-    """", close: a, b, c" (the nearest of `choices`), or "" when none is near."""
+    """ ", close: a, b, c" (the nearest of `choices`), or "" when none is near."""
     near = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
     return f"; close: {', '.join(near)}" if near else ""
 
@@ -52,11 +52,12 @@ def split_name(name: str) -> tuple[str, str]:
         head = name.partition("/")[0]
         if head in releases:
             ids = list(releases[head].saes_map)
-            raise TargetError(f"{head} is a SAELens release of {len(ids)} SAEs: name one as {head}/SAE_ID, "
-                              f"e.g. {head}/{ids[0]}")
+            raise TargetError(
+                f"{head} is a SAELens release of {len(ids)} SAEs: name one as {head}/SAE_ID, e.g. {head}/{ids[0]}"
+            )
         raise TargetError(f"{head!r} is neither an SAE folder nor a SAELens release{close(head, releases)}")
     release = max(known, key=len)
-    sae_id = name[len(release) + 1:]
+    sae_id = name[len(release) + 1 :]
     ids = releases[release].saes_map
     if sae_id not in ids:
         raise TargetError(f"{release} has no SAE {sae_id!r}{close(sae_id, ids)} ({len(ids)} SAEs in all)")
@@ -67,10 +68,16 @@ def neuronpedia(text: str) -> tuple[str, str, int]:
     """(release, sae_id, feature) of a Neuronpedia feature `MODEL/SOURCE/INDEX`, through SAELens's directory."""
     source, _, index = text.rpartition("/")
     if not source or not (index.isascii() and index.isdigit()):
-        raise TargetError(f"cannot parse neuronpedia:{text}: use neuronpedia:MODEL/SOURCE/INDEX, "
-                          "e.g. neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234")
-    ids = {np_id: (release, sae_id) for release, lookup in directory().items()
-           for sae_id, np_id in lookup.neuronpedia_id.items() if np_id}
+        raise TargetError(
+            f"cannot parse neuronpedia:{text}: use neuronpedia:MODEL/SOURCE/INDEX, "
+            "e.g. neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234"
+        )
+    ids = {
+        np_id: (release, sae_id)
+        for release, lookup in directory().items()
+        for sae_id, np_id in lookup.neuronpedia_id.items()
+        if np_id
+    }
     if source not in ids:
         raise TargetError(f"no SAE in SAELens's directory has the Neuronpedia id {source!r}{close(source, ids)}")
     return (*ids[source], int(index))
@@ -88,24 +95,29 @@ def hub_model(name: str) -> str:
         return name
     try:
         from transformer_lens.loading_from_pretrained import get_official_model_name
+
         return get_official_model_name(name)
-    except Exception:   # noqa: BLE001 - not installed, an unknown name (ValueError), another version: the name
+    except Exception:  # noqa: BLE001 - not installed, an unknown name (ValueError), another version: the name
         return name
 
 
 def cached(repo_id: str, path: str) -> bool:
     """Whether `path` (a folder or file in the repo) is in the local Hugging Face hub cache."""
     repo = os.path.join(hub.cache_folder(), "models--" + repo_id.replace("/", "--"), "snapshots")
-    return any(os.path.exists(os.path.join(snapshot, path)) for snapshot in glob.glob(os.path.join(glob.escape(repo), "*")))
+    return any(
+        os.path.exists(os.path.join(snapshot, path)) for snapshot in glob.glob(os.path.join(glob.escape(repo), "*"))
+    )
 
 
 def offline_message(release: str, sae_id: str, feature: int) -> str:
     lookup = directory()[release]
     path = lookup.saes_map[sae_id]
-    return (f"sae:{release}/{sae_id}:F{feature}: this SAE is not downloaded and the Hugging Face hub cannot be "
-            f"reached: download {path} from the hub repo {lookup.repo_id} where there is a network "
-            f"(SAE.from_pretrained({release!r}, {sae_id!r}) in SAELens), save it with sae.save_model(FOLDER), "
-            f"copy FOLDER here and use sae:FOLDER:F{feature}")
+    return (
+        f"sae:{release}/{sae_id}:F{feature}: this SAE is not downloaded and the Hugging Face hub cannot be "
+        f"reached: download {path} from the hub repo {lookup.repo_id} where there is a network "
+        f"(SAE.from_pretrained({release!r}, {sae_id!r}) in SAELens), save it with sae.save_model(FOLDER), "
+        f"copy FOLDER here and use sae:FOLDER:F{feature}"
+    )
 
 
 def load(release: str, sae_id: str, feature: int = 0):
@@ -132,11 +144,11 @@ def pretrained(release: str, sae_id: str, offline: bool):
     from sae_lens import SAE
 
     try:
-        with hub.cache_only(offline):      # read it from the cache without retrying the network
+        with hub.cache_only(offline):  # read it from the cache without retrying the network
             sae = SAE.from_pretrained(release, sae_id, device="cpu")
-    except Exception as e:   # noqa: BLE001 - the hub's, SAELens's and the converters' errors, as one line
+    except Exception as e:  # noqa: BLE001 - the hub's, SAELens's and the converters' errors, as one line
         if offline:
             raise NotCached() from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TargetError(f"sae:{release}/{sae_id}: SAELens cannot load it ({first})") from None
-    return sae[0] if isinstance(sae, tuple) else sae   # SAELens < 6 returned (sae, cfg, sparsity)
+    return sae[0] if isinstance(sae, tuple) else sae  # SAELens < 6 returned (sae, cfg, sparsity)

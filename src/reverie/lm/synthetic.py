@@ -46,10 +46,12 @@ class RandomSpec:
         """`random:NAME[:layers=N][:seed=S]`."""
         if not spec.startswith(PREFIX):
             raise ModelError(f"{spec!r} is not a random model spec (random:NAME)")
-        name, *options = spec[len(PREFIX):].split(":")
+        name, *options = spec[len(PREFIX) :].split(":")
         if name not in shape_names():
-            raise ModelError(f"unknown random model shape {name!r}: use random:NAME with one of {', '.join(shape_names())} "
-                             "(optionally :layers=N and :seed=S)")
+            raise ModelError(
+                f"unknown random model shape {name!r}: use random:NAME with one of {', '.join(shape_names())} "
+                "(optionally :layers=N and :seed=S)"
+            )
         values = {}
         for option in options:
             key, _, value = option.partition("=")
@@ -60,8 +62,10 @@ class RandomSpec:
             values[key] = int(value)
         layers, most = values.get("layers"), shape_layers(name)
         if layers is not None and not 1 <= layers <= most:
-            raise ModelError(f"bad option layers={layers} in {spec!r}: {name} has {most} layers, so use layers=N "
-                             f"with N from 1 to {most} (or no layers= for all of them)")
+            raise ModelError(
+                f"bad option layers={layers} in {spec!r}: {name} has {most} layers, so use layers=N "
+                f"with N from 1 to {most} (or no layers= for all of them)"
+            )
         return cls(name, layers, values.get("seed", 0))
 
 
@@ -89,8 +93,10 @@ def shrink(config, layers: int):
     """A copy of `config` with its first `layers` blocks only (per-layer lists cut to match); more blocks
     than the config has, or fewer than one, is a ModelError."""
     if not 1 <= layers <= config.num_hidden_layers:
-        raise ModelError(f"cannot keep {layers} layers of a model of {config.num_hidden_layers}: "
-                         f"give 1 to {config.num_hidden_layers}")
+        raise ModelError(
+            f"cannot keep {layers} layers of a model of {config.num_hidden_layers}: "
+            f"give 1 to {config.num_hidden_layers}"
+        )
     config = config.__class__.from_dict(config.to_dict())
     n = layers
     config.num_hidden_layers = n
@@ -111,9 +117,9 @@ def random_weights(config, dtype: torch.dtype, device: torch.device, seed: int =
     inputs, outputs = hf.get_input_embeddings(), hf.get_output_embeddings()
     tied = outputs is not None and outputs.weight is inputs.weight
     hf.to_empty(device=device)
-    if tied:    # to_empty unties them: give the head a meta weight, so the tied matrix is drawn once, not twice
+    if tied:  # to_empty unties them: give the head a meta weight, so the tied matrix is drawn once, not twice
         outputs.weight = torch.nn.Parameter(torch.empty_like(outputs.weight, device="meta"))
-    for module in hf.modules():       # built on meta, "initialised" there: initialise for real
+    for module in hf.modules():  # built on meta, "initialised" there: initialise for real
         module.__dict__.pop("_is_hf_initialized", None)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -146,7 +152,7 @@ def synthetic_tokenizer(config):
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     size = cfg.vocab_size
     names = {}
-    for role in ("pad", "eos", "bos"):           # bos wins where ids coincide with eos (named by both)
+    for role in ("pad", "eos", "bos"):  # bos wins where ids coincide with eos (named by both)
         i = getattr(cfg, f"{role}_token_id", None)
         i = i[0] if isinstance(i, list) else i
         if isinstance(i, int) and 0 <= i < size:
@@ -156,12 +162,16 @@ def synthetic_tokenizer(config):
         del vocab[word(i)]
         vocab[text] = i
     unk = names.get(getattr(cfg, "eos_token_id", None), next(iter(names.values()), None))
-    if unk is None:               # no special ids in the config: the last id is the end of text
+    if unk is None:  # no special ids in the config: the last id is the end of text
         del vocab[word(size - 1)]
         vocab[unk := "<|endoftext|>"] = size - 1
     backend = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)   # joins words with single spaces
-    special = {f"{role}_token": text for i, text in names.items()
-               for role in ("pad", "eos", "bos") if getattr(cfg, f"{role}_token_id", None) == i}
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    special = {
+        f"{role}_token": text
+        for i, text in names.items()
+        for role in ("pad", "eos", "bos")
+        if getattr(cfg, f"{role}_token_id", None) == i
+    }
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=unk, **special)

@@ -24,7 +24,7 @@ class Target:
 
     hooks: tuple[str, ...] = ()
     banned_text: tuple[str, ...] = ()
-    reads_logits = True     # whether `value` may read "logits"; if not, scoring skips what only they need
+    reads_logits = True  # whether `value` may read "logits"; if not, scoring skips what only they need
 
     def prepare(self, model: Model) -> None:
         """Validate against the model (and build whatever depends on it) before any work starts."""

@@ -73,8 +73,10 @@ class Neuron(Target):
         super().prepare(model)
         layer, point = model.check_hook(self.hooks[0])
         if point == "attn.hook_pattern":
-            raise TargetError(f"{self.spec}: attention probabilities are not a vector of neurons: "
-                              f"use attention:L{layer}.H<head>.K<key>")
+            raise TargetError(
+                f"{self.spec}: attention probabilities are not a vector of neurons: "
+                f"use attention:L{layer}.H<head>.K<key>"
+            )
         width, what = (model.adapter.d_mlp, "the MLP") if point == "mlp.hook_post" else (model.adapter.d_model, point)
         if not 0 <= self.index < width:
             raise TargetError(f"{self.spec}: neuron {self.index} does not exist: {what} has neurons 0-{width - 1}")
@@ -109,7 +111,7 @@ class Logit(Target):
 
     def value(self, cache):
         logits = cache["logits"][:, self.position].float()
-        top = logits.topk(2, dim=-1)      # the best other token: the first of the top two that is not ours
+        top = logits.topk(2, dim=-1)  # the best other token: the first of the top two that is not ours
         other = top.values[..., 1].where(top.indices[..., 0] == self.token_id, top.values[..., 0])
         return logits[..., self.token_id] - other
 
@@ -151,11 +153,17 @@ class Direction(Target):
         else:
             v = torch.as_tensor(self.vector, dtype=torch.float32)
         if v.shape != (d,):
-            raise TargetError(f"{self.spec}: the direction has shape {tuple(v.shape)} but the residual stream has {d} dimensions")
+            raise TargetError(
+                f"{self.spec}: the direction has shape {tuple(v.shape)} but the residual stream has {d} dimensions"
+            )
         if not bool(torch.isfinite(v).all()):
-            raise TargetError(f"{self.spec}: the direction has NaN or infinite entries: give a vector of finite numbers")
+            raise TargetError(
+                f"{self.spec}: the direction has NaN or infinite entries: give a vector of finite numbers"
+            )
         if not bool(v.any()):
-            raise TargetError(f"{self.spec}: the direction is all zeros, so every prompt scores 0: give a non-zero vector")
+            raise TargetError(
+                f"{self.spec}: the direction is all zeros, so every prompt scores 0: give a non-zero vector"
+            )
         self.v = v.to(model.device)
 
     def value(self, cache):
@@ -178,15 +186,20 @@ def read_direction(path: str, spec: str) -> np.ndarray:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise TargetError(f"{spec}: cannot read the direction file {path} ({e}): save the vector with "
-                          "numpy.save(path, vector)") from None
+        raise TargetError(
+            f"{spec}: cannot read the direction file {path} ({e}): save the vector with numpy.save(path, vector)"
+        ) from None
     if not isinstance(data, np.ndarray):
         data.close()
-        raise TargetError(f"{spec}: the direction file {path} is an .npz archive of several arrays: save the one "
-                          "vector with numpy.save(path, vector)")
+        raise TargetError(
+            f"{spec}: the direction file {path} is an .npz archive of several arrays: save the one "
+            "vector with numpy.save(path, vector)"
+        )
     if not any(np.issubdtype(data.dtype, kind) for kind in (np.floating, np.integer, np.bool_)):
-        raise TargetError(f"{spec}: the direction file {path} holds {data.dtype} entries: a direction is real "
-                          "numbers (float32, for instance)")
+        raise TargetError(
+            f"{spec}: the direction file {path} holds {data.dtype} entries: a direction is real "
+            "numbers (float32, for instance)"
+        )
     return data.astype(np.float32)
 
 
@@ -207,7 +220,9 @@ class Attention(Target):
     def prepare(self, model: Model) -> None:
         super().prepare(model)
         if not 0 <= self.head < model.adapter.n_heads:
-            raise TargetError(f"{self.spec}: head {self.head} does not exist: layer {self.layer} has heads 0-{model.adapter.n_heads - 1}")
+            raise TargetError(
+                f"{self.spec}: head {self.head} does not exist: layer {self.layer} has heads 0-{model.adapter.n_heads - 1}"
+            )
 
     def check_length(self, n: int) -> None:
         if not -n <= self.key < n:
@@ -237,8 +252,10 @@ class Custom(Target):
 
         out = self.fn(cache)
         if not isinstance(out, torch.Tensor):
-            raise TargetError(f"{self.spec}: its function returned {type(out).__name__}: "
-                              "return a tensor with one value per prompt, shape [batch]")
+            raise TargetError(
+                f"{self.spec}: its function returned {type(out).__name__}: "
+                "return a tensor with one value per prompt, shape [batch]"
+            )
         return out.float()
 
     @property
@@ -316,15 +333,22 @@ class Kind:
 
 
 # Every target kind, by name: what `parse_target`, `usage()` and sweep ranges know. A new kind is one entry.
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (
-    Kind("neuron", _neuron, "neuron:L9.N402 (or neuron:blocks.9.mlp.hook_post.N402)", ranges=True),
-    Kind("logit", _logit, 'logit:" dog" (or a token id, logit:123)'),
-    Kind("direction", _direction, "direction:L8[:seed=N|:path.npy]", ranges=True),
-    Kind("attention", _attention, "attention:L3.H2.K-2", ranges=True, scans=False),
-    Kind("sae", _sae, "sae:SAE_FOLDER:F123 (or a SAELens release and SAE id, "
-                      "sae:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical:F123)"),
-    Kind("neuronpedia", _neuronpedia, "neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234"),
-)}
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind("neuron", _neuron, "neuron:L9.N402 (or neuron:blocks.9.mlp.hook_post.N402)", ranges=True),
+        Kind("logit", _logit, 'logit:" dog" (or a token id, logit:123)'),
+        Kind("direction", _direction, "direction:L8[:seed=N|:path.npy]", ranges=True),
+        Kind("attention", _attention, "attention:L3.H2.K-2", ranges=True, scans=False),
+        Kind(
+            "sae",
+            _sae,
+            "sae:SAE_FOLDER:F123 (or a SAELens release and SAE id, "
+            "sae:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical:F123)",
+        ),
+        Kind("neuronpedia", _neuronpedia, "neuronpedia:gemma-2-2b/12-gemmascope-res-16k/1234"),
+    )
+}
 
 
 def usage(scans: bool = False) -> str:

@@ -22,15 +22,15 @@ import numpy as np
 from ..errors import ConfigError
 from .cache import cache_dir
 
-if TYPE_CHECKING:     # torch loads when a vocabulary is built, not when the CLI reads as_items
+if TYPE_CHECKING:  # torch loads when a vocabulary is built, not when the CLI reads as_items
     import torch
 
-DECODES = 1          # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
-PRINTABLE = 2        # ... and that text is printable ASCII
-LETTERS = 4          # ... and that text has a letter (not only digits, punctuation, symbols or spaces)
-WORD_START = 8       # ... and the token can begin a prompt as a word, not inside one (see `starts_word`)
-FLAGS_VERSION = 4    # bump when the flags' meaning changes: it names the cache files
-SPACE_MARKS = ("Ġ", "▁", " ", "Ċ", "\n", "\t")   # how byte-level and SentencePiece pieces spell a leading space
+DECODES = 1  # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
+PRINTABLE = 2  # ... and that text is printable ASCII
+LETTERS = 4  # ... and that text has a letter (not only digits, punctuation, symbols or spaces)
+WORD_START = 8  # ... and the token can begin a prompt as a word, not inside one (see `starts_word`)
+FLAGS_VERSION = 4  # bump when the flags' meaning changes: it names the cache files
+SPACE_MARKS = ("Ġ", "▁", " ", "Ċ", "\n", "\t")  # how byte-level and SentencePiece pieces spell a leading space
 
 
 def starts_word(text: str, piece: str) -> bool:
@@ -48,7 +48,7 @@ def token_texts(tokenizer, n: int) -> list[str]:
     if backend is not None:
         try:
             return backend.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
-        except Exception:     # a backend that refuses: the tokenizer's own batch decoding
+        except Exception:  # a backend that refuses: the tokenizer's own batch decoding
             pass
     return tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
 
@@ -69,10 +69,17 @@ def token_flags(tokenizer, n: int) -> np.ndarray:
             pass
     texts = token_texts(tokenizer, n)
     pieces = [p or "" for p in tokenizer.convert_ids_to_tokens(list(range(n)))]
-    flags = np.fromiter(((bool(t) and "\ufffd" not in t) * DECODES
-                         + (t.isascii() and t.isprintable()) * PRINTABLE
-                         + any(c.isalpha() for c in t) * LETTERS
-                         + starts_word(t, str(p)) * WORD_START for t, p in zip(texts, pieces)), np.uint8, n)
+    flags = np.fromiter(
+        (
+            (bool(t) and "\ufffd" not in t) * DECODES
+            + (t.isascii() and t.isprintable()) * PRINTABLE
+            + any(c.isalpha() for c in t) * LETTERS
+            + starts_word(t, str(p)) * WORD_START
+            for t, p in zip(texts, pieces)
+        ),
+        np.uint8,
+        n,
+    )
     if path is not None:
         save(path, flags)
     return flags
@@ -103,7 +110,7 @@ def fingerprint(tokenizer) -> str | None:
     key = h.hexdigest()[:32]
     try:
         _fingerprints[tokenizer] = key
-    except TypeError:        # an object that takes no weak references: hashed again next time
+    except TypeError:  # an object that takes no weak references: hashed again next time
         pass
     return key
 
@@ -129,14 +136,22 @@ class Vocabulary:
     banned_strings: tuple[str, ...] = ()
     check_retokenization: bool = True
     allowed_set: frozenset[int] = field(default=frozenset(), repr=False)
-    letters: torch.Tensor | None = field(default=None, repr=False)   # bool per token id: its text has a letter
-    word_starts: torch.Tensor | None = field(default=None, repr=False)   # bool per token id, when prompts must
+    letters: torch.Tensor | None = field(default=None, repr=False)  # bool per token id: its text has a letter
+    word_starts: torch.Tensor | None = field(default=None, repr=False)  # bool per token id, when prompts must
     #   begin with a token that does not continue a word (`starts_word`); None: any first token
 
     @classmethod
-    def build(cls, tokenizer, embedding_rows: int, *, ascii_only: bool = False,
-              banned_tokens: tuple[str | int, ...] = (), banned_strings: tuple[str, ...] = (),
-              check_retokenization: bool = True, word_start: bool = False) -> "Vocabulary":
+    def build(
+        cls,
+        tokenizer,
+        embedding_rows: int,
+        *,
+        ascii_only: bool = False,
+        banned_tokens: tuple[str | int, ...] = (),
+        banned_strings: tuple[str, ...] = (),
+        check_retokenization: bool = True,
+        word_start: bool = False,
+    ) -> "Vocabulary":
         import torch
 
         n = min(len(tokenizer), embedding_rows)
@@ -151,8 +166,15 @@ class Vocabulary:
         keep = ok.nonzero()[:, 0]
         if not len(keep):
             raise ConfigError("no token of the vocabulary is allowed: loosen --ascii-only or the banned tokens")
-        return cls(tokenizer, keep, as_items(banned_strings), check_retokenization, frozenset(keep.tolist()),
-                   (flags & LETTERS) > 0, (flags & WORD_START) > 0 if word_start else None)
+        return cls(
+            tokenizer,
+            keep,
+            as_items(banned_strings),
+            check_retokenization,
+            frozenset(keep.tolist()),
+            (flags & LETTERS) > 0,
+            (flags & WORD_START) > 0 if word_start else None,
+        )
 
     @classmethod
     def for_model(cls, model, **options) -> "Vocabulary":
@@ -240,10 +262,14 @@ def resolve_token(tokenizer, token: str | int) -> int:
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ConfigError(f"{token!r} is not one token of the vocabulary (it encodes to {len(ids)}: {pieces}); "
-                          "give a single token, e.g. with a leading space")
+        raise ConfigError(
+            f"{token!r} is not one token of the vocabulary (it encodes to {len(ids)}: {pieces}); "
+            "give a single token, e.g. with a leading space"
+        )
     unk = getattr(tokenizer, "unk_token_id", None)
     if ids[0] == unk and token.strip() != tokenizer.unk_token:
-        raise ConfigError(f"{token!r} is not in the vocabulary: the tokenizer reads it as its unknown token "
-                          f"{tokenizer.unk_token!r} (id {unk}); give a token it has, or a token id")
+        raise ConfigError(
+            f"{token!r} is not in the vocabulary: the tokenizer reads it as its unknown token "
+            f"{tokenizer.unk_token!r} (id {unk}); give a token it has, or a token id"
+        )
     return ids[0]

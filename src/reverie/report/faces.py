@@ -32,10 +32,20 @@ def write_faces(out: str | Path, results: list[DreamResult] | None = None) -> Pa
     results = results or [load_run(p) for p in sorted(out.glob("face*"), key=lambda p: int(p.name[4:]))]
     faces, ylim = [], shared_ylim([r.history for r in results])
     for j, r in enumerate(results):
-        faces.append({"name": f"face {j}", "href": f"face{j}/report.html", "best": best_table(r.history),
-                      "avoided": len(r.config.avoid_ids),
-                      "plot": plots.data_url(plots.frontier_plot(r.history, f"face {j}", annotate=3, ylim=ylim))})
-    html = environment().get_template("faces.html.j2").render(target=results[0].target, model=results[0].model, faces=faces)
+        faces.append(
+            {
+                "name": f"face {j}",
+                "href": f"face{j}/report.html",
+                "best": best_table(r.history),
+                "avoided": len(r.config.avoid_ids),
+                "plot": plots.data_url(plots.frontier_plot(r.history, f"face {j}", annotate=3, ylim=ylim)),
+            }
+        )
+    html = (
+        environment()
+        .get_template("faces.html.j2")
+        .render(target=results[0].target, model=results[0].model, faces=faces)
+    )
     path = out / "faces.html"
     atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return path

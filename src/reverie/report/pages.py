@@ -16,8 +16,12 @@ def environment():
         import jinja2
     except ImportError:
         raise ReverieError("HTML pages need jinja2 (and reports matplotlib): pip install 'reverie[report]'") from None
-    env = jinja2.Environment(loader=jinja2.PackageLoader("reverie.report", "templates"),
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("reverie.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["num"] = lambda x, d=3: "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.{d}f}"
     env.filters["shown"] = visible
     env.filters["value"] = value

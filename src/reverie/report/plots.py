@@ -23,15 +23,16 @@ from ..search.frontier import pareto
 from .text import escape, visible
 
 DREAM, DATA, CLOUD = "#1f5fbf", "#e07b00", "#b8b8b8"
-RIGHT_TO_LEFT = ("R", "AL")                  # scripts matplotlib cannot lay out (no shaping, no bidi): escaped
-FAMILIES = ("monospace", "sans-serif")       # labels are monospace, titles and legends the default sans-serif
+RIGHT_TO_LEFT = ("R", "AL")  # scripts matplotlib cannot lay out (no shaping, no bidi): escaped
+FAMILIES = ("monospace", "sans-serif")  # labels are monospace, titles and legends the default sans-serif
 
 
 @functools.cache
 def drawable() -> frozenset[int]:
     """The code points every font the figures use has a glyph for."""
-    maps = [set(FT2Font(font_manager.findfont(font_manager.FontProperties(family=[f]))).get_charmap())
-            for f in FAMILIES]
+    maps = [
+        set(FT2Font(font_manager.findfont(font_manager.FontProperties(family=[f]))).get_charmap()) for f in FAMILIES
+    ]
     return frozenset(set.intersection(*maps))
 
 
@@ -41,8 +42,10 @@ def label(text, width: int | None = 48) -> str:
     Arabic, Hebrew) as escapes (\\u4e2d) instead of empty boxes, cut to `width` characters, and every `$` literal rather than the start of mathtext.
     Every text a figure shows goes through here."""
     glyphs = drawable()
-    text = "".join(c if ord(c) in glyphs and unicodedata.bidirectional(c) not in RIGHT_TO_LEFT else escape(c)
-                   for c in visible(text))
+    text = "".join(
+        c if ord(c) in glyphs and unicodedata.bidirectional(c) not in RIGHT_TO_LEFT else escape(c)
+        for c in visible(text)
+    )
     if width is not None and len(text) > width:
         text = text[: width - 1] + "…"
     return text.replace("$", r"\$")
@@ -64,9 +67,9 @@ def _annotate(ax, notes: list[tuple[str, float, float, str]], pad: float = 1.0) 
     the axes) until none overlaps another, and a label moved off its point gets a thin line back to it."""
     fig = ax.figure
     renderer = FigureCanvasAgg(fig).get_renderer()
-    fig.draw(renderer)                       # settle the layout so the labels' extents are final
+    fig.draw(renderer)  # settle the layout so the labels' extents are final
     frame = ax.get_window_extent(renderer)
-    gap = 6 * fig.dpi / 72                   # the labels' offset from their point, in pixels
+    gap = 6 * fig.dpi / 72  # the labels' offset from their point, in pixels
     kw = dict(textcoords="offset points", fontsize=7, family="monospace")
     start, left = [], []
     for t, x, y, c in notes:
@@ -77,12 +80,12 @@ def _annotate(ax, notes: list[tuple[str, float, float, str]], pad: float = 1.0) 
         start.append(box.translated(-(box.width + 2 * gap), 0) if left[-1] else box)
     boxes = list(start)
     placed = []
-    for i in sorted(range(len(boxes)), key=lambda i: -boxes[i].y1):     # top label first, the rest pushed down
+    for i in sorted(range(len(boxes)), key=lambda i: -boxes[i].y1):  # top label first, the rest pushed down
         while hit := next((b for b in placed if boxes[i].overlaps(b)), None):
             boxes[i] = boxes[i].translated(0, hit.y0 - boxes[i].y1 - pad)
         placed.append(boxes[i])
     done = []
-    for i in sorted(range(len(boxes)), key=lambda i: boxes[i].y0):      # bottom label first, lifted into the axes
+    for i in sorted(range(len(boxes)), key=lambda i: boxes[i].y0):  # bottom label first, lifted into the axes
         floor = max([frame.y0] + [b.y1 + pad for b in done if b.x0 < boxes[i].x1 and boxes[i].x0 < b.x1])
         if boxes[i].y0 < floor:
             boxes[i] = boxes[i].translated(0, floor - boxes[i].y0)
@@ -90,8 +93,15 @@ def _annotate(ax, notes: list[tuple[str, float, float, str]], pad: float = 1.0) 
     for (t, x, y, c), side, box, box0 in zip(notes, left, boxes, start):
         dy = (box.y0 - box0.y0) * 72 / fig.dpi
         line = dict(arrowstyle="-", color="#999", lw=0.5, shrinkA=0, shrinkB=2) if abs(dy) > 0.5 else None
-        ax.annotate(label(t), (x, y), xytext=(-6 if side else 6, -3 + dy), ha="right" if side else "left",
-                    color=c, arrowprops=line, **kw)
+        ax.annotate(
+            label(t),
+            (x, y),
+            xytext=(-6 if side else 6, -3 + dy),
+            ha="right" if side else "left",
+            color=c,
+            arrowprops=line,
+            **kw,
+        )
 
 
 def _step(ax, front: pd.DataFrame, **kw) -> None:
@@ -113,8 +123,13 @@ def frontier_plot(history: pd.DataFrame, title: str = "", annotate: int = 6, yli
     ax.legend(loc="lower right", fontsize=8)
     if len(front):
         picks = np.unique(np.linspace(0, len(front) - 1, min(annotate, len(front))).round().astype(int))
-        _annotate(ax, [(front["text"].iloc[i], front["cross_entropy"].iloc[i], front["activation"].iloc[i], "#222")
-                       for i in picks])
+        _annotate(
+            ax,
+            [
+                (front["text"].iloc[i], front["cross_entropy"].iloc[i], front["activation"].iloc[i], "#222")
+                for i in picks
+            ],
+        )
     return fig
 
 
@@ -124,8 +139,9 @@ def dreams_vs_data(history: pd.DataFrame, windows: pd.DataFrame, title: str = ""
     front = pareto(history)
     _step(ax, front, color=DREAM, lw=1.5)
     ax.scatter(front["cross_entropy"], front["activation"], s=18, c=DREAM, zorder=3, label="dreams (frontier)")
-    ax.scatter(windows["cross_entropy"], windows["activation"], s=26, marker="D", c=DATA, zorder=4,
-               label="dataset windows")
+    ax.scatter(
+        windows["cross_entropy"], windows["activation"], s=26, marker="D", c=DATA, zorder=4, label="dataset windows"
+    )
     ax.legend(loc="lower right", fontsize=8)
     if len(windows):
         best = windows.loc[windows["activation"].idxmax()]

@@ -53,10 +53,16 @@ def best_table(history: pd.DataFrame, z=lambda activation: None) -> list[dict]:
     rows = []
     for limit, row in zip(THRESHOLDS, best_rows(history, THRESHOLDS)):
         best = None if row["text"] is None else best_at(history, limit)
-        rows.append({"limit": "any" if row["max_cross_entropy"] is None else f"≤ {row['max_cross_entropy']:g}",
-                     "activation": row["activation"], "z": None if row["activation"] is None else z(row["activation"]),
-                     "cross_entropy": row["cross_entropy"], "text": row["text"],
-                     "ids": None if best is None else [int(t) for t in best["ids"]]})
+        rows.append(
+            {
+                "limit": "any" if row["max_cross_entropy"] is None else f"≤ {row['max_cross_entropy']:g}",
+                "activation": row["activation"],
+                "z": None if row["activation"] is None else z(row["activation"]),
+                "cross_entropy": row["cross_entropy"],
+                "text": row["text"],
+                "ids": None if best is None else [int(t) for t in best["ids"]],
+            }
+        )
     return rows
 
 
@@ -110,21 +116,33 @@ def _heatmap(table: pd.DataFrame) -> list[dict]:
     tokens = []
     for r in table.itertuples():
         subs = ", ".join(f"{visible(t)} {a:.2f}" for t, a in r.substitutes[:8])
-        tokens.append({
-            "text": visible(r.token),
-            "heat": float(np.clip(r.drop_worst / scale, 0, 1)),
-            "bar": float(np.clip(r.drop_best / scale, 0, 1)),
-            "tip": (f"token '{visible(r.token)}' (id {r.token_id})\n"
+        tokens.append(
+            {
+                "text": visible(r.token),
+                "heat": float(np.clip(r.drop_worst / scale, 0, 1)),
+                "bar": float(np.clip(r.drop_best / scale, 0, 1)),
+                "tip": (
+                    f"token '{visible(r.token)}' (id {r.token_id})\n"
                     f"worst substitute '{visible(r.worst_substitute)}': {r.worst_activation:.3f} (drop {r.drop_worst:.3f})\n"
                     f"best alternative '{visible(r.best_substitute)}': {r.best_activation:.3f} (drop {r.drop_best:.3f})\n"
-                    f"top substitutes: {subs}"),
-        })
+                    f"top substitutes: {subs}"
+                ),
+            }
+        )
     return tokens
 
 
-def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | None = None, target=None,
-                 points: int = 4, k: int = 32, baseline_prompts: int = 512,
-                 progress: Callable[[str], None] | None = None) -> str:
+def build_report(
+    run: DreamResult | str | Path,
+    *,
+    scan=None,
+    model: Model | None = None,
+    target=None,
+    points: int = 4,
+    k: int = 32,
+    baseline_prompts: int = 512,
+    progress: Callable[[str], None] | None = None,
+) -> str:
     """The report's HTML. `model` (and `target`, for Python-only targets) enables attribution and the
     random-prompt baseline (seed 0, cached per model and target: runs of one target share it); `scan`
     adds the dataset windows for this run's target (default: the windows kept with the run). `progress` is told each step that needs the model."""
@@ -139,7 +157,9 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
     if windows is not None:
         windows = windows[windows["target"] == run.target].sort_values("activation", ascending=False)
         if windows.empty:
-            notes.append(f"The scan has no windows for {run.target}; scan it with `reverie scan --target '{run.target}'`.")
+            notes.append(
+                f"The scan has no windows for {run.target}; scan it with `reverie scan --target '{run.target}'`."
+            )
             windows = None
 
     baseline, attributions = None, []
@@ -154,29 +174,54 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
     if resolved is not None:
         length = len(history["ids"].iloc[0]) if len(history) else run.config.length
         progress(f"random-prompt baseline ({baseline_prompts} prompts)")
-        baseline = random_baseline(model, resolved, n=baseline_prompts, length=length, template=run.config.template,
-                                   cached=True)
+        baseline = random_baseline(
+            model, resolved, n=baseline_prompts, length=length, template=run.config.template, cached=True
+        )
         chosen = [row for row in _points(history, points) if row["activation"] > baseline.mean + 2 * baseline.std]
-        for i, row in enumerate(chosen, 1):     # (only prompts above random ones have something to explain)
+        for i, row in enumerate(chosen, 1):  # (only prompts above random ones have something to explain)
             progress(f"attribution {i}/{len(chosen)}")
             table = attribute(model, resolved, [int(t) for t in row["ids"]], k=k, template=run.config.template)
-            attributions.append({"activation": float(row["activation"]), "cross_entropy": float(row["cross_entropy"]),
-                                 "text": row["text"], "tokens": _heatmap(table)})
+            attributions.append(
+                {
+                    "activation": float(row["activation"]),
+                    "cross_entropy": float(row["cross_entropy"]),
+                    "text": row["text"],
+                    "tokens": _heatmap(table),
+                }
+            )
     zscores = baseline is not None and isinstance(resolved, Direction)
 
     progress("plots")
     figures = [("Pareto frontier", plots.data_url(plots.frontier_plot(history, f"{run.target}: frontier")))]
     if windows is not None:
-        figures.append(("Dreams vs dataset windows", plots.data_url(plots.dreams_vs_data(history, windows, f"{run.target}: dreams vs data"))))
-    figures.append(("Frontier over iterations", plots.data_url(plots.frontier_over_iterations(history, title=f"{run.target}: search progress"))))
+        figures.append(
+            (
+                "Dreams vs dataset windows",
+                plots.data_url(plots.dreams_vs_data(history, windows, f"{run.target}: dreams vs data")),
+            )
+        )
+    figures.append(
+        (
+            "Frontier over iterations",
+            plots.data_url(plots.frontier_over_iterations(history, title=f"{run.target}: search progress")),
+        )
+    )
 
     def z(x):
         return float(baseline.z(x)) if zscores else None
 
     best = best_table(history, z)
     window_rows = None if windows is None else windows.head(20).to_dict("records")
-    frontier_rows = [{"iteration": int(r.iteration), "activation": r.activation, "z": z(r.activation),
-                      "cross_entropy": r.cross_entropy, "text": r.text} for r in front.itertuples()]
+    frontier_rows = [
+        {
+            "iteration": int(r.iteration),
+            "activation": r.activation,
+            "z": z(r.activation),
+            "cross_entropy": r.cross_entropy,
+            "text": r.text,
+        }
+        for r in front.itertuples()
+    ]
     words = _real_words(notes)
     for row in best + frontier_rows + (window_rows or []):
         row["words"] = None if words is None or row["text"] is None else real_word_share(row["text"], words)
@@ -185,14 +230,38 @@ def build_report(run: DreamResult | str | Path, *, scan=None, model: Model | Non
     scale = None if resolved is None else _colour_tokens(model, resolved, run.config.template, best, window_rows)
     template = run.config.template
     context = None if template is None else dict(zip(("before", "after"), template.split("{prompt}")))
-    config = {"model": run.model, "target": run.target, "iterations": run.iterations, "stopped": run.stopped,
-              "prompts scored": len(history), **{f"epo.{k}": v for k, v in run.config.to_dict().items()}}
-    return environment().get_template("report.html.j2").render(
-        title=title, run=run, config=config, best=best, scale=scale, context=context, frontier=frontier_rows, figures=figures,
-        attributions=attributions, k=k, baseline=baseline, zscores=zscores, notes=notes, words=words is not None,
-        windows=window_rows,
-        versus=None if windows is None else versus_data(history, windows),
-        version=__version__, created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
+    config = {
+        "model": run.model,
+        "target": run.target,
+        "iterations": run.iterations,
+        "stopped": run.stopped,
+        "prompts scored": len(history),
+        **{f"epo.{k}": v for k, v in run.config.to_dict().items()},
+    }
+    return (
+        environment()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            run=run,
+            config=config,
+            best=best,
+            scale=scale,
+            context=context,
+            frontier=frontier_rows,
+            figures=figures,
+            attributions=attributions,
+            k=k,
+            baseline=baseline,
+            zscores=zscores,
+            notes=notes,
+            words=words is not None,
+            windows=window_rows,
+            versus=None if windows is None else versus_data(history, windows),
+            version=__version__,
+            created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        )
+    )
 
 
 def write_report(run: DreamResult | str | Path, *, out: str | Path | None = None, **kw) -> Path:
@@ -208,5 +277,3 @@ def write_report(run: DreamResult | str | Path, *, out: str | Path | None = None
     except OSError as e:
         raise RunDirError(f"cannot write the report {path} ({e.strerror})") from None
     return path
-
-

@@ -21,7 +21,7 @@ from .rundir import CHECKPOINT, finished
 
 
 def _faces_so_far(path: Path) -> str:
-    """"done" if the face's run finished, "started" if it has a checkpoint, else "new"."""
+    """ "done" if the face's run finished, "started" if it has a checkpoint, else "new"."""
     if finished(path):
         return "done"
     return "started" if (path / CHECKPOINT).exists() else "new"
@@ -38,8 +38,17 @@ def avoided_tokens(results: list[DreamResult]) -> tuple[int, ...]:
     return tuple(sorted(tokens))
 
 
-def diverse(model: Model | str, target, config: EPOConfig | None = None, k: int = 3, *, out: str | Path | None = None,
-            overlap: float = 1.0, callback=None, **dream_options) -> list[DreamResult]:
+def diverse(
+    model: Model | str,
+    target,
+    config: EPOConfig | None = None,
+    k: int = 3,
+    *,
+    out: str | Path | None = None,
+    overlap: float = 1.0,
+    callback=None,
+    **dream_options,
+) -> list[DreamResult]:
     """K dreams of `target`, each avoiding the tokens of the ones before; with `out`, resumable, with
     OUT/face{j} run directories and OUT/faces.html."""
     config = config or EPOConfig()
@@ -55,8 +64,9 @@ def diverse(model: Model | str, target, config: EPOConfig | None = None, k: int 
             results.append(load_run(path))
             continue
         if state == "started":
-            results.append(resume(path, model=model, target=None if isinstance(target, str) else target,
-                                  callback=callback))
+            results.append(
+                resume(path, model=model, target=None if isinstance(target, str) else target, callback=callback)
+            )
             if results[-1].stopped != "done":
                 break
             continue
@@ -66,5 +76,5 @@ def diverse(model: Model | str, target, config: EPOConfig | None = None, k: int 
             face = replace(face, avoid_ids=avoided_tokens(results), avoid_penalty=overlap * (scale or 1.0))
         results.append(dream(model, target, face, out=path, callback=callback, **dream_options))
         if results[-1].stopped != "done":
-            break                      # Ctrl-C, a time budget or the callback: the next faces wait for a rerun
+            break  # Ctrl-C, a time budget or the callback: the next faces wait for a rerun
     return results

@@ -39,13 +39,13 @@ class DreamResult:
     config: EPOConfig
     model: str
     target: str
-    history: pd.DataFrame       # every scored prompt: iteration, slot, ids, text, activation, cross_entropy, kept
+    history: pd.DataFrame  # every scored prompt: iteration, slot, ids, text, activation, cross_entropy, kept
     state: EPOState | None
-    stopped: str                # "done", "time", "interrupted", "callback"
+    stopped: str  # "done", "time", "interrupted", "callback"
     seconds: float = math.nan
     run_dir: Path | None = None
-    windows: pd.DataFrame | None = None   # the target's best dataset windows (started from, compared with)
-    start: str = ""                       # where the population started: the windows' source, or why none
+    windows: pd.DataFrame | None = None  # the target's best dataset windows (started from, compared with)
+    start: str = ""  # where the population started: the windows' source, or why none
 
     def frontier(self) -> pd.DataFrame:
         """The Pareto frontier: prompts no other prompt beats on both activation and cross-entropy."""
@@ -68,8 +68,17 @@ def _check_every(checkpoint_every) -> None:
         raise ConfigError(f"checkpoint_every must be a whole number of at least 1, not {checkpoint_every!r}")
 
 
-def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callback, checkpoint_every: int,
-         config_update: dict | None = None, windows: pd.DataFrame | None = None, origin: str = "") -> DreamResult:
+def _run(
+    epo: EPO,
+    model: Model,
+    target: Target,
+    run_dir: RunDir | None,
+    callback,
+    checkpoint_every: int,
+    config_update: dict | None = None,
+    windows: pd.DataFrame | None = None,
+    origin: str = "",
+) -> DreamResult:
     """Run `epo` to its end, checkpointing into `run_dir`; `config_update` (a resume's new config.json) is
     written after the first new iteration, so a resume that never starts changes nothing."""
     decode = epo.vocab.decode
@@ -90,24 +99,52 @@ def _run(epo: EPO, model: Model, target: Target, run_dir: RunDir | None, callbac
     seconds = time.perf_counter() - start
     history = epo.history.frame(decode)
     history = history[history["iteration"] <= epo.state.iteration].reset_index(drop=True)
-    result = DreamResult(epo.config, model.spec, target.spec, history, epo.state, stopped, seconds,
-                         run_dir.path if run_dir else None, windows, origin)
+    result = DreamResult(
+        epo.config,
+        model.spec,
+        target.spec,
+        history,
+        epo.state,
+        stopped,
+        seconds,
+        run_dir.path if run_dir else None,
+        windows,
+        origin,
+    )
     if run_dir is not None:
         run_dir.checkpoint(epo.state, epo.history, decode)
-        run_dir.finish(history, {
-            "model": model.spec, "target": target.spec, "stopped": stopped,
-            "iterations": epo.state.iteration, "seconds": round(seconds, 2),
-            "best": best_rows(history)})
+        run_dir.finish(
+            history,
+            {
+                "model": model.spec,
+                "target": target.spec,
+                "stopped": stopped,
+                "iterations": epo.state.iteration,
+                "seconds": round(seconds, 2),
+                "best": best_rows(history),
+            },
+        )
     return result
 
 
-def dream(model: Model | str = "bundled", target: Target | str | Callable = "neuron:L9.N402",
-          config: EPOConfig | None = None, *, out: str | Path | None = None,
-          callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
-          dtype: str | None = None, device: str | None = None, corpus=AUTO,
-          notice: Callable[[str], None] | None = None, progress: Progress | None = None,
-          index: IndexConfig | None = None,
-          fluency_models: dict[str, Model] | None = None, options: dict | None = None, starts=None) -> DreamResult:
+def dream(
+    model: Model | str = "bundled",
+    target: Target | str | Callable = "neuron:L9.N402",
+    config: EPOConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    callback: Callable[[Step], bool | None] | None = None,
+    checkpoint_every: int = 5,
+    dtype: str | None = None,
+    device: str | None = None,
+    corpus=AUTO,
+    notice: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    index: IndexConfig | None = None,
+    fluency_models: dict[str, Model] | None = None,
+    options: dict | None = None,
+    starts=None,
+) -> DreamResult:
     """Find short, fluent prompts that drive `target` high.
 
     model: a loaded `Model`, or a spec for `load_model` (hub id, folder, .gguf, "bundled").
@@ -134,12 +171,13 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
         corpus = starts
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
-    model = as_model(model)     # a TransformerLens or nnsight model is wrapped (lm.foreign)
+    model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
     scorer = make_scorer(model, target, config, fluency_models=fluency_models)
     target = scorer.target
     _check_memory(model, scorer, config)
-    windows, start = windows_for(model, target, corpus, length=config.length, notice=notice, progress=progress,
-                                 index=index)
+    windows, start = windows_for(
+        model, target, corpus, length=config.length, notice=notice, progress=progress, index=index
+    )
     if config.starts == "data" and windows is not None and not config.init_ids and not config.init_prompt:
         config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
         start = f"half the slots start from {start}, the others from a beam search"
@@ -151,26 +189,42 @@ def dream(model: Model | str = "bundled", target: Target | str | Callable = "neu
         return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, origin=start)
     run_dir = RunDir(out)
     with run_dir.writing():
-        run_dir.create({"reverie": __version__, "model": model.spec, "dtype": dtype_name(model.dtype),
-                        "target": target.spec, "epo": config.to_dict(), "start": start,
-                        "options": dict(options or {})})
+        run_dir.create(
+            {
+                "reverie": __version__,
+                "model": model.spec,
+                "dtype": dtype_name(model.dtype),
+                "target": target.spec,
+                "epo": config.to_dict(),
+                "start": start,
+                "options": dict(options or {}),
+            }
+        )
         if windows is not None:
             run_dir.write_windows(windows)
-        return _run(EPO(scorer, config), model, target, run_dir, callback, checkpoint_every, windows=windows,
-                    origin=start)
+        return _run(
+            EPO(scorer, config), model, target, run_dir, callback, checkpoint_every, windows=windows, origin=start
+        )
 
 
-def resume(out: str | Path, *, model: Model | None = None, target: Target | Callable | None = None,
-           iters: int | None = None, time_budget: float | None = None,
-           callback: Callable[[Step], bool | None] | None = None, checkpoint_every: int = 5,
-           fluency_models: dict[str, Model] | None = None) -> DreamResult:
+def resume(
+    out: str | Path,
+    *,
+    model: Model | None = None,
+    target: Target | Callable | None = None,
+    iters: int | None = None,
+    time_budget: float | None = None,
+    callback: Callable[[Step], bool | None] | None = None,
+    checkpoint_every: int = 5,
+    fluency_models: dict[str, Model] | None = None,
+) -> DreamResult:
     """Continue the run in `out` from its last checkpoint (after Ctrl-C, a crash or kill -9).
 
     `iters` may raise the iteration count of a finished run to extend it. One process at a time: a
     second resume of the same directory is refused (RunDirError) while the first runs."""
     _check_every(checkpoint_every)
     run_dir = RunDir(out)
-    run_dir.config()   # not a run directory: fail before locking (creating) anything in it
+    run_dir.config()  # not a run directory: fail before locking (creating) anything in it
     with run_dir.writing():
         saved = run_dir.config()
         state = run_dir.state()  # an unreadable checkpoint fails here, before the model loads
@@ -178,8 +232,10 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
         config = replace(original, iters=original.iters if iters is None else iters, time_budget=time_budget)
         if target is None:
             if saved["target"].startswith("custom:") or saved["target"].endswith("<array>"):
-                raise RunDirError(f"{out} dreamed a Python-only target ({saved['target']}): resume it from Python "
-                                  "with reverie.resume(dir, target=...)")
+                raise RunDirError(
+                    f"{out} dreamed a Python-only target ({saved['target']}): resume it from Python "
+                    "with reverie.resume(dir, target=...)"
+                )
             target = saved["target"]
         if model is None:
             model = load_model(saved["model"], dtype=saved.get("dtype"))
@@ -188,21 +244,25 @@ def resume(out: str | Path, *, model: Model | None = None, target: Target | Call
         target = scorer.target
         _check_memory(model, scorer, config)
         if state is not None and int(state.population.max()) >= model.adapter.embed.weight.shape[0]:
-            raise RunDirError(f"{run_dir.path / 'checkpoint.safetensors'} holds token ids past {model.spec}'s "
-                              "vocabulary: resume with the run's model, or delete it to restart the run")
+            raise RunDirError(
+                f"{run_dir.path / 'checkpoint.safetensors'} holds token ids past {model.spec}'s "
+                "vocabulary: resume with the run's model, or delete it to restart the run"
+            )
         history = History()
         if state is not None:
             history.extend(run_dir.history(upto=state.iteration))
         update = {**saved, "epo": config.to_dict()} if config.iters != original.iters else None
         epo = EPO(scorer, config, history, state)
-        return _run(epo, model, target, run_dir, callback, checkpoint_every, update, run_dir.windows(),
-                    saved.get("start", ""))
+        return _run(
+            epo, model, target, run_dir, callback, checkpoint_every, update, run_dir.windows(), saved.get("start", "")
+        )
 
 
 def _check_memory(model: Model, scorer, config: EPOConfig) -> None:
     """Refuse, before any work, a dream that will not fit in the memory left on the model's device."""
-    need = memory.estimate(model, config.population, config.length, scorer.batch_size, children=config.children,
-                           device=model.device)
+    need = memory.estimate(
+        model, config.population, config.length, scorer.batch_size, children=config.children, device=model.device
+    )
     memory.check(need, model.device)
 
 
@@ -210,8 +270,10 @@ def _saved_config(run_dir: RunDir, saved: dict) -> EPOConfig:
     try:
         return EPOConfig.from_dict(saved["epo"])
     except ConfigError as e:
-        raise RunDirError(f"{run_dir.path / CONFIG} holds EPO options reverie cannot read ({e}): "
-                          "restore it from a copy, or dream again in a new --out") from None
+        raise RunDirError(
+            f"{run_dir.path / CONFIG} holds EPO options reverie cannot read ({e}): "
+            "restore it from a copy, or dream again in a new --out"
+        ) from None
 
 
 def load_run(path: str | Path) -> DreamResult:
@@ -221,5 +283,14 @@ def load_run(path: str | Path) -> DreamResult:
     state = run_dir.state()
     history = run_dir.history(upto=state.iteration if state else None)
     stopped = "done" if (run_dir.path / FRONTIER).exists() else "unfinished"
-    return DreamResult(_saved_config(run_dir, saved), saved["model"], saved["target"], history, state,
-                       stopped, run_dir=run_dir.path, windows=run_dir.windows(), start=saved.get("start", ""))
+    return DreamResult(
+        _saved_config(run_dir, saved),
+        saved["model"],
+        saved["target"],
+        history,
+        state,
+        stopped,
+        run_dir=run_dir.path,
+        windows=run_dir.windows(),
+        start=saved.get("start", ""),
+    )

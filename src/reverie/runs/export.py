@@ -38,16 +38,34 @@ from .rundir import RunDir
 
 FORMATS = ("json", "csv", "parquet")
 FORMAT = "reverie-export/1"
-COLUMNS = ["model", "target", "kind", "limit", "iteration", "activation", "cross_entropy", "text", "ids",
-           "tokens", "token_activations"]
+COLUMNS = [
+    "model",
+    "target",
+    "kind",
+    "limit",
+    "iteration",
+    "activation",
+    "cross_entropy",
+    "text",
+    "ids",
+    "tokens",
+    "token_activations",
+]
 LISTS = ("ids", "tokens", "token_activations")
 
 
 def _row(result: DreamResult, kind: str, limit: str | None, row: pd.Series) -> dict:
-    return {"model": result.model, "target": result.target, "kind": kind, "limit": limit,
-            "iteration": int(row["iteration"]), "activation": float(row["activation"]),
-            "cross_entropy": float(row["cross_entropy"]), "text": str(row["text"]),
-            "ids": [int(t) for t in row["ids"]]}
+    return {
+        "model": result.model,
+        "target": result.target,
+        "kind": kind,
+        "limit": limit,
+        "iteration": int(row["iteration"]),
+        "activation": float(row["activation"]),
+        "cross_entropy": float(row["cross_entropy"]),
+        "text": str(row["text"]),
+        "ids": [int(t) for t in row["ids"]],
+    }
 
 
 def export_rows(result: DreamResult, model: Model, target=None) -> list[dict]:
@@ -86,8 +104,16 @@ def export_format(fmt: str | None, out: str | Path | None) -> str:
     return fmt
 
 
-def export(run_dir: str | Path, fmt: str | None = None, out: str | Path | None = None, model: Model | None = None,
-           *, target=None, dtype: str | None = None, device: str | None = None) -> Path:
+def export(
+    run_dir: str | Path,
+    fmt: str | None = None,
+    out: str | Path | None = None,
+    model: Model | None = None,
+    *,
+    target=None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> Path:
     """Write the run's best dreams and frontier with per-token activations to `out` (default
     RUN_DIR/export.FMT); returns the path. `fmt` (json, csv or parquet) defaults to the one `out`'s
     suffix names, else json; an `out` named for another format is refused. Without `model`, the run's
@@ -114,9 +140,15 @@ def export(run_dir: str | Path, fmt: str | None = None, out: str | Path | None =
 
 
 def _meta(result: DreamResult) -> dict:
-    return {"model": result.model, "target": result.target, "iterations": result.iterations,
-            "stopped": result.stopped, "template": result.config.template,
-            "prompts_scored": len(result.history), "reverie": __version__}
+    return {
+        "model": result.model,
+        "target": result.target,
+        "iterations": result.iterations,
+        "stopped": result.stopped,
+        "template": result.config.template,
+        "prompts_scored": len(result.history),
+        "reverie": __version__,
+    }
 
 
 def read_export(path: str | Path) -> pd.DataFrame:
@@ -144,5 +176,6 @@ def read_export(path: str | Path) -> pd.DataFrame:
         return frame.assign(**{c: [list(v) for v in frame[c]] for c in LISTS}) if fmt == "parquet" else frame
     except (OSError, ValueError, TypeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
-        raise RunDirError(f"cannot read the export {path} as {fmt} ({reason}): write it again with reverie export") \
-            from None
+        raise RunDirError(
+            f"cannot read the export {path} as {fmt} ({reason}): write it again with reverie export"
+        ) from None

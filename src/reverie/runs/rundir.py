@@ -35,8 +35,14 @@ from ..search.frontier import pareto
 from ..search.history import COLUMNS, History
 
 CONFIG, HISTORY, PARTS, CHECKPOINT, FRONTIER, WINDOWS = (
-    "config.json", "history.parquet", "history", "checkpoint.safetensors", "frontier.json", "windows.parquet")
-REQUIRED = ("model", "target", "epo")   # what config.json must hold for resume and load_run
+    "config.json",
+    "history.parquet",
+    "history",
+    "checkpoint.safetensors",
+    "frontier.json",
+    "windows.parquet",
+)
+REQUIRED = ("model", "target", "epo")  # what config.json must hold for resume and load_run
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -62,21 +68,25 @@ class RunDir:
         """Fail with one line if the directory cannot be created or written, or already holds a run.
         Creates nothing."""
         if (self.path / CONFIG).exists():
-            raise RunDirError(f"{self.path} already holds a run: pass --resume {self.path} to continue it, "
-                              "or choose another --out")
+            raise RunDirError(
+                f"{self.path} already holds a run: pass --resume {self.path} to continue it, or choose another --out"
+            )
         existing = self.path
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise RunDirError(f"cannot write to run directory {self.path} ({existing} is not a writable folder): "
-                              "choose another --out")
+            raise RunDirError(
+                f"cannot write to run directory {self.path} ({existing} is not a writable folder): choose another --out"
+            )
 
     def create(self, config: dict) -> None:
         self.check_writable()
         try:
             (self.path / PARTS).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(f"cannot write to run directory {self.path} ({e.strerror}): choose another --out") from None
+            raise RunDirError(
+                f"cannot write to run directory {self.path} ({e.strerror}): choose another --out"
+            ) from None
         self.write_json(CONFIG, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     @contextlib.contextmanager
@@ -94,10 +104,15 @@ class RunDir:
 
     def _write_error(self, what: str, e: OSError) -> RunDirError:
         """One line for a write that failed (disk full, folder gone): what happened, and where a resume restarts."""
-        start = (f"from its last checkpoint (iteration {self.checkpointed})" if self.checkpointed >= 0
-                 else "from the start (nothing was checkpointed)")
-        return RunDirError(f"could not write {what} in {self.path} ({e.strerror or e}): the run stopped; free some "
-                           f"space, then resume it (--resume {self.path}) and it continues {start}")
+        start = (
+            f"from its last checkpoint (iteration {self.checkpointed})"
+            if self.checkpointed >= 0
+            else "from the start (nothing was checkpointed)"
+        )
+        return RunDirError(
+            f"could not write {what} in {self.path} ({e.strerror or e}): the run stopped; free some "
+            f"space, then resume it (--resume {self.path}) and it continues {start}"
+        )
 
     def checkpoint(self, state: EPOState, history: History, decode) -> None:
         """Rows since the last checkpoint go to a new part file, then the state (atomically, in that order).
@@ -113,10 +128,18 @@ class RunDir:
         rows = rows[rows["iteration"] <= state.iteration]
         if len(rows):
             _write_parquet(rows, self.path / PARTS / f"part-{state.iteration:07d}.parquet")
-        tensors = {"population": state.population.contiguous(), "f": state.f.contiguous(),
-                   "ce": state.ce.contiguous(), "rng": state.rng.contiguous()}
-        atomic_write(self.path / CHECKPOINT,
-                lambda tmp: save_file(tensors, tmp, metadata={"iteration": str(state.iteration), "stale": str(state.stale)}))
+        tensors = {
+            "population": state.population.contiguous(),
+            "f": state.f.contiguous(),
+            "ce": state.ce.contiguous(),
+            "rng": state.rng.contiguous(),
+        }
+        atomic_write(
+            self.path / CHECKPOINT,
+            lambda tmp: save_file(
+                tensors, tmp, metadata={"iteration": str(state.iteration), "stale": str(state.stale)}
+            ),
+        )
 
     def finish(self, history: pd.DataFrame, summary: dict) -> None:
         """Consolidate every row into history.parquet, drop the parts (and any half-written part a killed
@@ -128,10 +151,22 @@ class RunDir:
         for part in [*(self.path / PARTS).glob("part-*.parquet"), *(self.path / PARTS).glob(".part-*.parquet.*")]:
             part.unlink()
         front = pareto(history)
-        self.write_json(FRONTIER, {**summary, "frontier": [
-            {"text": r.text, "ids": [int(i) for i in r.ids], "activation": float(r.activation),
-             "cross_entropy": float(r.cross_entropy), "iteration": int(r.iteration)}
-            for r in front.itertuples()]})
+        self.write_json(
+            FRONTIER,
+            {
+                **summary,
+                "frontier": [
+                    {
+                        "text": r.text,
+                        "ids": [int(i) for i in r.ids],
+                        "activation": float(r.activation),
+                        "cross_entropy": float(r.cross_entropy),
+                        "iteration": int(r.iteration),
+                    }
+                    for r in front.itertuples()
+                ],
+            },
+        )
 
     def write_windows(self, windows: pd.DataFrame) -> None:
         frame = windows.assign(ids=[list(map(int, i)) for i in windows["ids"]])
@@ -155,8 +190,10 @@ class RunDir:
             raise RunDirError(f"{path} is unreadable ({e})") from None
         missing = [k for k in REQUIRED if not isinstance(config, dict) or k not in config]
         if missing or not isinstance(config["epo"], dict):
-            raise RunDirError(f"{path} is incomplete (no {', '.join(missing) or 'EPO options'}): "
-                              "restore it from a copy, or dream again in a new --out")
+            raise RunDirError(
+                f"{path} is incomplete (no {', '.join(missing) or 'EPO options'}): "
+                "restore it from a copy, or dream again in a new --out"
+            )
         return config
 
     def state(self) -> EPOState | None:
@@ -170,12 +207,14 @@ class RunDir:
                 stale = int(fh.metadata().get("stale", 0))
             state = EPOState(iteration, tensors["population"], tensors["f"], tensors["ce"], tensors["rng"], stale)
         except (OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
-            raise RunDirError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                              "delete it to restart the run from scratch") from None
+            raise RunDirError(
+                f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete it to restart the run from scratch"
+            ) from None
         wrong = state_problem(state, self.config()["epo"])
         if wrong:
-            raise RunDirError(f"checkpoint {path} does not hold a run's state ({wrong}); "
-                              "delete it to restart the run from scratch")
+            raise RunDirError(
+                f"checkpoint {path} does not hold a run's state ({wrong}); delete it to restart the run from scratch"
+            )
         self.checkpointed = iteration
         return state
 
@@ -213,8 +252,11 @@ def state_problem(state: EPOState, epo: dict) -> str | None:
     if bool((pop < -1).any()):
         return "population holds negative token ids"
     length, variable = epo.get("length"), bool(epo.get("insert_rate") or epo.get("delete_rate"))
-    longest = epo.get("max_length") if epo.get("max_length") is not None else (
-        length + 4 if isinstance(length, int) else None)
+    longest = (
+        epo.get("max_length")
+        if epo.get("max_length") is not None
+        else (length + 4 if isinstance(length, int) else None)
+    )
     if isinstance(length, int) and not epo.get("init_prompt"):
         if not variable and n != length:
             return f"population prompts are {n} tokens but the run's length is {length}"

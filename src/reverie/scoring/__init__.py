@@ -46,24 +46,32 @@ class Scorer(Protocol):
 
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def score_children(self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor,
-                       pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def score_children(
+        self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def gradient_parts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int,
-              beta: float = 0.0) -> list[torch.Tensor]: ...
+    def top_k(
+        self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int, beta: float = 0.0
+    ) -> list[torch.Tensor]: ...
 
     def next_token_logprobs(self, prompts: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
 
-def make_scorer(model: Model, target: Target | str | Callable, config, *, scorer: str | None = None,
-                fluency_models: dict[str, Model] | None = None) -> Scorer:
+def make_scorer(
+    model: Model,
+    target: Target | str | Callable,
+    config,
+    *,
+    scorer: str | None = None,
+    fluency_models: dict[str, Model] | None = None,
+) -> Scorer:
     """A Scorer for `target` on `model` under an `EPOConfig` (the fields read here: its vocabulary
     options, template, fluency models, prompt length, batch size and scorer). `scorer` ("packed" or
     "plain") overrides the config's; `fluency_models` are loaded models for the specs in
     `config.fluency` (the others are loaded by spec)."""
-    model = as_model(model)     # a TransformerLens or nnsight model is wrapped (lm.foreign)
+    model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
     name = scorer or config.scorer
     if name not in SCORERS:
         raise ConfigError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
@@ -71,11 +79,16 @@ def make_scorer(model: Model, target: Target | str | Callable, config, *, scorer
     length = prompt_length(model, config)
     target.check_length(length)
     vocab = Vocabulary.for_model(
-        model, ascii_only=config.ascii_only, banned_tokens=config.ban_tokens,
+        model,
+        ascii_only=config.ascii_only,
+        banned_tokens=config.ban_tokens,
         banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
-        check_retokenization=config.check_retokenization, word_start=config.word_start)
-    objective = Objective(model, target, vocab, template=config.template,
-                          fluency=fluency(model, config.fluency, fluency_models))
+        check_retokenization=config.check_retokenization,
+        word_start=config.word_start,
+    )
+    objective = Objective(
+        model, target, vocab, template=config.template, fluency=fluency(model, config.fluency, fluency_models)
+    )
     longest = max(length, config.length_bounds()[1]) if config.variable_length else length
     model.check_length(len(objective.before) + longest + len(objective.after))
     return BackingOff(SCORERS[name](objective, config.batch_size or auto_batch_size(model, length)))
@@ -105,5 +118,14 @@ def fluency(model: Model, specs, loaded: dict[str, Model] | None) -> list[tuple[
     return out
 
 
-__all__ = ["Scorer", "make_scorer", "PlainScorer", "PackedScorer", "BackingOff", "Objective", "TargetCache",
-           "auto_batch_size", "SCORERS"]
+__all__ = [
+    "Scorer",
+    "make_scorer",
+    "PlainScorer",
+    "PackedScorer",
+    "BackingOff",
+    "Objective",
+    "TargetCache",
+    "auto_batch_size",
+    "SCORERS",
+]

@@ -8,7 +8,7 @@ from ..errors import is_oom
 from ..lm import memory
 from ..lm.model import Model
 
-CPU_TOKENS_PER_PASS = 2048   # larger CPU batches run slower per token (docs/performance.md#batch-size)
+CPU_TOKENS_PER_PASS = 2048  # larger CPU batches run slower per token (docs/performance.md#batch-size)
 
 
 def auto_batch_size(model: Model, length: int = 12, limit: int = 512) -> int:

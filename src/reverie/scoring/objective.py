@@ -21,17 +21,23 @@ class Objective:
     """`fluency`: (None = the target model, or another Model sharing its tokenizer; weight) pairs;
     default the target model alone."""
 
-    def __init__(self, model: Model, target: Target, vocab: Vocabulary, template: str | None = None,
-                 fluency: list[tuple[Model | None, float]] | None = None):
+    def __init__(
+        self,
+        model: Model,
+        target: Target,
+        vocab: Vocabulary,
+        template: str | None = None,
+        fluency: list[tuple[Model | None, float]] | None = None,
+    ):
         self.model, self.target, self.vocab = model, target, vocab
         self.before, self.after = (t.to(model.device) for t in template_ids(model.tokenizer, template))
-        self.first = 0 if len(self.before) else 1   # the first prompt token with a cross-entropy term
+        self.first = 0 if len(self.before) else 1  # the first prompt token with a cross-entropy term
         fluency = fluency or [(None, 1.0)]
         total = sum(w for _, w in fluency)
         if not total > 0 or any(w < 0 for _, w in fluency):
             raise ConfigError("fluency weights must be >= 0 and not all 0")
         self.self_weight = sum(w for m, w in fluency if m is None) / total
-        self.others: list[tuple[Model, float]] = []     # other fluency models, normalised weights
+        self.others: list[tuple[Model, float]] = []  # other fluency models, normalised weights
         for m, w in fluency:
             if m is not None:
                 if m.tokenizer.get_vocab() != model.tokenizer.get_vocab():
@@ -52,19 +58,26 @@ class Objective:
     def labels(self, ids: torch.Tensor) -> tuple[slice, torch.Tensor]:
         """(the input positions whose next-token prediction is scored, their labels) for prompts [B, n]."""
         L, n = len(self.before), ids.shape[1]
-        return slice(L + self.first - 1, L + n - 1), ids[:, self.first:]
+        return slice(L + self.first - 1, L + n - 1), ids[:, self.first :]
 
-    def value(self, hooks: dict, n: int, hidden: torch.Tensor | None = None, head=None,
-              logits: torch.Tensor | None = None) -> torch.Tensor:
+    def value(
+        self, hooks: dict, n: int, hidden: torch.Tensor | None = None, head=None, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """f, fp32, from a pass over the templated input: the captured hooks, and the final hidden states
         with the head that turns them into logits (computed only if the target reads them) or the logits."""
         L = len(self.before)
-        if self.templated:     # the target sees the prompt positions only (position -1 = the last prompt token)
-            hooks = {name: t[:, :, L:L + n, L:L + n] if name.endswith("hook_pattern") else t[:, L:L + n]
-                     for name, t in hooks.items()}
-            logits = None if logits is None else logits[:, L:L + n]
-        if hidden is not None:   # a target at the last position gets logits there only ([B, 1, V], as packed children do)
-            hidden = hidden[:, L + n - 1:L + n] if getattr(self.target, "position", None) == -1 else hidden[:, L:L + n]
+        if self.templated:  # the target sees the prompt positions only (position -1 = the last prompt token)
+            hooks = {
+                name: t[:, :, L : L + n, L : L + n] if name.endswith("hook_pattern") else t[:, L : L + n]
+                for name, t in hooks.items()
+            }
+            logits = None if logits is None else logits[:, L : L + n]
+        if (
+            hidden is not None
+        ):  # a target at the last position gets logits there only ([B, 1, V], as packed children do)
+            hidden = (
+                hidden[:, L + n - 1 : L + n] if getattr(self.target, "position", None) == -1 else hidden[:, L : L + n]
+            )
         if logits is not None:
             hooks = {**hooks, "logits": logits}
         return self.read(hooks, hidden, head)
@@ -76,8 +89,10 @@ class Objective:
         batch = next((t.shape[0] for t in (*hooks.values(), hidden) if t is not None), None)
         if not isinstance(f, torch.Tensor) or (batch is not None and tuple(f.shape) != (batch,)):
             shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise TargetError(f"{self.target.spec}: its value has shape {shape} for {batch} prompts: "
-                              "return one number per prompt, a tensor of shape [batch]")
+            raise TargetError(
+                f"{self.target.spec}: its value has shape {shape} for {batch} prompts: "
+                "return one number per prompt, a tensor of shape [batch]"
+            )
         return f.float()
 
 
@@ -98,14 +113,17 @@ class TargetCache(dict):
     def __missing__(self, key: str) -> torch.Tensor:
         if key != "logits":
             declared = ", ".join(k for k in self if k != "logits") or "none"
-            raise TargetError(f"{self.name} reads {key!r}, which it did not declare (declared: {declared}): "
-                              "add it to the target's hooks")
+            raise TargetError(
+                f"{self.name} reads {key!r}, which it did not declare (declared: {declared}): "
+                "add it to the target's hooks"
+            )
         self["logits"] = self.head(self.hidden.contiguous()).float()
         return self["logits"]
 
 
-def top_k_tokens(gradient: torch.Tensor, allowed: torch.Tensor, k: int, logprobs: torch.Tensor | None = None,
-                 beta: float = 0.0) -> torch.Tensor:
+def top_k_tokens(
+    gradient: torch.Tensor, allowed: torch.Tensor, k: int, logprobs: torch.Tensor | None = None, beta: float = 0.0
+) -> torch.Tensor:
     """The k allowed tokens per position whose swap most increases the objective (the largest gradient
     of L_λ with respect to the one-hot encoding): gradient [..., A] over the allowed tokens -> ids [..., k].
 
@@ -141,7 +159,9 @@ def template_ids(tokenizer, template: str | None) -> tuple[torch.Tensor, torch.T
     if not template:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     if template.count("{prompt}") != 1:
-        raise ConfigError(f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {template!r}")
+        raise ConfigError(
+            f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {template!r}"
+        )
     before, after = template.split("{prompt}")
     encode = lambda text: torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)  # noqa: E731
     return encode(before.rstrip(" ")), encode(after)

@@ -34,10 +34,12 @@ class PackedScorer:
         self.model, self.target, self.vocab = objective.model, objective.target, objective.vocab
         self.fast = FastPath.of(self.model)
         # per model whose cross-entropy counts: the allowed tokens' embeddings [A, d] and the embedding scale
-        self.projections = {m: projection(m, self.vocab.allowed) for m in [self.model, *(m for m, _ in objective.others)]}
-        self.gradients: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}   # prompt -> (df, dCE)
-        self.candidates: dict[tuple, torch.Tensor] = {}                                 # (prompt, λ, k, β) -> top-k
-        self.keeps_logprobs = False     # whether gradient passes keep their next-token log-probs (`passes`)
+        self.projections = {
+            m: projection(m, self.vocab.allowed) for m in [self.model, *(m for m, _ in objective.others)]
+        }
+        self.gradients: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # prompt -> (df, dCE)
+        self.candidates: dict[tuple, torch.Tensor] = {}  # (prompt, λ, k, β) -> top-k
+        self.keeps_logprobs = False  # whether gradient passes keep their next-token log-probs (`passes`)
 
     # ---------------------------------------------------------------- scoring
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,8 +50,9 @@ class PackedScorer:
             for chunk in even_split(ids, self.batch_size):
                 f, ce, _ = self.forward(chunk.to(self.model.device))
                 if o.others:
-                    ce = o.self_weight * ce + sum(w * self.cross_entropy(m, chunk)[0].to(ce.device)
-                                                  for m, w in o.others)
+                    ce = o.self_weight * ce + sum(
+                        w * self.cross_entropy(m, chunk)[0].to(ce.device) for m, w in o.others
+                    )
                 fs.append(f.cpu())
                 ces.append(ce.cpu())
         return torch.cat(fs), torch.cat(ces)
@@ -60,8 +63,9 @@ class PackedScorer:
         model whose attention runs packed (`FastPath.packs`)."""
         return getattr(self.target, "position", None) == -1 and not self.objective.others and self.fast.packs
 
-    def score_children(self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor,
-                       pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_children(
+        self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `score(children)`, where child j equals parents[parent[j]] before position pos[j].
 
         The children run only from their mutated position on (the template's text before the prompt
@@ -71,30 +75,39 @@ class PackedScorer:
         if not self.reuses_prefix:
             return self.score(children)
         o = self.objective
-        parents, parent = torch.unique(parents[parent], dim=0, return_inverse=True)   # distinct parents with children lead
+        parents, parent = torch.unique(
+            parents[parent], dim=0, return_inverse=True
+        )  # distinct parents with children lead
         device, (m, n), L, first = self.model.device, parents.shape, len(o.before), o.first
         parents, children, parent, pos = parents.to(device), children.to(device), parent.to(device), pos.to(device)
-        N = L + n       # template text before + prompt tokens (nothing reads the text after); a child runs from L + pos on
+        N = L + n  # template text before + prompt tokens (nothing reads the text after); a child runs from L + pos on
         full_parents, full_children = o.in_template(parents)[:, :N], o.in_template(children)[:, :N]
         f, ce = torch.empty(len(children)), torch.empty(len(children))
         patterns = any(h.endswith("hook_pattern") for h in self.target.hooks)
         block = self.deepest_block_read()
-        kv, own = {}, torch.zeros(len(children), device=device)       # own: sum of each child's own log-probs
-        passes = -(-(m * N + int((N - L - pos).sum())) // (self.batch_size * N))   # batch_size × N tokens per pass
+        kv, own = {}, torch.zeros(len(children), device=device)  # own: sum of each child's own log-probs
+        passes = -(-(m * N + int((N - L - pos).sum())) // (self.batch_size * N))  # batch_size × N tokens per pass
         with torch.inference_mode():
             for i, chunk in enumerate(torch.arange(len(children), device=device).tensor_split(passes)):
                 packed = Packed(kv, parent[chunk], L + pos[chunk], N, lead=m if i == 0 else 0, weights=patterns)
                 # capture first: reading attention patterns selects eager attention, which the layout then replaces
-                with self.model.capture(list(self.target.hooks)) as hooks, self.fast.run(packed, drop_above=block) as out:
+                with (
+                    self.model.capture(list(self.target.hooks)) as hooks,
+                    self.fast.run(packed, drop_above=block) as out,
+                ):
                     row = packed.gather(full_parents, full_children[chunk])
-                    hidden = self.model.trunk(row, position_ids=packed.position[None])[0]   # the tokens of `out`
-                if i == 0:            # the children's prefix terms, from the parents' positions that predict tokens first..n-1
-                    h = hidden[:m * out.n].unflatten(0, (m, out.n))[:, L + first - 1:L + n - 1].contiguous()
+                    hidden = self.model.trunk(row, position_ids=packed.position[None])[0]  # the tokens of `out`
+                if i == 0:  # the children's prefix terms, from the parents' positions that predict tokens first..n-1
+                    h = hidden[: m * out.n].unflatten(0, (m, out.n))[:, L + first - 1 : L + n - 1].contiguous()
                     prefix = prefix_logprobs(self.model, h, parents, children, parent, pos, first)
-                read = packed.at(L + n - 1)     # the target reads each child's last prompt token, as if unpacked
-                hooks = {name: t[0].transpose(0, 1)[read, :, None, L:L + n] if name.endswith("hook_pattern")
-                         else t[0, read, None] for name, t in hooks.items()}
-                final = hidden[read, None] if block is None else None     # final states: only a target reading logits
+                read = packed.at(L + n - 1)  # the target reads each child's last prompt token, as if unpacked
+                hooks = {
+                    name: t[0].transpose(0, 1)[read, :, None, L : L + n]
+                    if name.endswith("hook_pattern")
+                    else t[0, read, None]
+                    for name, t in hooks.items()
+                }
+                final = hidden[read, None] if block is None else None  # final states: only a target reading logits
                 f[chunk.cpu()] = o.read(hooks, final, self.model.head).cpu()
                 # the positions that predict one of a child's own prompt tokens (j = q - L + 1 > pos)
                 q = out.position
@@ -115,7 +128,9 @@ class PackedScorer:
         return block if block < self.model.n_layers - 1 and self.fast.drops else None
 
     # ---------------------------------------------------------------- gradients and candidates
-    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int, beta: float = 0.0) -> list[torch.Tensor]:
+    def top_k(
+        self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int, beta: float = 0.0
+    ) -> list[torch.Tensor]:
         """Per prompt (1-D ids, any lengths) and its penalty λ, the k allowed tokens per position whose
         swap most increases L_λ: [n, k] ids each (with β > 0, ranked with the model's log-probs too:
         `objective.top_k_tokens`). The gradient of L_λ is df − λ·dCE: its two parts are taken once per
@@ -125,8 +140,13 @@ class PackedScorer:
         self.passes([p for p, *_ in keys], logprobs=beta > 0)
         for key in dict.fromkeys(key for key in keys if key not in self.candidates):
             df, dce, logprobs = self.gradients[key[0]]
-            self.candidates[key] = top_k_tokens(torch.add(df, dce, alpha=-key[1]), self.vocab.allowed, k,   # one [n, A] pass
-                                                logprobs, beta)
+            self.candidates[key] = top_k_tokens(
+                torch.add(df, dce, alpha=-key[1]),
+                self.vocab.allowed,
+                k,  # one [n, A] pass
+                logprobs,
+                beta,
+            )
         self.candidates = {key: self.candidates[key] for key in keys}
         return [self.candidates[key] for key in keys]
 
@@ -145,7 +165,7 @@ class PackedScorer:
         self.keeps_logprobs = self.keeps_logprobs or logprobs
         distinct = list(dict.fromkeys(prompts))
         missing = [p for p in distinct if p not in self.gradients or (logprobs and self.gradients[p][2] is None)]
-        for rows in by_length(missing).values():                                   # one batch per prompt length
+        for rows in by_length(missing).values():  # one batch per prompt length
             group = [missing[i] for i in rows]
             self.gradients.update(zip(group, zip(*self.gradient_pass(torch.tensor(group), self.keeps_logprobs))))
         if not keep_others:
@@ -170,18 +190,18 @@ class PackedScorer:
                 f, ce, logprobs = self.forward(chunk, leaf, self.rows(self.model))
                 (g_f,) = torch.autograd.grad(f.sum(), leaf[0], retain_graph=o.self_weight > 0)
                 g_ce = torch.autograd.grad(ce.sum(), leaf[0])[0] if o.self_weight > 0 else None
-            g = torch.stack([g_f] if g_ce is None else [g_f, g_ce])[:, :, L:L + n]   # one pass over the embeddings
+            g = torch.stack([g_f] if g_ce is None else [g_f, g_ce])[:, :, L : L + n]  # one pass over the embeddings
             df, *rest = self.through_context(g, self.model)
             dce = self.as_label(rest[0], logprobs).mul_(o.self_weight) if rest else torch.zeros_like(df)
-            for m, w in o.others:     # other fluency models, the same two terms
+            for m, w in o.others:  # other fluency models, the same two terms
                 leaf = []
                 with torch.enable_grad():
                     ce_m, logprobs_m = self.cross_entropy(m, chunk.to(m.device), leaf, self.rows(m))
                     (g,) = torch.autograd.grad(ce_m.sum(), leaf[0])
-                dce += w * self.as_label(self.through_context(g[:, L:L + n], m), logprobs_m).to(dce.device)
+                dce += w * self.as_label(self.through_context(g[:, L : L + n], m), logprobs_m).to(dce.device)
             dfs.append(df.cpu())
             dces.append(dce.cpu())
-            lps += (list(next_token_rows(logprobs.detach().cpu(), o.first)) if keep else [None] * len(chunk))
+            lps += list(next_token_rows(logprobs.detach().cpu(), o.first)) if keep else [None] * len(chunk)
         return torch.cat(dfs), torch.cat(dces), lps
 
     def through_context(self, g: torch.Tensor, model: Model) -> torch.Tensor:
@@ -206,8 +226,9 @@ class PackedScorer:
         return Rows(weights=model is self.model and any(h.endswith("hook_pattern") for h in self.target.hooks))
 
     # ---------------------------------------------------------------- one pass
-    def forward(self, ids: torch.Tensor, embeddings: list | None = None,
-                layout: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, ids: torch.Tensor, embeddings: list | None = None, layout: Rows | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(f, cross-entropy, log-probs) for a batch, fp32.
 
         If `embeddings` is a list, the input embeddings are appended to it as a leaf that collects
@@ -215,15 +236,19 @@ class PackedScorer:
         prompt tokens' own log-probabilities are computed (None comes back). With a `layout`, attention
         runs on it (`attention.Rows`: in fp32)."""
         o = self.objective
-        with self.model.capture(list(self.target.hooks)) as hooks, self.fast.run(layout), \
-                embedding_leaf(self.model, embeddings):
+        with (
+            self.model.capture(list(self.target.hooks)) as hooks,
+            self.fast.run(layout),
+            embedding_leaf(self.model, embeddings),
+        ):
             hidden = self.model.trunk(o.in_template(ids))
         total, logprobs = self.prompt_logprob(self.model, hidden, ids, full=embeddings is not None)
         f = o.value(hooks, ids.shape[1], hidden=hidden, head=self.model.head)
         return f, -total / (ids.shape[1] - o.first), logprobs
 
-    def cross_entropy(self, model: Model, ids: torch.Tensor, embeddings: list | None = None,
-                      layout: Rows | None = None):
+    def cross_entropy(
+        self, model: Model, ids: torch.Tensor, embeddings: list | None = None, layout: Rows | None = None
+    ):
         """(CE, log-probs over the allowed tokens or None) of the prompt under another fluency model."""
         ids = ids.to(model.device)
         with FastPath.of(model).run(layout), embedding_leaf(model, embeddings):
@@ -231,42 +256,50 @@ class PackedScorer:
         total, logprobs = self.prompt_logprob(model, hidden, ids, full=embeddings is not None)
         return -total / (ids.shape[1] - self.objective.first), logprobs
 
-    def prompt_logprob(self, model: Model, hidden: torch.Tensor, ids: torch.Tensor,
-                       full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def prompt_logprob(
+        self, model: Model, hidden: torch.Tensor, ids: torch.Tensor, full: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sum of log p(prompt token j | what precedes it) over j = first .. n-1, fp32, from the final
         hidden states of the (templated) input. Only those positions are unembedded; with `full`, the
         log-probabilities over the allowed tokens there too."""
         positions, labels = self.objective.labels(ids)
-        h = hidden[:, positions].contiguous()          # docs/performance.md#contiguous-rows
+        h = hidden[:, positions].contiguous()  # docs/performance.md#contiguous-rows
         if not full:
             return head_logprobs(model, h, labels).sum(-1), None
-        logprobs = model.head(h.flatten(0, 1)).unflatten(0, h.shape[:2]).float().log_softmax(-1)   # 2-D rows
+        logprobs = model.head(h.flatten(0, 1)).unflatten(0, h.shape[:2]).float().log_softmax(-1)  # 2-D rows
         allowed = self.vocab.allowed.to(logprobs.device)
         return logprobs.gather(-1, labels[..., None])[..., 0].sum(-1), logprobs[..., allowed]
 
 
-def prefix_logprobs(model: Model, hidden: torch.Tensor, parents: torch.Tensor, children: torch.Tensor,
-                    parent: torch.Tensor, pos: torch.Tensor, first: int) -> torch.Tensor:
+def prefix_logprobs(
+    model: Model,
+    hidden: torch.Tensor,
+    parents: torch.Tensor,
+    children: torch.Tensor,
+    parent: torch.Tensor,
+    pos: torch.Tensor,
+    first: int,
+) -> torch.Tensor:
     """Σ_{first ≤ j ≤ pos} log p(child's token j | the parent's tokens before it) per child: the prefix terms
     of the children's cross-entropy, from the parents' final hidden states [M, n − first, d] at the positions
     that predict tokens first … n − 1. A child's tokens before pos are its parent's, so each parent position
     is unembedded once (tiled, never [M, n, V] fp32 log-probabilities), for its own token and the new tokens
     of the children mutated there (docs/performance.md#large-vocabularies)."""
     m, width = hidden.shape[:2]
-    at = pos >= first                                           # children whose new token has a prefix term
-    row = parent * width + (pos - first).clamp_min(0)           # the parent position predicting it
+    at = pos >= first  # children whose new token has a prefix term
+    row = parent * width + (pos - first).clamp_min(0)  # the parent position predicting it
     order = row[at].argsort(stable=True)
     rows = row[at][order]
-    rank = torch.arange(len(rows), device=rows.device) - torch.searchsorted(rows, rows)   # among the same row's
+    rank = torch.arange(len(rows), device=rows.device) - torch.searchsorted(rows, rows)  # among the same row's
     labels = torch.full((m * width, 2 + int(rank.max()) if len(rows) else 1), -1, device=hidden.device)
     labels[:, 0] = parents[:, first:].reshape(-1)
     column = torch.empty_like(row)
     column[at.nonzero()[:, 0][order]] = 1 + rank
     labels[rows, 1 + rank] = children[at][order, pos[at][order]]
-    lp = head_logprobs(model, hidden.reshape(m * width, -1), labels)        # [M·width, K]
-    own = lp[:, 0].view(m, width).cumsum(1)                    # Σ_{first ≤ j ≤ i} log p(parent's token j)
-    before = own[parent, (pos - first - 1).clamp_min(0)].where(pos > first, 0)   # j < pos: the parent's tokens
-    new = lp[row, column.where(at, 0)].where(at, 0)             # j = pos: the child's own token
+    lp = head_logprobs(model, hidden.reshape(m * width, -1), labels)  # [M·width, K]
+    own = lp[:, 0].view(m, width).cumsum(1)  # Σ_{first ≤ j ≤ i} log p(parent's token j)
+    before = own[parent, (pos - first - 1).clamp_min(0)].where(pos > first, 0)  # j < pos: the parent's tokens
+    new = lp[row, column.where(at, 0)].where(at, 0)  # j = pos: the child's own token
     return before + new
 
 

@@ -48,7 +48,9 @@ class PlainScorer:
             dces.append(self.allowed(dce))
         return torch.cat(dfs), torch.cat(dces)
 
-    def top_k(self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int, beta: float = 0.0) -> list[torch.Tensor]:
+    def top_k(
+        self, prompts: list[torch.Tensor], penalties: torch.Tensor, k: int, beta: float = 0.0
+    ) -> list[torch.Tensor]:
         """Per prompt (1-D ids, any lengths) and its penalty λ, the k allowed tokens per position whose
         swap most increases L_λ: [n, k] ids each (with β > 0, ranked with the model's next-token
         log-probs too: `objective.top_k_tokens`)."""
@@ -88,7 +90,7 @@ class PlainScorer:
         return F.one_hot(ids.to(E.device), E.shape[0]).to(E.dtype).requires_grad_(True)
 
     def allowed(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad[..., self.vocab.allowed.to(grad.device)].float().cpu()      # gather, then upcast: [.., A] fp32 only
+        return grad[..., self.vocab.allowed.to(grad.device)].float().cpu()  # gather, then upcast: [.., A] fp32 only
 
     def forward(self, ids: torch.Tensor, one_hot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, CE) of prompts [B, n], fp32; with `one_hot`, the prompt's embeddings come from it."""
@@ -111,7 +113,7 @@ class PlainScorer:
         embeddings = embed(full)
         L, n = len(self.objective.before), ids.shape[1]
         prompt = (one_hot @ embed.weight) * embed_scale(model, int(self.vocab.allowed[0]))
-        embeddings = torch.cat([embeddings[:, :L], prompt, embeddings[:, L + n:]], 1)
+        embeddings = torch.cat([embeddings[:, :L], prompt, embeddings[:, L + n :]], 1)
         return model.hf(inputs_embeds=embeddings, use_cache=False).logits.float()
 
     def cross_entropy(self, logits: torch.Tensor, ids: torch.Tensor, one_hot: torch.Tensor | None) -> torch.Tensor:
@@ -121,11 +123,11 @@ class PlainScorer:
         logprobs = logits[:, positions].log_softmax(-1)
         if one_hot is None:
             return -logprobs.gather(-1, labels.to(logits.device)[..., None])[..., 0].mean(-1)
-        return -(logprobs * one_hot[:, self.objective.first:].float()).sum(-1).mean(-1)
+        return -(logprobs * one_hot[:, self.objective.first :].float()).sum(-1).mean(-1)
 
 
 def fit(one_hot: torch.Tensor, model: Model) -> torch.Tensor:
     """A one-hot encoding over another model's embedding rows (same tokenizer, maybe more or fewer rows)."""
     rows, E = one_hot.shape[-1], model.adapter.embed.weight
-    fitted = one_hot[..., :E.shape[0]] if rows >= E.shape[0] else F.pad(one_hot, (0, E.shape[0] - rows))
+    fitted = one_hot[..., : E.shape[0]] if rows >= E.shape[0] else F.pad(one_hot, (0, E.shape[0] - rows))
     return fitted.to(E.device, E.dtype)

@@ -23,47 +23,47 @@ SCORERS = ("packed", "plain")  # what make_scorer builds (scoring.SCORERS, check
 
 @dataclass
 class EPOConfig:
-    population: int = 8                       # M
-    children: int = 32                        # r, children per member per iteration
-    top_k: int = 512                          # k, candidate tokens per position
-    top_k_start: int | None = None            # grow k linearly from this to top_k over the run (None: fixed k)
-    length: int = 12                          # n, prompt tokens (the initial prompt's length wins)
-    insert_rate: float = 0.0                  # probability that a child is an insertion...
-    delete_rate: float = 0.0                  # ...or a deletion (the rest are swaps); see edits.py
-    min_length: int | None = None             # prompt length bounds with insertions/deletions
-    max_length: int | None = None             #   (default: length - 4 and length + 4)
-    iters: int = 300                          # T
-    penalty_min: float = 0.1                  # λ_min
-    penalty_max: float = 10.0                 # λ_max
+    population: int = 8  # M
+    children: int = 32  # r, children per member per iteration
+    top_k: int = 512  # k, candidate tokens per position
+    top_k_start: int | None = None  # grow k linearly from this to top_k over the run (None: fixed k)
+    length: int = 12  # n, prompt tokens (the initial prompt's length wins)
+    insert_rate: float = 0.0  # probability that a child is an insertion...
+    delete_rate: float = 0.0  # ...or a deletion (the rest are swaps); see edits.py
+    min_length: int | None = None  # prompt length bounds with insertions/deletions
+    max_length: int | None = None  #   (default: length - 4 and length + 4)
+    iters: int = 300  # T
+    penalty_min: float = 0.1  # λ_min
+    penalty_max: float = 10.0  # λ_max
     penalties: tuple[float, ...] | None = None  # explicit λ per slot (overrides min/max)
-    restart_every: int = 30                   # T_restart; 0 = never
-    adaptive_restart: bool = False            # restart only after restart_every iterations with no slot improving
+    restart_every: int = 30  # T_restart; 0 = never
+    adaptive_restart: bool = False  # restart only after restart_every iterations with no slot improving
     restart_penalty: tuple[float, float] = (0.667, 6.0)
     seed: int = 0
     init_prompt: str | None = None
     fluency: tuple[tuple[str, float], ...] = ()  # (model spec or "self", weight): whose CE is fluency; () = self
-    repetition_penalty: float = 0.0           # ρ: selection subtracts ρ · (fraction of tokens repeating an earlier one)
-    junk_penalty: float = 0.0                 # γ: selection adds γ nats to CE per unit of junk share above the
-                                              #   allowance (tokens without a letter or repeating one): epo.py
-    avoid_ids: tuple[int, ...] = ()           # tokens of earlier dreams (diverse dreams)...
-    avoid_penalty: float = 0.0                # ...selection subtracts this · (fraction of tokens among them)
-    template: str | None = None               # fixed context around the prompt, e.g. "Once upon a time {prompt}"
+    repetition_penalty: float = 0.0  # ρ: selection subtracts ρ · (fraction of tokens repeating an earlier one)
+    junk_penalty: float = 0.0  # γ: selection adds γ nats to CE per unit of junk share above the
+    #   allowance (tokens without a letter or repeating one): epo.py
+    avoid_ids: tuple[int, ...] = ()  # tokens of earlier dreams (diverse dreams)...
+    avoid_penalty: float = 0.0  # ...selection subtracts this · (fraction of tokens among them)
+    template: str | None = None  # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
-    starts: str = "data"                      # "data": half the slots at the best dataset windows that `dream` finds
-                                              #   (runs/dream.py), the rest as "beam"; "beam" search on the objective,
-                                              #   "sampled": text the model writes, "random" prompts (the paper's)
-    lm_guidance: float = 0.0                  # β: rank candidates by gradient + β·σ·log p(token | prefix)
-    lm_children: float = 0.5                  # fraction of swaps whose token is drawn from the model's next-token top-p
-                                              #   (the paper's: 0, every token from the gradient's top-k)
-    pair_rate: float = 0.0                    # fraction of swaps that also set the next token to the model's continuation
-    time_budget: float | None = None          # seconds; stop cleanly when spent
-    ban_tokens: tuple[str | int, ...] = ()    # tokens never proposed (text or id)
-    ban_strings: tuple[str, ...] = ()         # prompts containing these (case-insensitive) are rejected
+    starts: str = "data"  # "data": half the slots at the best dataset windows that `dream` finds
+    #   (runs/dream.py), the rest as "beam"; "beam" search on the objective,
+    #   "sampled": text the model writes, "random" prompts (the paper's)
+    lm_guidance: float = 0.0  # β: rank candidates by gradient + β·σ·log p(token | prefix)
+    lm_children: float = 0.5  # fraction of swaps whose token is drawn from the model's next-token top-p
+    #   (the paper's: 0, every token from the gradient's top-k)
+    pair_rate: float = 0.0  # fraction of swaps that also set the next token to the model's continuation
+    time_budget: float | None = None  # seconds; stop cleanly when spent
+    ban_tokens: tuple[str | int, ...] = ()  # tokens never proposed (text or id)
+    ban_strings: tuple[str, ...] = ()  # prompts containing these (case-insensitive) are rejected
     ascii_only: bool = False
-    check_retokenization: bool = True         # decode→encode must give back the same ids
-    word_start: bool = False                  # prompts begin with a word, not inside one (lm.vocab.starts_word)
-    batch_size: int | None = None             # prompts per forward pass; None = from free memory
-    scorer: str = "packed"                    # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
+    check_retokenization: bool = True  # decode→encode must give back the same ids
+    word_start: bool = False  # prompts begin with a word, not inside one (lm.vocab.starts_word)
+    batch_size: int | None = None  # prompts per forward pass; None = from free memory
+    scorer: str = "packed"  # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
 
     @classmethod
     def paper(cls, **kwargs) -> "EPOConfig":
@@ -103,12 +103,23 @@ class EPOConfig:
         if self.penalties is not None and min(self.penalties) < 0:
             raise ConfigError(f"penalties cannot be negative, got {self.penalties}")
         if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError(f"time_budget must be a positive number of seconds (or None: no limit), got {self.time_budget}")
-        if self.repetition_penalty < 0 or self.junk_penalty < 0 or self.avoid_penalty < 0 or any(w < 0 for _, w in self.fluency) or (
-                self.fluency and not sum(w for _, w in self.fluency) > 0):
-            raise ConfigError("repetition_penalty, junk_penalty and fluency weights must be >= 0 (and some fluency weight > 0)")
+            raise ConfigError(
+                f"time_budget must be a positive number of seconds (or None: no limit), got {self.time_budget}"
+            )
+        if (
+            self.repetition_penalty < 0
+            or self.junk_penalty < 0
+            or self.avoid_penalty < 0
+            or any(w < 0 for _, w in self.fluency)
+            or (self.fluency and not sum(w for _, w in self.fluency) > 0)
+        ):
+            raise ConfigError(
+                "repetition_penalty, junk_penalty and fluency weights must be >= 0 (and some fluency weight > 0)"
+            )
         if self.template is not None and self.template.count("{prompt}") != 1:
-            raise ConfigError(f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {self.template!r}")
+            raise ConfigError(
+                f"a template needs {{prompt}} exactly once, e.g. 'Once upon a time {{prompt}}': got {self.template!r}"
+            )
         if not (0 <= self.insert_rate and 0 <= self.delete_rate and self.insert_rate + self.delete_rate <= 1):
             raise ConfigError("insert_rate and delete_rate must be >= 0 with a sum <= 1")
         lo, hi = self.length_bounds()
@@ -129,8 +140,10 @@ class EPOConfig:
         if self.starts not in STARTS:
             raise ConfigError(f"unknown starts {self.starts!r}: use one of {', '.join(STARTS)}")
         if self.lm_guidance < 0 or not 0 <= self.lm_children <= 1 or not 0 <= self.pair_rate <= 1:
-            raise ConfigError(f"need lm_guidance >= 0 and lm_children and pair_rate from 0 to 1, got "
-                              f"{self.lm_guidance}, {self.lm_children} and {self.pair_rate}")
+            raise ConfigError(
+                f"need lm_guidance >= 0 and lm_children and pair_rate from 0 to 1, got "
+                f"{self.lm_guidance}, {self.lm_children} and {self.pair_rate}"
+            )
         if self.scorer not in SCORERS:
             raise ConfigError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
         lo, hi = self.restart_penalty
@@ -142,8 +155,10 @@ class EPOConfig:
         return self.insert_rate > 0 or self.delete_rate > 0
 
     def length_bounds(self) -> tuple[int, int]:
-        return (self.min_length if self.min_length is not None else max(2, self.length - 4),
-                self.max_length if self.max_length is not None else self.length + 4)
+        return (
+            self.min_length if self.min_length is not None else max(2, self.length - 4),
+            self.max_length if self.max_length is not None else self.length + 4,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,12 +177,13 @@ def as_config(config: EPOConfig | None) -> EPOConfig:
     if config is None:
         return EPOConfig()
     if not isinstance(config, EPOConfig):
-        raise ConfigError(f"config must be an EPOConfig, not a {type(config).__name__}: pass EPOConfig(**d) "
-                          "for a dict of options")
+        raise ConfigError(
+            f"config must be an EPOConfig, not a {type(config).__name__}: pass EPOConfig(**d) for a dict of options"
+        )
     return config
 
 
-_HINTS = get_type_hints(EPOConfig)   # each field's declared type, resolved
+_HINTS = get_type_hints(EPOConfig)  # each field's declared type, resolved
 
 
 def _conform(field: Field, value):
@@ -192,7 +208,7 @@ def _as_type(value, hint):
         raise ValueError
     if get_origin(hint) is tuple:
         items = get_args(hint)
-        if items[-1] is Ellipsis:      # tuple[X, ...]
+        if items[-1] is Ellipsis:  # tuple[X, ...]
             value = (value,) if isinstance(value, str) else value
             items = (items[0],) * len(value) if isinstance(value, (list, tuple)) else ()
         if not isinstance(value, (list, tuple)) or len(value) != len(items):

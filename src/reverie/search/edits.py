@@ -25,21 +25,30 @@ def pad(rows: list[torch.Tensor]) -> torch.Tensor:
     """Rows of different lengths as one [len(rows), longest] tensor padded with PAD."""
     out = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return out
 
 
 def trim(ids: torch.Tensor) -> torch.Tensor:
     """Drop trailing columns that are padding in every row."""
-    return ids[:, :int(lengths(ids).max())]
+    return ids[:, : int(lengths(ids).max())]
 
 
 def unpad(ids: torch.Tensor) -> list[torch.Tensor]:
     return [r[:n] for r, n in zip(ids, lengths(ids).tolist())]
 
 
-def edit_children(population: torch.Tensor, top: list[torch.Tensor], r: int, k: int, generator: torch.Generator,
-                  insert_rate: float, delete_rate: float, min_length: int, max_length: int):
+def edit_children(
+    population: torch.Tensor,
+    top: list[torch.Tensor],
+    r: int,
+    k: int,
+    generator: torch.Generator,
+    insert_rate: float,
+    delete_rate: float,
+    min_length: int,
+    max_length: int,
+):
     """r children per member: each an insertion (probability insert_rate), a deletion (delete_rate) or a
     swap, drawing tokens from the member's top-k lists (`top[m]`: [n_m, K]; the first k are used).
     An insertion at the longest allowed length, or a deletion at the shortest, becomes a swap.
@@ -60,7 +69,7 @@ def edit_children(population: torch.Tensor, top: list[torch.Tensor], r: int, k: 
                 child = torch.cat([base[:g], token[None], base[g:]])
             elif delete:
                 g = int(where[m, j] * n)
-                child = torch.cat([base[:g], base[g + 1:]])
+                child = torch.cat([base[:g], base[g + 1 :]])
             else:
                 g = int(where[m, j] * n)
                 child = base.clone()

@@ -35,11 +35,11 @@ from .proposals import continuations, model_text, next_logprobs, sample_tokens
 from ..scoring import Scorer
 
 
-SAMPLES_PER_SLOT = 8   # sampled starts: prompts the model writes per population slot
-BEAMS_PER_SLOT = 4     # beam starts: prefixes each slot keeps at every length...
-TOKENS_PER_BEAM = 8    # ...and tokens drawn from the model to extend each one
+SAMPLES_PER_SLOT = 8  # sampled starts: prompts the model writes per population slot
+BEAMS_PER_SLOT = 4  # beam starts: prefixes each slot keeps at every length...
+TOKENS_PER_BEAM = 8  # ...and tokens drawn from the model to extend each one
 JUNK_ALLOWANCE = 0.25  # the junk share the surcharge forgives: the 75th percentile of random 12-token windows of
-                       #   the bundled corpus (docs/performance.md#readable-by-default)
+#   the bundled corpus (docs/performance.md#readable-by-default)
 
 
 @dataclass
@@ -48,10 +48,10 @@ class EPOState:
 
     iteration: int
     population: torch.Tensor  # [M, n] token ids
-    f: torch.Tensor           # [M]
-    ce: torch.Tensor          # [M]
-    rng: torch.Tensor         # torch.Generator state
-    stale: int = 0            # iterations since any slot last improved its own objective
+    f: torch.Tensor  # [M]
+    ce: torch.Tensor  # [M]
+    rng: torch.Tensor  # torch.Generator state
+    stale: int = 0  # iterations since any slot last improved its own objective
 
 
 @dataclass
@@ -83,8 +83,9 @@ def objective(f: torch.Tensor, ce: torch.Tensor, penalties: torch.Tensor) -> tor
 class EPO:
     """One EPO run. `run()` iterates until `config.iters`, the time budget, Ctrl-C, or the callback says stop."""
 
-    def __init__(self, scorer: Scorer, config: EPOConfig, history: History | None = None,
-                 state: EPOState | None = None):
+    def __init__(
+        self, scorer: Scorer, config: EPOConfig, history: History | None = None, state: EPOState | None = None
+    ):
         self.scorer, self.config = scorer, as_config(config)
         self.vocab = scorer.vocab
         self.penalties = config.slot_penalties()
@@ -99,7 +100,7 @@ class EPO:
         else:
             self.generator.set_state(state.rng)
         self.state = state
-        self.start_seconds = time.perf_counter() - started   # the initial population's cost: the time budget counts it
+        self.start_seconds = time.perf_counter() - started  # the initial population's cost: the time budget counts it
 
     # ---------------------------------------------------------------- the initial population
     def _initial_state(self) -> EPOState:
@@ -111,7 +112,7 @@ class EPO:
             population = torch.tensor(ids)[None].repeat(c.population, 1)
         elif c.starts == "sampled":
             return self._sampled_state()
-        elif c.starts in ("beam", "data"):     # "data": the windows are in init_ids (runs/dream.py), the rest beam
+        elif c.starts in ("beam", "data"):  # "data": the windows are in init_ids (runs/dream.py), the rest beam
             return self._beam_state()
         else:
             population = self.vocab.random_prompts(c.population, c.length, self.generator)
@@ -124,8 +125,14 @@ class EPO:
 
     def _sampled_state(self) -> EPOState:
         """Starts from text the model writes (`proposals.model_text`): SAMPLES_PER_SLOT prompts per slot."""
-        samples = model_text(self.scorer.model, self.vocab, SAMPLES_PER_SLOT * self.config.population,
-                             self.config.length, self.generator, context=self._template_before)
+        samples = model_text(
+            self.scorer.model,
+            self.vocab,
+            SAMPLES_PER_SLOT * self.config.population,
+            self.config.length,
+            self.generator,
+            context=self._template_before,
+        )
         return self._first_population(samples)
 
     def _beam_state(self) -> EPOState:
@@ -140,11 +147,11 @@ class EPO:
             row = torch.arange(len(beams)).repeat_interleave(TOKENS_PER_BEAM * (M if length == 1 else 1))
             new = sample_tokens(logprobs, self.vocab.allowed, self.generator, rows=row)
             candidates = torch.unique(torch.cat([beams[row], new[:, None]], 1), dim=0)
-            if length in (1, c.length):   # one token has no cross-entropy of its own yet; the last are the candidates
+            if length in (1, c.length):  # one token has no cross-entropy of its own yet; the last are the candidates
                 beams = candidates
                 continue
             f, ce = self._score(candidates)
-            score = self._selection(candidates, f, ce, self.penalties)                  # [M, candidates]
+            score = self._selection(candidates, f, ce, self.penalties)  # [M, candidates]
             top = score.topk(min(BEAMS_PER_SLOT, len(candidates)), 1)
             keep = top.indices[top.values > -torch.inf].unique()
             beams = candidates[keep] if len(keep) else candidates
@@ -155,8 +162,9 @@ class EPO:
         `init_ids`, which keep it. Every candidate is recorded at iteration 0 (kept: those a slot holds)."""
         c, M = self.config, self.config.population
         given = [i for i, ids in enumerate(c.init_ids) if ids]
-        candidates = torch.cat([torch.tensor([c.init_ids[i] for i in given], dtype=torch.long).reshape(-1, c.length),
-                                candidates])
+        candidates = torch.cat(
+            [torch.tensor([c.init_ids[i] for i in given], dtype=torch.long).reshape(-1, c.length), candidates]
+        )
         f, ce = self._score(candidates)
         best = self._selection(candidates, f, ce, self.penalties).argmax(1)
         best[given] = torch.arange(len(given))
@@ -168,8 +176,13 @@ class EPO:
         return EPOState(0, candidates[best], f[best], ce[best], self.generator.get_state())
 
     # ---------------------------------------------------------------- scoring with a memo
-    def _score(self, ids: torch.Tensor, parents: torch.Tensor | None = None, parent: torch.Tensor | None = None,
-               pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(
+        self,
+        ids: torch.Tensor,
+        parents: torch.Tensor | None = None,
+        parent: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """f and CE of each row; prompts not seen before go through the model once, except those failing
         a constraint (f = −∞, never selected; their CE is not computed: NaN). Children (given their
         parents, parent index and mutated position) run only from the mutated position on."""
@@ -184,8 +197,12 @@ class EPO:
             ok = self.vocab.ok(ids[rows])
             if ok.any():
                 rows_ok = rows[ok]
-                f[ok], ce[ok] = self._run(ids[rows_ok], parents, None if parent is None else parent[rows_ok],
-                                          None if pos is None else pos[rows_ok])
+                f[ok], ce[ok] = self._run(
+                    ids[rows_ok],
+                    parents,
+                    None if parent is None else parent[rows_ok],
+                    None if pos is None else pos[rows_ok],
+                )
             self.memo.update(zip(first, zip(f.tolist(), ce.tolist())))
         f, ce = zip(*(self.memo[k] for k in keys))
         return torch.tensor(f), torch.tensor(ce)
@@ -210,15 +227,19 @@ class EPO:
         than from the gradient's list; positions without context (the first, outside a template) keep
         the gradient's token."""
         s, gen = self.state, self.generator
-        swaps = lengths(children) == lengths(s.population)[parent]      # not an insertion or deletion
+        swaps = lengths(children) == lengths(s.population)[parent]  # not an insertion or deletion
         chosen = ((torch.rand(len(children), generator=gen) < self.config.lm_children) & swaps).nonzero()[:, 0]
         logprobs = self.scorer.next_token_logprobs(unpad(s.population))
-        chosen = chosen[torch.tensor([not logprobs[p][q, 0].isnan() for p, q in
-                                      zip(parent[chosen].tolist(), pos[chosen].tolist())], dtype=torch.bool)]
+        chosen = chosen[
+            torch.tensor(
+                [not logprobs[p][q, 0].isnan() for p, q in zip(parent[chosen].tolist(), pos[chosen].tolist())],
+                dtype=torch.bool,
+            )
+        ]
         where, row = torch.unique(torch.stack([parent[chosen], pos[chosen]], 1), dim=0, return_inverse=True)
         distributions = torch.stack([logprobs[p][q] for p, q in where.tolist()]) if len(where) else None
         children = children.clone()
-        if distributions is not None:     # one nucleus per (parent, position), one draw per child
+        if distributions is not None:  # one nucleus per (parent, position), one draw per child
             children[chosen, pos[chosen]] = sample_tokens(distributions, self.vocab.allowed, gen, rows=row)
         return children
 
@@ -228,12 +249,15 @@ class EPO:
         s, gen = self.state, self.generator
         n = lengths(children)
         swaps = n == lengths(s.population)[parent]
-        chosen = ((torch.rand(len(children), generator=gen) < self.config.pair_rate) & swaps & (pos < n - 1)).nonzero()[:, 0]
+        chosen = ((torch.rand(len(children), generator=gen) < self.config.pair_rate) & swaps & (pos < n - 1)).nonzero()[
+            :, 0
+        ]
         children = children.clone()
-        for length in n[chosen].unique().tolist():         # prompts of one length at a time
+        for length in n[chosen].unique().tolist():  # prompts of one length at a time
             same = chosen[n[chosen] == length]
-            children[same, pos[same] + 1] = continuations(self.scorer.model, self.vocab, children[same, :length],
-                                                          pos[same], self._template_before)
+            children[same, pos[same] + 1] = continuations(
+                self.scorer.model, self.vocab, children[same, :length], pos[same], self._template_before
+            )
         return children
 
     @property
@@ -285,41 +309,56 @@ class EPO:
         phases = {}
 
         # 1. gradients: top-k loss-decreasing tokens per member and position, under the slot's own λ
-        top = self.scorer.top_k(unpad(s.population), self.penalties, c.top_k, c.lm_guidance)   # M × [n, k]
-        t1 = time.perf_counter(); phases["gradients"] = t1 - t0
+        top = self.scorer.top_k(unpad(s.population), self.penalties, c.top_k, c.lm_guidance)  # M × [n, k]
+        t1 = time.perf_counter()
+        phases["gradients"] = t1 - t0
 
         # 2. children: r per member, one position swapped for a token drawn from that position's top-k
         #    (or, with insert/delete rates, a token inserted or deleted: see edits.py)
         if c.variable_length:
-            children, parent, pos = edit_children(s.population, top, c.children, self.k_at(s.iteration), gen,
-                                                   c.insert_rate, c.delete_rate, *c.length_bounds())
+            children, parent, pos = edit_children(
+                s.population,
+                top,
+                c.children,
+                self.k_at(s.iteration),
+                gen,
+                c.insert_rate,
+                c.delete_rate,
+                *c.length_bounds(),
+            )
         else:
-            top = torch.stack(top)                                       # [M, n, k]
+            top = torch.stack(top)  # [M, n, k]
             pos = torch.randint(n, (M, c.children), generator=gen)
             pick = torch.randint(min(top.shape[-1], self.k_at(s.iteration)), (M, c.children), generator=gen)
             parent = torch.arange(M)[:, None].expand(M, c.children)
-            children = s.population[parent].clone()                      # [M, r, n]
+            children = s.population[parent].clone()  # [M, r, n]
             children.scatter_(2, pos[..., None], top[parent, pos, pick][..., None])
             children, parent, pos = children.reshape(M * c.children, n), parent.reshape(-1), pos.reshape(-1)
-        if c.lm_children:     # some swaps take their token from the model's next-token distribution instead
+        if c.lm_children:  # some swaps take their token from the model's next-token distribution instead
             children = self._lm_swaps(children, parent, pos)
-        if c.pair_rate:       # some swaps also set the next token to the model's continuation of the new one
+        if c.pair_rate:  # some swaps also set the next token to the model's continuation of the new one
             children = self._pairs(children, parent, pos)
-        t2 = time.perf_counter(); phases["children"] = t2 - t1
+        t2 = time.perf_counter()
+        phases["children"] = t2 - t1
 
         # 3. scoring: f and CE of every child (memoised, run from the mutated position on over the parent's
         #    cached prefix; constraint failures get f = −∞)
         f_child, ce_child = self._score(children, s.population, parent, pos)
-        t3 = time.perf_counter(); phases["scoring"] = t3 - t2
+        t3 = time.perf_counter()
+        phases["scoring"] = t3 - t2
 
         # 4. selection: each slot takes the best of parents ∪ children under its own λ, with replacement
         width = max(s.population.shape[1], children.shape[1])
-        pool = torch.cat([F.pad(s.population, (0, width - s.population.shape[1]), value=PAD),
-                          F.pad(children, (0, width - children.shape[1]), value=PAD)])
+        pool = torch.cat(
+            [
+                F.pad(s.population, (0, width - s.population.shape[1]), value=PAD),
+                F.pad(children, (0, width - children.shape[1]), value=PAD),
+            ]
+        )
         f_pool, ce_pool = torch.cat([s.f, f_child]), torch.cat([s.ce, ce_child])
-        score = self._selection(pool, f_pool, ce_pool, self.penalties)               # [M, M + M·r]
+        score = self._selection(pool, f_pool, ce_pool, self.penalties)  # [M, M + M·r]
         best = score.argmax(1)
-        stuck = torch.isinf(score.max(1).values)                         # nothing valid: keep the parent
+        stuck = torch.isinf(score.max(1).values)  # nothing valid: keep the parent
         best[stuck] = torch.arange(M)[stuck]
         kept = torch.zeros(len(children), dtype=torch.bool)
         kept[best[best >= M] - M] = True
@@ -327,7 +366,8 @@ class EPO:
         own = torch.arange(M)
         improved = bool((score[own, best] > score[own, own] + 1e-6).any())
         stale = 0 if improved else s.stale + 1
-        t4 = time.perf_counter(); phases["selection"] = t4 - t3
+        t4 = time.perf_counter()
+        phases["selection"] = t4 - t3
 
         # 5. restart: every T_restart iterations (adaptive: once no slot has improved for T_restart
         #    iterations), one random λ_r picks the prompt that fills every slot
@@ -361,5 +401,5 @@ class EPO:
                     self.stopped = "callback"
                     break
         except KeyboardInterrupt:
-            self.stopped = "interrupted"   # the unfinished iteration is dropped; state is the last complete one
+            self.stopped = "interrupted"  # the unfinished iteration is dropped; state is the last complete one
         return self.stopped

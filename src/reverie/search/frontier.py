@@ -41,7 +41,7 @@ def best_at(history: pd.DataFrame, max_ce: float = math.inf) -> pd.Series | None
         raise ConfigError(f"a cross-entropy threshold must be a number (e.g. 5.0, or math.inf), not {max_ce!r}")
     df = _valid(history)
     df = df[df["cross_entropy"] <= max_ce]
-    return None if df.empty else df.iloc[int(np.argmax(df["activation"].to_numpy()))]   # by position: any index
+    return None if df.empty else df.iloc[int(np.argmax(df["activation"].to_numpy()))]  # by position: any index
 
 
 def summary(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> pd.DataFrame:
@@ -49,18 +49,24 @@ def summary(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> 
     rows = []
     for x in thresholds:
         best = best_at(history, x)
-        rows.append({"max_cross_entropy": x,
-                     "activation": np.nan if best is None else float(best["activation"]),
-                     "cross_entropy": np.nan if best is None else float(best["cross_entropy"]),
-                     "text": None if best is None else best["text"]})
+        rows.append(
+            {
+                "max_cross_entropy": x,
+                "activation": np.nan if best is None else float(best["activation"]),
+                "cross_entropy": np.nan if best is None else float(best["cross_entropy"]),
+                "text": None if best is None else best["text"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def best_rows(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> list[dict]:
     """`summary` as rows that JSON holds: max_cross_entropy None for no limit; activation, cross_entropy
     and text None where no prompt is that fluent yet."""
-    return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-            for row in summary(history, thresholds).to_dict("records")]
+    return [
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        for row in summary(history, thresholds).to_dict("records")
+    ]
 
 
 def merge(histories: Iterable[pd.DataFrame], names: Iterable[str] | None = None) -> pd.DataFrame:
@@ -78,13 +84,17 @@ def versus_data(history: pd.DataFrame, windows: pd.DataFrame) -> dict | None:
         return None
     window = windows.loc[windows["activation"].idxmax()]
     dream = best_at(history, float(window["cross_entropy"]))
-    return {"window_activation": float(window["activation"]), "window_cross_entropy": float(window["cross_entropy"]),
-            "window_text": window["text"],
-            "dream_activation": np.nan if dream is None else float(dream["activation"]),
-            "dream_cross_entropy": np.nan if dream is None else float(dream["cross_entropy"]),
-            "dream_text": None if dream is None else dream["text"],
-            "margin": np.nan if dream is None else float(dream["activation"] - window["activation"]),
-            "windows": len(windows), "windows_above": int(sum(_above(history, windows)))}
+    return {
+        "window_activation": float(window["activation"]),
+        "window_cross_entropy": float(window["cross_entropy"]),
+        "window_text": window["text"],
+        "dream_activation": np.nan if dream is None else float(dream["activation"]),
+        "dream_cross_entropy": np.nan if dream is None else float(dream["cross_entropy"]),
+        "dream_text": None if dream is None else dream["text"],
+        "margin": np.nan if dream is None else float(dream["activation"] - window["activation"]),
+        "windows": len(windows),
+        "windows_above": int(sum(_above(history, windows))),
+    }
 
 
 def _above(history: pd.DataFrame, windows: pd.DataFrame) -> list[bool]:

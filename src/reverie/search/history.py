@@ -20,17 +20,26 @@ class History:
         self._chunks: list[dict[str, np.ndarray]] = []
         self._frames: list[pd.DataFrame] = []  # rows loaded from disk (already decoded)
 
-    def add(self, iteration: int, slot: torch.Tensor, ids: torch.Tensor, f: torch.Tensor,
-            ce: torch.Tensor, kept: torch.Tensor) -> None:
+    def add(
+        self,
+        iteration: int,
+        slot: torch.Tensor,
+        ids: torch.Tensor,
+        f: torch.Tensor,
+        ce: torch.Tensor,
+        kept: torch.Tensor,
+    ) -> None:
         ids = ids.numpy().astype(np.int32)
-        self._chunks.append({
-            "iteration": np.full(len(ids), iteration, dtype=np.int32),
-            "slot": slot.numpy().astype(np.int16),
-            "ids": [r[r >= 0] for r in ids] if (ids < 0).any() else list(ids),   # -1 pads shorter prompts
-            "activation": f.numpy().astype(np.float32),
-            "cross_entropy": ce.numpy().astype(np.float32),
-            "kept": kept.numpy().astype(bool),
-        })
+        self._chunks.append(
+            {
+                "iteration": np.full(len(ids), iteration, dtype=np.int32),
+                "slot": slot.numpy().astype(np.int16),
+                "ids": [r[r >= 0] for r in ids] if (ids < 0).any() else list(ids),  # -1 pads shorter prompts
+                "activation": f.numpy().astype(np.float32),
+                "cross_entropy": ce.numpy().astype(np.float32),
+                "kept": kept.numpy().astype(bool),
+            }
+        )
 
     def extend(self, frame: pd.DataFrame) -> None:
         """Rows read back from a run directory."""
@@ -42,8 +51,11 @@ class History:
     def items(self):
         """(ids tuple, f, ce) for every row: used to rebuild the memo of scored prompts."""
         for frame in self._frames:
-            yield from zip((tuple(np.asarray(i).tolist()) for i in frame["ids"]), frame["activation"].tolist(),
-                            frame["cross_entropy"].tolist())
+            yield from zip(
+                (tuple(np.asarray(i).tolist()) for i in frame["ids"]),
+                frame["activation"].tolist(),
+                frame["cross_entropy"].tolist(),
+            )
         for c in self._chunks:
             yield from zip((tuple(r.tolist()) for r in c["ids"]), c["activation"].tolist(), c["cross_entropy"].tolist())
 
@@ -58,6 +70,10 @@ class History:
             new.insert(3, "text", decode(ids))
             parts.append(new[COLUMNS])
         if not parts:
-            return pd.DataFrame({k: pd.Series(dtype=t) for k, t in
-                                 zip(COLUMNS, ["int32", "int16", "object", "object", "float32", "float32", "bool"])})
+            return pd.DataFrame(
+                {
+                    k: pd.Series(dtype=t)
+                    for k, t in zip(COLUMNS, ["int32", "int16", "object", "object", "float32", "float32", "bool"])
+                }
+            )
         return pd.concat(parts, ignore_index=True)

@@ -21,12 +21,17 @@ import torch
 
 from ..lm.vocab import Vocabulary
 
-TOP_P = 0.95        # nucleus of the next-token distribution that LM proposals draw from...
+TOP_P = 0.95  # nucleus of the next-token distribution that LM proposals draw from...
 NUCLEUS_MAX = 2048  # ...among at most this many most likely tokens
 
 
-def sample_tokens(logprobs: torch.Tensor, allowed: torch.Tensor, generator: torch.Generator,
-                  top_p: float = TOP_P, rows: torch.Tensor | None = None) -> torch.Tensor:
+def sample_tokens(
+    logprobs: torch.Tensor,
+    allowed: torch.Tensor,
+    generator: torch.Generator,
+    top_p: float = TOP_P,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Tokens drawn from next-token log-probabilities over the allowed tokens [R, A]: from the smallest
     set of most likely tokens whose probability reaches `top_p` of the allowed tokens' mass (at most
     NUCLEUS_MAX of them). One draw per row, or one per entry of `rows` (the row each draw uses)."""
@@ -34,15 +39,22 @@ def sample_tokens(logprobs: torch.Tensor, allowed: torch.Tensor, generator: torc
     if not len(rows):
         return torch.zeros(0, dtype=torch.long)
     lp = logprobs.float()
-    values, order = (lp - lp.logsumexp(-1, keepdim=True)).topk(min(NUCLEUS_MAX, lp.shape[-1]), -1)   # sorted
+    values, order = (lp - lp.logsumexp(-1, keepdim=True)).topk(min(NUCLEUS_MAX, lp.shape[-1]), -1)  # sorted
     p = values.exp()
-    p = p.masked_fill(p.cumsum(-1) - p >= top_p, 0.0)          # tokens after the nucleus is full
+    p = p.masked_fill(p.cumsum(-1) - p >= top_p, 0.0)  # tokens after the nucleus is full
     pick = torch.multinomial(p[rows], 1, generator=generator)[:, 0]
     return allowed[order[rows, pick]]
 
 
-def model_text(model, vocab: Vocabulary, count: int, length: int, generator: torch.Generator,
-               context: torch.Tensor | None = None, top_p: float = TOP_P) -> torch.Tensor:
+def model_text(
+    model,
+    vocab: Vocabulary,
+    count: int,
+    length: int,
+    generator: torch.Generator,
+    context: torch.Tensor | None = None,
+    top_p: float = TOP_P,
+) -> torch.Tensor:
     """`count` prompts of `length` allowed tokens that the model writes itself: [count, length] ids.
 
     Each is sampled token by token (top-p over the allowed tokens) after `context` (ids; default a
@@ -86,8 +98,9 @@ def _paragraph_break(vocab: Vocabulary) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def continuations(model, vocab: Vocabulary, prompts: torch.Tensor, positions: torch.Tensor,
-                  before: torch.Tensor | None = None) -> torch.Tensor:
+def continuations(
+    model, vocab: Vocabulary, prompts: torch.Tensor, positions: torch.Tensor, before: torch.Tensor | None = None
+) -> torch.Tensor:
     """The model's most likely allowed token after each prompt's first positions[j] + 1 tokens (after the
     template's text `before`, if any): one forward pass over prompts [C, n] -> ids [C]."""
     if not len(prompts):

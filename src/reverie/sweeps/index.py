@@ -42,15 +42,31 @@ def build_index(out: str | Path, jobs: list[Job]) -> pd.DataFrame:
             elif (fail := read_json(job.failed_path(out))) is not None:
                 failed.append(job.seed)
                 errors.setdefault(str(fail.get("error")), []).append(str(job.seed))
-        status = ("done" if len(done) == len(group) else "failed" if len(failed) == len(group)
-                  else "partial" if done and len(done) + len(failed) == len(group) else "pending")
-        row = {"target": spec, "slug": group[0].slug, "status": status, "seeds": len(group),
-               "seeds_done": len(done), "seeds_failed": len(failed)}
+        status = (
+            "done"
+            if len(done) == len(group)
+            else "failed"
+            if len(failed) == len(group)
+            else "partial"
+            if done and len(done) + len(failed) == len(group)
+            else "pending"
+        )
+        row = {
+            "target": spec,
+            "slug": group[0].slug,
+            "status": status,
+            "seeds": len(group),
+            "seeds_done": len(done),
+            "seeds_failed": len(failed),
+        }
         best = summary(frontier_frame(points))
         for b in best.itertuples():
             tag = _TAGS[b.max_cross_entropy]
             row[f"activation_{tag}"], row[f"cross_entropy_{tag}"], row[f"prompt_{tag}"] = (
-                b.activation, b.cross_entropy, b.text)
+                b.activation,
+                b.cross_entropy,
+                b.text,
+            )
         error = "; ".join(f"seed{'s' * (len(k) > 1)} {','.join(k)}: {e}" for e, k in errors.items())
         row.update(seconds=round(seconds, 2), error=error or None, runs=runs)
         rows.append(row)
@@ -63,17 +79,29 @@ def write_index(out: str | Path, jobs: list[Job], meta: dict) -> pd.DataFrame:
     index = build_index(out, jobs)
     atomic_write(out / "index.parquet", lambda tmp: index.to_parquet(tmp, index=False))
     seed_links = {}
-    for job in jobs:   # each seed links to its report.html when written, else to its frontier.json
+    for job in jobs:  # each seed links to its report.html when written, else to its frontier.json
         path = job.path(out)
         page = next((p for p in (path / "report.html", path / FRONTIER) if p.exists()), None)
         seed_links.setdefault(job.spec, []).append(
-            {"seed": job.seed, "href": page and str(page.relative_to(out)),
-             "failed": job.failed_path(out).exists() and page is None})
-    html = environment().get_template("index.html.j2").render(
-        meta=meta, rows=index.sort_values("activation_any", ascending=False, na_position="last").to_dict("records"),
-        links=seed_links, tags=[("ce4", "≤ 4"), ("ce5", "≤ 5"), ("ce6", "≤ 6"), ("any", "any")],
-        counts=index["status"].value_counts().to_dict(), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-        isfinite=lambda v: v is not None and isinstance(v, float) and math.isfinite(v))
+            {
+                "seed": job.seed,
+                "href": page and str(page.relative_to(out)),
+                "failed": job.failed_path(out).exists() and page is None,
+            }
+        )
+    html = (
+        environment()
+        .get_template("index.html.j2")
+        .render(
+            meta=meta,
+            rows=index.sort_values("activation_any", ascending=False, na_position="last").to_dict("records"),
+            links=seed_links,
+            tags=[("ce4", "≤ 4"), ("ce5", "≤ 5"), ("ce6", "≤ 6"), ("any", "any")],
+            counts=index["status"].value_counts().to_dict(),
+            generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+            isfinite=lambda v: v is not None and isinstance(v, float) and math.isfinite(v),
+        )
+    )
     atomic_write(out / "index.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return index
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 from ..errors import ConfigError, TargetError
 from ..lm.targets import KINDS, Custom, Target, parse_target
 
-_RANGE = re.compile(r"(?<![^.])([LNH])(\*|\d+-\d+)(?![^.])")   # L0-5 / L* / N0-63 / H0-3 between dots
+_RANGE = re.compile(r"(?<![^.])([LNH])(\*|\d+-\d+)(?![^.])")  # L0-5 / L* / N0-63 / H0-3 between dots
 
 
 def _split(text: str) -> list[str]:
@@ -37,7 +37,7 @@ def _expand_one(spec: str, n_layers: Callable[[], int]) -> list[str]:
     kind = KINDS.get(name)
     if kind is None or not kind.ranges:
         return [spec]
-    head, colon, tail = rest.partition(":")     # ranges stop at a further ':' (direction:L0-3:v.npy)
+    head, colon, tail = rest.partition(":")  # ranges stop at a further ':' (direction:L0-3:v.npy)
     matches = list(_RANGE.finditer(head))
     choices = []
     for m in matches:
@@ -56,7 +56,7 @@ def _expand_one(spec: str, n_layers: Callable[[], int]) -> list[str]:
     for combo in itertools.product(*choices):
         text, last = "", 0
         for m, piece in zip(matches, combo):
-            text, last = text + head[last:m.start()] + piece, m.end()
+            text, last = text + head[last : m.start()] + piece, m.end()
         specs.append(f"{name}:{text}{head[last:]}{colon}{tail}")
     return specs
 
@@ -65,6 +65,7 @@ def expand_targets(spec: str | Path | Iterable, n_layers: int | Callable[[], int
     """Target specs from a file of specs (one per line, `#` comments), a range (`neuron:L9.N0-63`,
     `neuron:L*.N5`: every layer, needs `n_layers`), a comma list, or a list of any of these (Target
     objects and callables pass through). Canonical spec strings, first occurrence kept."""
+
     def layers() -> int:
         if n_layers is None:
             raise TargetError("L* needs the model's layer count")
@@ -80,8 +81,9 @@ def expand_targets(spec: str | Path | Iterable, n_layers: int | Callable[[], int
                 try:
                     lines = [ln.strip() for ln in path.read_text().splitlines()]
                 except OSError as e:
-                    raise TargetError(f"cannot read the target file {item} ({e.strerror}); or give specs "
-                                      "such as neuron:L9.N0-63") from None
+                    raise TargetError(
+                        f"cannot read the target file {item} ({e.strerror}); or give specs such as neuron:L9.N0-63"
+                    ) from None
                 yield from expand([ln for ln in lines if ln and not ln.startswith("#")])
                 continue
             for part in _split(str(item)):
@@ -121,13 +123,14 @@ def slug(spec: str) -> str:
 
 # ---------------------------------------------------------------- jobs and their run directories
 
+
 @dataclass(frozen=True)
 class Job:
     """One (target, seed) dream of a sweep."""
 
     spec: str
     seed: int
-    target: object = field(compare=False, repr=False)   # the spec string, or a Target object
+    target: object = field(compare=False, repr=False)  # the spec string, or a Target object
 
     @property
     def slug(self) -> str:

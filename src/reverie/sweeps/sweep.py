@@ -37,8 +37,17 @@ from .index import write_index
 
 # ---------------------------------------------------------------- one job (in this process or in an actor)
 
-def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_every: int = 5,
-            on_iteration: Callable[[int], None] | None = None, report: bool = False, starts=None) -> dict:
+
+def run_job(
+    model: Model,
+    job: Job,
+    config: EPOConfig,
+    out: Path,
+    checkpoint_every: int = 5,
+    on_iteration: Callable[[int], None] | None = None,
+    report: bool = False,
+    starts=None,
+) -> dict:
     """Run one job to the end: skip it if finished, resume it from its checkpoint, or start it afresh;
     then write its report.html if asked (a report that fails loses nothing: the run is saved).
     Returns an outcome dict (ok, seconds | error, retryable, traceback); raises only KeyboardInterrupt."""
@@ -50,22 +59,40 @@ def run_job(model: Model, job: Job, config: EPOConfig, out: Path, checkpoint_eve
     callback = None if on_iteration is None else (lambda step: on_iteration(step.iteration))
     try:
         if (path / CHECKPOINT).exists():
-            result = resume(path, model=model, target=job.target, iters=config.iters, callback=callback,
-                            checkpoint_every=checkpoint_every)
+            result = resume(
+                path,
+                model=model,
+                target=job.target,
+                iters=config.iters,
+                callback=callback,
+                checkpoint_every=checkpoint_every,
+            )
         else:
             if path.exists():
-                shutil.rmtree(path)        # started, never checkpointed: nothing to keep
-            result = dream(model, job.target, replace(config, seed=job.seed), out=path, callback=callback,
-                           checkpoint_every=checkpoint_every, corpus=AUTO if starts is None else starts)
+                shutil.rmtree(path)  # started, never checkpointed: nothing to keep
+            result = dream(
+                model,
+                job.target,
+                replace(config, seed=job.seed),
+                out=path,
+                callback=callback,
+                checkpoint_every=checkpoint_every,
+                corpus=AUTO if starts is None else starts,
+            )
     except Exception as e:  # noqa: BLE001 - any failure is recorded, the sweep goes on
         error = str(e) if isinstance(e, ReverieError) else f"{type(e).__name__}: {e}"
-        return {"ok": False, "error": error, "retryable": not isinstance(e, ReverieError),
-                "traceback": _portable_traceback(e)}
+        return {
+            "ok": False,
+            "error": error,
+            "retryable": not isinstance(e, ReverieError),
+            "traceback": _portable_traceback(e),
+        }
     if result.stopped == "interrupted":
         raise KeyboardInterrupt
     if report:
         try:
             from ..report.run import write_report
+
             write_report(path, model=model, target=job.target)
         except Exception as e:  # noqa: BLE001
             return {"ok": True, "seconds": result.seconds, "report_error": f"{type(e).__name__}: {e}"}
@@ -76,7 +103,7 @@ def _portable_traceback(e: BaseException) -> str:
     """The traceback of `e` without this machine's folders (it is saved in the sweep folder, which may be
     shared): reverie's files as reverie/..., installed packages' from their package folder on, others
     by file name. Line numbers, functions and source lines stay."""
-    root = Path(__file__).resolve().parents[2]   # the folder holding the reverie package
+    root = Path(__file__).resolve().parents[2]  # the folder holding the reverie package
 
     def short(name: str) -> str:
         path = Path(name)
@@ -84,14 +111,15 @@ def _portable_traceback(e: BaseException) -> str:
             return str(path.resolve().relative_to(root))
         for marker in ("site-packages", "dist-packages"):
             if marker in path.parts:
-                return str(Path(*path.parts[path.parts.index(marker) + 1:]))
+                return str(Path(*path.parts[path.parts.index(marker) + 1 :]))
         return path.name
 
     frames = traceback.extract_tb(e.__traceback__)
     for frame in frames:
         frame.filename = short(frame.filename)
-    return "".join(["Traceback (most recent call last):\n", *frames.format(),
-                    *traceback.format_exception_only(type(e), e)])
+    return "".join(
+        ["Traceback (most recent call last):\n", *frames.format(), *traceback.format_exception_only(type(e), e)]
+    )
 
 
 class _Dreamer:
@@ -107,8 +135,16 @@ class _Dreamer:
     def run(self, job: Job, config: EPOConfig, out: str, checkpoint_every: int, report: bool, starts) -> dict:
         self.now = (job, 0)
         try:
-            return run_job(self.model, job, config, Path(out), checkpoint_every,
-                           lambda it: setattr(self, "now", (job, it)), report, starts)
+            return run_job(
+                self.model,
+                job,
+                config,
+                Path(out),
+                checkpoint_every,
+                lambda it: setattr(self, "now", (job, it)),
+                report,
+                starts,
+            )
         finally:
             self.now = None
 
@@ -117,6 +153,7 @@ class _Dreamer:
 
 
 # ---------------------------------------------------------------- bookkeeping and progress
+
 
 @dataclass
 class SweepEvent:
@@ -161,8 +198,14 @@ class _Tracker:
             return True
         else:
             self.failed += 1
-            data = {"target": job.spec, "seed": job.seed, "attempts": attempt, "error": outcome["error"],
-                    "traceback": outcome.get("traceback"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            data = {
+                "target": job.spec,
+                "seed": job.seed,
+                "attempts": attempt,
+                "error": outcome["error"],
+                "traceback": outcome.get("traceback"),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
             job.failed_path(self.out).parent.mkdir(parents=True, exist_ok=True)
             write_json(job.failed_path(self.out), data)
             self.emit("failed", job, attempt=attempt, error=outcome["error"])
@@ -172,13 +215,22 @@ class _Tracker:
         return False
 
 
-def _run_local(model: Model, todo: list[Job], tracker: _Tracker, config: EPOConfig, checkpoint_every: int,
-               report: bool, starts) -> None:
+def _run_local(
+    model: Model, todo: list[Job], tracker: _Tracker, config: EPOConfig, checkpoint_every: int, report: bool, starts
+) -> None:
     for job in todo:
         for attempt in itertools.count(1):
             tracker.begin(job, attempt)
-            outcome = run_job(model, job, config, tracker.out, checkpoint_every,
-                              lambda it, job=job: tracker.emit("iteration", job, iteration=it), report, starts)
+            outcome = run_job(
+                model,
+                job,
+                config,
+                tracker.out,
+                checkpoint_every,
+                lambda it, job=job: tracker.emit("iteration", job, iteration=it),
+                report,
+                starts,
+            )
             if not tracker.end(job, attempt, outcome):
                 break
 
@@ -191,9 +243,21 @@ def _import_ray():
     return ray
 
 
-def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job], tracker: _Tracker,
-             config: EPOConfig, checkpoint_every: int, report: bool, address: str | None, actors: int | None,
-             cpus_per_actor: float, gpus_per_actor: float | None, starts) -> None:
+def _run_ray(
+    model: str,
+    dtype: str | None,
+    device: str | None,
+    todo: list[Job],
+    tracker: _Tracker,
+    config: EPOConfig,
+    checkpoint_every: int,
+    report: bool,
+    address: str | None,
+    actors: int | None,
+    cpus_per_actor: float,
+    gpus_per_actor: float | None,
+    starts,
+) -> None:
     """One actor per slot loads the model once; the driver hands out jobs as actors free up."""
     ray = _import_ray()
     from ray.exceptions import RayActorError, RayError
@@ -211,7 +275,7 @@ def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job],
         spawn = lambda: remote.remote(model, dtype, device, max(1, int(cpus_per_actor)))  # noqa: E731
         pool = [spawn() for _ in range(n)]
         try:
-            ray.get([a.progress.remote() for a in pool])   # each has loaded the model
+            ray.get([a.progress.remote() for a in pool])  # each has loaded the model
         except RayError as e:
             lines = [ln for ln in str(e).splitlines() if "Error" in ln]
             raise ModelError(f"the Ray workers could not load {model}: {lines[-1].strip() if lines else e}") from None
@@ -220,9 +284,13 @@ def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job],
             while queue and idle:
                 actor, (job, attempt) = idle.pop(), queue.popleft()
                 tracker.begin(job, attempt)
-                busy[actor.run.remote(job, config, str(tracker.out), checkpoint_every, report, starts)] = (actor, job, attempt)
+                busy[actor.run.remote(job, config, str(tracker.out), checkpoint_every, report, starts)] = (
+                    actor,
+                    job,
+                    attempt,
+                )
             ready, _ = ray.wait(list(busy), num_returns=1, timeout=1.0)
-            if not ready:   # ask busy actors which iteration they are on; best-effort
+            if not ready:  # ask busy actors which iteration they are on; best-effort
                 try:
                     for now in ray.get([a.progress.remote() for a, _, _ in busy.values()], timeout=2.0):
                         if now is not None:
@@ -233,7 +301,7 @@ def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job],
                 actor, job, attempt = busy.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except RayActorError as e:   # the worker died (killed, out of memory, node lost): a failed attempt
+                except RayActorError as e:  # the worker died (killed, out of memory, node lost): a failed attempt
                     outcome = {"ok": False, "retryable": True, "error": f"Ray worker died: {str(e).strip()[:500]}"}
                     pool.remove(actor)
                     ray.kill(actor)
@@ -253,6 +321,7 @@ def _run_ray(model: str, dtype: str | None, device: str | None, todo: list[Job],
 
 # ---------------------------------------------------------------- the sweep
 
+
 @contextlib.contextmanager
 def locked(out: Path) -> Iterator[None]:
     """Hold DIR/.lock for the sweep: a second sweep process on the same folder is refused with one line
@@ -266,28 +335,49 @@ def _options(config: EPOConfig) -> dict:
     return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "batch_size")}))
 
 
-def _claim(out: Path, model: str, dtype: str | None, config: EPOConfig, targets: list, seeds: list[int],
-           starts: str | None = None) -> dict:
+def _claim(
+    out: Path,
+    model: str,
+    dtype: str | None,
+    config: EPOConfig,
+    targets: list,
+    seeds: list[int],
+    starts: str | None = None,
+) -> dict:
     """Check DIR/sweep.json agrees with this sweep (model, dtype, EPO options but seed and batch size,
     starts), then (re)write it with this call's targets and seeds."""
     identity = {"model": model, "dtype": dtype or "auto", "epo": _options(config), "starts": starts}
     old = read_json(out / "sweep.json")
     if old is not None:
-        try:   # read back as a config: options added since take their defaults, values compare as this sweep's do
+        try:  # read back as a config: options added since take their defaults, values compare as this sweep's do
             old = {"starts": None, **old, "epo": _options(EPOConfig.from_dict(old.get("epo", {})))}
         except ConfigError as e:
-            raise ConfigError(f"{out} holds a sweep whose EPO options cannot be read ({e}): use another --out") from None
+            raise ConfigError(
+                f"{out} holds a sweep whose EPO options cannot be read ({e}): use another --out"
+            ) from None
         for key in ("model", "dtype", "epo", "starts"):
             if old.get(key) != identity[key]:
-                what = key if key != "epo" else "EPO options (" + ", ".join(
-                    f"{k}: {old[key][k]!r} here, {v!r} now" for k, v in identity[key].items()
-                    if old[key][k] != v) + ")"
-                raise ConfigError(f"{out} holds a sweep with different {what}; use the same options to continue "
-                                  "it, or another --out")
+                what = (
+                    key
+                    if key != "epo"
+                    else "EPO options ("
+                    + ", ".join(
+                        f"{k}: {old[key][k]!r} here, {v!r} now" for k, v in identity[key].items() if old[key][k] != v
+                    )
+                    + ")"
+                )
+                raise ConfigError(
+                    f"{out} holds a sweep with different {what}; use the same options to continue it, or another --out"
+                )
     elif out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise RunDirError(f"{out} exists and is not a sweep folder: choose another --out")
-    meta = {**identity, "targets": [t if isinstance(t, str) else t.spec for t in targets], "seeds": seeds,
-            "reverie": __version__, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {
+        **identity,
+        "targets": [t if isinstance(t, str) else t.spec for t in targets],
+        "seeds": seeds,
+        "reverie": __version__,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         write_json(out / "sweep.json", meta)
@@ -308,12 +398,27 @@ def layer_count(model: str) -> int:
         return load_model(model, device="cpu").n_layers
 
 
-def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out: str | Path = "sweep",
-          config: EPOConfig | None = None, *, executor: str = "local", ray_address: str | None = None,
-          actors: int | None = None, cpus_per_actor: float = 1, gpus_per_actor: float | None = None,
-          retries: int = 2, checkpoint_every: int = 5, report: bool = True, dtype: str | None = None,
-          device: str | None = None, progress: Callable[[SweepEvent], None] | None = None,
-          corpus: str | Path | None = None, starts: str | Path | None = None) -> pd.DataFrame:
+def sweep(
+    model: Model | str,
+    targets,
+    seeds: int | str | Iterable[int] = 0,
+    out: str | Path = "sweep",
+    config: EPOConfig | None = None,
+    *,
+    executor: str = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
+    cpus_per_actor: float = 1,
+    gpus_per_actor: float | None = None,
+    retries: int = 2,
+    checkpoint_every: int = 5,
+    report: bool = True,
+    dtype: str | None = None,
+    device: str | None = None,
+    progress: Callable[[SweepEvent], None] | None = None,
+    corpus: str | Path | None = None,
+    starts: str | Path | None = None,
+) -> pd.DataFrame:
     """Dream every target with every seed; return the index (one row per target) as a DataFrame.
 
     targets: specs as `expand_targets` takes them (a file, `neuron:L9.N0-63`, `neuron:L*.N5`, a list).
@@ -356,23 +461,37 @@ def sweep(model: Model | str, targets, seeds: int | str | Iterable[int] = 0, out
     if starts is not None:
         from ..evidence.scan import read_scan
         from ..evidence.windows import is_scan
+
         if is_scan(starts):
-            read_scan(starts)   # unreadable: fail now, not in every job
+            read_scan(starts)  # unreadable: fail now, not in every job
         starts = starts if str(starts) == "bundled" or str(starts).startswith("hf:") else str(Path(starts).resolve())
-    with locked(out):   # one sweep process per folder
+    with locked(out):  # one sweep process per folder
         meta = _claim(out, spec, dtype, config, targets, seeds, starts)
         jobs = make_jobs(targets, seeds)
         tracker = _Tracker(out, jobs, config, retries, progress, meta)
         todo = [j for j in jobs if finished(j.path(out)) is None]
         try:
             if todo and executor == "local":
-                n_layers()   # loads the model if not loaded yet
+                n_layers()  # loads the model if not loaded yet
                 tracker.emit("start")
                 _run_local(loaded, todo, tracker, config, checkpoint_every, report, starts)
             elif todo:
                 tracker.emit("start")
-                _run_ray(spec, dtype, device, todo, tracker, config, checkpoint_every, report, ray_address, actors,
-                         cpus_per_actor, gpus_per_actor, starts)
+                _run_ray(
+                    spec,
+                    dtype,
+                    device,
+                    todo,
+                    tracker,
+                    config,
+                    checkpoint_every,
+                    report,
+                    ray_address,
+                    actors,
+                    cpus_per_actor,
+                    gpus_per_actor,
+                    starts,
+                )
         finally:
             index = write_index(out, jobs, meta)
             tracker.emit("end")
