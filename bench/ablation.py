@@ -23,11 +23,11 @@ import pandas as pd
 
 import reverie
 from reverie import EPOConfig
-from reverie.search.frontier import best_at, versus_data
 from reverie.evidence.scan import read_scan
 from reverie.runs.rundir import finished
-from reverie.sweeps.specs import expand_targets, make_jobs, parse_seeds
+from reverie.search.frontier import best_at, versus_data
 from reverie.sweeps.index import frontier_frame
+from reverie.sweeps.specs import expand_targets, make_jobs, parse_seeds
 
 VARIANTS = {  # name -> (EPOConfig options on top of the paper's, start from the scan's windows)
     "baseline": ({}, False),
@@ -114,7 +114,8 @@ def main() -> None:
 
     cell = {(r.target, r.variant): fmt(r) for r in table.itertuples()}
     print(
-        f"\nbest activation at cross-entropy <= {args.max_ce:g}, mean ± sd over seeds {args.seeds}, {args.iters} iterations"
+        f"\nbest activation at cross-entropy <= {args.max_ce:g}, mean ± sd over seeds {args.seeds}, "
+        f"{args.iters} iterations"
         " (seeds with nothing that fluent are left out and counted)"
     )
     print("| neuron | " + " | ".join(variants) + " |")

@@ -23,11 +23,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import cpu_flags, settle  # noqa: E402
-
-import reverie  # noqa: E402
-from reverie import EPO, EPOConfig, make_scorer  # noqa: E402
-from reverie.lm.model import Model  # noqa: E402
+import reverie
+from reverie import EPO, EPOConfig, make_scorer
+from reverie.lm.model import Model
+from speed import cpu_flags, settle
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 TILES = "bench.unembedding_tile"
@@ -113,7 +112,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, allow_nan=False))
     print(
-        f"{model.spec} ({result['vocab_size']} tokens), {model.dtype}, {result['machine']}, {' '.join(result['cpu_flags'])}"
+        f"{model.spec} ({result['vocab_size']} tokens), {model.dtype}, {result['machine']}, "
+        f"{' '.join(result['cpu_flags'])}"
     )
     print(f"{'path':<9}{'wall s/it':>10}{'cpu s/it':>10}{'matmul':>9}{'vocab mm':>10}{'vocab rows':>12}")
     for name, p in paths.items():

@@ -52,7 +52,7 @@ from reverie.scoring.batching import even_split
 from reverie.search.epo import objective
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import cpu_flags  # noqa: E402
+from speed import cpu_flags
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ def main() -> None:
         for what in ("scan", "index"):
             start = time.perf_counter()
             if what == "scan":
-                frame = scan(model, targets, "bundled", ScanConfig(max_tokens=args.max_tokens))
+                scan(model, targets, "bundled", ScanConfig(max_tokens=args.max_tokens))
                 tokens = None
             else:  # built fresh: the folder is deleted after each repeat
                 built = build_index(model, "bundled", config)

@@ -108,7 +108,8 @@ def main() -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"{spec:<34}{r['dtype']:>15}{r['batch_size']:>6}{r['baseline_rss'] // mib:>7}{r['after_load_rss'] // mib:>8}"
+            f"{spec:<34}{r['dtype']:>15}{r['batch_size']:>6}"
+            f"{r['baseline_rss'] // mib:>7}{r['after_load_rss'] // mib:>8}"
             f"{r['peak'] // mib:>8}{r['estimate'] // mib:>9}{r['estimate'] / r['peak']:>9.2f}   "
             f"{r['estimate_weights'] // mib}, {r['estimate_gradients'] // mib}, {r['estimate_scoring'] // mib}, "
             f"{r['estimate_overhead'] // mib}"

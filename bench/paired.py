@@ -56,7 +56,9 @@ def main() -> None:
                 "reference found": f"{pairs[c]['reference'].count()}/{len(d)}",
                 "wins/losses/ties": f"{wins}/{losses}/{len(d) - wins - losses}",
                 "sign test p": f"{sign_test(wins, losses):.2g}",
-                "mean difference [95%]": f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]",
+                "mean difference [95%]": (
+                    f"{d.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]"
+                ),
             }
         )
     print(f"{len(pairs)} paired runs, budget {args.budget}")

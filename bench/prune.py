@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from draft import timed  # noqa: E402
-
-import reverie  # noqa: E402
-from reverie import EPO, EPOConfig, make_scorer  # noqa: E402
-from reverie.fast.unembed import head_logprobs  # noqa: E402
-from reverie.search.epo import objective  # noqa: E402
+import reverie
+from draft import timed
+from reverie import EPO, EPOConfig, make_scorer
+from reverie.fast.unembed import head_logprobs
+from reverie.search.epo import objective
 
 
 def needed_rows(epo: EPO, parents, children, parent, pos, f, ce) -> dict[str, float]:

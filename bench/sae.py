@@ -19,10 +19,10 @@ import torch
 
 import reverie
 from reverie import EPOConfig
-from reverie.search.frontier import versus_data
+from reverie.evidence.scan import ScanConfig, documents, scan
 from reverie.lm.model import cache_dir
 from reverie.lm.sae import train_sae
-from reverie.evidence.scan import ScanConfig, documents, scan
+from reverie.search.frontier import versus_data
 
 
 def corpus_activations(model, hook, tokens, chunk=256):
@@ -98,7 +98,8 @@ def main() -> None:
         )
         print(
             f"{spec}: best window {v['window_activation']:.2f} @ ce {v['window_cross_entropy']:.2f}; dream "
-            f"{best['activation']:.2f} @ ce {best['cross_entropy']:.2f} ({best['activation'] / max(v['window_activation'], 1e-9):.1f}x); "
+            f"{best['activation']:.2f} @ ce {best['cross_entropy']:.2f} "
+            f"({best['activation'] / max(v['window_activation'], 1e-9):.1f}x); "
             f"at ce <= window's: {v['dream_activation']:.2f}",
             flush=True,
         )

@@ -159,7 +159,8 @@ def main() -> None:
     print(f"{'':<22}reverie per seed: " + ", ".join(f"{k}: {v:.3f}" for k, v in fast["seeds"].items()))
     print(f"{'floor':<22}{floor:>9.3f}{'':>12}  one plain forward of {children}x{config.length} prompts")
     print(
-        f"{'floor/batch':<22}{floor_batched:>9.3f}{'':>12}  the same in batches of {scorer.batch_size} (both paths' batch size)"
+        f"{'floor/batch':<22}{floor_batched:>9.3f}{'':>12}  the same in batches of {scorer.batch_size} (both "
+        "paths' batch size)"
     )
     print(
         f"speed-up vs reference {result['speedup_vs_reference']:.2f}x (same iterations "

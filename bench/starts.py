@@ -17,7 +17,7 @@ import reverie
 from reverie import EPO, EPOConfig, make_scorer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import cpu_flags  # noqa: E402
+from speed import cpu_flags
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
             t = time.perf_counter()
             epo = EPO(scorer, config)
             start, steps = time.perf_counter() - t, []
-            epo.run(lambda step: steps.append(step.seconds))
+            epo.run(lambda step, steps=steps: steps.append(step.seconds))
             print(
                 f"{spec} {name}: start {start:.2f} s, {sum(steps) / len(steps):.2f} s/iteration over {len(steps)}",
                 flush=True,

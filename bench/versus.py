@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 import reverie
-from reverie.search.frontier import merge, versus_data
 from reverie.evidence.readability import real_word_share, real_words
 from reverie.evidence.scan import read_scan
+from reverie.search.frontier import merge, versus_data
 
 
 def run_dirs(paths):

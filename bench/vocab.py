@@ -35,15 +35,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import cpu_flags, settle, time_floor  # noqa: E402
-
-import reverie  # noqa: E402
-from reverie import EPO, EPOConfig, make_scorer  # noqa: E402
-from reverie.lm import vocab as vocab_module  # noqa: E402
-from reverie.lm.model import Model, bundled_path, cache_dir, parse_dtype  # noqa: E402
-from reverie.scoring import objective as objective_module  # noqa: E402
-from reverie.scoring import packed as packed_module  # noqa: E402
-from reverie.scoring import plain as plain_module  # noqa: E402
+import reverie
+from reverie import EPO, EPOConfig, make_scorer
+from reverie.lm import vocab as vocab_module
+from reverie.lm.model import Model, bundled_path, cache_dir, parse_dtype
+from reverie.scoring import objective as objective_module
+from reverie.scoring import packed as packed_module
+from reverie.scoring import plain as plain_module
+from speed import cpu_flags, settle, time_floor
 
 GEMMA_VOCAB = 262144
 

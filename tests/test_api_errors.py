@@ -8,8 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
-from reverie import ConfigError, Custom, Direction, EPOConfig, Logit, ModelError, Neuron, ReverieError, TargetError
-from reverie import make_scorer, parse_target
+from reverie import (
+    ConfigError,
+    Custom,
+    Direction,
+    EPOConfig,
+    Logit,
+    ModelError,
+    Neuron,
+    ReverieError,
+    TargetError,
+    make_scorer,
+    parse_target,
+)
 from reverie.evidence.attribution import attribute
 from reverie.evidence.baseline import random_baseline
 from reverie.lm.model import load_model

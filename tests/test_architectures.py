@@ -15,13 +15,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAMILIES, VOCAB, build_tiny, gradient
 
 import reverie
+from conftest import FAMILIES, VOCAB, build_tiny, gradient
 from reverie import EPOConfig
-from reverie.scoring import Objective, PackedScorer
 from reverie.lm.targets import as_target
 from reverie.lm.vocab import Vocabulary
+from reverie.scoring import Objective, PackedScorer
 
 FAMILY_NAMES = list(FAMILIES)
 

@@ -7,10 +7,10 @@ import sys
 import time
 
 import pytest
-from conftest import checkpoint_iteration
 from rich.console import Console
 
 import reverie
+from conftest import checkpoint_iteration
 from reverie import ConfigError, EPOConfig
 from reverie.cli.app import main
 from reverie.cli.display import frontier_table, shown

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 import typer
-from conftest import TEXTS, open_page
 
 import reverie
+from conftest import TEXTS, open_page
 from reverie import EPOConfig, dream, make_scorer
 from reverie.cli import app as cli_app
 from reverie.cli.app import main
@@ -335,7 +335,7 @@ def run_cli(monkeypatch, capsys, *args):
         main()
     out, err = capsys.readouterr()
     if exit_info.value.code == 2:
-        assert "Traceback" not in err and len([l for l in err.splitlines() if l.startswith("error:")]) == 1
+        assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     return exit_info.value.code, out, err
 
 

@@ -19,10 +19,19 @@ from reverie.lm.targets import as_target
 
 TEXTS = [
     "The cat sat on the mat while the dog slept by the warm fire in the old stone house, and nobody came.",
-    "In 1905 Einstein published four papers that changed physics, including special relativity and the photoelectric effect.",
-    "Rivers carry sediment from mountains to the sea, building deltas where the water slows and spreads out across the plain.",
+    (
+        "In 1905 Einstein published four papers that changed physics, including special relativity and the "
+        "photoelectric effect."
+    ),
+    (
+        "Rivers carry sediment from mountains to the sea, building deltas where the water slows and spreads out "
+        "across the plain."
+    ),
     "Short.",
-    "A second paragraph about cooking: onions are sliced thin and fried slowly in butter until they turn sweet and brown.",
+    (
+        "A second paragraph about cooking: onions are sliced thin and fried slowly in butter until they turn "
+        "sweet and brown."
+    ),
 ]
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=3, check_retokenization=False)
 

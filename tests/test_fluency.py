@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny, gradient
 
 import reverie
+from conftest import build_tiny, gradient
 from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.search.epo import EPO
 

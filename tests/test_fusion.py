@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_tiny
 
+from conftest import build_tiny
 from reverie.fast import fusion
 from reverie.fast.capabilities import FastPath
 

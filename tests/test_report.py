@@ -10,15 +10,14 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import open_page
 
 import reverie
+from conftest import open_page
 from reverie import EPOConfig, dream, random_baseline
-from reverie.search.frontier import versus_data
+from reverie.evidence.scan import ScanConfig, scan
 from reverie.report.pages import environment
 from reverie.report.run import build_report, write_report
-from reverie.evidence.scan import ScanConfig, scan
-
+from reverie.search.frontier import versus_data
 from test_cli import SMALL, run
 
 XSS = "<script>alert(1)</script></div>"

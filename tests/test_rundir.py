@@ -9,9 +9,9 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import checkpoint_iteration
 
 import reverie
+from conftest import checkpoint_iteration
 from reverie import EPOConfig
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, seed=0)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from reverie import EPOConfig, TargetError, dream, make_scorer, parse_target
-from reverie.lm.sae import SAEFeature, SAEWeights, train_sae
 from reverie.evidence.scan import ScanConfig, scan
+from reverie.lm.sae import SAEFeature, SAEWeights, train_sae
 
 HOOK = "blocks.1.hook_resid_pre"
 TEXTS = [

@@ -11,13 +11,13 @@ import torch
 
 pytest.importorskip("sae_lens")
 
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig  # noqa: E402
-from sae_lens.saes.sae import SAEMetadata  # noqa: E402
+from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
-from reverie import EPOConfig, TargetError, make_scorer, parse_target  # noqa: E402
-from reverie.cli.app import main  # noqa: E402
-from reverie.lm import saelens  # noqa: E402
-from reverie.lm.sae import SAEFeature, SAEWeights  # noqa: E402
+from reverie import EPOConfig, TargetError, make_scorer, parse_target
+from reverie.cli.app import main
+from reverie.lm import saelens
+from reverie.lm.sae import SAEFeature, SAEWeights
 
 HOOK = "blocks.1.hook_resid_pre"
 GEMMA = "sae:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical:F123"
@@ -192,7 +192,8 @@ def test_the_cli_refuses_a_release_offline_in_one_line(offline, tiny_dir, tmp_pa
 def test_the_target_modules_import_no_heavy_package():
     code = (
         "import sys; import reverie.lm.sae, reverie.lm.saelens, reverie.lm.target; "
-        "print([m for m in ('torch', 'safetensors', 'sae_lens', 'transformers', 'transformer_lens') if m in sys.modules])"
+        "print([m for m in ('torch', 'safetensors', 'sae_lens', 'transformers', 'transformer_lens') if m in "
+        "sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -3,13 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny, gradient
 
+from conftest import build_tiny, gradient
 from reverie import EPOConfig, make_scorer
 from reverie.fast import attention, unembed
 from reverie.fast.capabilities import FastPath
 from reverie.lm.model import Model
-
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "phi", "phi3", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2"]
 
@@ -179,8 +178,8 @@ def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, to
 
 @pytest.mark.parametrize("template", [None, "Once upon a time {prompt}"])
 def test_the_unembedding_only_sees_contiguous_hidden_states(template, tiny_llama):
-    """A strided input makes the lm_head matmul copy its weight per batch row (docs/performance.md#contiguous-rows): every
-    scoring path hands it contiguous hidden states."""
+    """A strided input makes the lm_head matmul copy its weight per batch row
+    (docs/performance.md#contiguous-rows): every scoring path hands it contiguous hidden states."""
     seen = []
     hook = tiny_llama.adapter.unembed.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
     try:

@@ -6,8 +6,8 @@ the bf16 case, where rounding lets the paths part."""
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny
 
+from conftest import FAMILIES, build_tiny
 from reverie import EPO, EPOConfig, make_scorer
 
 

@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import checkpoint_iteration
 
 import reverie
+from conftest import checkpoint_iteration
 from reverie import ConfigError, EPOConfig, TargetError
 from reverie.lm.targets import Custom
-
 from reverie.sweeps.specs import expand_targets, parse_seeds, slug
 
 sw = importlib.import_module("reverie.sweeps.sweep")  # `reverie.sweep` itself is the function

@@ -4,9 +4,9 @@ cross-entropy covers every prompt token in context, and gradients still equal on
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import gradient
 
 import reverie
+from conftest import gradient
 from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.scoring.objective import template_ids
 

@@ -6,8 +6,8 @@ over the allowed tokens."""
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB, build_tiny
 
+from conftest import VOCAB, build_tiny
 from reverie import EPOConfig, make_scorer
 from reverie.fast.unembed import head_logprobs
 from reverie.lm import vocab as vocab_module

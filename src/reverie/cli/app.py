@@ -10,19 +10,19 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .display import IndexProgress, LiveDisplay, SweepDisplay, console, frontier_table, shown, versus_table
-from .corpus import index as index_corpus, scan as scan_corpus
-from .export import export as export_run
-from .options import epo_config, epo_options
 from ..errors import ReverieError
 from ..lm.targets import usage
+from .corpus import index as index_corpus
+from .corpus import scan as scan_corpus
+from .display import IndexProgress, LiveDisplay, SweepDisplay, console, frontier_table, shown, versus_table
+from .export import export as export_run
+from .options import epo_config, epo_options
 
 app = typer.Typer(
     add_completion=False,
@@ -48,14 +48,14 @@ def _default_out(target: str) -> Path:
 @app.command()
 @epo_options()
 def dream(
-    target: Optional[str] = typer.Option(None, "--target", "-t", help=f"Feature to dream: {TARGET_FORMS}."),
+    target: str | None = typer.Option(None, "--target", "-t", help=f"Feature to dream: {TARGET_FORMS}."),
     model: str = typer.Option(
         "bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled' (SmolLM2-135M, offline)."
     ),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", "-o", help="Run directory to write (default: runs/<target>-<time>)."
     ),
-    resume: Optional[Path] = typer.Option(
+    resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this directory from its last checkpoint."
     ),
     *,
@@ -64,40 +64,56 @@ def dream(
         "auto",
         "--corpus",
         "-c",
-        help="Where the target's best real text comes from (half the slots start there with --start data; the report compares with it): 'auto' (the bundled corpus's feature index; built once on first use for the bundled model), a text file, folder, .jsonl, .parquet, hf:NAME, 'bundled', or a `reverie scan` folder.",
+        help=(
+            "Where the target's best real text comes from (half the slots start there with --start data; the "
+            "report compares with it): 'auto' (the bundled corpus's feature index; built once on first use for "
+            "the bundled model), a text file, folder, .jsonl, .parquet, hf:NAME, 'bundled', or a `reverie scan` "
+            "folder."
+        ),
     ),
-    index_tokens: Optional[int] = typer.Option(
+    index_tokens: int | None = typer.Option(
         None,
         "--index-tokens",
-        help="Where a feature index must be built for --corpus, index only its first this many tokens (quicker; a later dream without it builds the whole corpus's).",
+        help=(
+            "Where a feature index must be built for --corpus, index only its first this many tokens (quicker; a "
+            "later dream without it builds the whole corpus's)."
+        ),
     ),
     no_corpus: bool = typer.Option(
         False,
         "--no-corpus",
-        help="No real text: the population starts from the model alone (--start beam unless given) and the report has no windows.",
+        help=(
+            "No real text: the population starts from the model alone (--start beam unless given) and the report "
+            "has no windows."
+        ),
     ),
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
-    dtype: Optional[str] = typer.Option(
+    dtype: str | None = typer.Option(
         None,
         help="auto, fp32, bf16 or fp16 (default auto: the faster on this machine, measured once by a short probe).",
     ),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
-    device_map: Optional[str] = typer.Option(
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
+    device_map: str | None = typer.Option(
         None, "--device-map", help="auto: spread a model too large for one device over all of them (accelerate)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
-    report: Optional[bool] = typer.Option(
+    report: bool | None = typer.Option(
         None,
         "--report/--no-report",
-        help="Write report.html into the run directory at the end (default: yes; with --resume, as the run was started).",
+        help=(
+            "Write report.html into the run directory at the end (default: yes; with --resume, as the run was started)."
+        ),
     ),
     diverse: int = typer.Option(
         1,
         "--diverse",
-        help="K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' best prompts; rerun to resume.",
+        help=(
+            "K distinct dreams (OUT/face0..K-1, OUT/faces.html), each avoiding the tokens of the earlier ones' "
+            "best prompts; rerun to resume."
+        ),
     ),
-    scan_dir: Optional[Path] = typer.Option(None, "--scan", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
+    scan_dir: Path | None = typer.Option(None, "--scan", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
+    init_from: Path | None = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
     random_start: bool = typer.Option(False, "--random-start", hidden=True, help="Deprecated: --start beam."),
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
@@ -125,7 +141,8 @@ def dream(
         report = (saved.get("options") or {}).get("report", True) if report is None else report
     report = True if report is None else report
     from ..lm.model import load_model
-    from ..runs.dream import dream as run_dream, resume as run_resume
+    from ..runs.dream import dream as run_dream
+    from ..runs.dream import resume as run_resume
 
     if not quiet:
         console.print(f"[dim]loading model {escape(model_spec)} …[/dim]", soft_wrap=True)
@@ -183,7 +200,7 @@ def dream(
         _write_report(run_path, model=loaded, quiet=quiet)
 
 
-def _start_options(corpus: str, no_corpus: bool, scan_dir: Optional[Path], random_start: bool, epo: dict):
+def _start_options(corpus: str, no_corpus: bool, scan_dir: Path | None, random_start: bool, epo: dict):
     """(corpus, epo) after --no-corpus and the deprecated --scan, --init-from and --random-start."""
     epo = dict(epo)
     for old, new, given in (
@@ -279,10 +296,8 @@ def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
 
 @app.command()
 def frontier(
-    runs: List[Path] = typer.Argument(..., help="Run directories; their histories are merged."),
-    export: Optional[Path] = typer.Option(
-        None, "--export", "-e", help="Write the frontier to .csv, .parquet or .json."
-    ),
+    runs: list[Path] = typer.Argument(..., help="Run directories; their histories are merged."),
+    export: Path | None = typer.Option(None, "--export", "-e", help="Write the frontier to .csv, .parquet or .json."),
     max_ce: float = typer.Option(math.inf, "--max-ce", help="Only prompts with cross-entropy at most this."),
 ) -> None:
     """Print or export the Pareto frontier merged across run directories."""
@@ -323,10 +338,8 @@ def attribute(
     prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt to explain."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
     k: int = typer.Option(32, "-k", help="Gradient candidates substituted per position."),
-    export: Optional[Path] = typer.Option(
-        None, "--export", "-e", help="Also write the table to .csv, .parquet or .json."
-    ),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+    export: Path | None = typer.Option(None, "--export", "-e", help="Also write the table to .csv, .parquet or .json."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16 or fp16."),
 ) -> None:
     """Causal token attribution: how much the activation drops when each token is substituted."""
     from ..evidence.attribution import attribute as run_attribute
@@ -349,23 +362,23 @@ def attribute(
 @app.command()
 def report(
     run: Path = typer.Argument(..., help="A run directory written by `reverie dream`."),
-    scan_dir: Optional[Path] = typer.Option(
+    scan_dir: Path | None = typer.Option(
         None, "--scan", help="A `reverie scan` folder: show its top windows for the run's target beside the dreams."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the HTML (default: RUN/report.html)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the HTML (default: RUN/report.html)."),
     points: int = typer.Option(4, help="Frontier prompts to explain with attribution heat-maps."),
     k: int = typer.Option(32, "-k", help="Gradient candidates substituted per position in the attribution."),
     no_model: bool = typer.Option(
         False, "--no-model", help="Do not load the model: no attribution, no baseline (fast)."
     ),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default: the run's)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16 or fp16 (default: the run's)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Write a self-contained report.html for a run: frontier, plots, attribution, dataset windows."""
-    from ..runs.dream import load_run
+    from ..evidence.scan import read_scan
     from ..lm.model import load_model
     from ..report.run import write_report
-    from ..evidence.scan import read_scan
+    from ..runs.dream import load_run
     from ..runs.rundir import RunDir
 
     result = load_run(run)
@@ -409,11 +422,14 @@ def _export(frame, path: Path) -> None:
     )
 )
 def sweep(
-    targets: List[str] = typer.Option(
+    targets: list[str] = typer.Option(
         ...,
         "--targets",
         "-t",
-        help=f"Features to dream: {TARGET_FORMS}; also a file of them (one per line, # comments), a range (neuron:L9.N0-63, neuron:L*.N5) or a comma list; repeatable.",
+        help=(
+            f"Features to dream: {TARGET_FORMS}; also a file of them (one per line, # comments), a range "
+            "(neuron:L9.N0-63, neuron:L*.N5) or a comma list; repeatable."
+        ),
     ),
     seeds: str = typer.Option("0", "--seeds", "-s", help="Seeds per target: 0-4, 0,2,5 or one number."),
     out: Path = typer.Option(
@@ -423,12 +439,12 @@ def sweep(
     use_ray: bool = typer.Option(
         False, "--ray", help="Run on Ray (pip install 'reverie\\[ray]'): a local cluster unless --ray-address."
     ),
-    ray_address: Optional[str] = typer.Option(
+    ray_address: str | None = typer.Option(
         None, "--ray-address", help="Join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); implies --ray."
     ),
-    actors: Optional[int] = typer.Option(None, help="Ray actors (default: one per slot of the cluster)."),
+    actors: int | None = typer.Option(None, help="Ray actors (default: one per slot of the cluster)."),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per Ray actor (its torch threads)."),
-    gpus_per_actor: Optional[float] = typer.Option(
+    gpus_per_actor: float | None = typer.Option(
         None, help="GPUs per Ray actor (default 1 if the cluster has GPUs, else 0)."
     ),
     retries: int = typer.Option(2, help="Tries after a job's first failure before it is recorded as failed."),
@@ -436,8 +452,8 @@ def sweep(
     epo: dict,  # the per-run EPO options (options.py)
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write each run's report.html when it finishes."),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
-    device: Optional[str] = typer.Option(
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+    device: str | None = typer.Option(
         None, help="cpu, cuda, ... (default: CUDA if present; a Ray actor sees only the GPUs it is given)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
@@ -445,9 +461,12 @@ def sweep(
         "auto",
         "--corpus",
         "-c",
-        help="Where each dream's real text comes from, as for `reverie dream --corpus` (on Ray, a path every node can read).",
+        help=(
+            "Where each dream's real text comes from, as for `reverie dream --corpus` (on Ray, a path every node "
+            "can read)."
+        ),
     ),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
+    init_from: Path | None = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
 ) -> None:
     """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
     from ..sweeps.sweep import sweep as run_sweep

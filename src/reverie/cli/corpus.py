@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -20,7 +19,7 @@ out_console = Console(markup=False, highlight=False)  # what it prints holds mod
 
 
 def scan(
-    target: List[str] = typer.Option(
+    target: list[str] = typer.Option(
         ..., "--target", "-t", help=f"Target to scan for: {escape(usage(scans=True))}; repeatable."
     ),
     corpus: str = typer.Option(
@@ -31,15 +30,15 @@ def scan(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for scan.parquet and scan.json."),
     model: str = typer.Option("bundled", "--model", "-m", help="Hub id, local folder, .gguf file, or 'bundled'."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after this many corpus tokens."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many corpus tokens."),
     window: int = typer.Option(12, help="Tokens per re-scored window (the dreams' length)."),
     top: int = typer.Option(20, help="Examples kept per target."),
     candidates: int = typer.Option(200, help="In-context positions per target re-scored as windows."),
     batch_size: int = typer.Option(8, help="Chunks per forward pass."),
     chunk: int = typer.Option(256, help="Tokens per chunk."),
     field: str = typer.Option("text", help="JSONL field or Parquet column holding the text."),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Find the corpus windows that most activate each target, in one pass over the corpus."""
     from ..lm.targets import parse_target
@@ -124,21 +123,19 @@ def index(
         "-c",
         help="Text file, folder, .jsonl, .parquet, hf:NAME, or 'bundled' (a Wikipedia shard).",
     ),
-    sae: List[str] = typer.Option(
+    sae: list[str] = typer.Option(
         [],
         "--sae",
         help="Also index every feature of this SAE (a folder in SAELens's layout or RELEASE/SAE_ID); repeatable.",
     ),
-    max_tokens: Optional[int] = typer.Option(
-        None, "--max-tokens", help="Index only the first this many corpus tokens."
-    ),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Index only the first this many corpus tokens."),
     window: int = typer.Option(12, help="Tokens per window (the dreams' length)."),
     candidates: int = typer.Option(64, help="In-context positions kept per feature."),
     batch_size: int = typer.Option(8, help="Chunks per forward pass."),
     chunk: int = typer.Option(256, help="Tokens per chunk."),
     field: str = typer.Option("text", help="JSONL field or Parquet column holding the text."),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16 or fp16."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Index a corpus once: every MLP neuron's (and every SAE feature's) top positions, so that dreams start
     from their best real text in seconds. Resumable; a second build is a cache hit."""

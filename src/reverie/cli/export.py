@@ -9,7 +9,6 @@ unwritable --out) ends with one line on stderr and exit code 2, before the model
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,21 +20,22 @@ out_console = Console(markup=False, highlight=False)
 
 def export(
     run: Path = typer.Argument(..., help="A run directory written by `reverie dream`."),
-    format: Optional[str] = typer.Option(
+    format: str | None = typer.Option(
         None,
         "--format",
         "-f",
         help="json (strict: no NaN), csv or parquet (default: the one --out's suffix names, else json).",
     ),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", "-o", help="File to write, named for its format (default: RUN/export.FORMAT)."
     ),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (default: the run's)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16 or fp16 (default: the run's)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
 ) -> None:
     """Export a run's best dreams and Pareto frontier, each with the target's activation at every token."""
     from ..runs.dream import load_run
-    from ..runs.export import FORMATS, export as run_export, export_format
+    from ..runs.export import FORMATS, export_format
+    from ..runs.export import export as run_export
 
     fmt = None if format is None else format.lower().lstrip(".")
     if fmt is not None and fmt not in FORMATS:

@@ -10,26 +10,26 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 import typer
 
 from ..errors import ConfigError
-from .display import console
 from ..lm.targets import token_arg
 from ..search.config import EPOConfig
+from .display import console
 
 DEFAULTS = EPOConfig()
 
 
 def per_run_options(
-    iters: Optional[int] = typer.Option(
+    iters: int | None = typer.Option(
         None, "--iters", "-n", help=f"Iterations T (default {DEFAULTS.iters}; with dream --resume, the new total)."
     ),
     population: int = typer.Option(DEFAULTS.population, help="Population size M."),
     children: int = typer.Option(DEFAULTS.children, help="Children per member per iteration r."),
     top_k: int = typer.Option(DEFAULTS.top_k, "--top-k", help="Candidate tokens per position k."),
-    top_k_start: Optional[int] = typer.Option(
+    top_k_start: int | None = typer.Option(
         DEFAULTS.top_k_start, "--top-k-start", help="Grow k linearly from this to --top-k over the run."
     ),
     length: int = typer.Option(DEFAULTS.length, help="Prompt length in tokens n (the --prompt's length wins)."),
@@ -39,18 +39,21 @@ def per_run_options(
     delete_rate: float = typer.Option(
         DEFAULTS.delete_rate, "--delete-rate", help="Probability that a child deletes a token."
     ),
-    min_length: Optional[int] = typer.Option(
+    min_length: int | None = typer.Option(
         DEFAULTS.min_length, "--min-length", help="Shortest prompt with insertions/deletions (default length - 4)."
     ),
-    max_length: Optional[int] = typer.Option(
+    max_length: int | None = typer.Option(
         DEFAULTS.max_length, "--max-length", help="Longest prompt with insertions/deletions (default length + 4)."
     ),
     penalty_min: float = typer.Option(DEFAULTS.penalty_min, help="Smallest fluency penalty λ."),
     penalty_max: float = typer.Option(DEFAULTS.penalty_max, help="Largest fluency penalty λ."),
-    penalties: List[float] = typer.Option(
+    penalties: list[float] = typer.Option(
         [],
         "--penalty",
-        help="The fluency penalty λ of one slot, given once per population member instead of --penalty-min/--penalty-max; repeatable.",
+        help=(
+            "The fluency penalty λ of one slot, given once per population member instead of "
+            "--penalty-min/--penalty-max; repeatable."
+        ),
     ),
     restart_every: int = typer.Option(DEFAULTS.restart_every, help="Restart every this many iterations (0 = never)."),
     adaptive_restart: bool = typer.Option(
@@ -58,23 +61,26 @@ def per_run_options(
         "--adaptive-restart",
         help="Restart only after --restart-every iterations in which no slot improved.",
     ),
-    restart_penalty: Tuple[float, float] = typer.Option(
+    restart_penalty: tuple[float, float] = typer.Option(
         DEFAULTS.restart_penalty,
         "--restart-penalty",
         metavar="LO HI",
         help="A restart starts every slot from the best prompt under a penalty λ drawn from LO to HI.",
     ),
-    gcg: Optional[float] = typer.Option(
+    gcg: float | None = typer.Option(
         None, "--gcg", help="Run plain GCG with this fixed penalty (population 1, no restarts)."
     ),
     seed: int = typer.Option(DEFAULTS.seed, help="Random seed: the same seed gives the same run on CPU."),
-    init_prompt: Optional[str] = typer.Option(
+    init_prompt: str | None = typer.Option(
         DEFAULTS.init_prompt, "--prompt", help="Initial prompt text for every member."
     ),
-    fluency: List[str] = typer.Option(
+    fluency: list[str] = typer.Option(
         [],
         "--fluency",
-        help="A model whose cross-entropy counts as fluency, SPEC[:WEIGHT] ('self' = the target model); repeatable. Default: the target model alone.",
+        help=(
+            "A model whose cross-entropy counts as fluency, SPEC[:WEIGHT] ('self' = the target model); "
+            "repeatable. Default: the target model alone."
+        ),
     ),
     repetition_penalty: float = typer.Option(
         DEFAULTS.repetition_penalty,
@@ -84,19 +90,30 @@ def per_run_options(
     junk_penalty: float = typer.Option(
         DEFAULTS.junk_penalty,
         "--junk-penalty",
-        help="γ: selection adds γ nats to a prompt's cross-entropy per unit of its junk share (tokens with no letter, or repeating an earlier one) above that of typical text; the reported cross-entropy stays the model's.",
+        help=(
+            "γ: selection adds γ nats to a prompt's cross-entropy per unit of its junk share (tokens with no "
+            "letter, or repeating an earlier one) above that of typical text; the reported cross-entropy stays "
+            "the model's."
+        ),
     ),
-    template: Optional[str] = typer.Option(
+    template: str | None = typer.Option(
         DEFAULTS.template,
         "--template",
-        help='Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last prompt token.',
+        help=(
+            'Fixed context around the prompt, e.g. "Once upon a time {prompt}"; the feature is read at the last '
+            "prompt token."
+        ),
     ),
     starts: str = typer.Option(
         DEFAULTS.starts,
         "--start",
-        help="How the population starts: 'data': half the slots at the best windows of real text (see --corpus), the rest as 'beam'; 'beam': a beam search on the objective over tokens the model finds likely; 'sampled': text the model writes; 'random' prompts (the paper's).",
+        help=(
+            "How the population starts: 'data': half the slots at the best windows of real text (see --corpus), "
+            "the rest as 'beam'; 'beam': a beam search on the objective over tokens the model finds likely; "
+            "'sampled': text the model writes; 'random' prompts (the paper's)."
+        ),
     ),
-    starts_old: Optional[str] = typer.Option(None, "--starts", hidden=True, help="Deprecated: --start."),
+    starts_old: str | None = typer.Option(None, "--starts", hidden=True, help="Deprecated: --start."),
     lm_guidance: float = typer.Option(
         DEFAULTS.lm_guidance,
         "--lm-guidance",
@@ -105,20 +122,26 @@ def per_run_options(
     lm_children: float = typer.Option(
         DEFAULTS.lm_children,
         "--lm-children",
-        help="Fraction of children whose new token is drawn from the model's next-token distribution (top-p) instead of the gradient's list (0: the paper's).",
+        help=(
+            "Fraction of children whose new token is drawn from the model's next-token distribution (top-p) "
+            "instead of the gradient's list (0: the paper's)."
+        ),
     ),
     pair_rate: float = typer.Option(
         DEFAULTS.pair_rate,
         "--pair-rate",
-        help="Fraction of children that also set the token after the swapped one to the model's most likely continuation.",
+        help=(
+            "Fraction of children that also set the token after the swapped one to the model's most likely "
+            "continuation."
+        ),
     ),
-    time_budget: Optional[float] = typer.Option(
+    time_budget: float | None = typer.Option(
         DEFAULTS.time_budget, "--time-budget", help="Stop cleanly after this many seconds."
     ),
-    ban_strings: List[str] = typer.Option(
+    ban_strings: list[str] = typer.Option(
         [], "--ban", help="Reject prompts containing this text (case-insensitive); repeatable."
     ),
-    ban_tokens: List[str] = typer.Option([], "--ban-token", help="Never propose this token (text or id); repeatable."),
+    ban_tokens: list[str] = typer.Option([], "--ban-token", help="Never propose this token (text or id); repeatable."),
     ascii_only: bool = typer.Option(DEFAULTS.ascii_only, "--ascii-only", help="Only printable-ASCII tokens."),
     check_retokenization: bool = typer.Option(
         DEFAULTS.check_retokenization,
@@ -130,13 +153,16 @@ def per_run_options(
         "--word-start/--any-start",
         help="Prompts begin with a word, not inside one or with punctuation (no 'cken', 'ulous' or '---' first).",
     ),
-    batch_size: Optional[int] = typer.Option(
+    batch_size: int | None = typer.Option(
         DEFAULTS.batch_size, help="Prompts per forward pass (default: from free memory, halved on out-of-memory)."
     ),
     scorer: str = typer.Option(
         DEFAULTS.scorer,
         "--scorer",
-        help="packed (the fast path) or plain (the paper's algorithm written plainly: check a surprising result against it).",
+        help=(
+            "packed (the fast path) or plain (the paper's algorithm written plainly: check a surprising result "
+            "against it)."
+        ),
     ),
 ) -> None:
     """Never called: its parameters are the per-run EPO options that `epo_options` gives a command."""

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..lm.foreign import as_model
 from ..lm import cache
 from ..lm.dtypes import dtype_name
+from ..lm.foreign import as_model
 from ..lm.model import Model
 from ..lm.targets import Target
 from ..scoring import make_scorer

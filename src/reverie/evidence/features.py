@@ -20,9 +20,9 @@ import json
 import math
 import numbers
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 import torch
@@ -116,7 +116,7 @@ class FeatureIndex:
     positions: dict[str, torch.Tensor]  # source -> [candidates, width] flat positions in `tokens`
 
     @classmethod
-    def open(cls, path: str | Path) -> "FeatureIndex":
+    def open(cls, path: str | Path) -> FeatureIndex:
         """An index folder written by `build_index` (complete); RunDirError if it is not one. Kept in memory
         while its files stay the same, so that many dreams in one process read it once."""
         path = Path(path)
@@ -132,7 +132,7 @@ class FeatureIndex:
         return index
 
     @classmethod
-    def _read(cls, path: Path) -> "FeatureIndex":
+    def _read(cls, path: Path) -> FeatureIndex:
         from safetensors.torch import load_file
 
         meta = read_json(path / META)
@@ -224,7 +224,7 @@ def build_index(
     config = config or IndexConfig()
     model = as_model(model)
     named = [_sae_weights(s) for s in saes]
-    for name, weights in named:
+    for _, weights in named:
         SAEFeature(weights, 0).prepare(model)  # the SAE reads a hook this model has, of its width
     path = index_dir(model, corpus, config, [n for n, _ in named])
     if (path / META).exists() and read_json(path / META).get("complete"):

@@ -22,22 +22,22 @@ import json
 import numbers
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from ..errors import ConfigError, ReverieError, RunDirError, TargetError
 from ..fast.capabilities import FastPath
+from ..files import atomic_write
 from ..lm.foreign import as_model
 from ..lm.model import Model, cache_dir
-from ..files import atomic_write
-from ..scoring import TargetCache, make_scorer
-from ..search.config import EPOConfig
 from ..lm.targets import Attention, Target, as_target, usage
 from ..lm.vocab import Vocabulary
+from ..scoring import TargetCache, make_scorer
+from ..search.config import EPOConfig
 
 BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 CONTEXT = 8  # tokens of the document kept on each side of a window (context_before, context_after)
@@ -103,8 +103,9 @@ def bundled_corpus() -> Path:
             f"cannot write the bundled corpus to the cache folder {out.parent}: set REVERIE_CACHE to a writable folder"
         )
     source = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / BUNDLED_WIKI
-    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
     import bz2
+
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
     lines = []
     with bz2.open(source) as fh:

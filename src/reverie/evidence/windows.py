@@ -18,8 +18,8 @@ an attention entry or a Python function cannot be scanned and starts from the mo
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 

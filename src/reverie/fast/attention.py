@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from . import native
 from ..lm.model import Model
+from . import native
 
 NAME = "reverie"
 
@@ -66,7 +66,7 @@ class Packed:
         """Where each child's token at `position` (at or after its mutated position) lies in the row."""
         return self.start + position - self.pos
 
-    def shortened(self) -> "Packed":
+    def shortened(self) -> Packed:
         """The same entries without their tokens at the last position, n − 1 (`last_dropped_above`)."""
         return Packed(self.kv, self.parent[self.lead :], self.pos, self.n - 1, self.lead, self.weights)
 

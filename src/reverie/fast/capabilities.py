@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Iterator
 from functools import cached_property
-from typing import Iterator
 
 import torch
 
@@ -30,13 +30,13 @@ from .fusion import compiling, fused_norms, norms
 class FastPath:
     """The speed paths one model takes (each probed on first use) and the context of a pass."""
 
-    _models: "weakref.WeakKeyDictionary[Model, FastPath]" = weakref.WeakKeyDictionary()
+    _models: weakref.WeakKeyDictionary[Model, FastPath] = weakref.WeakKeyDictionary()
 
     def __init__(self, model: Model):
         self._model = weakref.ref(model)  # the FastPath lives as long as its model, not longer
 
     @classmethod
-    def of(cls, model: Model) -> "FastPath":
+    def of(cls, model: Model) -> FastPath:
         """The one FastPath of `model`."""
         if model not in cls._models:
             cls._models[model] = cls(model)

@@ -2,8 +2,8 @@
 
 Packed attention (see `attention`) is tiny in arithmetic but, in torch, a dozen gathers and scatters
 around a flash-attention call on [children, heads, n, n] blocks; the kernel reads each token's keys
-straight from its parent and the packed row (docs/performance.md#packed-attention-kernel). It is built with the system's C
-compiler (`CC`, else `cc`) into the cache directory on first use; where there is no compiler, the
+straight from its parent and the packed row (docs/performance.md#packed-attention-kernel). It is built with the
+system's C compiler (`CC`, else `cc`) into the cache directory on first use; where there is no compiler, the
 build fails, or REVERIE_NATIVE=0, `kernel()` is None and attention runs in torch, with the same
 results within fp32 rounding.
 """

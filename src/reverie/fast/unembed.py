@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import is_oom
-from .fusion import compiling
 from ..lm.model import Model
+from .fusion import compiling
 
 VOCAB_TILE = 4096  # vocabulary columns unembedded at a time
 TILE_BYTES = 16 << 20  # bytes of logits per tile: at most this many rows × VOCAB_TILE at once

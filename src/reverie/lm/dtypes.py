@@ -17,8 +17,8 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -184,11 +184,16 @@ def shape_key(config) -> str:
 def machine_key() -> str:
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        name = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), "")
+        name = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), ""
+        )
     except OSError:
         name = ""
     flags = hashlib.sha1(cpu_flags().encode()).hexdigest()[:12]
-    return f"{name or platform.processor() or platform.machine()}|flags:{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return (
+        f"{name or platform.processor() or platform.machine()}|flags:{flags}|torch "
+        f"{torch.__version__}|{torch.get_num_threads()} threads"
+    )
 
 
 def probe_choice(config, timer: Timer | None = None) -> tuple[torch.dtype, str]:

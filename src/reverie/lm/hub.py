@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 TIMEOUT = 5.0  # seconds the hub's endpoint gets to answer
 
@@ -30,7 +30,7 @@ def offline() -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=TIMEOUT)
         return None
-    except Exception:  # noqa: BLE001 - no network, no DNS, a proxy error: offline as far as we can tell
+    except Exception:  # no network, no DNS, a proxy error: offline as far as we can tell
         return f"{constants.ENDPOINT} cannot be reached"
 
 

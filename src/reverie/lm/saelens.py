@@ -97,7 +97,7 @@ def hub_model(name: str) -> str:
         from transformer_lens.loading_from_pretrained import get_official_model_name
 
         return get_official_model_name(name)
-    except Exception:  # noqa: BLE001 - not installed, an unknown name (ValueError), another version: the name
+    except Exception:  # not installed, an unknown name (ValueError), another version: the name
         return name
 
 
@@ -146,7 +146,7 @@ def pretrained(release: str, sae_id: str, offline: bool):
     try:
         with hub.cache_only(offline):  # read it from the cache without retrying the network
             sae = SAE.from_pretrained(release, sae_id, device="cpu")
-    except Exception as e:  # noqa: BLE001 - the hub's, SAELens's and the converters' errors, as one line
+    except Exception as e:  # the hub's, SAELens's and the converters' errors, as one line
         if offline:
             raise NotCached() from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -42,7 +42,7 @@ class RandomSpec:
     seed: int = 0
 
     @classmethod
-    def parse(cls, spec: str) -> "RandomSpec":
+    def parse(cls, spec: str) -> RandomSpec:
         """`random:NAME[:layers=N][:seed=S]`."""
         if not spec.startswith(PREFIX):
             raise ModelError(f"{spec!r} is not a random model spec (random:NAME)")

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -221,7 +222,8 @@ class Attention(Target):
         super().prepare(model)
         if not 0 <= self.head < model.adapter.n_heads:
             raise TargetError(
-                f"{self.spec}: head {self.head} does not exist: layer {self.layer} has heads 0-{model.adapter.n_heads - 1}"
+                f"{self.spec}: head {self.head} does not exist: layer {self.layer} has heads "
+                f"0-{model.adapter.n_heads - 1}"
             )
 
     def check_length(self, n: int) -> None:

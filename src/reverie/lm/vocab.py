@@ -14,7 +14,6 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,9 +53,9 @@ def token_texts(tokenizer, n: int) -> list[str]:
 
 
 def token_flags(tokenizer, n: int) -> np.ndarray:
-    """DECODES | PRINTABLE | LETTERS | WORD_START flags (uint8) of the first n tokens. Decoding a 262k vocabulary takes seconds,
-    so the flags are cached on disk (`vocab_cache_folder()`) under the tokenizer's fingerprint (itself kept
-    in memory per tokenizer object); a cache that cannot be read or written is recomputed
+    """DECODES | PRINTABLE | LETTERS | WORD_START flags (uint8) of the first n tokens. Decoding a 262k vocabulary
+    takes seconds, so the flags are cached on disk (`vocab_cache_folder()`) under the tokenizer's fingerprint
+    (itself kept in memory per tokenizer object); a cache that cannot be read or written is recomputed
     (docs/performance.md#large-vocabularies)."""
     key = fingerprint(tokenizer)
     path = None if key is None else vocab_cache_folder() / f"{key}-{n}-v{FLAGS_VERSION}.npy"
@@ -90,7 +89,7 @@ def vocab_cache_folder() -> Path:
     return cache_dir() / "vocab"
 
 
-_fingerprints: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+_fingerprints: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 
 def fingerprint(tokenizer) -> str | None:
@@ -151,7 +150,7 @@ class Vocabulary:
         banned_strings: tuple[str, ...] = (),
         check_retokenization: bool = True,
         word_start: bool = False,
-    ) -> "Vocabulary":
+    ) -> Vocabulary:
         import torch
 
         n = min(len(tokenizer), embedding_rows)
@@ -177,7 +176,7 @@ class Vocabulary:
         )
 
     @classmethod
-    def for_model(cls, model, **options) -> "Vocabulary":
+    def for_model(cls, model, **options) -> Vocabulary:
         """The vocabulary of a loaded `Model` (tokenizer entries that have an embedding row)."""
         return cls.build(model.tokenizer, model.adapter.embed.weight.shape[0], **options)
 

@@ -39,8 +39,8 @@ def drawable() -> frozenset[int]:
 def label(text, width: int | None = 48) -> str:
     """Model text (or a target spec) as a one-line figure text: newlines as ⏎ and control characters
     escaped (`text.visible`), characters the plot fonts cannot draw (or matplotlib cannot lay out:
-    Arabic, Hebrew) as escapes (\\u4e2d) instead of empty boxes, cut to `width` characters, and every `$` literal rather than the start of mathtext.
-    Every text a figure shows goes through here."""
+    Arabic, Hebrew) as escapes (\\u4e2d) instead of empty boxes, cut to `width` characters, and every `$`
+    literal rather than the start of mathtext. Every text a figure shows goes through here."""
     glyphs = drawable()
     text = "".join(
         c if ord(c) in glyphs and unicodedata.bidirectional(c) not in RIGHT_TO_LEFT else escape(c)

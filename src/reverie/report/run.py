@@ -11,27 +11,27 @@ model; without it the report says so.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from ..version import __version__
-from . import plots
+from ..errors import ReverieError, RunDirError
 from ..evidence.attribution import attribute
 from ..evidence.baseline import random_baseline
-from ..runs.dream import DreamResult, load_run
-from ..errors import ReverieError, RunDirError
-from ..search.frontier import THRESHOLDS, best_at, best_rows, pareto, versus_data
-from ..lm.model import Model
-from .pages import environment
-from .text import visible
-from ..files import atomic_write
 from ..evidence.readability import real_word_share, real_words
 from ..evidence.scan import read_scan
 from ..evidence.tokens import per_token, token_strings
+from ..files import atomic_write
+from ..lm.model import Model
 from ..lm.targets import Direction, as_target
+from ..runs.dream import DreamResult, load_run
+from ..search.frontier import THRESHOLDS, best_at, best_rows, pareto, versus_data
+from ..version import __version__
+from . import plots
+from .pages import environment
+from .text import visible
 
 REPORT = "report.html"
 
@@ -123,8 +123,10 @@ def _heatmap(table: pd.DataFrame) -> list[dict]:
                 "bar": float(np.clip(r.drop_best / scale, 0, 1)),
                 "tip": (
                     f"token '{visible(r.token)}' (id {r.token_id})\n"
-                    f"worst substitute '{visible(r.worst_substitute)}': {r.worst_activation:.3f} (drop {r.drop_worst:.3f})\n"
-                    f"best alternative '{visible(r.best_substitute)}': {r.best_activation:.3f} (drop {r.drop_best:.3f})\n"
+                    f"worst substitute '{visible(r.worst_substitute)}': {r.worst_activation:.3f} (drop "
+                    f"{r.drop_worst:.3f})\n"
+                    f"best alternative '{visible(r.best_substitute)}': {r.best_activation:.3f} (drop "
+                    f"{r.drop_best:.3f})\n"
                     f"top substitutes: {subs}"
                 ),
             }
@@ -145,7 +147,8 @@ def build_report(
 ) -> str:
     """The report's HTML. `model` (and `target`, for Python-only targets) enables attribution and the
     random-prompt baseline (seed 0, cached per model and target: runs of one target share it); `scan`
-    adds the dataset windows for this run's target (default: the windows kept with the run). `progress` is told each step that needs the model."""
+    adds the dataset windows for this run's target (default: the windows kept with the run). `progress` is
+    told each step that needs the model."""
     progress = progress or (lambda step: None)
     run = run if isinstance(run, DreamResult) else load_run(run)
     history = run.history

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .dream import DreamResult, dream, load_run, resume
-from ..search.config import EPOConfig
 from ..errors import ConfigError
-from ..search.frontier import THRESHOLDS, best_at
 from ..lm.model import Model, load_model
+from ..search.config import EPOConfig
+from ..search.frontier import THRESHOLDS, best_at
+from .dream import DreamResult, dream, load_run, resume
 from .rundir import CHECKPOINT, finished
 
 

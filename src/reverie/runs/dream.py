@@ -9,27 +9,27 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from ..version import __version__
-from ..search.config import EPOConfig, as_config
-from ..search.epo import EPO, EPOState, Step
 from ..errors import ConfigError, RunDirError
-from ..search.frontier import best_at, best_rows, pareto, summary
-from ..search.history import History
-from ..lm.model import Model, dtype_name, load_model
-from ..lm.foreign import as_model
-from .rundir import CONFIG, FRONTIER, RunDir
-from ..evidence.scan import data_starts
 from ..evidence.features import IndexConfig
+from ..evidence.scan import data_starts
 from ..evidence.windows import AUTO, Progress, windows_for
 from ..lm import memory
-from ..scoring import make_scorer
+from ..lm.foreign import as_model
+from ..lm.model import Model, dtype_name, load_model
 from ..lm.targets import Target
+from ..scoring import make_scorer
+from ..search.config import EPOConfig, as_config
+from ..search.epo import EPO, EPOState, Step
+from ..search.frontier import best_at, best_rows, pareto, summary
+from ..search.history import History
+from ..version import __version__
+from .rundir import CONFIG, FRONTIER, RunDir
 
 
 @dataclass

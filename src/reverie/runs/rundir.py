@@ -19,8 +19,8 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -28,9 +28,9 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..search.epo import EPOState
 from ..errors import RunDirError
 from ..files import atomic_write, locked, read_json, write_json
+from ..search.epo import EPOState
 from ..search.frontier import pareto
 from ..search.history import COLUMNS, History
 

@@ -21,13 +21,14 @@ A `Scorer` answers four questions about prompts (token ids) for one model, targe
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from ..errors import ConfigError
-from ..lm.model import Model, dtype_name, load_model
 from ..lm.foreign import as_model
+from ..lm.model import Model, dtype_name, load_model
 from ..lm.targets import Target, as_target
 from ..lm.vocab import Vocabulary
 from .batching import BackingOff, auto_batch_size

@@ -66,12 +66,12 @@ class EPOConfig:
     scorer: str = "packed"  # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
 
     @classmethod
-    def paper(cls, **kwargs) -> "EPOConfig":
+    def paper(cls, **kwargs) -> EPOConfig:
         """The paper's EPO: random starts and every child's token from the gradient's top-k."""
         return cls(**{"starts": "random", "lm_children": 0.0, **kwargs})
 
     @classmethod
-    def gcg(cls, penalty: float = 0.0, **kwargs) -> "EPOConfig":
+    def gcg(cls, penalty: float = 0.0, **kwargs) -> EPOConfig:
         """Greedy Coordinate Gradient: one prompt, one fixed penalty, no restarts (the paper's EPO otherwise)."""
         kwargs.setdefault("children", 512)
         return cls.paper(population=1, penalties=(penalty,), restart_every=0, **kwargs)
@@ -164,7 +164,7 @@ class EPOConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EPOConfig":
+    def from_dict(cls, d: dict) -> EPOConfig:
         """The config of `to_dict` (lists from JSON become tuples on construction)."""
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:

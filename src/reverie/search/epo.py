@@ -21,19 +21,18 @@ touches files or prints: the run directory and the CLI listen through the per-it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+from ..scoring import Scorer
 from .config import EPOConfig, as_config
 from .edits import PAD, edit_children, lengths, trim, unpad
-from ..errors import ConfigError
 from .history import History
 from .proposals import continuations, model_text, next_logprobs, sample_tokens
-from ..scoring import Scorer
-
 
 SAMPLES_PER_SLOT = 8  # sampled starts: prompts the model writes per population slot
 BEAMS_PER_SLOT = 4  # beam starts: prefixes each slot keeps at every length...

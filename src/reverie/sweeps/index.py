@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import RunDirError
-from ..search.frontier import summary
-from ..report.pages import environment
 from ..files import atomic_write, read_json
+from ..report.pages import environment
 from ..runs.rundir import FRONTIER, finished
+from ..search.frontier import summary
 from .specs import Job, make_jobs
 
 _TAGS = {4.0: "ce4", 5.0: "ce5", 6.0: "ce6", math.inf: "any"}

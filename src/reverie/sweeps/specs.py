@@ -1,14 +1,15 @@
-"""Sweep jobs: many targets and seeds from one spec, and where each (target, seed) job lives. Targets: ranges (`neuron:L9.N0-63`, `neuron:L*.N5`), comma lists, files
-of specs (one per line, `#` comments); seeds as `0-4`, `0,2,5` or one number. Used by sweeps."""
+"""Sweep jobs: many targets and seeds from one spec, and where each (target, seed) job lives. Targets: ranges
+(`neuron:L9.N0-63`, `neuron:L*.N5`), comma lists, files of specs (one per line, `#` comments); seeds as `0-4`,
+`0,2,5` or one number. Used by sweeps."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..errors import ConfigError, TargetError
 from ..lm.targets import KINDS, Custom, Target, parse_target

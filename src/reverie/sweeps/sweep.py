@@ -19,21 +19,22 @@ import shutil
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
-from ..version import __version__
-from ..search.config import EPOConfig
 from ..errors import ConfigError, ModelError, ReverieError, RunDirError
-from ..lm.model import BUNDLED, Model, bundled_path, dtype_name, load_model
-from ..files import LOCK, locked as lock_folder, read_json, write_json
 from ..evidence.windows import AUTO
+from ..files import LOCK, read_json, write_json
+from ..files import locked as lock_folder
+from ..lm.model import BUNDLED, Model, bundled_path, dtype_name, load_model
 from ..runs.rundir import CHECKPOINT, finished
-from .specs import Job, expand_targets, make_jobs, parse_seeds
+from ..search.config import EPOConfig
+from ..version import __version__
 from .index import write_index
+from .specs import Job, expand_targets, make_jobs, parse_seeds
 
 # ---------------------------------------------------------------- one job (in this process or in an actor)
 
@@ -79,7 +80,7 @@ def run_job(
                 checkpoint_every=checkpoint_every,
                 corpus=AUTO if starts is None else starts,
             )
-    except Exception as e:  # noqa: BLE001 - any failure is recorded, the sweep goes on
+    except Exception as e:  # any failure is recorded, the sweep goes on
         error = str(e) if isinstance(e, ReverieError) else f"{type(e).__name__}: {e}"
         return {
             "ok": False,
@@ -94,7 +95,7 @@ def run_job(
             from ..report.run import write_report
 
             write_report(path, model=model, target=job.target)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return {"ok": True, "seconds": result.seconds, "report_error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "seconds": result.seconds}
 
@@ -394,7 +395,7 @@ def layer_count(model: str) -> int:
         cfg = AutoConfig.from_pretrained(str(bundled_path()) if model == BUNDLED else model)
         cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
-    except Exception:  # noqa: BLE001 - bundled, .gguf, odd configs: load it
+    except Exception:  # bundled, .gguf, odd configs: load it
         return load_model(model, device="cpu").n_layers
 
 
