@@ -15,6 +15,7 @@ Spec strings, one `Kind` each in `KINDS` (read by `parse_target`, `usage()` and 
 A target's `.spec` is canonical: the hook form of a layer's own hook point is written `L9`
 (`neuron:blocks.9.mlp.hook_post.N402` is `neuron:L9.N402`), paths in it are absolute, and a
 Neuronpedia feature is written as its SAE by name (`sae:RELEASE/SAE_ID:F1234`).
+A spec may also combine others (`algebra.py`): `neuron:L9.N402 - 0.5*neuron:L9.N7`, `max(A, B)`, `A | B < 1.5`.
 
 An SAE by name is looked up (importing SAELens, seconds) and loaded when its spec is parsed, before
 any model loads: an unknown release or SAE id, or an SAE that is not downloaded while the Hugging
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ReverieError, TargetError
-from . import saelens
+from . import algebra, grammar, saelens
 from .sae import SAEFeature
 from .target import Target, absolute
 from .vocab import as_items, resolve_token
@@ -355,19 +356,30 @@ KINDS: dict[str, Kind] = {
 
 def usage(scans: bool = False) -> str:
     """The target spec forms, for error messages and help texts (with `scans`, those a scan reads)."""
-    return ", ".join(kind.usage for kind in KINDS.values() if kind.scans or not scans)
+    forms = ", ".join(kind.usage for kind in KINDS.values() if kind.scans or not scans)
+    return f"{forms}; or an expression of them, 'A - 0.5*B', 'max(A, B)', 'A | B < 1.5' (B kept below 1.5)"
 
 
 def parse_target(spec: str, ban: tuple[str, ...] = ()) -> Target:
-    """A Target from a spec string. `ban` goes to logit targets (rejected text)."""
+    """A Target from a spec string. `ban` goes to logit targets (rejected text). A spec with an operator
+    outside its atoms is an expression of targets (`algebra.py`), unless it names a file that exists."""
+    if grammar.is_expression(spec):
+        return algebra.parse(spec, lambda atom: parse_target(atom, ban))
     name, sep, rest = spec.partition(":")
     kind = KINDS.get(name) if sep else None
     if kind is None:
         raise TargetError(f"cannot parse target {spec!r}: use {usage()}")
     target = kind.parse(rest, as_items(ban))
     if target is None:
-        raise TargetError(f"cannot parse target {spec!r}: use {kind.usage}")
+        joined = "; a '-' between two terms needs a space before it" if re.search(r"-\w+:", rest) else ""
+        raise TargetError(f"cannot parse target {spec!r}: use {kind.usage}{joined}")
     return target
+
+
+def combine(expression: str, ban: tuple[str, ...] = (), **targets: Target) -> Target:
+    """A target from an expression (docs/usage.md#expression-targets) whose names are `targets`, as well as
+    spec atoms: `combine("a - 0.5*b | neuron:L9.N7 < 1.5", a=SAEFeature(sae, 3), b=Neuron(9, 402))`."""
+    return algebra.parse(expression, lambda atom: parse_target(atom, ban), targets)
 
 
 def as_target(target: Target | str | Callable, model: Model, ban: tuple[str, ...] = ()) -> Target:
