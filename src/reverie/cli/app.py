@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -125,11 +126,13 @@ def dream(
     if diverse < 1:
         raise ReverieError(f"--diverse takes the number of distinct dreams, K >= 1 (got {diverse})")
     if resume is None:
+        assert target is not None  # (checked above)
         config = epo_config(epo)
         parse_target(target, config.ban_strings)  # a bad spec fails before anything loads
     from ..runs.rundir import RunDir  # imports torch: after the checks that need nothing loaded
 
     if resume is None:
+        assert target is not None
         run_path = out or _default_out(target)
         RunDir(run_path).check_writable()  # fail before the model loads
         model_spec, total = model, config.iters
@@ -152,7 +155,7 @@ def dream(
     display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
     from ..evidence.features import IndexConfig
 
-    starting = dict(
+    starting: dict[str, Any] = dict(
         corpus=corpus,
         notice=_notice,
         progress=IndexProgress(enabled=not quiet),
@@ -177,6 +180,7 @@ def dream(
             )
             result = faces[-1]
         elif resume is None:
+            assert target is not None
             result = run_dream(
                 loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every, **starting
             )

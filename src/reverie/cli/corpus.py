@@ -147,8 +147,13 @@ def index(
     )
     bar = IndexProgress()
     loaded = load_model(model, dtype=dtype, device=device)
-    ran = []
-    built = build_index(loaded, corpus, config, saes=sae, progress=lambda *a: (ran.append(1), bar(*a)))
+    ran: list[int] = []
+
+    def progress(done: int, total: int, seconds_per_token: float) -> None:
+        ran.append(1)
+        bar(done, total, seconds_per_token)
+
+    built = build_index(loaded, corpus, config, saes=sae, progress=progress)
     meta = built.meta
     what = "built" if ran else "read from the cache"
     out_console.print(

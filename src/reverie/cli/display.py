@@ -4,10 +4,19 @@ and frontier tables (rich)."""
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -31,7 +40,7 @@ def frontier_table(rows, title: str, penalties=None) -> Table:
     table.add_column("activation", justify="right")
     table.add_column("text", overflow="fold")
     for i, (act, ce, text) in enumerate(rows):
-        cells = [
+        cells: list[RenderableType] = [
             f"{ce:.2f}" if math.isfinite(ce) else "–",
             f"{act:.3f}" if math.isfinite(act) else "rejected",
             Text(shown(text)),
@@ -64,17 +73,18 @@ class LiveDisplay:
     def __call__(self, step) -> None:
         if not self.enabled:
             return
+        assert self.live is not None  # enabled
         if not self.started:
             self.live.start()
             self.started = True
         self.progress.update(self.task, completed=step.iteration, rate=f"{step.seconds:.2f} s/it")
-        rows = [[t for t in r if t >= 0] for r in step.state.population.tolist()]  # -1 pads shorter prompts
-        texts = self.tokenizer.batch_decode(rows, clean_up_tokenization_spaces=False)
+        ids = [[t for t in r if t >= 0] for r in step.state.population.tolist()]  # -1 pads shorter prompts
+        texts = self.tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False)
         rows = list(zip(step.state.f.tolist(), step.state.ce.tolist(), texts))
         self.live.update(Group(self.progress, frontier_table(rows, "current population", step.penalties)))
 
     def stop(self) -> None:
-        if self.started:
+        if self.started and self.live is not None:
             self.live.stop()
 
 
@@ -82,7 +92,8 @@ class SweepDisplay:
     """Sweep progress callback: one bar for the sweep (done / failed / left, ETA), one line per running job."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled, self.jobs = enabled, {}
+        self.enabled = enabled
+        self.jobs: dict[Any, TaskID] = {}  # (spec, seed) of each running job -> its line
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -93,7 +104,7 @@ class SweepDisplay:
             console=console,
             disable=not enabled,
         )
-        self.sweep = None
+        self.sweep: TaskID | None = None
 
     def __call__(self, e) -> None:
         if e.kind == "loading":
@@ -130,7 +141,8 @@ class IndexProgress:
     (from the seconds per token so far), gone when the pass ends."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled, self.task = enabled, None
+        self.enabled = enabled
+        self.task: TaskID | None = None
         self.progress = Progress(
             TextColumn("[bold]indexing"),
             BarColumn(),
@@ -164,7 +176,13 @@ def versus_table(versus: dict, windows) -> Table:
         f"at equal fluency; {versus['windows_above']} of {versus['windows']} windows beat every dream as fluent"
     )
     table = Table(title=Text(f"dreams against real text: {verdict}"), title_justify="left", expand=False)
-    for name, justify in (("", "left"), ("cross-entropy", "right"), ("activation", "right"), ("text", "left")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("", "left"),
+        ("cross-entropy", "right"),
+        ("activation", "right"),
+        ("text", "left"),
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
     if not math.isnan(margin):
         table.add_row(

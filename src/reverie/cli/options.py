@@ -189,7 +189,8 @@ def epo_options(exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]
             epo = {p.name: values.pop(p.name) for p in shared}
             return command(**values, epo=epo)
 
-        with_options.__signature__ = inspect.Signature(own[:at] + shared + own[at + 1 :])
+        # inspect.signature (and so typer) reads __signature__, which typeshed does not declare on functions
+        with_options.__signature__ = inspect.Signature(own[:at] + shared + own[at + 1 :])  # type: ignore[attr-defined]
         return with_options
 
     return decorate

@@ -77,8 +77,8 @@ def random_baseline(
 def _key(model: Model, target: str, *args) -> str:
     """The model by its spec, dtype and a sample of its embedding weights (a folder retrained in place is
     another model), with the target and the baseline's arguments."""
-    sample = model.adapter.embed.weight[:8, :8].detach().float().cpu().numpy().round(6).tolist()
+    sample = model.adapter.embed_weight[:8, :8].detach().float().cpu().numpy().round(6).tolist()
     text = json.dumps(
-        [model.spec, dtype_name(model.dtype), list(model.adapter.embed.weight.shape), sample, target, *args]
+        [model.spec, dtype_name(model.dtype), list(model.adapter.embed_weight.shape), sample, target, *args]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:24]

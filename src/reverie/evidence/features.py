@@ -76,6 +76,7 @@ def _sources(model: Model, saes: tuple[SAEWeights, ...]) -> dict[str, tuple[str,
 def _sae_weights(sae) -> tuple[str, SAEWeights]:
     """(how the SAE is named in specs, its weights) for a folder, a SAELens name or an `SAEFeature`."""
     feature = sae if isinstance(sae, SAEFeature) else SAEFeature(sae, 0)
+    assert feature.weights is not None  # SAEFeature.__post_init__ sets them
     return feature.source, feature.weights
 
 
@@ -188,12 +189,18 @@ class FeatureIndex:
         return score_windows(model, target, docs, keys, values, length or self.meta["config"]["window"], top)
 
 
+def _complete(path: Path) -> bool:
+    """Whether the index folder `path` is complete (a missing or unreadable meta.json: it is not)."""
+    meta = read_json(path / META)
+    return meta is not None and bool(meta.get("complete"))
+
+
 def find_index(model: Model, corpus: str, config: IndexConfig | None = None) -> FeatureIndex | None:
     """The complete index of `corpus` for `model` in the cache, if one was built with these options; with
     `config` None, the one of the whole corpus (any other options); else None."""
     if config is not None:
         path = index_dir(model, corpus, config)
-        return FeatureIndex.open(path) if (path / META).exists() and read_json(path / META).get("complete") else None
+        return FeatureIndex.open(path) if _complete(path) else None
     found = []
     for meta_path in (cache_dir() / "indexes").glob(f"*/{META}"):
         meta = read_json(meta_path)
@@ -227,7 +234,7 @@ def build_index(
     for _, weights in named:
         SAEFeature(weights, 0).prepare(model)  # the SAE reads a hook this model has, of its width
     path = index_dir(model, corpus, config, [n for n, _ in named])
-    if (path / META).exists() and read_json(path / META).get("complete"):
+    if _complete(path):
         return FeatureIndex.open(path)
     tokens, doc_starts, chunks = _tokenize(model, corpus, config)
     sources = _sources(model, tuple(w for _, w in named))

@@ -102,6 +102,7 @@ def bundled_corpus() -> Path:
         raise ReverieError(
             f"cannot write the bundled corpus to the cache folder {out.parent}: set REVERIE_CACHE to a writable folder"
         )
+    assert spec.submodule_search_locations is not None  # gensim is a package
     source = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / BUNDLED_WIKI
     import bz2
 
@@ -278,7 +279,7 @@ def _chunks(model: Model, docs: Iterable[str], config: ScanConfig) -> Iterator[t
 
 def scan(
     model: Model,
-    targets: list[Target | str],
+    targets: Sequence[Target | str],
     corpus: str | Iterable[str],
     config: ScanConfig | None = None,
     progress: Callable[[int], None] | None = None,
@@ -290,11 +291,11 @@ def scan(
     of up to CONTEXT tokens of the document before and after the window (context_before, context_after)."""
     config = config or ScanConfig()
     model = as_model(model)
-    targets = [as_target(t, model) for t in targets]
-    readers = [_per_position(t) for t in targets]
-    hooks = sorted({h for t in targets for h in t.hooks})
+    chosen = [as_target(t, model) for t in targets]
+    readers = [_per_position(t) for t in chosen]
+    hooks = sorted({h for t in chosen for h in t.hooks})
     docs_tokens: dict[int, list[int]] = {}
-    best = [(torch.empty(0), torch.empty(0, 2, dtype=torch.long)) for _ in targets]  # values, (doc, position)
+    best = [(torch.empty(0), torch.empty(0, 2, dtype=torch.long)) for _ in chosen]  # values, (doc, position)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     batch: list[tuple[int, int, list[int]]] = []
     seen = 0
@@ -308,7 +309,7 @@ def scan(
             ids[i, : len(piece)] = torch.tensor(piece)
         with torch.inference_mode(), FastPath.of(model).run(), model.capture(hooks) as cache:
             hidden = model.trunk(ids.to(model.device))
-            cache = TargetCache(cache, hidden, model.head, ", ".join(t.spec for t in targets))  # logits only if read
+            cache = TargetCache(cache, hidden, model.head, ", ".join(t.spec for t in chosen))  # logits only if read
             values = [r.value(cache).float().cpu() for r in readers]  # each [rows, width]
         doc = torch.tensor([d for d, _, _ in batch])[:, None].expand(-1, width)
         pos = torch.tensor([o for _, o, _ in batch])[:, None] + torch.arange(width)[None]
@@ -340,7 +341,7 @@ def scan(
             progress(seen)
 
     rows = []
-    for target, (in_context, keys) in zip(targets, best):
+    for target, (in_context, keys) in zip(chosen, best):
         if len(keys):
             rows.append(score_windows(model, target, docs_tokens, keys, in_context, config.window, config.top))
     if not rows:

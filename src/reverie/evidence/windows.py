@@ -62,8 +62,9 @@ def windows_for(
     if corpus is None:
         return None, "no corpus: the population starts from the model alone"
     if is_scan(corpus):
-        windows = read_scan(corpus)
-        windows = windows[windows["target"] == target.spec]
+        scanned = read_scan(corpus)
+        assert scanned is not None  # corpus is not None
+        windows = scanned[scanned["target"] == target.spec]
         if windows.empty:
             raise ConfigError(f"the scan has no windows for {target.spec}: scan it with --target '{target.spec}'")
         return windows.reset_index(drop=True), f"{len(windows)} windows of the scan {_name(corpus)}"
@@ -96,7 +97,7 @@ def windows_for(
 
 def _estimating(progress: Progress | None, notice: Callable[[str], None]) -> Progress:
     """`progress`, and one notice of the whole pass's expected time once the first batch has been timed."""
-    told = []
+    told: list[bool] = []
 
     def report(done: int, total: int, seconds_per_token: float) -> None:
         if not told and seconds_per_token == seconds_per_token and done < total:  # (not NaN)
@@ -132,7 +133,7 @@ def scan_with_index(
     its candidates rather than `config.candidates`); returns the windows and the specs read from the index."""
     found = find_index(model, corpus) if isinstance(corpus, str) and config.max_tokens is None else None
     indexed = [t for t in targets if found is not None and found.covers(t)]
-    frames = [found.windows(model, t, top=config.top, length=config.window) for t in indexed]
+    frames = [found.windows(model, t, top=config.top, length=config.window) for t in indexed] if found else []
     rest = [t for t in targets if t not in indexed]
     if rest:
         frames.append(scan(model, rest, corpus, config, progress=progress))

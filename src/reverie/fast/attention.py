@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +93,7 @@ def attention(model: Model, layout: Packed | Rows):
     """Within the block, the model's attention runs on `layout`: packed children, or whole rows in fp32.
     Each attention module holds the layout for the pass (as the attribute LAYOUT), and the model's
     configs name this module's attention function; both are put back on leaving."""
-    configs = {
+    configs: dict[int, Any] = {  # transformers configs, whose attention implementation is a private attribute
         id(c): c
         for c in [
             model.hf.config,

@@ -44,7 +44,9 @@ class FastPath:
 
     @property
     def model(self) -> Model:
-        return self._model()
+        model = self._model()
+        assert model is not None  # a FastPath is reached through its model (FastPath.of), which is alive
+        return model
 
     @cached_property
     def packs(self) -> bool:
@@ -76,6 +78,7 @@ class FastPath:
             if layout is not None:
                 stack.enter_context(attention(self.model, layout))
             if drop_above is not None:
+                assert isinstance(layout, Packed)  # a position is dropped from packed children only
                 layout = stack.enter_context(last_dropped_above(self.model, layout, drop_above))
             yield layout
 
@@ -84,7 +87,7 @@ def probe_packed(model: Model, n: int = 6, block: int | None = None) -> bool:
     """Whether three children of two parents, packed (and, with `block`, with the last position dropped
     above it), get the hidden states of their plain forward pass."""
     device = model.device
-    vocab = model.adapter.embed.weight.shape[0]
+    vocab = model.adapter.embed_weight.shape[0]
     parents = (torch.arange(2 * n, device=device).view(2, n) * 7 + 11) % vocab
     parent, pos = torch.tensor([0, 1, 0], device=device), torch.tensor([0, 2, n - 1], device=device)
     children = parents[parent].clone()
@@ -104,7 +107,7 @@ def probe_packed(model: Model, n: int = 6, block: int | None = None) -> bool:
 
 def probe_fused(model: Model, n: int = 6) -> bool:
     """Whether the trunk with fused norms gives the plain trunk's hidden states, as a batch and as one row."""
-    vocab = model.adapter.embed.weight.shape[0]
+    vocab = model.adapter.embed_weight.shape[0]
     ids = (torch.arange(2 * n, device=model.device).view(2, n) * 7 + 11) % vocab
     try:
         with torch.inference_mode():

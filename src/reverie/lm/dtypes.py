@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
@@ -231,9 +232,13 @@ def cached_times(entry) -> tuple[float, float] | None:
     or written by another version is probed again, never trusted)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
         return None
-    times = entry.get("fp32"), entry.get("bf16")
-    ok = all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in times)
-    return times if ok else None
+    fp32, bf16 = entry.get("fp32"), entry.get("bf16")
+    return (fp32, bf16) if _seconds(fp32) and _seconds(bf16) else None
+
+
+def _seconds(t: object) -> TypeGuard[float]:
+    """A number of seconds as a cache entry holds it: an int or float, finite and positive (not a bool)."""
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
 
 
 def probe_seconds(config, dtype: torch.dtype) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ class Output:
 class TokenEmbedding(nn.Module):
     """TransformerLens's token embedding as transformers has it: `weight` [vocab, d_model], ids -> embeddings."""
 
-    def __init__(self, embed: nn.Module):
+    def __init__(self, embed: Any):  # TransformerLens's Embed (an nn.Module): W_E [vocab, d_model]
         super().__init__()
         self.inner = embed
 
@@ -75,7 +76,7 @@ class TokenEmbedding(nn.Module):
 class Unembedding(nn.Module):
     """TransformerLens's unembedding with `weight` [vocab, d_model]."""
 
-    def __init__(self, unembed: nn.Module):
+    def __init__(self, unembed: Any):  # TransformerLens's Unembed (an nn.Module): W_U [d_model, vocab]
         super().__init__()
         self.inner = unembed
 
@@ -90,7 +91,7 @@ class Unembedding(nn.Module):
 class Lens(nn.Module):
     """A HookedTransformer with the surface of a transformers causal LM, as far as reverie uses it."""
 
-    def __init__(self, lens: nn.Module):
+    def __init__(self, lens: Any):  # a HookedTransformer: its cfg, blocks, hook points and forward are its own
         super().__init__()
         cfg = lens.cfg
         self.lens = lens

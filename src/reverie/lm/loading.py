@@ -203,4 +203,5 @@ def load_hf(
         ) from e
     if offline:
         log.warning("loaded %s from the local cache %s (%s)", spec, hub.cache_folder(), offline)
-    return (hf if device_map is not None else hf.to(device)), tokenizer, reason
+    # transformers declares PreTrainedModel.to as @wraps(nn.Module.to), which mypy does not bind to the instance
+    return (hf if device_map is not None else hf.to(device)), tokenizer, reason  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -79,11 +80,43 @@ HOOK_RE = re.compile(
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:
+    found: nn.Module | None = module
     for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
+        found = getattr(found, part, None)
+        if found is None:
             return None
-    return module
+    return found
+
+
+def _config(hf: nn.Module) -> Any:
+    """The text model's config: transformers' (whose attributes differ by family), or lm.foreign.Lens's."""
+    cfg: Any = hf.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _tensor(value: object, what: str) -> torch.Tensor:
+    """`value` (a module's parameter, which nn.Module's attribute lookup types as Tensor | Module) as a Tensor."""
+    assert isinstance(value, torch.Tensor), f"{what} is a {type(value).__name__}, not a tensor"
+    return value
+
+
+class Tokenizer(Protocol):
+    """What reverie uses of a tokenizer (transformers' tokenizers have it)."""
+
+    pad_token_id: Any
+    bos_token_id: Any
+    eos_token_id: Any
+    unk_token: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]: ...
+
+    def convert_ids_to_tokens(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def get_vocab(self) -> dict[str, int]: ...
 
 
 @dataclass
@@ -92,8 +125,8 @@ class Adapter:
 
     embed: nn.Module
     blocks: nn.ModuleList
-    mlp_out: list[nn.Module]
-    attn: list[nn.Module]
+    mlp_out: list[nn.Module | None]  # None: a block without this MLP (a mixture of experts, attention only)
+    attn: list[nn.Module | None]
     unembed: nn.Module
     d_model: int
     d_mlp: int
@@ -103,10 +136,28 @@ class Adapter:
     def n_layers(self) -> int:
         return len(self.blocks)
 
+    @property
+    def embed_weight(self) -> torch.Tensor:
+        """The input embeddings [vocab, d_model]."""
+        return _tensor(self.embed.weight, "the input embedding's weight")
+
+    @property
+    def unembed_weight(self) -> torch.Tensor:
+        """The unembedding [vocab, d_model]."""
+        return _tensor(self.unembed.weight, "the unembedding's weight")
+
+    def part(self, parts: list[nn.Module | None], layer: int, name: str) -> nn.Module:
+        """`parts[layer]` (`mlp_out` or `attn`), refused in one line where that block has none."""
+        module = parts[layer]
+        if module is None:
+            raise ModelError(f"{name}: block {layer} has no such module")
+        return module
+
     @classmethod
     def find(cls, hf: nn.Module) -> Adapter:
-        if hasattr(hf, "reverie_adapter"):  # a wrapped foreign model names its own parts (lm.foreign)
-            return hf.reverie_adapter()
+        own = getattr(hf, "reverie_adapter", None)
+        if own is not None:  # a wrapped foreign model names its own parts (lm.foreign)
+            return own()
         name = type(hf).__name__
         blocks = next((b for p in _BLOCK_PATHS if isinstance(b := _get(hf, p), nn.ModuleList)), None)
         if blocks is None:
@@ -119,17 +170,20 @@ class Adapter:
                 "pass a custom target instead"
             )
         mlp_out = [_get(b, mlp_path) for b in blocks]
-        w = mlp_out[0].weight
+        first = mlp_out[0]
+        assert first is not None  # mlp_path is a path the first block has
+        w = _tensor(first.weight, f"{name}'s MLP output weight")
         # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
-        d_mlp = w.shape[0] if type(mlp_out[0]).__name__ == "Conv1D" else w.shape[1]
-        cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
-        embed = hf.get_input_embeddings()
+        d_mlp = w.shape[0] if type(first).__name__ == "Conv1D" else w.shape[1]
+        cfg = _config(hf)
+        lm: Any = hf  # a transformers causal LM: get_input_embeddings, get_output_embeddings
+        embed = lm.get_input_embeddings()
         return cls(
             embed=embed,
             blocks=blocks,
             mlp_out=mlp_out,
             attn=[_get(b, attn_path) for b in blocks],
-            unembed=hf.get_output_embeddings(),
+            unembed=lm.get_output_embeddings(),
             d_model=embed.weight.shape[1],
             d_mlp=d_mlp,
             n_heads=getattr(cfg, "num_attention_heads", None) or cfg.n_head,
@@ -142,7 +196,7 @@ class Model:
     object (they can key caches of what was probed on them, see `fast.capabilities`)."""
 
     hf: nn.Module
-    tokenizer: object
+    tokenizer: Tokenizer
     spec: str = ""  # how to load it again (hub id, folder, .gguf, "bundled", random:NAME); defaults to name_or_path
     dtype_reason: str = ""  # why load_model chose this dtype, for the CLI to show
     adapter: Adapter = field(init=False)
@@ -158,11 +212,11 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return self.adapter.embed.weight.device
+        return self.adapter.embed_weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.adapter.embed.weight.dtype
+        return self.adapter.embed_weight.dtype
 
     @property
     def n_layers(self) -> int:
@@ -219,7 +273,8 @@ class Model:
         return split.shape == plain.shape and bool(torch.allclose(split, plain, rtol=1e-3, atol=1e-3))
 
     def _base_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        base: Any = self.hf.base_model  # transformers' model without its output layer
+        return base(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._softcap(self.adapter.unembed(hidden))
@@ -229,14 +284,14 @@ class Model:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     @property
-    def text_config(self):
-        cfg = self.hf.config
-        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    def text_config(self) -> Any:
+        return _config(self.hf)
 
     def use_eager_attention(self) -> None:
         """Attention probabilities are only materialised by the eager implementation."""
         if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
-            self.hf.set_attn_implementation("eager")
+            lm: Any = self.hf  # a transformers model
+            lm.set_attn_implementation("eager")
 
     @property
     def context(self) -> int | None:
@@ -281,16 +336,17 @@ class Model:
             elif point == "hook_resid_pre":
                 handles.append(a.blocks[layer].register_forward_pre_hook(_store_input(cache, name), with_kwargs=True))
             elif point == "mlp.hook_post":
-                handles.append(a.mlp_out[layer].register_forward_pre_hook(_store_input(cache, name), with_kwargs=True))
+                mlp = a.part(a.mlp_out, layer, name)
+                handles.append(mlp.register_forward_pre_hook(_store_input(cache, name), with_kwargs=True))
             elif point == "hook_resid_post":
                 handles.append(a.blocks[layer].register_forward_hook(_store_output(cache, name, 0)))
             elif point == "hook_mlp_out":
-                handles.append(a.mlp_out[layer].register_forward_hook(_store_output(cache, name, 0)))
+                handles.append(a.part(a.mlp_out, layer, name).register_forward_hook(_store_output(cache, name, 0)))
             elif point == "hook_attn_out":
-                handles.append(a.attn[layer].register_forward_hook(_store_output(cache, name, 0)))
+                handles.append(a.part(a.attn, layer, name).register_forward_hook(_store_output(cache, name, 0)))
             else:  # attn.hook_pattern: [batch, head, query, key]
                 self.use_eager_attention()
-                handles.append(a.attn[layer].register_forward_hook(_store_output(cache, name, 1)))
+                handles.append(a.part(a.attn, layer, name).register_forward_hook(_store_output(cache, name, 1)))
         try:
             yield cache
         finally:

@@ -287,6 +287,8 @@ class SAEFeature(Target):
         import torch
 
         hook, w, width = self.hooks[0], self.weights, None
+        assert w is not None  # set in __post_init__
+        wrong: str | None
         try:
             model.check_hook(hook)
         except ModelError as e:

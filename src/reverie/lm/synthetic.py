@@ -52,7 +52,7 @@ class RandomSpec:
                 f"unknown random model shape {name!r}: use random:NAME with one of {', '.join(shape_names())} "
                 "(optionally :layers=N and :seed=S)"
             )
-        values = {}
+        values: dict[str, int] = {}
         for option in options:
             key, _, value = option.partition("=")
             if key not in ("layers", "seed") or not re.fullmatch("[0-9]+", value):

@@ -24,6 +24,8 @@ from .cache import cache_dir
 if TYPE_CHECKING:  # torch loads when a vocabulary is built, not when the CLI reads as_items
     import torch
 
+    from .model import Tokenizer
+
 DECODES = 1  # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
 PRINTABLE = 2  # ... and that text is printable ASCII
 LETTERS = 4  # ... and that text has a letter (not only digits, punctuation, symbols or spaces)
@@ -130,7 +132,7 @@ def save(path: Path, flags: np.ndarray) -> None:
 class Vocabulary:
     """The allowed tokens (sorted ids) and the prompt-level constraints."""
 
-    tokenizer: object
+    tokenizer: Tokenizer
     allowed: torch.Tensor
     banned_strings: tuple[str, ...] = ()
     check_retokenization: bool = True

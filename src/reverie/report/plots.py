@@ -18,6 +18,7 @@ from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
+from matplotlib.transforms import Bbox
 
 from ..search.frontier import pareto
 from .text import escape, visible
@@ -79,12 +80,12 @@ def _annotate(ax, notes: list[tuple[str, float, float, str]], pad: float = 1.0) 
         left.append(box.x1 > frame.x1)
         start.append(box.translated(-(box.width + 2 * gap), 0) if left[-1] else box)
     boxes = list(start)
-    placed = []
+    placed: list[Bbox] = []
     for i in sorted(range(len(boxes)), key=lambda i: -boxes[i].y1):  # top label first, the rest pushed down
         while hit := next((b for b in placed if boxes[i].overlaps(b)), None):
             boxes[i] = boxes[i].translated(0, hit.y0 - boxes[i].y1 - pad)
         placed.append(boxes[i])
-    done = []
+    done: list[Bbox] = []
     for i in sorted(range(len(boxes)), key=lambda i: boxes[i].y0):  # bottom label first, lifted into the axes
         floor = max([frame.y0] + [b.y1 + pad for b in done if b.x0 < boxes[i].x1 and boxes[i].x0 < b.x1])
         if boxes[i].y0 < floor:

@@ -174,7 +174,7 @@ def build_report(
             notes.append(f"No attribution or baseline: {e}")
     else:
         notes.append("Attribution and the random-prompt baseline need the model: `reverie report RUN_DIR` loads it.")
-    if resolved is not None:
+    if model is not None and resolved is not None:  # (a target resolves only against a model)
         length = len(history["ids"].iloc[0]) if len(history) else run.config.length
         progress(f"random-prompt baseline ({baseline_prompts} prompts)")
         baseline = random_baseline(
@@ -230,7 +230,11 @@ def build_report(
         row["words"] = None if words is None or row["text"] is None else real_word_share(row["text"], words)
     if resolved is not None:
         progress("per-token activations")
-    scale = None if resolved is None else _colour_tokens(model, resolved, run.config.template, best, window_rows)
+    scale = (
+        None
+        if model is None or resolved is None
+        else _colour_tokens(model, resolved, run.config.template, best, window_rows)
+    )
     template = run.config.template
     context = None if template is None else dict(zip(("before", "after"), template.split("{prompt}")))
     config = {
@@ -271,10 +275,13 @@ def write_report(run: DreamResult | str | Path, *, out: str | Path | None = None
     """Write `report.html` into the run directory (or to `out`); returns its path. Options as for
     `build_report`."""
     run = run if isinstance(run, DreamResult) else load_run(run)
-    if out is None and run.run_dir is None:
+    if out is not None:
+        path = Path(out)
+    elif run.run_dir is not None:
+        path = run.run_dir / REPORT
+    else:
         raise RunDirError("this result has no run directory: pass out='report.html'")
     html = build_report(run, **kw)
-    path = Path(out) if out is not None else run.run_dir / REPORT
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     except OSError as e:

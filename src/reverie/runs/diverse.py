@@ -29,7 +29,7 @@ def _faces_so_far(path: Path) -> str:
 
 def avoided_tokens(results: list[DreamResult]) -> tuple[int, ...]:
     """Every token of the best prompts (at cross-entropy <= 4, 5, 6, any) of earlier faces."""
-    tokens = set()
+    tokens: set[int] = set()
     for r in results:
         for limit in THRESHOLDS:
             best = best_at(r.history, limit)
@@ -60,10 +60,10 @@ def diverse(
     for j in range(k):
         path = None if out is None else Path(out) / f"face{j}"
         state = "new" if path is None else _faces_so_far(path)
-        if state == "done":
+        if path is not None and state == "done":
             results.append(load_run(path))
             continue
-        if state == "started":
+        if path is not None and state == "started":
             results.append(
                 resume(path, model=model, target=None if isinstance(target, str) else target, callback=callback)
             )
@@ -72,7 +72,8 @@ def diverse(
             continue
         face = replace(config, seed=config.seed + j)
         if results:
-            scale = abs(float(results[0].best()["activation"])) if results[0].best() is not None else 1.0
+            first = results[0].best()
+            scale = abs(float(first["activation"])) if first is not None else 1.0
             face = replace(face, avoid_ids=avoided_tokens(results), avoid_penalty=overlap * (scale or 1.0))
         results.append(dream(model, target, face, out=path, callback=callback, **dream_options))
         if results[-1].stopped != "done":

@@ -91,6 +91,7 @@ def _run(
         if run_dir is not None and (step.iteration % checkpoint_every == 0 or step.iteration == epo.config.iters):
             run_dir.checkpoint(step.state, step.history, decode)
         if config_update is not None:
+            assert run_dir is not None  # a resume's new config is for its run directory
             run_dir.write_json(CONFIG, config_update)
             config_update = None
         return callback(step) if callback is not None else None
@@ -211,7 +212,7 @@ def resume(
     out: str | Path,
     *,
     model: Model | None = None,
-    target: Target | Callable | None = None,
+    target: Target | str | Callable | None = None,
     iters: int | None = None,
     time_budget: float | None = None,
     callback: Callable[[Step], bool | None] | None = None,
@@ -243,7 +244,7 @@ def resume(
         scorer = make_scorer(model, target, config, fluency_models=fluency_models)
         target = scorer.target
         _check_memory(model, scorer, config)
-        if state is not None and int(state.population.max()) >= model.adapter.embed.weight.shape[0]:
+        if state is not None and int(state.population.max()) >= model.adapter.embed_weight.shape[0]:
             raise RunDirError(
                 f"{run_dir.path / 'checkpoint.safetensors'} holds token ids past {model.spec}'s "
                 "vocabulary: resume with the run's model, or delete it to restart the run"

@@ -120,6 +120,7 @@ def export(
     model is loaded (with the run's dtype unless `dtype` is given)."""
     fmt = export_format(fmt, out)
     result = load_run(run_dir)
+    assert result.run_dir is not None  # a run read from its folder knows it
     path = Path(out) if out is not None else result.run_dir / f"export.{fmt}"
     if model is None:
         model = load_model(result.model, dtype=dtype or RunDir(run_dir).config().get("dtype"), device=device)

@@ -108,7 +108,7 @@ def fluency(model: Model, specs, loaded: dict[str, Model] | None) -> list[tuple[
     if not specs:
         return None
     loaded = dict(loaded or {})
-    out = []
+    out: list[tuple[Model | None, float]] = []
     for spec, weight in specs:
         if spec in ("self", model.spec):
             out.append((None, weight))

@@ -15,7 +15,7 @@ def auto_batch_size(model: Model, length: int = 12, limit: int = 512) -> int:
     """Prompts per forward pass from free memory: logits dominate (model dtype, an fp32 copy and fp32
     log-probs per position), with activations on top; use at most half of what is free. On a CPU, also
     at most CPU_TOKENS_PER_PASS tokens per pass."""
-    vocab = model.adapter.unembed.weight.shape[0]
+    vocab = model.adapter.unembed_weight.shape[0]
     per_prompt = length * (vocab * (model.dtype.itemsize + 8) + 16 * model.adapter.d_mlp * model.dtype.itemsize)
     if model.device.type == "cpu":
         limit = min(limit, max(1, CPU_TOKENS_PER_PASS // length))

@@ -72,9 +72,8 @@ class Objective:
                 for name, t in hooks.items()
             }
             logits = None if logits is None else logits[:, L : L + n]
-        if (
-            hidden is not None
-        ):  # a target at the last position gets logits there only ([B, 1, V], as packed children do)
+        # a target at the last position gets logits there only ([B, 1, V], as packed children do)
+        if hidden is not None:
             hidden = (
                 hidden[:, L + n - 1 : L + n] if getattr(self.target, "position", None) == -1 else hidden[:, L : L + n]
             )
@@ -117,6 +116,7 @@ class TargetCache(dict):
                 f"{self.name} reads {key!r}, which it did not declare (declared: {declared}): "
                 "add it to the target's hooks"
             )
+        assert self.hidden is not None  # a pass without the final hidden states gives "logits" itself
         self["logits"] = self.head(self.hidden.contiguous()).float()
         return self["logits"]
 
@@ -148,7 +148,7 @@ def embed_scale(model: Model, token: int) -> float:
     embed = model.adapter.embed
     with torch.inference_mode():
         probe = torch.tensor([[token]], device=model.device)
-        out, w = embed(probe)[0, 0].float(), embed.weight[token].float()
+        out, w = embed(probe)[0, 0].float(), model.adapter.embed_weight[token].float()
     return float(out @ w / (w @ w))
 
 

@@ -37,7 +37,8 @@ class PackedScorer:
         self.projections = {
             m: projection(m, self.vocab.allowed) for m in [self.model, *(m for m, _ in objective.others)]
         }
-        self.gradients: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # prompt -> (df, dCE)
+        # prompt -> (df, dCE, its next-token log-probs or None)
+        self.gradients: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self.candidates: dict[tuple, torch.Tensor] = {}  # (prompt, λ, k, β) -> top-k
         self.keeps_logprobs = False  # whether gradient passes keep their next-token log-probs (`passes`)
 
@@ -85,7 +86,8 @@ class PackedScorer:
         f, ce = torch.empty(len(children)), torch.empty(len(children))
         patterns = any(h.endswith("hook_pattern") for h in self.target.hooks)
         block = self.deepest_block_read()
-        kv, own = {}, torch.zeros(len(children), device=device)  # own: sum of each child's own log-probs
+        kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the parents' keys and values
+        own = torch.zeros(len(children), device=device)  # own: sum of each child's own log-probs
         passes = -(-(m * N + int((N - L - pos).sum())) // (self.batch_size * N))  # batch_size × N tokens per pass
         with torch.inference_mode():
             for i, chunk in enumerate(torch.arange(len(children), device=device).tensor_split(passes)):
@@ -95,6 +97,7 @@ class PackedScorer:
                     self.model.capture(list(self.target.hooks)) as hooks,
                     self.fast.run(packed, drop_above=block) as out,
                 ):
+                    assert isinstance(out, Packed)  # the layout of the blocks above `block` (or `packed`)
                     row = packed.gather(full_parents, full_children[chunk])
                     hidden = self.model.trunk(row, position_ids=packed.position[None])[0]  # the tokens of `out`
                 if i == 0:  # the children's prefix terms, from the parents' positions that predict tokens first..n-1
@@ -155,7 +158,12 @@ class PackedScorer:
         rows where a position has no context), from the gradient pass (kept with its gradients)."""
         keys = [tuple(p.tolist()) for p in prompts]
         self.passes(keys, keep_others=True, logprobs=True)
-        return [self.gradients[key][2] for key in keys]
+        out = []
+        for key in keys:
+            logprobs = self.gradients[key][2]
+            assert logprobs is not None  # the passes kept them (logprobs=True)
+            out.append(logprobs)
+        return out
 
     def passes(self, prompts: list[tuple[int, ...]], keep_others: bool = False, logprobs: bool = False) -> None:
         """Gradient passes over the distinct prompts not already kept (or kept without the next-token
@@ -185,11 +193,13 @@ class PackedScorer:
         dfs, dces, lps = [], [], []
         n, L = ids.shape[1], len(o.before)
         for chunk in ids.split(self.batch_size):
-            chunk, leaf = chunk.to(self.model.device), []
+            chunk = chunk.to(self.model.device)
+            leaf: list[torch.Tensor] = []
             with torch.enable_grad():
                 f, ce, logprobs = self.forward(chunk, leaf, self.rows(self.model))
                 (g_f,) = torch.autograd.grad(f.sum(), leaf[0], retain_graph=o.self_weight > 0)
                 g_ce = torch.autograd.grad(ce.sum(), leaf[0])[0] if o.self_weight > 0 else None
+            assert logprobs is not None  # a pass with an embedding leaf has the log-probs over the allowed tokens
             g = torch.stack([g_f] if g_ce is None else [g_f, g_ce])[:, :, L : L + n]  # one pass over the embeddings
             df, *rest = self.through_context(g, self.model)
             dce = self.as_label(rest[0], logprobs).mul_(o.self_weight) if rest else torch.zeros_like(df)
@@ -324,5 +334,5 @@ def embedding_leaf(model: Model, embeddings: list | None):
 
 def projection(model: Model, allowed: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The allowed tokens' embeddings [A, d] in `model`, and its embedding module's output scale."""
-    embed = model.adapter.embed
-    return embed.weight[allowed.to(embed.weight.device)].float(), embed_scale(model, int(allowed[0]))
+    weight = model.adapter.embed_weight
+    return weight[allowed.to(weight.device)].float(), embed_scale(model, int(allowed[0]))

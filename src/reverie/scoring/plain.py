@@ -54,7 +54,7 @@ class PlainScorer:
         """Per prompt (1-D ids, any lengths) and its penalty λ, the k allowed tokens per position whose
         swap most increases L_λ: [n, k] ids each (with β > 0, ranked with the model's next-token
         log-probs too: `objective.top_k_tokens`)."""
-        out: list[torch.Tensor | None] = [None] * len(prompts)
+        out: dict[int, torch.Tensor] = {}
         logprobs = self.next_token_logprobs(prompts) if beta else [None] * len(prompts)
         for rows in by_length(prompts).values():
             for chunk in torch.tensor(rows).split(self.batch_size):
@@ -66,12 +66,12 @@ class PlainScorer:
                     (grad,) = torch.autograd.grad((f - lam * ce).sum(), one_hot)
                 for i, g in zip(chunk.tolist(), self.allowed(grad)):
                     out[i] = top_k_tokens(g, self.vocab.allowed, k, logprobs[i], beta)
-        return out
+        return [out[i] for i in range(len(prompts))]  # every prompt is in one chunk
 
     def next_token_logprobs(self, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per prompt, log p(v | the prompt before position j) over the allowed tokens: [n, A] fp32, NaN
         rows where a position has no context."""
-        out: list[torch.Tensor | None] = [None] * len(prompts)
+        out: dict[int, torch.Tensor] = {}
         for rows in by_length(prompts).values():
             for chunk in torch.tensor(rows).split(self.batch_size):
                 ids = torch.stack([prompts[i] for i in chunk])
@@ -81,12 +81,12 @@ class PlainScorer:
                 logprobs = self.allowed(logits[:, positions].log_softmax(-1))
                 for i, lp in zip(chunk.tolist(), next_token_rows(logprobs, self.objective.first)):
                     out[i] = lp
-        return out
+        return [out[i] for i in range(len(prompts))]  # every prompt is in one chunk
 
     # ---------------------------------------------------------------- one pass
     def one_hot(self, ids: torch.Tensor) -> torch.Tensor:
         """The one-hot encoding of prompts over the embedding matrix's rows, a leaf that takes gradients."""
-        E = self.model.adapter.embed.weight
+        E = self.model.adapter.embed_weight
         return F.one_hot(ids.to(E.device), E.shape[0]).to(E.dtype).requires_grad_(True)
 
     def allowed(self, grad: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ class PlainScorer:
         embed = model.adapter.embed
         embeddings = embed(full)
         L, n = len(self.objective.before), ids.shape[1]
-        prompt = (one_hot @ embed.weight) * embed_scale(model, int(self.vocab.allowed[0]))
+        prompt = (one_hot @ model.adapter.embed_weight) * embed_scale(model, int(self.vocab.allowed[0]))
         embeddings = torch.cat([embeddings[:, :L], prompt, embeddings[:, L + n :]], 1)
         return model.hf(inputs_embeds=embeddings, use_cache=False).logits.float()
 
@@ -128,6 +128,6 @@ class PlainScorer:
 
 def fit(one_hot: torch.Tensor, model: Model) -> torch.Tensor:
     """A one-hot encoding over another model's embedding rows (same tokenizer, maybe more or fewer rows)."""
-    rows, E = one_hot.shape[-1], model.adapter.embed.weight
+    rows, E = one_hot.shape[-1], model.adapter.embed_weight
     fitted = one_hot[..., : E.shape[0]] if rows >= E.shape[0] else F.pad(one_hot, (0, E.shape[0] - rows))
     return fitted.to(E.device, E.dtype)

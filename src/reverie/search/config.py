@@ -146,8 +146,8 @@ class EPOConfig:
             )
         if self.scorer not in SCORERS:
             raise ConfigError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
-        lo, hi = self.restart_penalty
-        if not 0 <= lo <= hi:
+        low, high = self.restart_penalty
+        if not 0 <= low <= high:
             raise ConfigError(f"restart_penalty must be a range lo <= hi, got {self.restart_penalty}")
 
     @property

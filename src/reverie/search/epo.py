@@ -115,9 +115,9 @@ class EPO:
             return self._beam_state()
         else:
             population = self.vocab.random_prompts(c.population, c.length, self.generator)
-            for i, ids in enumerate(c.init_ids):
-                if ids:
-                    population[i] = torch.tensor(ids)
+            for i, start in enumerate(c.init_ids):
+                if start:
+                    population[i] = torch.tensor(start)
         f, ce = self._score(population)
         self.history.add(0, torch.arange(c.population), population, f, ce, torch.ones(c.population, dtype=torch.bool))
         return EPOState(0, population, f, ce, self.generator.get_state())
@@ -203,8 +203,8 @@ class EPO:
                     None if pos is None else pos[rows_ok],
                 )
             self.memo.update(zip(first, zip(f.tolist(), ce.tolist())))
-        f, ce = zip(*(self.memo[k] for k in keys))
-        return torch.tensor(f), torch.tensor(ce)
+        fs, ces = zip(*(self.memo[k] for k in keys))
+        return torch.tensor(fs), torch.tensor(ces)
 
     def _run(self, ids: torch.Tensor, parents, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's f and CE of new prompts: children over their parents' prefix where they have them,
@@ -326,12 +326,12 @@ class EPO:
                 *c.length_bounds(),
             )
         else:
-            top = torch.stack(top)  # [M, n, k]
+            tops = torch.stack(top)  # [M, n, k]
             pos = torch.randint(n, (M, c.children), generator=gen)
-            pick = torch.randint(min(top.shape[-1], self.k_at(s.iteration)), (M, c.children), generator=gen)
+            pick = torch.randint(min(tops.shape[-1], self.k_at(s.iteration)), (M, c.children), generator=gen)
             parent = torch.arange(M)[:, None].expand(M, c.children)
             children = s.population[parent].clone()  # [M, r, n]
-            children.scatter_(2, pos[..., None], top[parent, pos, pick][..., None])
+            children.scatter_(2, pos[..., None], tops[parent, pos, pick][..., None])
             children, parent, pos = children.reshape(M * c.children, n), parent.reshape(-1), pos.reshape(-1)
         if c.lm_children:  # some swaps take their token from the model's next-token distribution instead
             children = self._lm_swaps(children, parent, pos)

@@ -8,6 +8,8 @@ whether selection kept it. Rows are appended one iteration at a time and become 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
@@ -17,7 +19,7 @@ COLUMNS = ["iteration", "slot", "ids", "text", "activation", "cross_entropy", "k
 
 class History:
     def __init__(self) -> None:
-        self._chunks: list[dict[str, np.ndarray]] = []
+        self._chunks: list[dict[str, Any]] = []  # column -> array of one iteration's rows; "ids": a list of arrays
         self._frames: list[pd.DataFrame] = []  # rows loaded from disk (already decoded)
 
     def add(
@@ -29,12 +31,12 @@ class History:
         ce: torch.Tensor,
         kept: torch.Tensor,
     ) -> None:
-        ids = ids.numpy().astype(np.int32)
+        rows = ids.numpy().astype(np.int32)
         self._chunks.append(
             {
-                "iteration": np.full(len(ids), iteration, dtype=np.int32),
+                "iteration": np.full(len(rows), iteration, dtype=np.int32),
                 "slot": slot.numpy().astype(np.int16),
-                "ids": [r[r >= 0] for r in ids] if (ids < 0).any() else list(ids),  # -1 pads shorter prompts
+                "ids": [r[r >= 0] for r in rows] if (rows < 0).any() else list(rows),  # -1 pads shorter prompts
                 "activation": f.numpy().astype(np.float32),
                 "cross_entropy": ce.numpy().astype(np.float32),
                 "kept": kept.numpy().astype(bool),

@@ -29,9 +29,10 @@ def frontier_frame(points: list[dict]) -> pd.DataFrame:
 def build_index(out: str | Path, jobs: list[Job]) -> pd.DataFrame:
     """One row per target, from the run directories: seeds merged into one frontier."""
     out, rows = Path(out), []
-    for spec, group in itertools.groupby(jobs, key=lambda j: j.spec):
-        group = list(group)
-        points, done, failed, errors, seconds, runs = [], [], [], {}, 0.0, []
+    for spec, grouped in itertools.groupby(jobs, key=lambda j: j.spec):
+        group = list(grouped)
+        points, done, failed, seconds, runs = [], [], [], 0.0, []
+        errors: dict[str, list[str]] = {}  # error -> the seeds that failed with it
         for job in group:
             info = finished(job.path(out))
             if info is not None:
@@ -78,7 +79,7 @@ def write_index(out: str | Path, jobs: list[Job], meta: dict) -> pd.DataFrame:
     out = Path(out)
     index = build_index(out, jobs)
     atomic_write(out / "index.parquet", lambda tmp: index.to_parquet(tmp, index=False))
-    seed_links = {}
+    seed_links: dict[str, list[dict]] = {}  # target -> one link per seed
     for job in jobs:  # each seed links to its report.html when written, else to its frontier.json
         path = job.path(out)
         page = next((p for p in (path / "report.html", path / FRONTIER) if p.exists()), None)

@@ -90,7 +90,7 @@ def expand_targets(spec: str | Path | Iterable, n_layers: int | Callable[[], int
             for part in _split(str(item)):
                 yield from (parse_target(s).spec for s in _expand_one(part, layers))
 
-    unique = {}
+    unique: dict[str, str | Target] = {}  # spec -> the spec string or Target it came from
     for t in expand([spec] if isinstance(spec, (str, Path)) else list(spec)):
         unique.setdefault(t if isinstance(t, str) else t.spec, t)
     if not unique:
@@ -100,6 +100,7 @@ def expand_targets(spec: str | Path | Iterable, n_layers: int | Callable[[], int
 
 def parse_seeds(seeds: int | str | Iterable[int]) -> list[int]:
     """`3` (that seed), `"0-4"`, `"0,2,5"`, `"0-2,7"` or a list of ints."""
+    values: list[int]
     if isinstance(seeds, str):
         values = []
         for part in _split(seeds):
@@ -131,7 +132,7 @@ class Job:
 
     spec: str
     seed: int
-    target: object = field(compare=False, repr=False)  # the spec string, or a Target object
+    target: str | Target = field(compare=False, repr=False)  # the spec string, or a Target object
 
     @property
     def slug(self) -> str:

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -222,16 +223,11 @@ def _run_local(
     for job in todo:
         for attempt in itertools.count(1):
             tracker.begin(job, attempt)
-            outcome = run_job(
-                model,
-                job,
-                config,
-                tracker.out,
-                checkpoint_every,
-                lambda it, job=job: tracker.emit("iteration", job, iteration=it),
-                report,
-                starts,
-            )
+
+            def on_iteration(it: int, job: Job = job) -> None:
+                tracker.emit("iteration", job, iteration=it)
+
+            outcome = run_job(model, job, config, tracker.out, checkpoint_every, on_iteration, report, starts)
             if not tracker.end(job, attempt, outcome):
                 break
 
@@ -280,7 +276,8 @@ def _run_ray(
         except RayError as e:
             lines = [ln for ln in str(e).splitlines() if "Error" in ln]
             raise ModelError(f"the Ray workers could not load {model}: {lines[-1].strip() if lines else e}") from None
-        queue, busy, idle = deque((job, 1) for job in todo), {}, list(pool)
+        queue, idle = deque((job, 1) for job in todo), list(pool)
+        busy: dict[Any, tuple[Any, Job, int]] = {}  # a job's result (a Ray ref) -> (actor, job, attempt)
         while queue or busy:
             while queue and idle:
                 actor, (job, attempt) = idle.pop(), queue.popleft()
@@ -343,11 +340,11 @@ def _claim(
     config: EPOConfig,
     targets: list,
     seeds: list[int],
-    starts: str | None = None,
+    starts: str | Path | None = None,
 ) -> dict:
     """Check DIR/sweep.json agrees with this sweep (model, dtype, EPO options but seed and batch size,
     starts), then (re)write it with this call's targets and seeds."""
-    identity = {"model": model, "dtype": dtype or "auto", "epo": _options(config), "starts": starts}
+    identity: dict[str, Any] = {"model": model, "dtype": dtype or "auto", "epo": _options(config), "starts": starts}
     old = read_json(out / "sweep.json")
     if old is not None:
         try:  # read back as a config: options added since take their defaults, values compare as this sweep's do
@@ -446,7 +443,7 @@ def sweep(
     out = Path(out)
     progress = progress or (lambda event: None)
     loaded = model if isinstance(model, Model) else None
-    spec = loaded.spec if loaded is not None else model
+    spec = model.spec if isinstance(model, Model) else model
     if loaded is not None and dtype is None:
         dtype = dtype_name(loaded.dtype)
 
@@ -474,6 +471,7 @@ def sweep(
         try:
             if todo and executor == "local":
                 n_layers()  # loads the model if not loaded yet
+                assert loaded is not None
                 tracker.emit("start")
                 _run_local(loaded, todo, tracker, config, checkpoint_every, report, starts)
             elif todo:
