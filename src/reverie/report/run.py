@@ -24,6 +24,7 @@ from ..evidence.readability import real_word_share, real_words
 from ..evidence.scan import read_scan
 from ..evidence.tokens import per_token, token_strings
 from ..files import atomic_write
+from ..lm.algebra import Combination
 from ..lm.model import Model
 from ..lm.targets import Direction, as_target
 from ..runs.dream import DreamResult, load_run
@@ -97,6 +98,14 @@ def _colour_tokens(model: Model, target, template, best: list[dict], windows: li
     for row, values in zip(windows, window_values):
         row["tokens"] = token_view(model, list(map(int, row["ids"])), values, scale)
     return scale if scale > 0 else None
+
+
+def _part_values(model: Model, target: Combination, template, best: list[dict]) -> None:
+    """Add "parts" to the best dreams of an expression target: (spec, value) of each of its parts."""
+    dreams = [r for r in best if r["ids"] is not None]
+    values = [per_token(model, part, [r["ids"] for r in dreams], template=template) for part in target.parts]
+    for i, row in enumerate(dreams):
+        row["parts"] = [(part.spec, float(v[i][-1])) for part, v in zip(target.parts, values)]
 
 
 def _real_words(notes: list[str]) -> frozenset[str] | None:
@@ -235,6 +244,8 @@ def build_report(
         if model is None or resolved is None
         else _colour_tokens(model, resolved, run.config.template, best, window_rows)
     )
+    if model is not None and isinstance(resolved, Combination):
+        _part_values(model, resolved, run.config.template, best)
     template = run.config.template
     context = None if template is None else dict(zip(("before", "after"), template.split("{prompt}")))
     config = {
@@ -253,6 +264,7 @@ def build_report(
             run=run,
             config=config,
             best=best,
+            parts=any("parts" in r for r in best),
             scale=scale,
             context=context,
             frontier=frontier_rows,
