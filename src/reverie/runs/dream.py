@@ -232,7 +232,7 @@ def resume(
         original = _saved_config(run_dir, saved)
         config = replace(original, iters=original.iters if iters is None else iters, time_budget=time_budget)
         if target is None:
-            if saved["target"].startswith("custom:") or saved["target"].endswith("<array>"):
+            if any(mark in saved["target"] for mark in ("custom:", "<array>", "<SAE>")):  # (or a part of it)
                 raise RunDirError(
                     f"{out} dreamed a Python-only target ({saved['target']}): resume it from Python "
                     "with reverie.resume(dir, target=...)"

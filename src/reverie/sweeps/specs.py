@@ -18,10 +18,10 @@ _RANGE = re.compile(r"(?<![^.])([LNH])(\*|\d+-\d+)(?![^.])")  # L0-5 / L* / N0-6
 
 
 def _split(text: str) -> list[str]:
-    """Split a comma list, leaving commas inside quotes alone (logit:",")."""
-    parts, current, quote = [], "", None
+    """Split a comma list, leaving commas inside quotes (logit:",") and brackets (max(A, B)) alone."""
+    parts, current, quote, depth = [], "", None, 0
     for ch in text:
-        if quote is None and ch == ",":
+        if quote is None and ch == "," and depth == 0:
             parts.append(current)
             current = ""
             continue
@@ -29,6 +29,8 @@ def _split(text: str) -> list[str]:
             quote = ch
         elif ch == quote:
             quote = None
+        elif quote is None:
+            depth += (ch == "(") - (ch == ")")
         current += ch
     return [p.strip() for p in parts + [current] if p.strip()]
 
