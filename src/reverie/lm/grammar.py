@@ -124,7 +124,7 @@ class Parser:
         while self.take("|"):
             at, part = self.i, self.sum()
             op = self.take("<", ">")
-            if op is None or part[0] == "num":
+            if op is None or not refers(part):
                 raise self.fail("a bound after '|' is a target, then '< NUMBER' or '> NUMBER': 'A | B < 1.5'", at)
             x, w = self.number("a bound"), self.number("a weight") if self.take("@") else BOUND_WEIGHT
             if not w > 0:
@@ -199,6 +199,11 @@ class Parser:
         if target.spec not in specs:
             self.parts.append(target)
         return specs.index(target.spec) if target.spec in specs else len(specs)
+
+
+def refers(node: Node) -> bool:
+    """Whether an expression reads a part (is not a number)."""
+    return isinstance(node, tuple) and (node[:1] == ("ref",) or any(refers(n) for n in node))
 
 
 def scale(c: float, node: Node) -> Node:
