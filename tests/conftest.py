@@ -118,7 +118,9 @@ def checkpoint_iteration(run_dir) -> int:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(bundled_path())
+    """The bundled model's tokenizer; REVERIE_TEST_TOKENIZER names a folder holding only it, for machines without
+    the bundled model (bench/gpu.sh carries one to the GPU machine)."""
+    return AutoTokenizer.from_pretrained(os.environ.get("REVERIE_TEST_TOKENIZER") or bundled_path())
 
 
 def build_tiny(family: str, tokenizer, seed: int = 0, **overrides) -> Model:

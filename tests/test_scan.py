@@ -1,6 +1,7 @@
 """Dataset scans: the best windows really are the best, many targets cost one pass, sources and errors."""
 
 import dataclasses
+import importlib.util
 import json
 import sys
 
@@ -206,6 +207,7 @@ def test_text_splits_at_blank_lines(tiny_llama, tmp_path):
     assert set(result["doc"]) == {0, 1, 2}  # windows never cross a blank line
 
 
+@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="the bundled corpus needs gensim")
 def test_bundled_corpus_needs_a_writable_cache(monkeypatch, tmp_path):
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "file" / "cache"))

