@@ -24,7 +24,16 @@ LAYERS = [
 ]
 LEVEL = {name: i for i, name in enumerate(LAYERS)}
 LEVEL.update(errors=0, files=0, version=0)  # the base: one layer
-LONG = {}  # module -> why it may run past ~400 lines (none today)
+# module -> why it may run past ~400 lines. `ruff format` (issue 29) lays long calls and signatures out
+# one argument per line: these grew past 400 lines without new code (lines before it in parentheses).
+FORMATTED = "one argument per line since ruff format"
+LONG = {
+    "reverie.cli.app": FORMATTED + " (361)",
+    "reverie.evidence.scan": FORMATTED + " (375)",
+    "reverie.lm.sae": FORMATTED + " (345)",
+    "reverie.search.epo": FORMATTED + " (365)",
+    "reverie.sweeps.sweep": FORMATTED + " (379)",
+}
 
 
 def module_name(path: Path) -> str:

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from .dtypes import (
     parse_dtype,
 )
 from .loading import BUNDLED, BUNDLED_GGUF, BUNDLED_NAME, bundled_gguf, bundled_path, converted, load_hf
+from .vocab import Tokenizer
 
 __all__ = [
     "Adapter",
@@ -98,25 +99,6 @@ def _tensor(value: object, what: str) -> torch.Tensor:
     """`value` (a module's parameter, which nn.Module's attribute lookup types as Tensor | Module) as a Tensor."""
     assert isinstance(value, torch.Tensor), f"{what} is a {type(value).__name__}, not a tensor"
     return value
-
-
-class Tokenizer(Protocol):
-    """What reverie uses of a tokenizer (transformers' tokenizers have it)."""
-
-    pad_token_id: Any
-    bos_token_id: Any
-    eos_token_id: Any
-    unk_token: Any
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
-
-    def __len__(self) -> int: ...
-
-    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]: ...
-
-    def convert_ids_to_tokens(self, *args: Any, **kwargs: Any) -> Any: ...
-
-    def get_vocab(self) -> dict[str, int]: ...
 
 
 @dataclass

@@ -14,7 +14,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,8 +23,6 @@ from .cache import cache_dir
 
 if TYPE_CHECKING:  # torch loads when a vocabulary is built, not when the CLI reads as_items
     import torch
-
-    from .model import Tokenizer
 
 DECODES = 1  # token flags: the token decodes to non-empty text without U+FFFD (a whole character)
 PRINTABLE = 2  # ... and that text is printable ASCII
@@ -126,6 +124,21 @@ def save(path: Path, flags: np.ndarray) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+class Tokenizer(Protocol):
+    """What reverie uses of a tokenizer (transformers' tokenizers have it)."""
+
+    pad_token_id: Any
+    bos_token_id: Any
+    eos_token_id: Any
+    unk_token: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __len__(self) -> int: ...
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]: ...
+    def convert_ids_to_tokens(self, *args: Any, **kwargs: Any) -> Any: ...
+    def get_vocab(self) -> dict[str, int]: ...
 
 
 @dataclass
