@@ -16,8 +16,14 @@ from reverie.lm.targets import usage
 
 TEXTS = [
     "The cat sat on the mat while the dog slept by the warm fire in the old stone house.",
-    "In 1905 Einstein published four papers that changed physics, including special relativity and the photoelectric effect.",
-    "Rivers carry sediment from mountains to the sea, building deltas where the water slows and spreads out across the plain.",
+    (
+        "In 1905 Einstein published four papers that changed physics, including special relativity and the "
+        "photoelectric effect."
+    ),
+    (
+        "Rivers carry sediment from mountains to the sea, building deltas where the water slows and spreads out "
+        "across the plain."
+    ),
 ]
 
 
@@ -275,9 +281,10 @@ def test_dreams_can_start_from_the_data(tiny_llama, corpus_dir, tmp_path):
     first = result.history[(result.history["iteration"] == 0) & result.history["kept"]]
     assert {tuple(map(int, i)) for i in first["ids"]} >= {result.config.init_ids[1], result.config.init_ids[3]}
     lam = config.slot_penalties()
-    best_for = lambda slot: tuple(
-        windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"]
-    )
+
+    def best_for(slot):
+        return tuple(windows.loc[(windows["activation"] - float(lam[slot]) * windows["cross_entropy"]).idxmax(), "ids"])
+
     assert result.config.init_ids[3] == best_for(3)  # the most fluent slot: the most fluent good window
     assert result.config.init_ids[1] in (best_for(1), best_for(3))  # (unless slot 3 took it already)
     assert versus_data(result.history, windows)["margin"] >= -1e-4  # never below the best window

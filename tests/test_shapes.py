@@ -103,7 +103,8 @@ def test_a_tied_embedding_is_drawn_once(name, monkeypatch):
 
 
 def test_a_big_random_shape_on_a_cpu_says_what_it_builds_and_a_slow_model_says_so(monkeypatch, caplog):
-    from reverie.lm import loading, model as model_module
+    from reverie.lm import loading
+    from reverie.lm import model as model_module
 
     monkeypatch.setattr(loading, "ANNOUNCE_PARAMS", 1)
     monkeypatch.setattr(model_module, "SLOW_PASS", 0.0)
