@@ -180,6 +180,7 @@ EVERY_OPTION = {
     "ban_tokens": ["--ban-token", "17"],
     "ascii_only": ["--ascii-only"],
     "check_retokenization": ["--no-retokenize-check"],
+    "word_start": ["--word-start"],
     "batch_size": ["--batch-size", "16"],
     "scorer": ["--scorer", "plain"],
     "starts": ["--start", "sampled"],
