@@ -46,8 +46,10 @@ def test_a_registered_kind_is_parsed_listed_and_expanded(monkeypatch, ranges):
 
 
 def test_usage_lists_every_kind_and_errors_use_it():
-    assert usage() == ", ".join(kind.usage for kind in KINDS.values())
-    assert usage(scans=True) == ", ".join(kind.usage for kind in KINDS.values() if kind.name != "attention")
+    expression = "; or an expression of them, 'A - 0.5*B', 'max(A, B)', 'A | B < 1.5' (B kept below 1.5)"
+    assert usage() == ", ".join(kind.usage for kind in KINDS.values()) + expression
+    scanned = ", ".join(kind.usage for kind in KINDS.values() if kind.name != "attention")
+    assert usage(scans=True) == scanned + expression
     for name, kind in KINDS.items():
         assert kind.name == name and kind.usage.startswith(f"{name}:")
         with pytest.raises(TargetError, match="cannot parse target") as e:
