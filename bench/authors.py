@@ -206,7 +206,7 @@ def main() -> None:
         scorer = make_scorer(model, target, config)
         difference = check_same_objective(neuron_cache_run(model, *neuron_of(target)), scorer, scorer.vocab)
         children = config.population * config.children
-        floor = time_floor(model, scorer.vocab, children, config.length, children)
+        floor = time_floor(model, scorer.vocab, children, config.length, children, repeats=5)
         loaded[dtype] = (model, target, scorer, difference, floor)
         print(json.dumps({"dtype": dtype, "objective_difference": difference, "floor_seconds": floor}), flush=True)
     runs = {(dtype, code): [] for dtype in args.dtypes for code in ("authors", "reverie")}
