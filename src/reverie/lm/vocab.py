@@ -152,7 +152,7 @@ class Vocabulary:
     allowed_set: frozenset[int] = field(default=frozenset(), repr=False)
     letters: torch.Tensor | None = field(default=None, repr=False)  # bool per token id: its text has a letter
     word_starts: torch.Tensor | None = field(default=None, repr=False)  # bool per token id, when prompts must
-    #   begin with a token that does not continue a word (`starts_word`); None: any first token
+    #   begin with a word, not inside one nor with punctuation (`starts_word`); None: any first token
 
     @classmethod
     def build(
