@@ -45,7 +45,7 @@ def test_sweep_and_diverse_files_are_strict_json(tiny_llama, tmp_path):
     failure = files["runs/neuron_L5.N0/seed0.failed.json"]
     assert "layer 5 does not exist" in failure["error"]
     # the traceback keeps files, lines and the error, but no machine's folders
-    assert 'File "reverie/sweeps/sweep.py"' in failure["traceback"] and "layer 5" in failure["traceback"]
+    assert 'File "reverie/sweeps/executors.py"' in failure["traceback"] and "layer 5" in failure["traceback"]
     assert 'File "/' not in failure["traceback"] and str(Path.home()) not in failure["traceback"]
 
     reverie.diverse(tiny_llama, "neuron:L1.N7", EPOConfig(**SMALL, iters=1), k=2, out=tmp_path / "d")

@@ -32,7 +32,6 @@ LONG = {
     "reverie.evidence.scan": FORMATTED + " (375)",
     "reverie.lm.sae": FORMATTED + " (345)",
     "reverie.search.epo": FORMATTED + " (365)",
-    "reverie.sweeps.sweep": FORMATTED + " (379)",
 }
 
 
