@@ -29,7 +29,6 @@ LEVEL.update(errors=0, files=0, version=0)  # the base: one layer
 FORMATTED = "one argument per line since ruff format"
 LONG = {
     "reverie.cli.app": FORMATTED + " (361)",
-    "reverie.lm.sae": FORMATTED + " (345)",
     "reverie.search.epo": FORMATTED + " (365)",
 }
 
