@@ -49,7 +49,7 @@ from reverie.fast.unembed import head_logprobs
 from reverie.lm.targets import as_target
 from reverie.scoring import Objective, PackedScorer
 from reverie.scoring.batching import even_split
-from reverie.search.epo import objective
+from reverie.search.selection import penalised
 
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import cpu_flags
@@ -71,7 +71,7 @@ def record_run(scorer, config) -> tuple[list[dict], dict]:
     """One EPO run; per iteration the parents and their children (with parent index and mutated position)
     as EPO scores them, and the run's median seconds per phase."""
     epo, log = EPO(scorer, config), []
-    score = epo._score  # EPO scores an iteration's children as _score(children, parents, parent, pos)
+    score = epo.score  # EPO scores an iteration's children as score(children, parents, parent, pos)
 
     def recording(ids, parents=None, parent=None, pos=None):
         if parents is not None:
@@ -80,7 +80,7 @@ def record_run(scorer, config) -> tuple[list[dict], dict]:
             )
         return score(ids, parents, parent, pos)
 
-    epo._score = recording
+    epo.score = recording
     steps = [epo.step() for _ in range(config.iters)]
     phases = {k: statistics.median(s.phases[k] for s in steps) for k in steps[0].phases}
     return log, phases
@@ -141,11 +141,11 @@ def probe(it: dict, fk: torch.Tensor, cek: torch.Tensor, penalties: torch.Tensor
     """Probe sampling on one iteration: keep the union over slots of each slot's top q of the children
     under its draft objective, then select with full scores over parents ∪ kept children."""
     C, M = len(it["children"]), len(penalties)
-    draft_obj = objective(fk, cek, penalties)  # [M, C]
+    draft_obj = penalised(fk, cek, penalties)  # [M, C]
     kept = torch.zeros(C, dtype=torch.bool)
     kept[draft_obj.topk(max(1, math.ceil(q * C)), dim=1).indices.flatten()] = True
     pool = torch.cat([it["parents"], it["children"]])
-    full = objective(torch.cat([it["pf"], it["f"]]), torch.cat([it["pce"], it["ce"]]), penalties)  # [M, M + C]
+    full = penalised(torch.cat([it["pf"], it["f"]]), torch.cat([it["pce"], it["ce"]]), penalties)  # [M, M + C]
     best = full.argmax(1)
     chosen = full.masked_fill(torch.cat([torch.zeros(M, dtype=torch.bool), ~kept])[None], -torch.inf).argmax(1)
     rows = torch.arange(M)
@@ -166,7 +166,7 @@ def mean(xs) -> float | None:
 def measure(model, spec: str, args) -> dict:
     config = EPOConfig.paper(iters=args.iters, seed=args.seed)  # paper settings: M=8, r=32, k=512, n=12
     scorer = make_scorer(model, spec, config)
-    assert not scorer.objective.templated and scorer.reuses_prefix
+    assert not scorer.objective.templated and scorer.scorer.reuses_prefix
     penalties = config.slot_penalties()
     t0 = time.perf_counter()
     log, phases = record_run(scorer, config)
@@ -240,12 +240,12 @@ def analyse(log: list[dict], k: int, penalties, qs, costs: dict, per_iter: dict,
     for it, (fk, cek), m in zip(log, raw, ok):
         pairs["f"].append((fk[m], it["f"][m]))
         pairs["ce"].append((cek[m], it["ce"][m]))
-        pairs["objective"] += zip(objective(fk[m], cek[m], penalties), objective(it["f"][m], it["ce"][m], penalties))
+        pairs["objective"] += zip(penalised(fk[m], cek[m], penalties), penalised(it["f"][m], it["ce"][m], penalties))
     out.update({f"spearman_{name}": mean(spearman(a, b) for a, b in p) for name, p in pairs.items()})
     out["spearman_objective_calibrated"] = mean(
         spearman(a, b)
         for it, (fk, cek), m in list(zip(log, calibrated, ok))[1:]
-        for a, b in zip(objective(fk[m], cek[m], penalties), objective(it["f"][m], it["ce"][m], penalties))
+        for a, b in zip(penalised(fk[m], cek[m], penalties), penalised(it["f"][m], it["ce"][m], penalties))
     )
     draft_costs = {"plain": per_iter[f"draft_{k}"], "packed": per_iter[f"draft_packed_{k}"]}
     for name, drafts, its in (("q", raw, log), ("q_calibrated", calibrated[1:], log[1:])):

@@ -38,7 +38,7 @@ import reverie
 from draft import timed
 from reverie import EPO, EPOConfig, make_scorer
 from reverie.fast.unembed import head_logprobs
-from reverie.search.epo import objective
+from reverie.search.selection import penalised
 
 
 def needed_rows(epo: EPO, parents, children, parent, pos, f, ce) -> dict[str, float]:
@@ -55,7 +55,7 @@ def needed_rows(epo: EPO, parents, children, parent, pos, f, ce) -> dict[str, fl
     ce_lb = -(before + new) / (n - first)
     ok = f.isfinite()
     assert bool((ce_lb[ok] <= ce[ok] + 1e-3).all()), "the bound must hold"
-    best = objective(torch.cat([s.f, f]), torch.cat([s.ce, ce]), epo.penalties).max(1).values
+    best = penalised(torch.cat([s.f, f]), torch.cat([s.ce, ce]), epo.penalties).max(1).values
     selection = ((f[None] - epo.penalties[:, None] * ce_lb[None]) >= best[:, None] - 1e-5).any(0)
     f_exact, ce_exact = torch.cat([s.f, f[ok]]), torch.cat([s.ce, ce[ok]])
     frontier = ~((f_exact[None] >= f[:, None]) & (ce_exact[None] <= ce_lb[:, None])).any(1)
@@ -72,7 +72,7 @@ def measure(model, spec: str, iters: int) -> dict:
     config = EPOConfig.paper(iters=iters, seed=0)
     epo = EPO(make_scorer(model, spec, config), config)
     totals: dict[str, float] = {}
-    score = epo._score  # EPO scores an iteration's children as _score(children, parents, parent, pos)
+    score = epo.score  # EPO scores an iteration's children as score(children, parents, parent, pos)
 
     def counting(ids, parents=None, parent=None, pos=None):
         f, ce = score(ids, parents, parent, pos)
@@ -81,7 +81,7 @@ def measure(model, spec: str, iters: int) -> dict:
                 totals[key] = totals.get(key, 0.0) + value
         return f, ce
 
-    epo._score = counting
+    epo.score = counting
     epo.run()
     return {
         "target": spec,

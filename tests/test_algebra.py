@@ -135,7 +135,7 @@ def test_both_scorers_score_an_expression_alike(spec, tiny_llama):
     """Scores, gradients and children over their parent's prefix: the packed path equals the plain one."""
     config = EPOConfig(length=7, batch_size=5)
     packed, plain = make_scorer(tiny_llama, spec, config), make_scorer(tiny_llama, spec, config, scorer="plain")
-    assert packed.reuses_prefix and isinstance(packed.target, Combination)
+    assert packed.scorer.reuses_prefix and isinstance(packed.target, Combination)
     ids = packed.vocab.random_prompts(4, 7, torch.Generator().manual_seed(0))
     for a, b in zip(packed.score(ids) + packed.gradient_parts(ids), plain.score(ids) + plain.gradient_parts(ids)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

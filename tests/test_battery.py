@@ -448,13 +448,6 @@ def test_an_export_is_named_for_its_format_and_read_back_by_it(finished, tiny_ll
         assert "\n" not in str(e.value)
 
 
-def test_the_scorer_names_are_the_scorers_make_scorer_builds():
-    from reverie.scoring import SCORERS
-    from reverie.search.config import SCORERS as NAMES
-
-    assert tuple(SCORERS) == NAMES
-
-
 def test_help_and_spec_errors_load_no_torch():
     """`reverie --help` and a bad spec answer at once: neither imports torch or transformers (the timing
     itself is in the issue's note, not a test)."""

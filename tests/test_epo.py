@@ -9,8 +9,8 @@ import torch
 
 import reverie
 from reverie import EPOConfig, make_scorer
-from reverie.search.epo import EPO, objective
-from reverie.search.proposals import next_logprobs
+from reverie.search.epo import EPO
+from reverie.search.selection import penalised
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=5, seed=0)
 
@@ -35,8 +35,8 @@ def test_activation_rises_and_selection_never_loses(tiny_llama):
     # without restarts, each slot's objective never decreases (parents compete with their children)
     penalties = r.config.slot_penalties()
     assert torch.all(
-        objective(r.state.f, r.state.ce, penalties).diagonal()
-        >= objective(
+        penalised(r.state.f, r.state.ce, penalties).diagonal()
+        >= penalised(
             torch.tensor(h[h.iteration == 0]["activation"].to_numpy()),
             torch.tensor(h[h.iteration == 0]["cross_entropy"].to_numpy()),
             penalties,
@@ -132,14 +132,18 @@ def test_time_budget_and_callback_stop_cleanly(tiny_llama):
 
 def test_time_budget_counts_the_start(tiny_llama, monkeypatch):
     # a beam start's search is part of the run: a budget it uses up leaves no time for iterations
+    from reverie.scoring import PackedScorer
+
+    logprobs_after = PackedScorer.logprobs_after
+
     def slow(*args, **kwargs):  # the beam's first next-token distributions take 0.5 s
         if not calls:
             time.sleep(0.5)
         calls.append(1)
-        return next_logprobs(*args, **kwargs)
+        return logprobs_after(*args, **kwargs)
 
     calls = []
-    monkeypatch.setattr("reverie.search.epo.next_logprobs", slow)
+    monkeypatch.setattr(PackedScorer, "logprobs_after", slow)
     r = reverie.dream(
         tiny_llama, "neuron:L1.N7", EPOConfig(**{**SMALL, "iters": 1000, "time_budget": 0.4, "starts": "beam"})
     )

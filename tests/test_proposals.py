@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from reverie import EPOConfig, make_scorer
-from reverie.search.epo import EPO, SAMPLES_PER_SLOT, objective
+from reverie.search.epo import EPO
 from reverie.search.proposals import sample_tokens
+from reverie.search.selection import penalised
+from reverie.search.starts import SAMPLES_PER_SLOT
 
 SMALL = dict(population=4, children=16, top_k=64, length=8, iters=0, seed=0)
 
@@ -49,7 +51,7 @@ def test_sampled_starts_are_fluent_text_the_model_writes(bundled):
     # each slot starts at the sample that is best under its own λ
     f, ce = torch.tensor(first["activation"].to_numpy()), torch.tensor(first["cross_entropy"].to_numpy())
     assert torch.allclose(
-        objective(f, ce, epo.penalties).max(1).values, objective(epo.state.f, epo.state.ce, epo.penalties).diagonal()
+        penalised(f, ce, epo.penalties).max(1).values, penalised(epo.state.f, epo.state.ce, epo.penalties).diagonal()
     )
     again = EPO(make_scorer(bundled, "neuron:L3.N492", config), config)
     assert torch.equal(again.state.population, epo.state.population)  # the seed fixes the samples
@@ -140,8 +142,8 @@ def test_beam_starts_hold_each_slots_best_full_length_candidate(tiny_llama):
     assert (first["iteration"] == 0).all() and first["ids"].map(len).eq(8).all()  # full length only
     assert len(first) > 4 * 8  # more candidates than one sampled round would give
     f, ce = torch.tensor(first["activation"].to_numpy()), torch.tensor(first["cross_entropy"].to_numpy())
-    held = objective(epo.state.f, epo.state.ce, epo.penalties).diagonal()
-    best = objective(f, ce, epo.penalties).max(1).values
+    held = penalised(epo.state.f, epo.state.ce, epo.penalties).diagonal()
+    best = penalised(f, ce, epo.penalties).max(1).values
     assert torch.equal(epo.state.population[1], torch.tensor(given))  # a given start is kept
     assert torch.allclose(held[[0, 2, 3]], best[[0, 2, 3]])
     again = EPO(make_scorer(tiny_llama, "neuron:L1.N7", config), config)
@@ -158,8 +160,8 @@ def test_beam_starts_climb_the_objective_while_staying_fluent(bundled):
     assert beam.state.ce.mean() < 5.0
     # under every slot's own λ the beam's start beats the best of the model's samples
     assert (
-        objective(beam.state.f, beam.state.ce, beam.penalties).diagonal()
-        > objective(sampled.state.f, sampled.state.ce, sampled.penalties).diagonal()
+        penalised(beam.state.f, beam.state.ce, beam.penalties).diagonal()
+        > penalised(sampled.state.f, sampled.state.ce, sampled.penalties).diagonal()
     ).all()
 
 

@@ -128,8 +128,8 @@ def test_prefix_reuse_matches_plain_scoring(family, spec, tokenizer):
     model reshapes its output to its input's shape: the probe finds that out)."""
     model = build_tiny(family, tokenizer)
     scorer = make_scorer(model, spec, EPOConfig(length=7, batch_size=5))
-    assert scorer.reuses_prefix  # the packed path runs, not the plain fallback
-    assert scorer.deepest_block_read() == (0 if "L0" in spec and family != "gpt2" else None)
+    assert scorer.scorer.reuses_prefix  # the packed path runs, not the plain fallback
+    assert scorer.scorer.deepest_block_read() == (0 if "L0" in spec and family != "gpt2" else None)
     assert_children_score_as_plain(scorer, parents=3, children=24, length=7, seed=0)
 
 
@@ -162,7 +162,7 @@ def test_prefix_reuse_in_a_template_matches_plain_scoring(family, spec, template
     (the text before the prompt is shared too); the target reads the last prompt token."""
     model = build_tiny(family, tokenizer)
     scorer = make_scorer(model, spec, EPOConfig(length=6, batch_size=4, template=template))
-    assert scorer.objective.templated and scorer.reuses_prefix
+    assert scorer.objective.templated and scorer.scorer.reuses_prefix
     assert_children_score_as_plain(scorer, parents=3, children=16, length=6, seed=6)
 
 
@@ -172,7 +172,7 @@ def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, to
     model = build_tiny(family, tokenizer, sliding_window=3, **({"layer_types": None} if family != "mistral" else {}))
     for spec in ("neuron:L1.N5", "neuron:L0.N5"):
         scorer = make_scorer(model, spec, EPOConfig(length=7, batch_size=4))
-        assert scorer.reuses_prefix
+        assert scorer.scorer.reuses_prefix
         assert_children_score_as_plain(scorer, parents=2, children=12, length=7, seed=5)
 
 
@@ -206,7 +206,7 @@ def test_a_model_whose_attention_ignores_the_packed_layout_scores_children_plain
     monkeypatch.setitem(AttentionInterface._global_mapping, attention.NAME, sdpa_attention_forward)
     model = build_tiny("llama", tokenizer)
     scorer = make_scorer(model, "neuron:L1.N5", EPOConfig(length=7))
-    assert not scorer.reuses_prefix and FastPath.of(model).packs is False
+    assert not scorer.scorer.reuses_prefix and FastPath.of(model).packs is False
     parents = scorer.vocab.random_prompts(2, 7, torch.Generator().manual_seed(4))
     parent, pos = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 3, 6, 2])
     children = parents[parent].clone()

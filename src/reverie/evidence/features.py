@@ -152,7 +152,7 @@ class FeatureIndex:
     def source_of(self, target: Target) -> tuple[str, int] | None:
         """(source, column) holding `target` in this index, or None if it does not cover it: MLP neurons
         of any layer and features of the indexed SAEs, read at the last position."""
-        if getattr(target, "position", None) != -1:
+        if target.position != -1:
             return None
         if isinstance(target, Neuron) and isinstance(target.layer, int):
             name = f"L{target.layer}"

@@ -90,7 +90,7 @@ class ScanConfig:
 
 def _per_position(target: Target) -> Target:
     """A copy of the target that reads every position instead of the last one."""
-    if isinstance(target, Attention) or not hasattr(target, "position"):
+    if isinstance(target, Attention) or target.position is None:
         raise TargetError(f"{target.spec}: a scan reads a target at every position; it takes {usage(scans=True)}")
     every = copy.copy(target)
     every.position = slice(None)

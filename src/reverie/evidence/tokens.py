@@ -28,7 +28,7 @@ from ..scoring.objective import by_length, template_ids
 def every_position(target: Target) -> Target | None:
     """A copy of `target` that reads every position instead of its one `position`; None for a target
     that cannot be read per position (attention entries, targets without a `position`)."""
-    if isinstance(target, Attention) or not hasattr(target, "position"):
+    if isinstance(target, Attention) or target.position is None:
         return None
     every = copy.copy(target)
     every.position = slice(None)

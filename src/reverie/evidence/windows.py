@@ -73,14 +73,14 @@ def windows_for(
     found = find_index(model, source, index)
     if found is not None and found.covers(target):
         return _from_index(found, model, target, source, length)
-    if isinstance(target, Attention) or not hasattr(target, "position"):
+    if isinstance(target, Attention) or target.position is None:
         return None, f"{target.spec} cannot be read at every position of a text: no windows, starting from the model"
     if not may_build:
         return None, (
             f"no feature index of the bundled corpus for {model.spec}: starting from the model alone "
             f"(`reverie index --model {model.spec}` builds one; later dreams start from its windows)"
         )
-    if getattr(target, "position", None) == -1 and _indexable(target):
+    if target.position == -1 and _indexable(target):
         part = "" if index is None or index.max_tokens is None else f"the first {index.max_tokens:,} tokens of "
         notice(
             f"indexing {part}{source} for {model.spec}, once: every MLP neuron's top positions in one pass "

@@ -83,7 +83,7 @@ class Combination(Target):
 
     @property
     def position(self):
-        """The parts' common position (None where they differ); no attribute where a part has none."""
+        """The parts' common position; None where they differ or a part has none."""
         where = [p.position for p in self.parts]
         return where[0] if all(w == where[0] for w in where) else None
 
@@ -91,7 +91,7 @@ class Combination(Target):
     def position(self, value) -> None:  # a copy reading every position (scans, per-token values) reads its parts so
         self.parts = tuple(copy.copy(p) for p in self.parts)
         for p in self.parts:
-            p.position = value  # type: ignore[attr-defined]
+            p.position = value
 
     def prepare(self, model: Model) -> None:
         prepared: dict[int, object] = {}  # an SAE's weights, moved to the device once for all its features

@@ -24,6 +24,8 @@ class Target:
 
     hooks: tuple[str, ...] = ()
     banned_text: tuple[str, ...] = ()
+    position: int | slice | None = None  # the prompt position it reads (-1: the last; a slice: every position,
+    #   for a copy read per position); None: no one position to move (a custom target reads what it likes)
     reads_logits = True  # whether `value` may read "logits"; if not, scoring skips what only they need
 
     def prepare(self, model: Model) -> None:

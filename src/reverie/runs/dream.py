@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..choices import StopReason
 from ..errors import ConfigError, RunDirError
 from ..evidence.features import IndexConfig
 from ..evidence.scan import data_starts
@@ -41,7 +42,7 @@ class DreamResult:
     target: str
     history: pd.DataFrame  # every scored prompt: iteration, slot, ids, text, activation, cross_entropy, kept
     state: EPOState | None
-    stopped: str  # "done", "time", "interrupted", "callback"
+    stopped: StopReason  # "unfinished": loaded from a run directory without its final frontier
     seconds: float = math.nan
     run_dir: Path | None = None
     windows: pd.DataFrame | None = None  # the target's best dataset windows (started from, compared with)
@@ -283,7 +284,7 @@ def load_run(path: str | Path) -> DreamResult:
     saved = run_dir.config()
     state = run_dir.state()
     history = run_dir.history(upto=state.iteration if state else None)
-    stopped = "done" if (run_dir.path / FRONTIER).exists() else "unfinished"
+    stopped: StopReason = "done" if (run_dir.path / FRONTIER).exists() else "unfinished"
     return DreamResult(
         _saved_config(run_dir, saved),
         saved["model"],

@@ -1,7 +1,7 @@
 """Scoring prompts: the one seam between the search and the model.
 
-A `Scorer` answers four questions about prompts (token ids) for one model, target and objective
-(docs/design.md#scorers):
+A `Scorer` answers these questions about prompts (token ids) for one model, target and objective
+(docs/design.md#scorers); every model pass of the search goes through one:
 
     score(ids)                                  -> (f, CE) per prompt
     score_children(parents, children, parent, pos) -> (f, CE) per child; child j equals
@@ -13,6 +13,10 @@ A `Scorer` answers four questions about prompts (token ids) for one model, targe
                                                    β·σ·log p(token | prefix)): [n, k] ids
     next_token_logprobs(prompts)                -> per prompt, log p(v | the prompt before position j)
                                                    over the allowed tokens: [n, A] (NaN: no context)
+    logprobs_after(prompts)                     -> log p(v | the text before + prompt) of the token after
+                                                   each prompt, over the allowed tokens: [B, A]
+    continuations(prompts, positions)           -> the most likely allowed token after each prompt's
+                                                   first positions[j] + 1 tokens: [B] ids
 
 `make_scorer` builds one: `PlainScorer` (plain.py) is the paper's algorithm written plainly, the spec;
 `PackedScorer` (packed.py) is the fast path, tested to take the same steps. Either is wrapped in
@@ -26,6 +30,7 @@ from typing import Protocol
 
 import torch
 
+from ..choices import SCORER_NAMES
 from ..errors import ConfigError
 from ..lm.foreign import as_model
 from ..lm.model import Model, dtype_name, load_model
@@ -36,13 +41,14 @@ from .objective import Objective, TargetCache
 from .packed import PackedScorer
 from .plain import PlainScorer
 
-SCORERS = {"packed": PackedScorer, "plain": PlainScorer}
+SCORERS = {cls.name: cls for cls in (PackedScorer, PlainScorer)}  # by the names in choices.SCORER_NAMES
 
 
 class Scorer(Protocol):
     model: Model
     target: Target
     vocab: Vocabulary
+    objective: Objective
     batch_size: int
 
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -59,6 +65,10 @@ class Scorer(Protocol):
 
     def next_token_logprobs(self, prompts: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
+    def logprobs_after(self, prompts: torch.Tensor) -> torch.Tensor: ...
+
+    def continuations(self, prompts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
+
 
 def make_scorer(
     model: Model,
@@ -74,8 +84,8 @@ def make_scorer(
     `config.fluency` (the others are loaded by spec)."""
     model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
     name = scorer or config.scorer
-    if name not in SCORERS:
-        raise ConfigError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
+    if name not in SCORER_NAMES:
+        raise ConfigError(f"unknown scorer {name!r}: use one of {', '.join(SCORER_NAMES)}")
     target = as_target(target, model, ban=config.ban_strings)
     length = prompt_length(model, config)
     target.check_length(length)

@@ -30,13 +30,25 @@ def even_split(t: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
 
 class BackingOff:
     """A scorer that, when a call runs out of memory, halves the wrapped scorer's batch size and calls
-    again (down to one prompt per pass). Everything else is the wrapped scorer's."""
+    again (down to one prompt per pass). `scorer` is the wrapped one; its model, target, vocabulary,
+    objective and batch size are this one's."""
 
     def __init__(self, scorer):
         self.scorer = scorer
+        self.model, self.target, self.vocab, self.objective = (
+            scorer.model,
+            scorer.target,
+            scorer.vocab,
+            scorer.objective,
+        )
 
-    def __getattr__(self, name):
-        return getattr(self.scorer, name)
+    @property
+    def batch_size(self) -> int:
+        return self.scorer.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.scorer.batch_size = value
 
     def score(self, ids):
         return self.retry(self.scorer.score, ids)
@@ -53,6 +65,12 @@ class BackingOff:
     def next_token_logprobs(self, prompts):
         return self.retry(self.scorer.next_token_logprobs, prompts)
 
+    def logprobs_after(self, prompts):
+        return self.retry(self.scorer.logprobs_after, prompts)
+
+    def continuations(self, prompts, positions):
+        return self.retry(self.scorer.continuations, prompts, positions)
+
     def retry(self, fn, *args):
         while True:
             try:
@@ -61,5 +79,5 @@ class BackingOff:
                 if not is_oom(e) or self.scorer.batch_size == 1:
                     raise
                 self.scorer.batch_size //= 2
-                if self.scorer.model.device.type == "cuda":
+                if self.model.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -74,9 +74,7 @@ class Objective:
             logits = None if logits is None else logits[:, L : L + n]
         # a target at the last position gets logits there only ([B, 1, V], as packed children do)
         if hidden is not None:
-            hidden = (
-                hidden[:, L + n - 1 : L + n] if getattr(self.target, "position", None) == -1 else hidden[:, L : L + n]
-            )
+            hidden = hidden[:, L + n - 1 : L + n] if self.target.position == -1 else hidden[:, L : L + n]
         if logits is not None:
             hooks = {**hooks, "logits": logits}
         return self.read(hooks, hidden, head)

@@ -20,15 +20,19 @@ import contextlib
 
 import torch
 
+from ..choices import ScorerName
 from ..fast.attention import Packed, Rows
 from ..fast.capabilities import FastPath
 from ..fast.unembed import head_logprobs
 from ..lm.model import Model
 from .batching import even_split
+from .continuation import Continuation
 from .objective import Objective, by_length, embed_scale, next_token_rows, top_k_tokens
 
 
-class PackedScorer:
+class PackedScorer(Continuation):
+    name: ScorerName = "packed"
+
     def __init__(self, objective: Objective, batch_size: int):
         self.objective, self.batch_size = objective, batch_size
         self.model, self.target, self.vocab = objective.model, objective.target, objective.vocab
@@ -62,7 +66,7 @@ class PackedScorer:
     def reuses_prefix(self) -> bool:
         """Prefix reuse needs the target read at the last prompt position, no other fluency model, and a
         model whose attention runs packed (`FastPath.packs`)."""
-        return getattr(self.target, "position", None) == -1 and not self.objective.others and self.fast.packs
+        return self.target.position == -1 and not self.objective.others and self.fast.packs
 
     def score_children(
         self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor, pos: torch.Tensor

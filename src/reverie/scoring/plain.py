@@ -12,11 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..choices import ScorerName
 from ..lm.model import Model
+from .continuation import Continuation
 from .objective import Objective, by_length, embed_scale, next_token_rows, top_k_tokens
 
 
-class PlainScorer:
+class PlainScorer(Continuation):
+    name: ScorerName = "plain"
+
     def __init__(self, objective: Objective, batch_size: int):
         self.objective, self.batch_size = objective, batch_size
         self.model, self.target, self.vocab = objective.model, objective.target, objective.vocab

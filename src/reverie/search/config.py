@@ -10,15 +10,13 @@ import math
 import numbers
 from dataclasses import Field, asdict, dataclass, fields
 from types import NoneType, UnionType
-from typing import TYPE_CHECKING, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Literal, get_args, get_origin, get_type_hints
 
+from ..choices import ScorerName, StartKind
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
-
-STARTS = ("data", "beam", "sampled", "random")
-SCORERS = ("packed", "plain")  # what make_scorer builds (scoring.SCORERS, checked by a test); names only, so no torch
 
 
 @dataclass
@@ -49,7 +47,7 @@ class EPOConfig:
     avoid_penalty: float = 0.0  # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None  # fixed context around the prompt, e.g. "Once upon a time {prompt}"
     init_ids: tuple[tuple[int, ...], ...] = ()  # starting prompt per slot (e.g. dataset windows); () = random
-    starts: str = "data"  # "data": half the slots at the best dataset windows that `dream` finds
+    starts: StartKind = "data"  # "data": half the slots at the best dataset windows that `dream` finds
     #   (runs/dream.py), the rest as "beam"; "beam" search on the objective,
     #   "sampled": text the model writes, "random" prompts (the paper's)
     lm_guidance: float = 0.0  # β: rank candidates by gradient + β·σ·log p(token | prefix)
@@ -63,7 +61,7 @@ class EPOConfig:
     check_retokenization: bool = True  # decode→encode must give back the same ids
     word_start: bool = False  # prompts begin with a word, not inside one (lm.vocab.starts_word)
     batch_size: int | None = None  # prompts per forward pass; None = from free memory
-    scorer: str = "packed"  # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
+    scorer: ScorerName = "packed"  # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
 
     @classmethod
     def paper(cls, **kwargs) -> EPOConfig:
@@ -137,15 +135,11 @@ class EPOConfig:
             raise ConfigError("a banned string cannot be empty or blank (every prompt contains it): drop it")
         if any(isinstance(t, str) and not t for t in self.ban_tokens):
             raise ConfigError("a banned token cannot be empty: give its text (e.g. ' dog') or its id")
-        if self.starts not in STARTS:
-            raise ConfigError(f"unknown starts {self.starts!r}: use one of {', '.join(STARTS)}")
         if self.lm_guidance < 0 or not 0 <= self.lm_children <= 1 or not 0 <= self.pair_rate <= 1:
             raise ConfigError(
                 f"need lm_guidance >= 0 and lm_children and pair_rate from 0 to 1, got "
                 f"{self.lm_guidance}, {self.lm_children} and {self.pair_rate}"
             )
-        if self.scorer not in SCORERS:
-            raise ConfigError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
         low, high = self.restart_penalty
         if not 0 <= low <= high:
             raise ConfigError(f"restart_penalty must be a range lo <= hi, got {self.restart_penalty}")
@@ -187,10 +181,14 @@ _HINTS = get_type_hints(EPOConfig)  # each field's declared type, resolved
 
 
 def _conform(field: Field, value):
-    """`value` as the type `field` declares, or a ConfigError naming the field and that type."""
+    """`value` as the type `field` declares, or a ConfigError naming the field and that type (for a closed
+    set of names, the names)."""
+    hint = _HINTS[field.name]
     try:
-        return _as_type(value, _HINTS[field.name])
+        return _as_type(value, hint)
     except ValueError:
+        if get_origin(hint) is Literal:
+            raise ConfigError(f"unknown {field.name} {value!r}: use one of {', '.join(get_args(hint))}") from None
         finite = " (floats finite)" if "float" in field.type else ""
         raise ConfigError(f"{field.name} must be {field.type}{finite}, got {value!r}") from None
 
@@ -205,6 +203,10 @@ def _as_type(value, hint):
                 return _as_type(value, option)
             except ValueError:
                 pass
+        raise ValueError
+    if get_origin(hint) is Literal:
+        if isinstance(value, str) and value in get_args(hint):
+            return value
         raise ValueError
     if get_origin(hint) is tuple:
         items = get_args(hint)

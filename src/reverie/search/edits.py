@@ -1,4 +1,7 @@
-"""Children by insertion and deletion as well as swaps, for prompts whose length may vary.
+"""Children: r per member, each one edit of its parent (step 2 of the loop).
+
+`swap_children` makes the paper's children, for prompts of one length. `edit_children` makes children
+by insertion and deletion as well as swaps, for prompts whose length may vary.
 
 A swap replaces the token at a position with one of that position's top-k gradient tokens (the
 paper's only mutation). An insertion puts one of the top-k tokens of position g into the gap before
@@ -36,6 +39,22 @@ def trim(ids: torch.Tensor) -> torch.Tensor:
 
 def unpad(ids: torch.Tensor) -> list[torch.Tensor]:
     return [r[:n] for r, n in zip(ids, lengths(ids).tolist())]
+
+
+def swap_children(
+    population: torch.Tensor, top: list[torch.Tensor], r: int, k: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """r children per member of population [M, n], each with one position swapped for one of its first k
+    top tokens (`top[m]`: [n, K]). Draws: the positions [M, r], then the picks [M, r].
+    Returns (children [M·r, n], parent index, swapped position)."""
+    M, n = population.shape
+    tops = torch.stack(top)  # [M, n, K]
+    pos = torch.randint(n, (M, r), generator=generator)
+    pick = torch.randint(min(tops.shape[-1], k), (M, r), generator=generator)
+    parent = torch.arange(M)[:, None].expand(M, r)
+    children = population[parent].clone()  # [M, r, n]
+    children.scatter_(2, pos[..., None], tops[parent, pos, pick][..., None])
+    return children.reshape(M * r, n), parent.reshape(-1), pos.reshape(-1)
 
 
 def edit_children(
