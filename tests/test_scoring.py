@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import build_tiny, gradient
-from reverie import EPOConfig, make_scorer
+from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.fast import attention, unembed
 from reverie.fast.capabilities import FastPath
 from reverie.lm.model import Model
@@ -243,3 +243,24 @@ def test_automatic_batch_size_fits_free_memory(tiny_llama):
     assert 1 <= b <= 512
     per_prompt = 12 * 49152 * 12
     assert b * per_prompt <= available(tiny_llama.device)
+
+
+def test_a_scorer_is_built_from_its_own_options_as_from_a_config(tiny_llama):
+    """`make_scorer` reads only the scorer's typed options: built from them or from the EPOConfig that gives
+    them, the scorer bans the same text and scores the same prompts alike."""
+    from reverie.scoring import ScoringOptions, VocabularyOptions
+
+    config = EPOConfig(length=6, ban_strings=("cat",), word_start=True, template="Q: {prompt}", batch_size=3)
+    options = ScoringOptions(
+        VocabularyOptions(ban_strings=("cat",), word_start=True), template="Q: {prompt}", length=6, batch_size=3
+    )
+    assert config.scoring() == options
+    a, b = make_scorer(tiny_llama, "neuron:L1.N5", config), make_scorer(tiny_llama, "neuron:L1.N5", options)
+    assert a.batch_size == b.batch_size == 3 and torch.equal(a.vocab.allowed, b.vocab.allowed)
+    ids = a.vocab.random_prompts(4, 6, torch.Generator().manual_seed(0))
+    for x, y in zip(a.score(ids), b.score(ids)):
+        assert torch.equal(x, y)
+    cat = torch.tensor([b.vocab.encode(" the cat sat on a mat")[:6]])
+    assert not b.vocab.ok(cat).any()
+    with pytest.raises(ConfigError, match="unknown scorer 'fast'"):
+        make_scorer(tiny_llama, "neuron:L1.N5", options, scorer="fast")  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ _WHERE = {  # public name -> the module that defines it
     "lm.targets": ("Attention", "Custom", "Direction", "Logit", "Neuron", "Target", "combine", "parse_target"),
     "lm.algebra": ("Combination", "not_neighbours"),
     "lm.vocab": ("Vocabulary",),
-    "scoring": ("PackedScorer", "PlainScorer", "Scorer", "make_scorer"),
+    "scoring": ("PackedScorer", "PlainScorer", "Scorer", "ScoringOptions", "VocabularyOptions", "make_scorer"),
     "search.config": ("EPOConfig",),
     "search.epo": ("EPO", "EPOState", "Step"),
     "search.frontier": ("best_at", "merge", "pareto", "summary"),

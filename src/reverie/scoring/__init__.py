@@ -30,7 +30,7 @@ from typing import Protocol
 
 import torch
 
-from ..choices import SCORER_NAMES
+from ..choices import SCORER_NAMES, ScorerName
 from ..errors import ConfigError
 from ..lm.foreign import as_model
 from ..lm.model import Model, dtype_name, load_model
@@ -38,6 +38,7 @@ from ..lm.targets import Target, as_target
 from ..lm.vocab import Vocabulary
 from .batching import BackingOff, auto_batch_size
 from .objective import Objective, TargetCache
+from .options import HasScoringOptions, ScoringOptions, VocabularyOptions
 from .packed import PackedScorer
 from .plain import PlainScorer
 
@@ -73,43 +74,45 @@ class Scorer(Protocol):
 def make_scorer(
     model: Model,
     target: Target | str | Callable,
-    config,
+    config: ScoringOptions | HasScoringOptions,
     *,
-    scorer: str | None = None,
+    scorer: ScorerName | None = None,
     fluency_models: dict[str, Model] | None = None,
 ) -> Scorer:
-    """A Scorer for `target` on `model` under an `EPOConfig` (the fields read here: its vocabulary
-    options, template, fluency models, prompt length, batch size and scorer). `scorer` ("packed" or
-    "plain") overrides the config's; `fluency_models` are loaded models for the specs in
-    `config.fluency` (the others are loaded by spec)."""
+    """A Scorer for `target` on `model`, from its `ScoringOptions` or an `EPOConfig` (whose `scoring()`
+    gives them: its vocabulary options, template, fluency models, prompt length, batch size and scorer).
+    `scorer` ("packed" or "plain") overrides the options'; `fluency_models` are loaded models for the
+    specs in the fluency option (the others are loaded by spec)."""
+    options = config if isinstance(config, ScoringOptions) else config.scoring()
     model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
-    name = scorer or config.scorer
+    name = scorer or options.scorer
     if name not in SCORER_NAMES:
         raise ConfigError(f"unknown scorer {name!r}: use one of {', '.join(SCORER_NAMES)}")
-    target = as_target(target, model, ban=config.ban_strings)
-    length = prompt_length(model, config)
+    words = options.vocabulary
+    target = as_target(target, model, ban=words.ban_strings)
+    length = prompt_length(model, options)
     target.check_length(length)
     vocab = Vocabulary.for_model(
         model,
-        ascii_only=config.ascii_only,
-        banned_tokens=config.ban_tokens,
-        banned_strings=tuple(config.ban_strings) + tuple(target.banned_text),
-        check_retokenization=config.check_retokenization,
-        word_start=config.word_start,
+        ascii_only=words.ascii_only,
+        banned_tokens=words.ban_tokens,
+        banned_strings=words.ban_strings + tuple(target.banned_text),
+        check_retokenization=words.check_retokenization,
+        word_start=words.word_start,
     )
     objective = Objective(
-        model, target, vocab, template=config.template, fluency=fluency(model, config.fluency, fluency_models)
+        model, target, vocab, template=options.template, fluency=fluency(model, options.fluency, fluency_models)
     )
-    longest = max(length, config.length_bounds()[1]) if config.variable_length else length
+    longest = max(length, options.longest or length)
     model.check_length(len(objective.before) + longest + len(objective.after))
-    return BackingOff(SCORERS[name](objective, config.batch_size or auto_batch_size(model, length)))
+    return BackingOff(SCORERS[name](objective, options.batch_size or auto_batch_size(model, length)))
 
 
-def prompt_length(model: Model, config) -> int:
-    """The length of the prompts a config dreams (its initial prompt's, if it has one)."""
-    if config.init_prompt:
-        return len(model.tokenizer(config.init_prompt, add_special_tokens=False)["input_ids"])
-    return config.length
+def prompt_length(model: Model, options: ScoringOptions) -> int:
+    """The length of the prompts a scorer scores (the initial prompt's, if there is one)."""
+    if options.init_prompt:
+        return len(model.tokenizer(options.init_prompt, add_special_tokens=False)["input_ids"])
+    return options.length
 
 
 def fluency(model: Model, specs, loaded: dict[str, Model] | None) -> list[tuple[Model | None, float]] | None:
@@ -139,4 +142,6 @@ __all__ = [
     "TargetCache",
     "auto_batch_size",
     "SCORERS",
+    "ScoringOptions",
+    "VocabularyOptions",
 ]

@@ -18,6 +18,8 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from ..scoring.options import ScoringOptions
+
 
 @dataclass
 class EPOConfig:
@@ -73,6 +75,25 @@ class EPOConfig:
         """Greedy Coordinate Gradient: one prompt, one fixed penalty, no restarts (the paper's EPO otherwise)."""
         kwargs.setdefault("children", 512)
         return cls.paper(population=1, penalties=(penalty,), restart_every=0, **kwargs)
+
+    def scoring(self) -> ScoringOptions:
+        """The scorer's own options (`make_scorer` reads these only)."""
+        from ..scoring.options import ScoringOptions, VocabularyOptions
+
+        vocabulary = VocabularyOptions(
+            self.ascii_only, self.ban_tokens, self.ban_strings, self.check_retokenization, self.word_start
+        )
+        longest = self.length_bounds()[1] if self.variable_length else None
+        return ScoringOptions(
+            vocabulary,
+            self.template,
+            self.fluency,
+            self.length,
+            self.init_prompt,
+            longest,
+            self.batch_size,
+            self.scorer,
+        )
 
     def slot_penalties(self) -> torch.Tensor:
         import torch
