@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from reverie import TargetError, parse_target
-from reverie.lm.target import Target
+from reverie.lm.target_base import Target
 from reverie.lm.targets import KINDS, Kind, usage
 from reverie.sweeps.specs import expand_targets
 

@@ -191,7 +191,7 @@ def test_the_cli_refuses_a_release_offline_in_one_line(offline, tiny_dir, tmp_pa
 
 def test_the_target_modules_import_no_heavy_package():
     code = (
-        "import sys; import reverie.lm.sae, reverie.lm.saelens, reverie.lm.target; "
+        "import sys; import reverie.lm.sae, reverie.lm.saelens, reverie.lm.target_base; "
         "print([m for m in ('torch', 'safetensors', 'sae_lens', 'transformers', 'transformer_lens') if m in "
         "sys.modules])"
     )

@@ -13,7 +13,7 @@ from ..errors import TargetError
 from . import saelens
 from .grammar import Node, Parser, render, scale
 from .sae import SAEFeature
-from .target import Target
+from .target_base import Target
 
 if TYPE_CHECKING:
     from .model import Model

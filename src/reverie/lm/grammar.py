@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterator
 
 from ..errors import TargetError
-from .target import Target
+from .target_base import Target
 
 BOUND_WEIGHT = 10.0  # each unit a bounded part goes past its bound costs this much of the value
 STOP = set(",()*+|<>@")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ..errors import ModelError, TargetError
 from . import saelens
 from .autoencoder import SAEWeights, train_sae
-from .target import Target, absolute
+from .target_base import Target, absolute
 
 if TYPE_CHECKING:
     from .model import Model

@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import ReverieError, TargetError
 from . import algebra, grammar, saelens
 from .sae import SAEFeature
-from .target import Target, absolute
+from .target_base import Target, absolute
 from .vocab import as_items, resolve_token
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ class Memo:
             ok = self.vocab.ok(ids[rows])
             if ok.any():
                 rows_ok = rows[ok]
-                f[ok], ce[ok] = self.run(
+                f[ok], ce[ok] = self.through_model(
                     ids[rows_ok],
                     parents,
                     None if parent is None else parent[rows_ok],
@@ -47,7 +47,7 @@ class Memo:
         fs, ces = zip(*(self.seen[k] for k in keys))
         return torch.tensor(fs), torch.tensor(ces)
 
-    def run(self, ids: torch.Tensor, parents, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
+    def through_model(self, ids: torch.Tensor, parents, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's f and CE of new prompts: children over their parents' prefix where they have them,
         prompts of several lengths one length at a time."""
         if (ids == PAD).any():
