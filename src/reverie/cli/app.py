@@ -6,14 +6,10 @@ Bad input ends with one line on stderr and exit code 2; nothing computed is lost
 from __future__ import annotations
 
 import math
-import re
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -21,7 +17,7 @@ from ..errors import ReverieError
 from ..lm.targets import usage
 from .corpus import index as index_corpus
 from .corpus import scan as scan_corpus
-from .display import IndexProgress, LiveDisplay, SweepDisplay, console, frontier_table, shown, versus_table
+from .display import IndexProgress, LiveDisplay, SweepDisplay, console, frontier_table, out_console, shown
 from .export import export as export_run
 from .options import epo_config, epo_options
 
@@ -36,14 +32,7 @@ app.command("export")(export_run)
 app.command("scan")(scan_corpus)
 app.command("index")(index_corpus)
 
-out_console = Console(markup=False, highlight=False)  # what it prints holds model text: data, not markup
-
 TARGET_FORMS = escape(usage())  # the target spec forms, for help texts (square brackets are not markup)
-
-
-def _default_out(target: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", target).strip("-")[:40] or "run"
-    return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @app.command()
@@ -118,94 +107,40 @@ def dream(
     random_start: bool = typer.Option(False, "--random-start", hidden=True, help="Deprecated: --start beam."),
 ) -> None:
     """Dream a feature with EPO and write a resumable run directory (and its report.html)."""
-    from ..lm.targets import parse_target
+    from ..runs.plan import plan_run
+    from .results import load, notice, print_result, write_outputs
 
-    corpus, epo = _start_options(corpus, no_corpus, scan_dir or init_from, random_start, epo)
-    if resume is None and target is None:
-        raise ReverieError("give --target (e.g. --target neuron:L9.N402), or --resume RUN_DIR")
-    if diverse < 1:
-        raise ReverieError(f"--diverse takes the number of distinct dreams, K >= 1 (got {diverse})")
-    if resume is None:
-        assert target is not None  # (checked above)
-        config = epo_config(epo)
-        parse_target(target, config.ban_strings)  # a bad spec fails before anything loads
-    from ..runs.rundir import RunDir  # imports torch: after the checks that need nothing loaded
-
-    if resume is None:
-        assert target is not None
-        run_path = out or _default_out(target)
-        RunDir(run_path).check_writable()  # fail before the model loads
-        model_spec, total = model, config.iters
-    else:
-        saved = RunDir(resume).config()
-        RunDir(resume).state()  # an unreadable checkpoint fails here, before the model loads
-        run_path, model_spec, total = resume, saved["model"], epo["iters"] or saved["epo"]["iters"]
-        dtype = dtype or saved.get("dtype")
-        report = (saved.get("options") or {}).get("report", True) if report is None else report
-    report = True if report is None else report
-    from ..lm.model import load_model
-    from ..runs.dream import dream as run_dream
-    from ..runs.dream import resume as run_resume
-
-    if not quiet:
-        console.print(f"[dim]loading model {escape(model_spec)} …[/dim]", soft_wrap=True)
-    loaded = load_model(model_spec, dtype=dtype, device=device, device_map=device_map)
-    if not quiet and loaded.dtype_reason:
-        console.print(f"[dim]dtype {escape(loaded.dtype_reason)}[/dim]", soft_wrap=True)
-    display = LiveDisplay(loaded.tokenizer, total, enabled=not quiet)
-    from ..evidence.features import IndexConfig
-
-    starting: dict[str, Any] = dict(
+    corpus, epo = _deprecated_starts(corpus, scan_dir or init_from, random_start, epo)
+    plan = plan_run(
+        target,
+        epo_config(epo) if resume is None else None,
+        resume=resume,
+        iters=epo["iters"],
+        time_budget=epo["time_budget"],
+        out=out,
+        model=model,
+        dtype=dtype,
+        report=report,
+        faces=diverse,
         corpus=corpus,
-        notice=_notice,
-        progress=IndexProgress(enabled=not quiet),
-        options={"report": report},
-        index=None if index_tokens is None else IndexConfig(max_tokens=index_tokens),
+        no_corpus=no_corpus,
+        index_tokens=index_tokens,
+        checkpoint_every=checkpoint_every,
     )
+    loaded = load(plan, device=device, device_map=device_map, quiet=quiet)
+    display = LiveDisplay(loaded.tokenizer, plan.config.iters, enabled=not quiet)
     try:
-        if diverse > 1:
-            if resume is not None:
-                raise ReverieError("rerun the same --diverse command with the same --out to continue diverse dreams")
-            from ..runs.diverse import diverse as run_diverse
-
-            faces = run_diverse(
-                loaded,
-                target,
-                config,
-                k=diverse,
-                out=run_path,
-                callback=display,
-                checkpoint_every=checkpoint_every,
-                **starting,
-            )
-            result = faces[-1]
-        elif resume is None:
-            assert target is not None
-            result = run_dream(
-                loaded, target, config, out=run_path, callback=display, checkpoint_every=checkpoint_every, **starting
-            )
-        else:
-            result = run_resume(
-                resume,
-                model=loaded,
-                iters=epo["iters"],
-                time_budget=epo["time_budget"],
-                callback=display,
-                checkpoint_every=checkpoint_every,
-            )
+        results = plan.run(loaded, callback=display, notice=notice, progress=IndexProgress(enabled=not quiet))
     finally:
         display.stop()
-    _print_result(result, run_path)
-    if result.stopped == "interrupted":  # saved up to the last complete iteration; no report: the user asked to stop
+    print_result(results[-1], plan.run_dir)
+    if results[-1].stopped == "interrupted":  # saved to its last iteration; no report: the user asked to stop
         raise typer.Exit(130)
-    if diverse > 1:
-        _write_faces(run_path, faces, report, dict(model=loaded, quiet=quiet))
-    elif report:
-        _write_report(run_path, model=loaded, quiet=quiet)
+    write_outputs(plan, results, loaded, quiet)
 
 
-def _start_options(corpus: str, no_corpus: bool, scan_dir: Path | None, random_start: bool, epo: dict):
-    """(corpus, epo) after --no-corpus and the deprecated --scan, --init-from and --random-start."""
+def _deprecated_starts(corpus: str, scan_dir: Path | None, random_start: bool, epo: dict) -> tuple[str, dict]:
+    """(corpus, epo) after the deprecated --scan, --init-from and --random-start."""
     epo = dict(epo)
     for old, new, given in (
         ("--scan/--init-from DIR", "--corpus DIR", scan_dir is not None),
@@ -215,87 +150,7 @@ def _start_options(corpus: str, no_corpus: bool, scan_dir: Path | None, random_s
             console.print(f"note: {old} is deprecated: use {new}", soft_wrap=True, markup=False)
     if random_start:
         epo["starts"] = "beam"
-    if scan_dir is not None:
-        corpus = str(scan_dir)
-    if (
-        not no_corpus
-        and corpus not in ("auto", "bundled")
-        and not corpus.startswith("hf:")
-        and not Path(corpus).exists()
-    ):
-        raise ReverieError(
-            f"--corpus {corpus} does not exist: give a text file, a folder, .jsonl, .parquet, hf:NAME, "
-            "'bundled', 'auto' or a `reverie scan` folder"
-        )
-    if no_corpus:
-        if scan_dir is not None or corpus != "auto":
-            raise ReverieError("--no-corpus dreams from the model alone: drop --corpus (or --no-corpus)")
-        epo["starts"] = "beam" if epo["starts"] == "data" else epo["starts"]
-        return None, epo
-    return corpus, epo
-
-
-def _notice(line: str) -> None:
-    console.print(line, soft_wrap=True, markup=False)
-
-
-def _print_result(result, run_path: Path) -> None:
-    """The frontier, the comparison with the best real text, and where the run is."""
-    from ..search.frontier import versus_data
-
-    front = result.frontier()
-    out_console.print(
-        frontier_table(
-            zip(front["activation"], front["cross_entropy"], front["text"]),
-            f"frontier of {result.target} ({len(front)} prompts)",
-        )
-    )
-    versus = None if result.windows is None else versus_data(result.history, result.windows)
-    if versus is not None:
-        out_console.print(versus_table(versus, result.windows))
-    elif result.start:
-        out_console.print(f"no real text to compare with: {result.start}", soft_wrap=True)
-    out_console.print(
-        f"{result.stopped} after {result.iterations} iterations in {result.seconds:.1f} s; run directory: {run_path}",
-        soft_wrap=True,
-    )
-    if result.stopped in ("interrupted", "time"):
-        out_console.print(f"continue with: reverie dream --resume {run_path}", soft_wrap=True)
-
-
-def _write_faces(run_path: Path, faces, report: bool, options: dict) -> None:
-    for j, face in enumerate(faces):
-        best = face.best()
-        found = (
-            "no prompt yet"
-            if best is None
-            else f"{best.activation:.3f} (ce {best.cross_entropy:.2f}) {shown(best.text)}"
-        )
-        out_console.print(f"face {j} ({face.run_dir}): {found}", soft_wrap=True)
-        if report:
-            _write_report(face.run_dir, **options)
-    try:
-        from ..report.faces import write_faces
-
-        out_console.print(f"faces: {write_faces(run_path, faces)}", soft_wrap=True)
-    except ReverieError as e:
-        console.print(f"no faces page: {e}", soft_wrap=True, markup=False)
-
-
-def _write_report(run_path: Path, quiet: bool = False, **kw) -> None:
-    """Write the run's report; a failure here is reported but loses nothing (the run is already saved)."""
-    try:
-        from ..report.run import write_report
-
-        def progress(step: str) -> None:
-            if not quiet:
-                console.print(f"[dim]report: {step} …[/dim]")
-
-        path = write_report(run_path, progress=progress, **kw)
-    except ReverieError as e:
-        console.print(f"no report: {e}", soft_wrap=True, markup=False)
-    else:
-        out_console.print(f"report: {path}", soft_wrap=True)
+    return (corpus if scan_dir is None else str(scan_dir)), epo
 
 
 @app.command()

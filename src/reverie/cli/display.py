@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 console = Console(stderr=True)
+out_console = Console(markup=False, highlight=False)  # what it prints holds model text: data, not markup
 
 
 def shown(text: str) -> str:
