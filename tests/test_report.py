@@ -164,7 +164,7 @@ def test_report_has_every_section(run_dir, tiny_llama, corpus):
     windows = scan(tiny_llama, ["neuron:L1.N7", "neuron:L1.N8"], str(corpus), ScanConfig(window=8, top=5, chunk=16))
     html = build_report(run_dir, scan=windows, model=tiny_llama, points=2, k=4)
     front = reverie.load_run(run_dir).frontier()
-    assert html.count('src="data:image/png;base64,') == 3  # frontier, dreams vs data, over iterations
+    assert html.count('src="data:image/png;base64,') == 4  # frontier, dreams vs data, over iterations, robustness
     assert html.count("<tr>") >= len(front) + 5 + 4  # frontier rows + windows + best table
     assert 'id="windows"' in html and "Best dataset window" in html
     assert 'class="tok"' in html and "Random-prompt baseline" in html
@@ -273,7 +273,7 @@ def test_report_renders_in_chromium(browser, run_dir, tiny_llama, corpus, tmp_pa
     page, problems, dialogs = open_page(browser, path, clipboard=False)
     assert problems == [] and dialogs == []
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-    assert len(widths) == 3 and min(widths) > 300  # every plot decoded
+    assert len(widths) == 4 and min(widths) > 300  # every plot decoded (the robustness plot too)
     rows = page.locator("#frontier tr").count() - 1
     assert rows == len(reverie.load_run(run_dir).frontier()) and page.locator("#frontier").is_visible()
     assert page.locator("#windows tr").count() > 1

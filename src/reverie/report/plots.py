@@ -1,5 +1,5 @@
 """The paper's figures as matplotlib PNGs: the frontier with its text, dreams against dataset windows
-(Fig. 3), and the frontier as it grew over the iterations.
+(Fig. 3), the frontier as it grew over the iterations, and the robustness of the best dreams.
 
 Each function takes DataFrames (a run's history, a scan's windows) and returns a `Figure`; `png`
 renders one to bytes. Figures are built without pyplot, so nothing touches global state or a display.
@@ -161,6 +161,30 @@ def frontier_over_iterations(history: pd.DataFrame, steps: int = 6, title: str =
         color = colors[round(j * (len(colors) - 1) / max(len(marks) - 1, 1))]
         _step(ax, front, color=color, lw=1.4, label=f"iteration {t}")
     ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def robustness_plot(results, title: str = "") -> Figure:
+    """One row per dream (`evidence.robustness.Robustness`): its activation alone, in each context,
+    of each resampled variant and of its minimal trigger, with the least value that keeps 80% of it."""
+    fig = Figure(figsize=(8.0, 1.2 + 0.9 * len(results)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(label(title or "robustness", width=None), fontsize=10, loc="left")
+    ax.set_xlabel("activation")
+    ax.grid(alpha=0.3, axis="x")
+    for i, r in enumerate(results):
+        y = len(results) - 1 - i  # the first dream on top
+        ctx, var = r.contexts["activation"].to_numpy(float), r.variants["activation"].to_numpy(float)
+        ax.plot([r.needed] * 2, [y - 0.4, y + 0.4], ls="--", c="#888", lw=1, label="keeps 80%" if i == 0 else None)
+        ax.scatter(ctx, np.full(len(ctx), y + 0.2), s=14, c=DREAM, alpha=0.7, label="in context" if i == 0 else None)
+        ax.scatter(var, np.full(len(var), y - 0.2), s=14, c=DATA, alpha=0.7, label="variants" if i == 0 else None)
+        trigger = "minimal trigger" if i == 0 else None
+        ax.scatter([r.trigger_activation], [y], s=40, marker="D", c="#2a9d3a", zorder=4, label=trigger)
+        ax.scatter([r.activation], [y], s=90, marker="|", c="#222", zorder=5, label="alone" if i == 0 else None)
+    ax.set_yticks(range(len(results)), [label(r.text, width=32) for r in reversed(results)], fontsize=7)
+    ax.set_ylim(-0.6, len(results) - 0.4)
+    if results:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
     return fig
 
 

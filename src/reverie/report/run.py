@@ -21,6 +21,7 @@ from ..errors import ReverieError, RunDirError
 from ..evidence.attribution import attribute
 from ..evidence.baseline import random_baseline
 from ..evidence.readability import real_word_share, real_words
+from ..evidence.robustness import KEEP, Robustness, robustness
 from ..evidence.scan import read_scan
 from ..evidence.tokens import per_token, token_strings
 from ..files import atomic_write
@@ -117,6 +118,39 @@ def _real_words(notes: list[str]) -> frozenset[str] | None:
         return None
 
 
+def _robustness(
+    model: Model, target, history: pd.DataFrame, template, n: int, corpus, notes: list[str]
+) -> list[Robustness]:
+    """The robustness (evidence/robustness.py) of the `n` most activating of the best dreams (those
+    `_points` picks), or none (and a note) where it cannot be computed."""
+    picks = _points(history, n)
+    if not picks:
+        return []
+    try:
+        return robustness(model, target, [[int(t) for t in p["ids"]] for p in picks], template=template, corpus=corpus)
+    except ReverieError as e:
+        notes.append(f"No robustness: {e}")
+        return []
+
+
+def robust_view(results: list[Robustness]) -> list[dict]:
+    """Per dream, what the report's robustness section shows: the summary, the trigger, and the contexts,
+    removals and variants as rows of plain values."""
+    return [
+        {
+            "text": r.text,
+            "tokens": len(r.ids),
+            "trigger": r.trigger_text,
+            **r.summary(),
+            "contexts_rows": r.contexts.to_dict("records"),
+            "steps_rows": r.steps.to_dict("records"),
+            "variants_rows": r.variants.to_dict("records"),
+            "note": r.note,
+        }
+        for r in results
+    ]
+
+
 def _heatmap(table: pd.DataFrame) -> list[dict]:
     """Per token: text, colour (drop under the worst substitute) and bar (drop under the best alternative),
     both relative to the prompt's activation, and the hover details."""
@@ -152,12 +186,15 @@ def build_report(
     points: int = 4,
     k: int = 32,
     baseline_prompts: int = 512,
+    robust: int = 3,
+    corpus: str | None = "bundled",
     progress: Callable[[str], None] | None = None,
 ) -> str:
     """The report's HTML. `model` (and `target`, for Python-only targets) enables attribution and the
-    random-prompt baseline (seed 0, cached per model and target: runs of one target share it); `scan`
-    adds the dataset windows for this run's target (default: the windows kept with the run). `progress` is
-    told each step that needs the model."""
+    random-prompt baseline (seed 0, cached per model and target: runs of one target share it) and the
+    robustness of the `robust` most activating best dreams (in `corpus`'s text, evidence/robustness.py);
+    `scan` adds the dataset windows for this run's target (default: the windows kept with the run).
+    `progress` is told each step that needs the model."""
     progress = progress or (lambda step: None)
     run = run if isinstance(run, DreamResult) else load_run(run)
     history = run.history
@@ -174,7 +211,7 @@ def build_report(
             )
             windows = None
 
-    baseline, attributions = None, []
+    baseline, attributions, results = None, [], []
     resolved = None
     if model is not None:
         try:
@@ -201,6 +238,9 @@ def build_report(
                     "tokens": _heatmap(table),
                 }
             )
+        if robust > 0:
+            progress(f"robustness of the {robust} most activating best dreams")
+        results = _robustness(model, resolved, history, run.config.template, robust, corpus, notes)
     zscores = baseline is not None and isinstance(resolved, Direction)
 
     progress("plots")
@@ -218,6 +258,8 @@ def build_report(
             plots.data_url(plots.frontier_over_iterations(history, title=f"{run.target}: search progress")),
         )
     )
+
+    robust_figure = plots.data_url(plots.robustness_plot(results, f"{run.target}: robustness")) if results else None
 
     def z(x):
         return float(baseline.z(x)) if zscores else None
@@ -271,6 +313,10 @@ def build_report(
             figures=figures,
             attributions=attributions,
             k=k,
+            robust=robust_view(results),
+            keep=KEEP,
+            robust_corpus=corpus,
+            robust_figure=robust_figure,
             baseline=baseline,
             zscores=zscores,
             notes=notes,

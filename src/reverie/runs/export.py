@@ -12,9 +12,16 @@ One row per prompt, the same columns in every format:
     ids                           its token ids
     tokens                        each token decoded on its own
     token_activations             the target at each token (evidence/tokens.py); null where it has none
+    context_activations           robustness (evidence/robustness.py), for the `robust` most activating
+    trigger_ids, trigger_text,    best dreams (null in the other rows): the target at the dream's last
+    trigger_activation            token in each corpus context; its minimal trigger, and that trigger's
+    variant_activations           activation; each resampled variant's activation
 
-JSON: {"format": "reverie-export/1", "run": {...}, "prompts": [rows]}, strict (no NaN). CSV: the rows,
-with ids, tokens and token_activations as JSON arrays in text. Parquet: the rows, lists as lists.
+JSON: {"format": "reverie-export/1", "run": {...}, "prompts": [rows], "robustness": [...]}, strict (no
+NaN), "robustness" holding each tested dream's `Robustness.to_dict()`. CSV: the rows, with the lists
+(ids, tokens, token_activations, context_activations, trigger_ids, variant_activations) as JSON arrays
+in text. Parquet: the rows, lists as lists. Exports written before the robustness columns read back
+with them null.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, ReverieError, RunDirError
-from ..evidence.tokens import per_token, token_strings
+from ..evidence.robustness import Robustness, robustness
+from ..evidence.tokens import every_position, per_token, token_strings
 from ..files import atomic_write, write_json
 from ..lm.model import Model, load_model
 from ..lm.targets import as_target
@@ -50,8 +58,15 @@ COLUMNS = [
     "ids",
     "tokens",
     "token_activations",
+    "context_activations",
+    "trigger_ids",
+    "trigger_text",
+    "trigger_activation",
+    "variant_activations",
 ]
-LISTS = ("ids", "tokens", "token_activations")
+REQUIRED = COLUMNS[: COLUMNS.index("token_activations") + 1]  # (the robustness columns came later)
+LISTS = ("ids", "tokens", "token_activations", "context_activations", "trigger_ids", "variant_activations")
+ROBUST = ("context_activations", "trigger_ids", "trigger_text", "trigger_activation", "variant_activations")
 
 
 def _row(result: DreamResult, kind: str, limit: str | None, row: pd.Series) -> dict:
@@ -68,9 +83,21 @@ def _row(result: DreamResult, kind: str, limit: str | None, row: pd.Series) -> d
     }
 
 
-def export_rows(result: DreamResult, model: Model, target=None) -> list[dict]:
+def export_rows(
+    result: DreamResult, model: Model, target=None, *, robust: int = 3, corpus: str | None = "bundled"
+) -> list[dict]:
     """The export's rows (see the module docstring): the best dreams at cross-entropy <= 4, 5, 6 and
     any (those that exist), then the frontier by cross-entropy. `target`: for Python-only targets."""
+    return export_data(result, model, target, robust=robust, corpus=corpus)[0]
+
+
+def export_data(
+    result: DreamResult, model: Model, target=None, *, robust: int = 3, corpus: str | None = "bundled"
+) -> tuple[list[dict], list[Robustness]]:
+    """The export's rows and the robustness of the `robust` most activating best dreams (the distinct
+    best prompts at cross-entropy <= 4, 5, 6, any, the last `robust` of them, as the report picks them),
+    measured in `corpus`'s text; every row has the robustness columns, null where its prompt was not tested
+    (all of them for a target without a value per position)."""
     history = result.history
     rows = []
     for limit in THRESHOLDS:
@@ -79,13 +106,30 @@ def export_rows(result: DreamResult, model: Model, target=None) -> list[dict]:
             rows.append(_row(result, "best", "any" if math.isinf(limit) else f"{limit:g}", best))
     rows += [_row(result, "frontier", None, r) for _, r in pareto(history).iterrows()]
     if not rows:
-        return rows
+        return rows, []
     resolved = as_target(target if target is not None else result.target, model)
     values = per_token(model, resolved, [r["ids"] for r in rows], template=result.config.template)
     for r, v in zip(rows, values):
         r["tokens"] = token_strings(model, r["ids"])
         r["token_activations"] = [float(x) if np.isfinite(x) else None for x in v]
-    return rows
+        r.update(dict.fromkeys(ROBUST))
+    readable = robust > 0 and every_position(resolved) is not None  # (no robustness without a per-token value)
+    picks = list(dict.fromkeys(tuple(r["ids"]) for r in rows if r["kind"] == "best"))[-robust:] if readable else []
+    tested = robustness(model, resolved, picks, template=result.config.template, corpus=corpus) if picks else []
+    found = {tuple(t.ids): t for t in tested}
+    for r in rows:
+        t = found.get(tuple(r["ids"]))
+        if t is not None:
+            r["context_activations"] = [_finite(x) for x in t.contexts["activation"]] if len(t.contexts) else None
+            r["trigger_ids"], r["trigger_text"] = list(t.trigger_ids), t.trigger_text
+            r["trigger_activation"] = _finite(t.trigger_activation)
+            r["variant_activations"] = [_finite(x) for x in t.variants["activation"]]
+    return rows, tested
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def export_format(fmt: str | None, out: str | Path | None) -> str:
@@ -113,21 +157,30 @@ def export(
     target=None,
     dtype: str | None = None,
     device: str | None = None,
+    robust: int = 3,
+    corpus: str | None = "bundled",
 ) -> Path:
     """Write the run's best dreams and frontier with per-token activations to `out` (default
     RUN_DIR/export.FMT); returns the path. `fmt` (json, csv or parquet) defaults to the one `out`'s
     suffix names, else json; an `out` named for another format is refused. Without `model`, the run's
-    model is loaded (with the run's dtype unless `dtype` is given)."""
+    model is loaded (with the run's dtype unless `dtype` is given). `robust`, `corpus`: as for
+    `export_data`."""
     fmt = export_format(fmt, out)
     result = load_run(run_dir)
     assert result.run_dir is not None  # a run read from its folder knows it
     path = Path(out) if out is not None else result.run_dir / f"export.{fmt}"
     if model is None:
         model = load_model(result.model, dtype=dtype or RunDir(run_dir).config().get("dtype"), device=device)
-    rows = export_rows(result, model, target)
+    rows, tested = export_data(result, model, target, robust=robust, corpus=corpus)
     try:
         if fmt == "json":
-            write_json(path, {"format": FORMAT, "run": _meta(result), "prompts": rows})
+            data = {
+                "format": FORMAT,
+                "run": _meta(result),
+                "prompts": rows,
+                "robustness": [t.to_dict() for t in tested],
+            }
+            write_json(path, data)
         else:
             frame = pd.DataFrame(rows, columns=COLUMNS)
             if fmt == "csv":
@@ -138,6 +191,11 @@ def export(
     except OSError as e:
         raise ReverieError(f"cannot write the export {path} ({e.strerror or e}): choose another --out") from None
     return path
+
+
+def _loads(v):
+    """A CSV cell of a list column: its JSON, or None where the column was missing."""
+    return None if v is None else json.loads(v)
 
 
 def _meta(result: DreamResult) -> dict:
@@ -164,17 +222,22 @@ def read_export(path: str | Path) -> pd.DataFrame:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("prompts"), list):
                 raise ValueError(f"not a {FORMAT} file (no format and prompts fields)")
-            frame = pd.DataFrame(data["prompts"], columns=COLUMNS)
+            frame = pd.DataFrame(data["prompts"]) if data["prompts"] else pd.DataFrame(columns=COLUMNS)
         elif fmt == "csv":
-            frame = pd.read_csv(path, keep_default_na=False, na_values={"limit": [""]})
+            blank = {c: [""] for c in ("limit", "trigger_text", "trigger_activation")}
+            frame = pd.read_csv(path, keep_default_na=False, na_values=blank)
         else:
             frame = pd.read_parquet(path)
-        missing = [c for c in COLUMNS if c not in frame.columns]
+        missing = [c for c in REQUIRED if c not in frame.columns]
         if missing:
             raise ValueError(f"no column {', '.join(missing)}")
+        frame = frame.reindex(columns=COLUMNS).astype({c: object for c in ROBUST if c not in frame.columns})
+        frame = frame.assign(**{c: frame[c].astype(object).where(frame[c].notna(), None) for c in ROBUST})
         if fmt == "csv":
-            return frame.assign(**{c: [json.loads(v) for v in frame[c]] for c in LISTS})
-        return frame.assign(**{c: [list(v) for v in frame[c]] for c in LISTS}) if fmt == "parquet" else frame
+            return frame.assign(**{c: [_loads(v) for v in frame[c]] for c in LISTS})
+        if fmt == "parquet":
+            return frame.assign(**{c: [None if v is None else list(v) for v in frame[c]] for c in LISTS})
+        return frame
     except (OSError, ValueError, TypeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
         raise RunDirError(
