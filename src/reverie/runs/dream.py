@@ -230,7 +230,7 @@ def resume(
     with run_dir.writing():
         saved = run_dir.config()
         state = run_dir.state()  # an unreadable checkpoint fails here, before the model loads
-        original = _saved_config(run_dir, saved)
+        original = run_dir.epo_config(saved)
         config = replace(original, iters=original.iters if iters is None else iters, time_budget=time_budget)
         if target is None:
             if any(mark in saved["target"] for mark in ("custom:", "<array>", "<SAE>")):  # (or a part of it)
@@ -268,16 +268,6 @@ def _check_memory(model: Model, scorer, config: EPOConfig) -> None:
     memory.check(need, model.device)
 
 
-def _saved_config(run_dir: RunDir, saved: dict) -> EPOConfig:
-    try:
-        return EPOConfig.from_dict(saved["epo"])
-    except ConfigError as e:
-        raise RunDirError(
-            f"{run_dir.path / CONFIG} holds EPO options reverie cannot read ({e}): "
-            "restore it from a copy, or dream again in a new --out"
-        ) from None
-
-
 def load_run(path: str | Path) -> DreamResult:
     """Read a run directory (finished or not) without loading the model."""
     run_dir = RunDir(path)
@@ -286,7 +276,7 @@ def load_run(path: str | Path) -> DreamResult:
     history = run_dir.history(upto=state.iteration if state else None)
     stopped: StopReason = "done" if (run_dir.path / FRONTIER).exists() else "unfinished"
     return DreamResult(
-        _saved_config(run_dir, saved),
+        run_dir.epo_config(saved),
         saved["model"],
         saved["target"],
         history,

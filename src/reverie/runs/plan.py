@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ReverieError, RunDirError
+from ..errors import ReverieError
 from ..lm.targets import Target, parse_target
 from ..search.config import EPOConfig, as_config
 
@@ -163,18 +163,12 @@ def _resumed(
 ) -> RunPlan:
     if faces > 1:
         raise ReverieError("rerun the same --diverse command with the same --out to continue diverse dreams")
-    from .rundir import CONFIG, RunDir  # imports torch: after the checks that need nothing loaded
+    from .rundir import RunDir  # imports torch: after the checks that need nothing loaded
 
     run_dir = RunDir(path)
     saved = run_dir.config()
     run_dir.state()  # an unreadable checkpoint fails here, before the model loads
-    try:
-        original = EPOConfig.from_dict(saved["epo"])
-    except ConfigError as e:
-        raise RunDirError(
-            f"{path / CONFIG} holds EPO options reverie cannot read ({e}): "
-            "restore it from a copy, or dream again in a new --out"
-        ) from None
+    original = run_dir.epo_config(saved)
     return RunPlan(
         path,
         saved["model"],

@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import RunDirError
+from ..errors import ConfigError, RunDirError
 from ..files import atomic_write, locked, read_json, write_json
+from ..search.config import EPOConfig
 from ..search.epo import EPOState
 from ..search.frontier import pareto
 from ..search.history import COLUMNS, History
@@ -179,6 +180,17 @@ class RunDir:
     def windows(self) -> pd.DataFrame | None:
         """The dataset windows kept with the run, or None if it has none."""
         return _read_parquet(self.path / WINDOWS) if (self.path / WINDOWS).exists() else None
+
+    def epo_config(self, saved: dict | None = None) -> EPOConfig:
+        """The run's EPO options, from its config.json (or `saved`, the config already read)."""
+        saved = self.config() if saved is None else saved
+        try:
+            return EPOConfig.from_dict(saved["epo"])
+        except ConfigError as e:
+            raise RunDirError(
+                f"{self.path / CONFIG} holds EPO options reverie cannot read ({e}): "
+                "restore it from a copy, or dream again in a new --out"
+            ) from None
 
     def config(self) -> dict:
         path = self.path / CONFIG
