@@ -20,11 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 import reverie
 from reverie import EPOConfig
-from reverie.lm.model import Model, bundled_path
+from reverie.lm.model import bundled_path
 
 SMALL = dict(population=4, children=8, top_k=32, length=8, iters=6)
 CONFIGS = {
@@ -41,23 +40,14 @@ CONFIGS = {
 }
 
 
-def tiny_llama() -> Model:
-    """The tests' tiny Llama (tests/conftest.py): 2 layers, width 64, the bundled tokenizer, seed 0."""
+def tiny_llama():
+    """The tests' tiny Llama (tests/conftest.py `build_tiny`): 2 layers, width 64, the bundled tokenizer, seed 0."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_path())
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=49152,
-        num_hidden_layers=2,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return Model(AutoModelForCausalLM.from_config(config, dtype=torch.float32), tokenizer, spec="tiny-llama")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from conftest import build_tiny
+
+    return build_tiny("llama", AutoTokenizer.from_pretrained(bundled_path()))
 
 
 def fingerprint(result) -> str:

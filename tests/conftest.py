@@ -116,6 +116,18 @@ def checkpoint_iteration(run_dir) -> int:
         return -1
 
 
+def plant_best(run_dir, text: str, tokenizer) -> None:
+    """Rewrite a run directory's best dream to `text` (its history row's text and tokens), as if EPO had
+    found it: for the tests that model text stays data in every page."""
+    import pandas as pd
+
+    history = pd.read_parquet(run_dir / "history.parquet")
+    best = history["activation"].idxmax()
+    history.at[best, "text"] = text
+    history.at[best, "ids"] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    history.to_parquet(run_dir / "history.parquet", index=False)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The bundled model's tokenizer; REVERIE_TEST_TOKENIZER names a folder holding only it, for machines without

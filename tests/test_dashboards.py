@@ -8,13 +8,12 @@ import re
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import typer
 
 import reverie
-from conftest import TEXTS, open_page
+from conftest import TEXTS, open_page, plant_best
 from reverie import EPOConfig, dream, make_scorer
 from reverie.cli import app as cli_app
 from reverie.cli.app import main
@@ -52,11 +51,7 @@ def hostile_run(tmp_path_factory, run_dir, tiny_llama):
     tokens, as if EPO had found it)."""
     out = tmp_path_factory.mktemp("runs") / "hostile"
     shutil.copytree(run_dir, out)
-    history = pd.read_parquet(out / "history.parquet")
-    best = history["activation"].idxmax()
-    history.at[best, "text"] = HOSTILE
-    history.at[best, "ids"] = tiny_llama.tokenizer(HOSTILE, add_special_tokens=False)["input_ids"]
-    history.to_parquet(out / "history.parquet", index=False)
+    plant_best(out, HOSTILE, tiny_llama.tokenizer)
     return out
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import reverie
-from conftest import open_page
+from conftest import open_page, plant_best
 from reverie import EPOConfig, dream, random_baseline
 from reverie.evidence.scan import ScanConfig, scan
 from reverie.report.pages import environment
@@ -42,11 +42,7 @@ def xss_run(tmp_path_factory, tiny_llama):
         EPOConfig(population=2, children=4, top_k=16, length=8, iters=2, init_prompt=XSS, check_retokenization=False),
         out=out,
     )
-    history = pd.read_parquet(out / "history.parquet")
-    best = history["activation"].idxmax()
-    history.at[best, "text"] = XSS
-    history.at[best, "ids"] = tiny_llama.tokenizer(XSS, add_special_tokens=False)["input_ids"]
-    history.to_parquet(out / "history.parquet", index=False)
+    plant_best(out, XSS, tiny_llama.tokenizer)
     return out
 
 

@@ -5,11 +5,10 @@ the export's fields."""
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from conftest import TEXTS, open_page
+from conftest import TEXTS, open_page, plant_best
 from reverie import EPOConfig, dream
 from reverie.errors import ConfigError
 from reverie.evidence.robustness import robustness
@@ -126,11 +125,7 @@ def xss_run(tmp_path_factory, tiny_llama):
     """A small run whose best dream is rewritten to `<script>alert(1)</script>`."""
     out = tmp_path_factory.mktemp("runs") / "robust"
     dream(tiny_llama, TARGET, EPOConfig(population=4, children=8, top_k=32, length=8, iters=3, seed=0), out=out)
-    history = pd.read_parquet(out / "history.parquet")
-    best = history["activation"].idxmax()
-    history.at[best, "text"] = XSS
-    history.at[best, "ids"] = tiny_llama.tokenizer(XSS, add_special_tokens=False)["input_ids"]
-    history.to_parquet(out / "history.parquet", index=False)
+    plant_best(out, XSS, tiny_llama.tokenizer)
     return out
 
 
