@@ -15,9 +15,20 @@ Prompts of different lengths travel as one tensor, left-aligned and padded with 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 PAD = -1
+
+
+class Children(NamedTuple):
+    """One iteration's children: ids [C, n] (PAD-padded), each one's parent (population index) and the
+    position its edit touched."""
+
+    ids: torch.Tensor
+    parent: torch.Tensor
+    pos: torch.Tensor
 
 
 def lengths(ids: torch.Tensor) -> torch.Tensor:
@@ -43,10 +54,10 @@ def unpad(ids: torch.Tensor) -> list[torch.Tensor]:
 
 def swap_children(
     population: torch.Tensor, top: list[torch.Tensor], r: int, k: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Children:
     """r children per member of population [M, n], each with one position swapped for one of its first k
     top tokens (`top[m]`: [n, K]). Draws: the positions [M, r], then the picks [M, r].
-    Returns (children [M·r, n], parent index, swapped position)."""
+    Returns the children [M·r, n], each one's parent and swapped position."""
     M, n = population.shape
     tops = torch.stack(top)  # [M, n, K]
     pos = torch.randint(n, (M, r), generator=generator)
@@ -54,7 +65,7 @@ def swap_children(
     parent = torch.arange(M)[:, None].expand(M, r)
     children = population[parent].clone()  # [M, r, n]
     children.scatter_(2, pos[..., None], tops[parent, pos, pick][..., None])
-    return children.reshape(M * r, n), parent.reshape(-1), pos.reshape(-1)
+    return Children(children.reshape(M * r, n), parent.reshape(-1), pos.reshape(-1))
 
 
 def edit_children(
@@ -67,11 +78,11 @@ def edit_children(
     delete_rate: float,
     min_length: int,
     max_length: int,
-):
+) -> Children:
     """r children per member: each an insertion (probability insert_rate), a deletion (delete_rate) or a
     swap, drawing tokens from the member's top-k lists (`top[m]`: [n_m, K]; the first k are used).
     An insertion at the longest allowed length, or a deletion at the shortest, becomes a swap.
-    Returns (children padded, parent index, edited position)."""
+    Returns the children (padded), each one's parent and edited position."""
     M = len(population)
     kind = torch.rand(M, r, generator=generator)
     where = torch.rand(M, r, generator=generator)
@@ -96,4 +107,4 @@ def edit_children(
             rows.append(child)
             parent.append(m)
             position.append(g)
-    return pad(rows), torch.tensor(parent), torch.tensor(position)
+    return Children(pad(rows), torch.tensor(parent), torch.tensor(position))

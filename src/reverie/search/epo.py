@@ -138,17 +138,17 @@ class EPO:
             k = self.k_at(s.iteration)
             if c.variable_length:
                 rates = (c.insert_rate, c.delete_rate, *c.length_bounds())
-                children, parent, pos = edit_children(s.population, top, c.children, k, gen, *rates)
+                children = edit_children(s.population, top, c.children, k, gen, *rates)
             else:
-                children, parent, pos = swap_children(s.population, top, c.children, k, gen)
+                children = swap_children(s.population, top, c.children, k, gen)
             if c.lm_children:  # some swaps take their token from the model's next-token distribution instead
-                children = lm_swaps(self.scorer, s.population, children, parent, pos, c.lm_children, gen)
+                children = lm_swaps(self.scorer, s.population, children, c.lm_children, gen)
             if c.pair_rate:  # some swaps also set the next token to the model's continuation of the new one
-                children = pair_edits(self.scorer, s.population, children, parent, pos, c.pair_rate, gen)
+                children = pair_edits(self.scorer, s.population, children, c.pair_rate, gen)
         with phases("scoring"):  # 3. f and CE of every child, over its parent's prefix (failures: f = −∞)
-            f_child, ce_child = self.score(children, s.population, parent, pos)
+            f_child, ce_child = self.score(children.ids, s.population, children.parent, children.pos)
         with phases("selection"):  # 4. each slot: the best of parents ∪ children under its own λ
-            new = self.selection.survivors(s.population, s.f, s.ce, children, f_child, ce_child, self.penalties)
+            new = self.selection.survivors(s.population, s.f, s.ce, children.ids, f_child, ce_child, self.penalties)
         with phases("bookkeeping"):  # 5. restart: every T_restart iterations, one λ_r fills every slot
             iteration, stale = s.iteration + 1, 0 if new.improved else s.stale + 1
             restarted = self._restart_penalty(iteration, stale)
@@ -156,7 +156,7 @@ class EPO:
             if restarted is not None:
                 j = int(self.selection(population, f, ce, torch.tensor([restarted]))[0].argmax())
                 population, f, ce, stale = population[j].repeat(len(f), 1), f[j].repeat(len(f)), ce[j].repeat(len(f)), 0
-            self.history.add(iteration, parent, children, f_child, ce_child, new.kept)
+            self.history.add(iteration, children.parent, children.ids, f_child, ce_child, new.kept)
             self.state = EPOState(iteration, population, f, ce, gen.get_state(), stale)
         seconds = time.perf_counter() - started
         return Step(iteration, self.state, self.penalties, self.history, seconds, dict(phases), restarted)

@@ -25,7 +25,7 @@ import torch
 
 from ..lm.vocab import Vocabulary
 from ..scoring import Scorer
-from .edits import lengths, unpad
+from .edits import Children, lengths, unpad
 
 TOP_P = 0.95  # nucleus of the next-token distribution that LM proposals draw from...
 NUCLEUS_MAX = 2048  # ...among at most this many most likely tokens
@@ -82,48 +82,42 @@ def model_text(
 
 
 def lm_swaps(
-    scorer: Scorer,
-    population: torch.Tensor,
-    children: torch.Tensor,
-    parent: torch.Tensor,
-    pos: torch.Tensor,
-    rate: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
+    scorer: Scorer, population: torch.Tensor, children: Children, rate: float, generator: torch.Generator
+) -> Children:
     """A fraction `rate` of the swap children take as their new token one drawn from the model's
     next-token distribution at the mutated position (top-p, `sample_tokens`) rather than from the
     gradient's list; positions without context (the first, outside a template) keep the gradient's token.
     Draws: one uniform per child, then one token per chosen child."""
-    swaps = lengths(children) == lengths(population)[parent]  # not an insertion or deletion
-    chosen = ((torch.rand(len(children), generator=generator) < rate) & swaps).nonzero()[:, 0]
+    ids, parent, pos = children
+    chosen = drawn_swaps(population, children, rate, generator).nonzero()[:, 0]
     logprobs = scorer.next_token_logprobs(unpad(population))
     has_context = [not logprobs[p][q, 0].isnan() for p, q in zip(parent[chosen].tolist(), pos[chosen].tolist())]
     chosen = chosen[torch.tensor(has_context, dtype=torch.bool)]
     where, row = torch.unique(torch.stack([parent[chosen], pos[chosen]], 1), dim=0, return_inverse=True)
-    children = children.clone()
+    ids = ids.clone()
     if len(where):  # one nucleus per (parent, position), one draw per child
         distributions = torch.stack([logprobs[p][q] for p, q in where.tolist()])
-        children[chosen, pos[chosen]] = sample_tokens(distributions, scorer.vocab.allowed, generator, rows=row)
-    return children
+        ids[chosen, pos[chosen]] = sample_tokens(distributions, scorer.vocab.allowed, generator, rows=row)
+    return Children(ids, parent, pos)
 
 
 def pair_edits(
-    scorer: Scorer,
-    population: torch.Tensor,
-    children: torch.Tensor,
-    parent: torch.Tensor,
-    pos: torch.Tensor,
-    rate: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
+    scorer: Scorer, population: torch.Tensor, children: Children, rate: float, generator: torch.Generator
+) -> Children:
     """A fraction `rate` of the swap children (not at the last position) also replace the token after the
     swapped one with the model's most likely continuation (`Scorer.continuations`). Draws: one uniform
     per child."""
-    n = lengths(children)
-    swaps = n == lengths(population)[parent]
-    chosen = ((torch.rand(len(children), generator=generator) < rate) & swaps & (pos < n - 1)).nonzero()[:, 0]
-    children = children.clone()
+    ids, parent, pos = children
+    n = lengths(ids)
+    chosen = (drawn_swaps(population, children, rate, generator) & (pos < n - 1)).nonzero()[:, 0]
+    ids = ids.clone()
     for length in n[chosen].unique().tolist():  # prompts of one length at a time
         same = chosen[n[chosen] == length]
-        children[same, pos[same] + 1] = scorer.continuations(children[same, :length], pos[same])
-    return children
+        ids[same, pos[same] + 1] = scorer.continuations(ids[same, :length], pos[same])
+    return Children(ids, parent, pos)
+
+
+def drawn_swaps(population: torch.Tensor, children: Children, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Bool per child: a swap (not an insertion or deletion) drawn with probability `rate` (one uniform per child)."""
+    swaps = lengths(children.ids) == lengths(population)[children.parent]
+    return (torch.rand(len(children.ids), generator=generator) < rate) & swaps
