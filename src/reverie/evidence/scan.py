@@ -244,8 +244,9 @@ def data_starts(
     """Starting prompts from a scan's windows, so a dream's frontier begins at the data and can only climb.
 
     Every `every`-th slot, from the most fluent (largest λ) down, takes the unused window that
-    maximises its own objective f − λ·CE; the other slots start random (exploration). Windows of
-    another length, or that fail the vocabulary's checks (banned text, re-tokenisation), are skipped."""
+    maximises its own objective f − λ·CE; the other slots start as `EPOConfig.starts` says (a beam
+    search by default: search/starts.py). Windows of another length, or that fail the vocabulary's
+    checks (banned text, re-tokenisation), are skipped."""
     windows = windows[[len(i) == length for i in windows["ids"]]]
     if windows.empty:
         raise ConfigError(f"the scan has no {length}-token window for this target: scan with --window {length}")
