@@ -3,7 +3,6 @@ round-trip, bad ones are one line saying where, a Combination's value is its exp
 both scorers take the same steps on one, and a bound keeps a part down while the dream raises another."""
 
 import json
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -12,11 +11,11 @@ import torch
 
 import reverie
 from reverie import Custom, EPOConfig, Logit, Neuron, TargetError, make_scorer, parse_target, per_token
-from reverie.cli.app import main
 from reverie.lm.algebra import Combination, not_neighbours
 from reverie.lm.grammar import BOUND_WEIGHT
 from reverie.lm.sae import SAEFeature, SAEWeights
 from reverie.lm.targets import as_target, combine
+from test_cli import run as run_cli
 from test_scoring import assert_children_score_as_plain
 from test_spec import assert_same_walk
 
@@ -189,14 +188,6 @@ def test_an_expression_with_a_python_only_part_resumes_from_python_only(tiny_lla
     with pytest.raises(reverie.RunDirError, match="Python-only target"):
         reverie.resume(tmp_path / "r", model=tiny_llama, iters=2)
     assert reverie.resume(tmp_path / "r", model=tiny_llama, target=target, iters=2).iterations == 2
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["reverie", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_dream_an_expression_from_the_command_line_and_resume_it(monkeypatch, capsys, tiny_dir, tmp_path):

@@ -12,18 +12,10 @@ from rich.console import Console
 import reverie
 from conftest import checkpoint_iteration
 from reverie import ConfigError, EPOConfig
-from reverie.cli.app import main
 from reverie.cli.display import frontier_table, shown
+from test_cli import run
 
 HOSTILE = "a [/x] b [bold]c\nd $x^2$"
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["reverie", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_model_text_is_never_markup():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +29,12 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def finite(x) -> float | None:
+    """A number as strict JSON holds it: a float, or None for NaN and infinities."""
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def write_json(path: Path, data) -> None:

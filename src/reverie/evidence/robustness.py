@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from ..errors import ConfigError, ReverieError
+from ..files import finite
 from ..lm.foreign import as_model
 from ..lm.model import Model
 from ..lm.targets import Target, as_target
@@ -70,22 +71,22 @@ class Robustness:
     @property
     def needed(self) -> float:
         """The least value that keeps `keep` of the dream's activation."""
-        return self.activation - (1 - self.keep) * abs(self.activation)
+        return needed(self.activation, self.keep)
 
     def summary(self) -> dict:
         """The numbers the report's table shows, JSON-ready (None where there are none)."""
         ctx = self.contexts["activation"].to_numpy(float) if len(self.contexts) else np.zeros(0)
         var = self.variants["activation"].to_numpy(float) if len(self.variants) else np.zeros(0)
         return {
-            "activation": _num(self.activation),
-            "needed": _num(self.needed),
+            "activation": finite(self.activation),
+            "needed": finite(self.needed),
             "contexts": len(ctx),
-            **{f"context_{name}": _num(f(ctx)) if len(ctx) else None for name, f in STATS},
+            **{f"context_{name}": finite(f(ctx)) if len(ctx) else None for name, f in STATS},
             "context_keep_share": float(np.mean(ctx >= self.needed)) if len(ctx) else None,
             "trigger_tokens": len(self.trigger_ids),
-            "trigger_activation": _num(self.trigger_activation),
+            "trigger_activation": finite(self.trigger_activation),
             "variants": len(var),
-            **{f"variant_{name}": _num(f(var)) if len(var) else None for name, f in STATS},
+            **{f"variant_{name}": finite(f(var)) if len(var) else None for name, f in STATS},
             "variant_keep_share": float(np.mean(var >= self.needed)) if len(var) else None,
         }
 
@@ -103,7 +104,7 @@ class Robustness:
                 "positions": list(self.trigger_positions),
                 "ids": list(self.trigger_ids),
                 "text": self.trigger_text,
-                "activation": _num(self.trigger_activation),
+                "activation": finite(self.trigger_activation),
                 "steps": rows(self.steps, ["position", "token", "drop_worst", "removed", "activation"]),
             },
             "variants": rows(
@@ -113,6 +114,11 @@ class Robustness:
 
 
 STATS = (("min", np.min), ("median", np.median), ("max", np.max))
+
+
+def needed(activation: float, keep: float = KEEP) -> float:
+    """The least value that keeps `keep` of `activation` (a − (1 − keep)·|a|: meaningful for a < 0 too)."""
+    return activation - (1 - keep) * abs(activation)
 
 
 def robustness(
@@ -150,7 +156,7 @@ def robustness(
     for ids, a in zip(prompts, alone):
         if not math.isfinite(a):
             raise ConfigError(f"robustness: {target.spec} has no value at a prompt's last token to keep")
-        need = a - (1 - keep) * abs(a)
+        need = needed(a, keep)
         table = _in_context(model, target, ids, windows)
         positions, value, steps = _trigger(model, target, ids, a, need, template, k)
         trigger = [ids[i] for i in positions]
@@ -273,11 +279,6 @@ def _decode(model: Model, ids) -> str:
     return model.tokenizer.batch_decode([[int(i) for i in ids]], clean_up_tokenization_spaces=False)[0]
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _plain(x):
     """A value of a row as strict JSON holds it."""
     if isinstance(x, (bool, np.bool_)):
@@ -285,7 +286,7 @@ def _plain(x):
     if isinstance(x, (int, np.integer)):
         return int(x)
     if isinstance(x, (float, np.floating)):
-        return _num(x)
+        return finite(x)
     if isinstance(x, (list, tuple, np.ndarray)):
         return [_plain(v) for v in x]
     return x

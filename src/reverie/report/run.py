@@ -29,7 +29,7 @@ from ..lm.algebra import Combination
 from ..lm.model import Model
 from ..lm.targets import Direction, as_target
 from ..runs.dream import DreamResult, load_run
-from ..search.frontier import THRESHOLDS, best_at, best_rows, pareto, versus_data
+from ..search.frontier import THRESHOLDS, best_at, best_rows, distinct_best, pareto, versus_data
 from ..version import __version__
 from . import plots
 from .pages import environment
@@ -39,14 +39,9 @@ REPORT = "report.html"
 
 
 def _points(history: pd.DataFrame, n: int) -> list[pd.Series]:
-    """Frontier points worth explaining: the best at cross-entropy <= 4, 5, 6 and unconstrained."""
-    picks, seen = [], set()
-    for limit in THRESHOLDS:
-        row = best_at(history, limit)
-        if row is not None and tuple(row["ids"]) not in seen:
-            seen.add(tuple(row["ids"]))
-            picks.append(row)
-    return picks[-n:] if n > 0 else []
+    """Frontier points worth explaining: the `n` most activating of the best at cross-entropy <= 4, 5, 6
+    and unconstrained."""
+    return distinct_best(history)[-n:] if n > 0 else []
 
 
 def best_table(history: pd.DataFrame, z=lambda activation: None) -> list[dict]:

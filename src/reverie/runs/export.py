@@ -30,16 +30,15 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, ReverieError, RunDirError
 from ..evidence.robustness import Robustness, robustness
 from ..evidence.tokens import every_position, per_token, token_strings
-from ..files import atomic_write, write_json
+from ..files import atomic_write, finite, write_json
 from ..lm.model import Model, load_model
 from ..lm.targets import as_target
-from ..search.frontier import THRESHOLDS, best_at, pareto
+from ..search.frontier import THRESHOLDS, best_at, distinct_best, pareto
 from ..version import __version__
 from .dream import DreamResult, load_run
 from .rundir import RunDir
@@ -83,21 +82,14 @@ def _row(result: DreamResult, kind: str, limit: str | None, row: pd.Series) -> d
     }
 
 
-def export_rows(
-    result: DreamResult, model: Model, target=None, *, robust: int = 3, corpus: str | None = "bundled"
-) -> list[dict]:
-    """The export's rows (see the module docstring): the best dreams at cross-entropy <= 4, 5, 6 and
-    any (those that exist), then the frontier by cross-entropy. `target`: for Python-only targets."""
-    return export_data(result, model, target, robust=robust, corpus=corpus)[0]
-
-
 def export_data(
     result: DreamResult, model: Model, target=None, *, robust: int = 3, corpus: str | None = "bundled"
 ) -> tuple[list[dict], list[Robustness]]:
-    """The export's rows and the robustness of the `robust` most activating best dreams (the distinct
-    best prompts at cross-entropy <= 4, 5, 6, any, the last `robust` of them, as the report picks them),
-    measured in `corpus`'s text; every row has the robustness columns, null where its prompt was not tested
-    (all of them for a target without a value per position)."""
+    """The export's rows (see the module docstring): the best dreams at cross-entropy <= 4, 5, 6 and any
+    (those that exist), then the frontier by cross-entropy; and the robustness of the `robust` most
+    activating best dreams (`frontier.distinct_best`, as the report picks them), measured in `corpus`'s
+    text. Every row has the robustness columns, null where its prompt was not tested (all of them for a
+    target without a value per position). `target`: for Python-only targets."""
     history = result.history
     rows = []
     for limit in THRESHOLDS:
@@ -111,25 +103,20 @@ def export_data(
     values = per_token(model, resolved, [r["ids"] for r in rows], template=result.config.template)
     for r, v in zip(rows, values):
         r["tokens"] = token_strings(model, r["ids"])
-        r["token_activations"] = [float(x) if np.isfinite(x) else None for x in v]
+        r["token_activations"] = [finite(x) for x in v]
         r.update(dict.fromkeys(ROBUST))
     readable = robust > 0 and every_position(resolved) is not None  # (no robustness without a per-token value)
-    picks = list(dict.fromkeys(tuple(r["ids"]) for r in rows if r["kind"] == "best"))[-robust:] if readable else []
+    picks = [[int(t) for t in p["ids"]] for p in distinct_best(history)[-robust:]] if readable else []
     tested = robustness(model, resolved, picks, template=result.config.template, corpus=corpus) if picks else []
     found = {tuple(t.ids): t for t in tested}
     for r in rows:
         t = found.get(tuple(r["ids"]))
         if t is not None:
-            r["context_activations"] = [_finite(x) for x in t.contexts["activation"]] if len(t.contexts) else None
+            r["context_activations"] = [finite(x) for x in t.contexts["activation"]] if len(t.contexts) else None
             r["trigger_ids"], r["trigger_text"] = list(t.trigger_ids), t.trigger_text
-            r["trigger_activation"] = _finite(t.trigger_activation)
-            r["variant_activations"] = [_finite(x) for x in t.variants["activation"]]
+            r["trigger_activation"] = finite(t.trigger_activation)
+            r["variant_activations"] = [finite(x) for x in t.variants["activation"]]
     return rows, tested
-
-
-def _finite(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def export_format(fmt: str | None, out: str | Path | None) -> str:

@@ -44,6 +44,18 @@ def best_at(history: pd.DataFrame, max_ce: float = math.inf) -> pd.Series | None
     return None if df.empty else df.iloc[int(np.argmax(df["activation"].to_numpy()))]  # by position: any index
 
 
+def distinct_best(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> list[pd.Series]:
+    """The best prompt at cross-entropy <= each threshold (those that exist), each prompt once, in the
+    thresholds' order (so the last are the most activating): the dreams a report explains."""
+    picks, seen = [], set()
+    for limit in thresholds:
+        row = best_at(history, limit)
+        if row is not None and tuple(row["ids"]) not in seen:
+            seen.add(tuple(row["ids"]))
+            picks.append(row)
+    return picks
+
+
 def summary(history: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS) -> pd.DataFrame:
     """Best activation (and its prompt) at cross-entropy <= each threshold."""
     rows = []
