@@ -6,6 +6,7 @@ run directory (config, checkpoints, history, frontier) that `resume` continues a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -24,7 +25,7 @@ from ..lm import memory
 from ..lm.foreign import as_model
 from ..lm.model import Model, dtype_name, load_model
 from ..lm.targets import Target
-from ..scoring import make_scorer
+from ..scoring import Lockstep, make_scorer
 from ..search.config import EPOConfig, as_config
 from ..search.epo import EPO, EPOState, Step
 from ..search.frontier import best_at, best_rows, pareto, summary
@@ -146,6 +147,7 @@ def dream(
     fluency_models: dict[str, Model] | None = None,
     options: dict | None = None,
     starts=None,
+    lockstep: Lockstep | None = None,
 ) -> DreamResult:
     """Find short, fluent prompts that drive `target` high.
 
@@ -165,6 +167,8 @@ def dream(
     options: what the caller keeps with the run (JSON values; `reverie dream` keeps its output options
         here, so that `--resume` writes the same outputs): config.json's "options".
     starts: the old name of `corpus` for a scan's windows (deprecated).
+    lockstep: dream together with the targets of other threads that share it, their passes batched
+        (`scoring.Lockstep`; `sweep(..., together=K)` does this).
     """
     config = as_config(config)
     _check_every(checkpoint_every)
@@ -174,39 +178,42 @@ def dream(
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
     model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
-    scorer = make_scorer(model, target, config, fluency_models=fluency_models)
-    target = scorer.target
-    _check_memory(model, scorer, config)
-    windows, start = windows_for(
-        model, target, corpus, length=config.length, notice=notice, progress=progress, index=index
-    )
-    if config.starts == "data" and windows is not None and not config.init_ids and not config.init_prompt:
-        config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
-        start = f"half the slots start from {start}, the others from a beam search"
-    elif windows is not None:
-        start = f"compared with {start}; the population starts as starts={config.starts!r} says"
-    if notice is not None:
-        notice(start)
-    if out is None:
-        return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, origin=start)
-    run_dir = RunDir(out)
-    with run_dir.writing():
-        run_dir.create(
-            {
-                "reverie": __version__,
-                "model": model.spec,
-                "dtype": dtype_name(model.dtype),
-                "target": target.spec,
-                "epo": config.to_dict(),
-                "start": start,
-                "options": dict(options or {}),
-            }
+    scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
+    with contextlib.ExitStack() as leaving:
+        if lockstep is not None:  # the other targets dreamed together stop waiting for this one
+            leaving.callback(lockstep.leave)
+        target = scorer.target
+        _check_memory(model, scorer, config)
+        windows, start = windows_for(
+            model, target, corpus, length=config.length, notice=notice, progress=progress, index=index
         )
-        if windows is not None:
-            run_dir.write_windows(windows)
-        return _run(
-            EPO(scorer, config), model, target, run_dir, callback, checkpoint_every, windows=windows, origin=start
-        )
+        if config.starts == "data" and windows is not None and not config.init_ids and not config.init_prompt:
+            config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
+            start = f"half the slots start from {start}, the others from a beam search"
+        elif windows is not None:
+            start = f"compared with {start}; the population starts as starts={config.starts!r} says"
+        if notice is not None:
+            notice(start)
+        if out is None:
+            return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, origin=start)
+        run_dir = RunDir(out)
+        with run_dir.writing():
+            run_dir.create(
+                {
+                    "reverie": __version__,
+                    "model": model.spec,
+                    "dtype": dtype_name(model.dtype),
+                    "target": target.spec,
+                    "epo": config.to_dict(),
+                    "start": start,
+                    "options": dict(options or {}),
+                }
+            )
+            if windows is not None:
+                run_dir.write_windows(windows)
+            return _run(
+                EPO(scorer, config), model, target, run_dir, callback, checkpoint_every, windows=windows, origin=start
+            )
 
 
 def resume(
@@ -219,6 +226,7 @@ def resume(
     callback: Callable[[Step], bool | None] | None = None,
     checkpoint_every: int = 5,
     fluency_models: dict[str, Model] | None = None,
+    lockstep: Lockstep | None = None,
 ) -> DreamResult:
     """Continue the run in `out` from its last checkpoint (after Ctrl-C, a crash or kill -9).
 
@@ -242,22 +250,25 @@ def resume(
         if model is None:
             model = load_model(saved["model"], dtype=saved.get("dtype"))
         model = as_model(model)
-        scorer = make_scorer(model, target, config, fluency_models=fluency_models)
-        target = scorer.target
-        _check_memory(model, scorer, config)
-        if state is not None and int(state.population.max()) >= model.adapter.embed_weight.shape[0]:
-            raise RunDirError(
-                f"{run_dir.path / 'checkpoint.safetensors'} holds token ids past {model.spec}'s "
-                "vocabulary: resume with the run's model, or delete it to restart the run"
+        scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
+        with contextlib.ExitStack() as leaving:
+            if lockstep is not None:  # the other targets dreamed together stop waiting for this one
+                leaving.callback(lockstep.leave)
+            target = scorer.target
+            _check_memory(model, scorer, config)
+            if state is not None and int(state.population.max()) >= model.adapter.embed_weight.shape[0]:
+                raise RunDirError(
+                    f"{run_dir.path / 'checkpoint.safetensors'} holds token ids past {model.spec}'s "
+                    "vocabulary: resume with the run's model, or delete it to restart the run"
+                )
+            history = History()
+            if state is not None:
+                history.extend(run_dir.history(upto=state.iteration))
+            update = {**saved, "epo": config.to_dict()} if config.iters != original.iters else None
+            epo = EPO(scorer, config, history, state)
+            return _run(
+                epo, model, target, run_dir, callback, checkpoint_every, update, run_dir.windows(), saved.get("start", "")
             )
-        history = History()
-        if state is not None:
-            history.extend(run_dir.history(upto=state.iteration))
-        update = {**saved, "epo": config.to_dict()} if config.iters != original.iters else None
-        epo = EPO(scorer, config, history, state)
-        return _run(
-            epo, model, target, run_dir, callback, checkpoint_every, update, run_dir.windows(), saved.get("start", "")
-        )
 
 
 def _check_memory(model: Model, scorer, config: EPOConfig) -> None:

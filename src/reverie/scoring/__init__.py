@@ -37,6 +37,7 @@ from ..lm.model import Model, dtype_name, load_model
 from ..lm.targets import Target, as_target
 from ..lm.vocab import Vocabulary
 from .batching import BackingOff, auto_batch_size
+from .lockstep import Lockstep
 from .objective import Objective, TargetCache
 from .options import HasScoringOptions, ScoringOptions, VocabularyOptions
 from .packed import PackedScorer
@@ -78,11 +79,13 @@ def make_scorer(
     *,
     scorer: ScorerName | None = None,
     fluency_models: dict[str, Model] | None = None,
+    lockstep: Lockstep | None = None,
 ) -> Scorer:
     """A Scorer for `target` on `model`, from its `ScoringOptions` or an `EPOConfig` (whose `scoring()`
     gives them: its vocabulary options, template, fluency models, prompt length, batch size and scorer).
     `scorer` ("packed" or "plain") overrides the options'; `fluency_models` are loaded models for the
-    specs in the fluency option (the others are loaded by spec)."""
+    specs in the fluency option (the others are loaded by spec). With a `lockstep`, the scorer's passes
+    run there with those of the other targets dreamed together (packed scorer only; lockstep.py)."""
     options = config if isinstance(config, ScoringOptions) else config.scoring()
     model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
     name = scorer or options.scorer
@@ -105,7 +108,12 @@ def make_scorer(
     )
     longest = max(length, options.longest or length)
     model.check_length(len(objective.before) + longest + len(objective.after))
-    return BackingOff(SCORERS[name](objective, options.batch_size or auto_batch_size(model, length)))
+    batch_size = options.batch_size or auto_batch_size(model, length)
+    if lockstep is not None:
+        if name != "packed":
+            raise ConfigError("targets dreamed together need the packed scorer: drop scorer='plain'")
+        return BackingOff(lockstep.member(objective, batch_size))
+    return BackingOff(SCORERS[name](objective, batch_size))
 
 
 def prompt_length(model: Model, options: ScoringOptions) -> int:
@@ -138,6 +146,7 @@ __all__ = [
     "PlainScorer",
     "PackedScorer",
     "BackingOff",
+    "Lockstep",
     "Objective",
     "TargetCache",
     "auto_batch_size",

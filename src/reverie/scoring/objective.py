@@ -61,10 +61,18 @@ class Objective:
         return slice(L + self.first - 1, L + n - 1), ids[:, self.first :]
 
     def value(
-        self, hooks: dict, n: int, hidden: torch.Tensor | None = None, head=None, logits: torch.Tensor | None = None
+        self,
+        hooks: dict,
+        n: int,
+        hidden: torch.Tensor | None = None,
+        head=None,
+        logits: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """f, fp32, from a pass over the templated input: the captured hooks, and the final hidden states
-        with the head that turns them into logits (computed only if the target reads them) or the logits."""
+        with the head that turns them into logits (computed only if the target reads them) or the logits.
+        `rows`: which of the call's prompts this pass holds (for a target that reads each row its own way:
+        scoring/lockstep.py); None: all."""
         L = len(self.before)
         if self.templated:  # the target sees the prompt positions only (position -1 = the last prompt token)
             hooks = {
@@ -77,12 +85,12 @@ class Objective:
             hidden = hidden[:, L + n - 1 : L + n] if self.target.position == -1 else hidden[:, L : L + n]
         if logits is not None:
             hooks = {**hooks, "logits": logits}
-        return self.read(hooks, hidden, head)
+        return self.read(hooks, hidden, head, rows)
 
-    def read(self, hooks: dict, hidden: torch.Tensor | None, head) -> torch.Tensor:
+    def read(self, hooks: dict, hidden: torch.Tensor | None, head, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The target's value, fp32, from the captured hooks (with "logits", or the final hidden states and
         the head), checked to be one number per prompt."""
-        f = self.target.value(TargetCache(hooks, hidden, head, self.target.spec))
+        f = self.target.value(TargetCache(hooks, hidden, head, self.target.spec, rows))
         batch = next((t.shape[0] for t in (*hooks.values(), hidden) if t is not None), None)
         if not isinstance(f, torch.Tensor) or (batch is not None and tuple(f.shape) != (batch,)):
             shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
@@ -95,11 +103,19 @@ class Objective:
 
 class TargetCache(dict):
     """What a target reads: the captured hook points, and "logits" (fp32), computed only if read.
-    `name`: the target, for the error when it reads a hook point it did not declare."""
+    `name`: the target, for the error when it reads a hook point it did not declare. `rows`: which of
+    the scorer call's prompts the batch holds (None: all of them, in order)."""
 
-    def __init__(self, hooks: dict, hidden: torch.Tensor | None, head, name: str = "the target"):
+    def __init__(
+        self, hooks: dict, hidden: torch.Tensor | None, head, name: str = "the target", rows: torch.Tensor | None = None
+    ):
         super().__init__(hooks)
-        self.hidden, self.head, self.name = hidden, head, name
+        self.hidden, self.head, self.name, self.rows = hidden, head, name, rows
+
+    def take(self, index: torch.Tensor, name: str) -> TargetCache:
+        """The same cache for some of its prompts (`index` into the batch), read by the target `name`."""
+        hooks = {key: t[index] for key, t in self.items()}  # with "logits" where given or computed
+        return TargetCache(hooks, None if self.hidden is None else self.hidden[index], self.head, name)
 
     def __contains__(self, key) -> bool:
         return key == "logits" or super().__contains__(key)

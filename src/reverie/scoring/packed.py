@@ -50,10 +50,12 @@ class PackedScorer(Continuation):
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, CE) of each prompt [B, n], on the CPU, in passes of at most `batch_size` prompts."""
         o = self.objective
-        fs, ces = [], []
+        fs, ces, done = [], [], 0
         with torch.inference_mode():
             for chunk in even_split(ids, self.batch_size):
-                f, ce, _ = self.forward(chunk.to(self.model.device))
+                rows = torch.arange(done, done + len(chunk))
+                f, ce, _ = self.forward(chunk.to(self.model.device), rows=rows)
+                done += len(chunk)
                 if o.others:
                     ce = o.self_weight * ce + sum(
                         w * self.cross_entropy(m, chunk)[0].to(ce.device) for m, w in o.others
@@ -115,7 +117,7 @@ class PackedScorer(Continuation):
                     for name, t in hooks.items()
                 }
                 final = hidden[read, None] if block is None else None  # final states: only a target reading logits
-                f[chunk.cpu()] = o.read(hooks, final, self.model.head).cpu()
+                f[chunk.cpu()] = o.read(hooks, final, self.model.head, chunk.cpu()).cpu()
                 # the positions that predict one of a child's own prompt tokens (j = q - L + 1 > pos)
                 q = out.position
                 label = (q >= L + first - 1) & (q <= L + n - 2) & (out.entry >= out.lead)
@@ -196,11 +198,12 @@ class PackedScorer(Continuation):
         o = self.objective
         dfs, dces, lps = [], [], []
         n, L = ids.shape[1], len(o.before)
-        for chunk in ids.split(self.batch_size):
+        for done, chunk in zip(range(0, len(ids), self.batch_size), ids.split(self.batch_size)):
             chunk = chunk.to(self.model.device)
             leaf: list[torch.Tensor] = []
             with torch.enable_grad():
-                f, ce, logprobs = self.forward(chunk, leaf, self.rows(self.model))
+                rows = torch.arange(done, done + len(chunk))
+                f, ce, logprobs = self.forward(chunk, leaf, self.rows(self.model), rows)
                 (g_f,) = torch.autograd.grad(f.sum(), leaf[0], retain_graph=o.self_weight > 0)
                 g_ce = torch.autograd.grad(ce.sum(), leaf[0])[0] if o.self_weight > 0 else None
             assert logprobs is not None  # a pass with an embedding leaf has the log-probs over the allowed tokens
@@ -241,14 +244,18 @@ class PackedScorer(Continuation):
 
     # ---------------------------------------------------------------- one pass
     def forward(
-        self, ids: torch.Tensor, embeddings: list | None = None, layout: Rows | None = None
+        self,
+        ids: torch.Tensor,
+        embeddings: list | None = None,
+        layout: Rows | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(f, cross-entropy, log-probs) for a batch, fp32.
 
         If `embeddings` is a list, the input embeddings are appended to it as a leaf that collects
         gradients, and the log-probabilities over the allowed tokens come back too; otherwise only the
         prompt tokens' own log-probabilities are computed (None comes back). With a `layout`, attention
-        runs on it (`attention.Rows`: in fp32)."""
+        runs on it (`attention.Rows`: in fp32). `rows`: which of the call's prompts these are (`Objective.value`)."""
         o = self.objective
         with (
             self.model.capture(list(self.target.hooks)) as hooks,
@@ -257,7 +264,7 @@ class PackedScorer(Continuation):
         ):
             hidden = self.model.trunk(o.in_template(ids))
         total, logprobs = self.prompt_logprob(self.model, hidden, ids, full=embeddings is not None)
-        f = o.value(hooks, ids.shape[1], hidden=hidden, head=self.model.head)
+        f = o.value(hooks, ids.shape[1], hidden=hidden, head=self.model.head, rows=rows)
         return f, -total / (ids.shape[1] - o.first), logprobs
 
     def cross_entropy(

@@ -1,13 +1,15 @@
 """Running a sweep's jobs: one job to the end (`run_job`, which answers with an outcome dict and raises
 only KeyboardInterrupt), the bookkeeping both executors share (`Tracker`: counts, failure records,
-retries, a throttled index; the `SweepEvent`s it sends), and the two executors: `run_local` (this
-process, the model loaded once) and `run_ray` (one actor per slot, each loading the model once).
+retries, a throttled index; the `SweepEvent`s it sends), and the executors: `run_local` (this
+process, the model loaded once), `run_together` (the same, several jobs at once with their passes
+batched) and `run_ray` (one actor per slot, each loading the model once).
 """
 
 from __future__ import annotations
 
 import itertools
 import shutil
+import threading
 import time
 import traceback
 from collections import deque
@@ -21,6 +23,7 @@ from ..evidence.windows import AUTO
 from ..files import write_json
 from ..lm.model import Model, load_model
 from ..runs.rundir import CHECKPOINT, finished
+from ..scoring import Lockstep
 from ..search.config import EPOConfig
 from .index import write_index
 from .specs import Job
@@ -37,9 +40,11 @@ def run_job(
     on_iteration: Callable[[int], None] | None = None,
     report: bool = False,
     starts=None,
+    lockstep: Lockstep | None = None,
 ) -> dict:
     """Run one job to the end: skip it if finished, resume it from its checkpoint, or start it afresh;
-    then write its report.html if asked (a report that fails loses nothing: the run is saved).
+    then write its report.html if asked (a report that fails loses nothing: the run is saved). With a
+    `lockstep`, its passes run together with those of the jobs in the other threads that share it.
     Returns an outcome dict (ok, seconds | error, retryable, traceback); raises only KeyboardInterrupt."""
     from ..runs.dream import dream, resume
 
@@ -56,6 +61,7 @@ def run_job(
                 iters=config.iters,
                 callback=callback,
                 checkpoint_every=checkpoint_every,
+                lockstep=lockstep,
             )
         else:
             if path.exists():
@@ -68,6 +74,7 @@ def run_job(
                 callback=callback,
                 checkpoint_every=checkpoint_every,
                 corpus=AUTO if starts is None else starts,
+                lockstep=lockstep,
             )
     except Exception as e:  # any failure is recorded, the sweep goes on
         error = str(e) if isinstance(e, ReverieError) else f"{type(e).__name__}: {e}"
@@ -218,6 +225,64 @@ def run_local(
             outcome = run_job(model, job, config, tracker.out, checkpoint_every, on_iteration, report, starts)
             if not tracker.end(job, attempt, outcome):
                 break
+
+
+def run_together(
+    model: Model,
+    todo: list[Job],
+    tracker: Tracker,
+    config: EPOConfig,
+    checkpoint_every: int,
+    report: bool,
+    starts,
+    together: int,
+) -> None:
+    """Like `run_local`, `together` jobs at a time, each in its own thread, their passes batched
+    (`scoring.Lockstep`): a thread that finishes a job takes the next one."""
+    lockstep, queue, lock = Lockstep(), deque(todo), threading.Lock()
+    interrupted = threading.Event()
+
+    def worker() -> None:
+        while not interrupted.is_set():
+            with lock:
+                if not queue:
+                    return
+                job = queue.popleft()
+            for attempt in itertools.count(1):
+                with lock:
+                    tracker.begin(job, attempt)
+
+                def on_iteration(it: int, job: Job = job) -> None:
+                    with lock:
+                        tracker.emit("iteration", job, iteration=it)
+
+                try:
+                    outcome = run_job(
+                        model, job, config, tracker.out, checkpoint_every, on_iteration, report, starts, lockstep
+                    )
+                except KeyboardInterrupt:  # the sweep was stopped: the run is saved at its last iteration
+                    interrupted.set()
+                    return
+                with lock:
+                    again = tracker.end(job, attempt, outcome)
+                if not again:
+                    break
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(together, len(todo)))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # a short wait, so that Ctrl-C reaches this thread
+    except KeyboardInterrupt:
+        interrupted.set()
+        lockstep.stop()
+        for thread in threads:
+            thread.join()
+        raise
+    if interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def import_ray():

@@ -30,7 +30,7 @@ from ..lm.model import BUNDLED, Model, bundled_path, dtype_name, load_model
 from ..runs.rundir import finished
 from ..search.config import EPOConfig
 from ..version import __version__
-from .executors import SweepEvent, Tracker, import_ray, run_job, run_local, run_ray
+from .executors import SweepEvent, Tracker, import_ray, run_job, run_local, run_ray, run_together
 from .index import write_index
 from .specs import expand_targets, make_jobs, parse_seeds
 
@@ -133,6 +133,7 @@ def sweep(
     progress: Callable[[SweepEvent], None] | None = None,
     corpus: str | Path | None = None,
     starts: str | Path | None = None,
+    together: int = 1,
 ) -> pd.DataFrame:
     """Dream every target with every seed; return the index (one row per target) as a DataFrame.
 
@@ -144,7 +145,9 @@ def sweep(
     recorded as failed; the sweep goes on. `report` writes each run's report.html (attribution, plots)
     when it finishes. `progress` gets a `SweepEvent` as jobs start, iterate and end. `corpus`: where
     each dream's windows come from, as for `dream` (default "auto"; a `reverie scan` folder or a corpus
-    must be one every node can read); `starts` is its old name.
+    must be one every node can read); `starts` is its old name. `together`: with the local executor,
+    how many jobs run at once, their model passes batched into one (`scoring.Lockstep`; the packed
+    scorer; each job's steps are those it takes alone, docs/design.md#lockstep).
     """
     corpus = starts if corpus is None else corpus
     starts = None if corpus in (None, AUTO) else corpus
@@ -155,6 +158,10 @@ def sweep(
         raise ConfigError(f"unknown executor {executor!r}: use 'local' or 'ray'")
     if retries < 0 or checkpoint_every < 1 or cpus_per_actor <= 0 or (actors is not None and actors < 1):
         raise ConfigError("need retries >= 0, checkpoint_every >= 1, cpus_per_actor > 0 and actors >= 1")
+    if not isinstance(together, int) or together < 1:
+        raise ConfigError(f"together must be a whole number of at least 1, not {together!r}")
+    if together > 1 and (executor != "local" or config.scorer != "packed"):
+        raise ConfigError("together > 1 needs the local executor and the packed scorer")
     if executor == "ray":
         import_ray()
     out = Path(out)
@@ -190,7 +197,10 @@ def sweep(
                 n_layers()  # loads the model if not loaded yet
                 assert loaded is not None
                 tracker.emit("start")
-                run_local(loaded, todo, tracker, config, checkpoint_every, report, starts)
+                if together > 1:
+                    run_together(loaded, todo, tracker, config, checkpoint_every, report, starts, together)
+                else:
+                    run_local(loaded, todo, tracker, config, checkpoint_every, report, starts)
             elif todo:
                 tracker.emit("start")
                 run_ray(
