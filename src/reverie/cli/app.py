@@ -307,6 +307,9 @@ def sweep(
         None, help="GPUs per Ray actor (default 1 if the cluster has GPUs, else 0)."
     ),
     retries: int = typer.Option(2, help="Tries after a job's first failure before it is recorded as failed."),
+    together: int = typer.Option(
+        1, help="Jobs dreamed at once in this process, their model passes batched (the packed scorer)."
+    ),
     *,
     epo: dict,  # the per-run EPO options (options.py)
     checkpoint_every: int = typer.Option(5, help="Checkpoint every this many iterations."),
@@ -353,6 +356,7 @@ def sweep(
             device=device,
             progress=display,
             corpus=str(init_from) if init_from is not None else corpus,
+            together=together,
         )
     finally:
         display.stop()

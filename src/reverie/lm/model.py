@@ -269,11 +269,15 @@ class Model:
     def text_config(self) -> Any:
         return _config(self.hf)
 
-    def use_eager_attention(self) -> None:
-        """Attention probabilities are only materialised by the eager implementation."""
-        if getattr(self.hf.config, "_attn_implementation", "eager") != "eager":
-            lm: Any = self.hf  # a transformers model
-            lm.set_attn_implementation("eager")
+    def use_eager_attention(self) -> str | None:
+        """Attention probabilities are only materialised by the eager implementation. Returns the
+        implementation it replaced (None: it was eager already)."""
+        before = getattr(self.hf.config, "_attn_implementation", "eager")
+        if before == "eager":
+            return None
+        lm: Any = self.hf  # a transformers model
+        lm.set_attn_implementation("eager")
+        return before
 
     @property
     def context(self) -> int | None:
@@ -306,9 +310,11 @@ class Model:
 
     @contextlib.contextmanager
     def capture(self, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-        """Within the block, every forward pass stores the named hook points into the yielded dict."""
+        """Within the block, every forward pass stores the named hook points into the yielded dict. Attention
+        patterns need eager attention, for the block only: the model's passes afterwards run as before
+        (what a dream of one target computes does not depend on the targets dreamed before it)."""
         cache: dict[str, torch.Tensor] = {}
-        handles = []
+        handles, replaced = [], None
         a = self.adapter
         points = getattr(self.hf, "hook_points", None)  # a TransformerLens model's own HookPoints (lm.foreign)
         for name in names:
@@ -327,13 +333,16 @@ class Model:
             elif point == "hook_attn_out":
                 handles.append(a.part(a.attn, layer, name).register_forward_hook(_store_output(cache, name, 0)))
             else:  # attn.hook_pattern: [batch, head, query, key]
-                self.use_eager_attention()
+                replaced = self.use_eager_attention() or replaced
                 handles.append(a.part(a.attn, layer, name).register_forward_hook(_store_output(cache, name, 1)))
         try:
             yield cache
         finally:
             for h in handles:
                 h.remove()
+            if replaced is not None:
+                lm: Any = self.hf
+                lm.set_attn_implementation(replaced)
 
 
 def _store_input(cache: dict, name: str):

@@ -188,14 +188,18 @@ def dream(
             model, target, corpus, length=config.length, notice=notice, progress=progress, index=index
         )
         if config.starts == "data" and windows is not None and not config.init_ids and not config.init_prompt:
-            config = replace(config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length))
+            config = replace(
+                config, init_ids=data_starts(windows, config.slot_penalties(), scorer.vocab, config.length)
+            )
             start = f"half the slots start from {start}, the others from a beam search"
         elif windows is not None:
             start = f"compared with {start}; the population starts as starts={config.starts!r} says"
         if notice is not None:
             notice(start)
         if out is None:
-            return _run(EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, origin=start)
+            return _run(
+                EPO(scorer, config), model, target, None, callback, checkpoint_every, windows=windows, origin=start
+            )
         run_dir = RunDir(out)
         with run_dir.writing():
             run_dir.create(
@@ -267,7 +271,15 @@ def resume(
             update = {**saved, "epo": config.to_dict()} if config.iters != original.iters else None
             epo = EPO(scorer, config, history, state)
             return _run(
-                epo, model, target, run_dir, callback, checkpoint_every, update, run_dir.windows(), saved.get("start", "")
+                epo,
+                model,
+                target,
+                run_dir,
+                callback,
+                checkpoint_every,
+                update,
+                run_dir.windows(),
+                saved.get("start", ""),
             )
 
 

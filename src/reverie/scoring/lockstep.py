@@ -32,24 +32,31 @@ from .packed import PackedScorer
 
 class Rowwise(Target):
     """The shared scorer's target: row r is read by parts[owner[r]] (owner: over the scorer call's prompts,
-    set before each call; a batch holds the rows `TargetCache.rows` says)."""
+    set before each call; a batch holds the rows `TargetCache.rows` says). Its hooks, position and use
+    of logits are those of the parts in the current call."""
 
     def __init__(self) -> None:
         self.parts: list[Target] = []
         self.owner = torch.zeros(0, dtype=torch.long)
+        self.now: list[Target] = []  # the parts read in the current call
+
+    def read_by(self, members: list[int], sizes: list[int]) -> None:
+        """The next call's rows: sizes[i] of them for each of `members`, in order."""
+        self.owner = torch.repeat_interleave(torch.tensor(members), torch.tensor(sizes))
+        self.now = [self.parts[m] for m in members]
 
     @property
     def hooks(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(dict.fromkeys(h for p in self.parts for h in p.hooks))
+        return tuple(dict.fromkeys(h for p in self.now for h in p.hooks))
 
     @property
     def reads_logits(self) -> bool:  # type: ignore[override]
-        return any(p.reads_logits for p in self.parts)
+        return any(p.reads_logits for p in self.now)
 
     @property
     def position(self) -> int | slice | None:  # type: ignore[override]
-        positions = {repr(p.position) for p in self.parts}
-        return self.parts[0].position if len(positions) == 1 else None
+        positions = {repr(p.position) for p in self.now}  # one per pass (`Lockstep.run` groups them so)
+        return self.now[0].position if len(positions) == 1 else None
 
     def value(self, cache) -> torch.Tensor:
         owner = self.owner if cache.rows is None else self.owner[cache.rows.cpu()]
@@ -76,6 +83,7 @@ class Lockstep:
         self.cond = threading.Condition()
         self.target = Rowwise()
         self.shared: PackedScorer | None = None
+        self.members: list[Member] = []
         self.threads: dict[int, int] = {}  # thread id -> the member searching in it
         self.asked: dict[int, tuple[str, tuple]] = {}  # member -> (kind of pass, arguments)
         self.answers: dict[int, object] = {}
@@ -106,7 +114,8 @@ class Lockstep:
             index = len(self.target.parts)
             self.target.parts.append(objective.target)
             self.threads[threading.get_ident()] = index
-            return Member(self, index, objective)
+            self.members.append(Member(self, index, objective))
+            return self.members[-1]
 
     def leave(self) -> None:
         """The calling thread's member has finished searching: the others no longer wait for it."""
@@ -143,7 +152,11 @@ class Lockstep:
         groups: dict[tuple, list[int]] = {}
         for member in sorted(self.asked):
             kind, args = self.asked[member]
-            groups.setdefault((kind, *SHAPE[kind](*args)), []).append(member)
+            # a pass holds prompts of one length, and targets that take the same path through the scorer
+            # (prefix reuse needs one position, attention patterns take other kernels, the blocks above the
+            # deepest one read drop the last position): its rows then come out as they would alone
+            path = self.members[member].path()
+            groups.setdefault((kind, *SHAPE[kind](*args), *path), []).append(member)
         for (kind, *_), members in groups.items():
             try:
                 answers = PASSES[kind](self.shared, self.target, [(m, self.asked[m][1]) for m in members])
@@ -156,7 +169,7 @@ class Lockstep:
 
 
 def _owner(target: Rowwise, asked: list[tuple[int, tuple]], sizes: list[int]) -> None:
-    target.owner = torch.repeat_interleave(torch.tensor([m for m, _ in asked]), torch.tensor(sizes))
+    target.read_by([m for m, _ in asked], sizes)
 
 
 def _score(shared: PackedScorer, target: Rowwise, asked) -> list:
@@ -230,7 +243,12 @@ class Member(PackedScorer):
         self.candidates = {}
         self.keeps_logprobs = False
 
-    @property  # type: ignore[override]
+    def path(self) -> tuple:
+        """What decides how the scorer runs this target's passes (passes of one path run together)."""
+        patterns = any(h.endswith("hook_pattern") for h in self.target.hooks)
+        return repr(self.target.position), patterns, self.deepest_block_read()
+
+    @property
     def batch_size(self) -> int:
         assert self.lockstep.shared is not None
         return self.lockstep.shared.batch_size

@@ -260,8 +260,9 @@ def run_together(
                     outcome = run_job(
                         model, job, config, tracker.out, checkpoint_every, on_iteration, report, starts, lockstep
                     )
-                except KeyboardInterrupt:  # the sweep was stopped: the run is saved at its last iteration
+                except KeyboardInterrupt:  # the sweep was stopped: each run is saved at its last iteration
                     interrupted.set()
+                    lockstep.stop()  # the jobs of the other threads stop too
                     return
                 with lock:
                     again = tracker.end(job, attempt, outcome)
