@@ -3,7 +3,7 @@
     python bench/readable.py run --variant default --variant junk=junk_penalty:10 [--corpus auto|none] \
         [--neurons ../shared/bench/neurons.txt] [--seeds 0 1 2] [--iters 30] [--part 0 --parts 2] \
         --out bench/results/readable.json
-    python bench/readable.py table bench/results/readable*.json [--baseline default]
+    python bench/readable.py table bench/results/readable*.json [--baseline default] [--alias beam=default]
 
 `run` calls `reverie.dream(model, neuron, EPOConfig(seed=..., iters=..., **options), corpus=...)` on the
 bundled model — what `reverie dream --target NEURON` does — for every (neuron, seed, variant). A variant
@@ -120,6 +120,7 @@ def run(args) -> None:
 
 def table(args) -> None:
     runs = pd.DataFrame([r for f in args.files for r in json.loads(Path(f).read_text())["runs"]])
+    runs["variant"] = runs["variant"].replace(dict(a.split("=", 1) for a in args.alias))
     runs["value"] = runs["best_at_window"].fillna(runs["window_activation"] - 1.0)
     runs["margin"] = runs["best_at_window"] - runs["window_activation"]
     rows = []
@@ -175,6 +176,7 @@ def main() -> None:
     t.add_argument("files", nargs="+")
     t.add_argument("--baseline", default="default")
     t.add_argument("--markdown", action="store_true")
+    t.add_argument("--alias", action="append", default=[], help="OLD=NEW: one variant under two names, pooled")
     t.set_defaults(func=table)
     args = parser.parse_args()
     args.func(args)

@@ -97,10 +97,12 @@ def test_hook_points_are_the_real_ones(family, tokenizer):
     # and block 1's input differs from the raw embeddings (it really is after block 0)
     assert not torch.allclose(resid, out.hidden_states[0])
 
-    # attn.hook_pattern: switches to eager attention, [batch, heads, n, n], causal rows summing to 1
+    # attn.hook_pattern: eager attention within the block only, [batch, heads, n, n], causal rows summing to 1
+    before = model.hf.config._attn_implementation
     with torch.no_grad(), model.capture(["blocks.1.attn.hook_pattern"]) as cache:
+        assert model.hf.config._attn_implementation == "eager"
         logits = model.hf(input_ids=ids, use_cache=False).logits
-    assert model.hf.config._attn_implementation == "eager"
+    assert model.hf.config._attn_implementation == before
     pattern = cache["blocks.1.attn.hook_pattern"]
     assert pattern.shape == (b, model.adapter.n_heads, n, n)
     torch.testing.assert_close(pattern.sum(-1), torch.ones(b, model.adapter.n_heads, n), rtol=1e-5, atol=1e-5)

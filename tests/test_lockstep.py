@@ -25,7 +25,8 @@ def histories(runs) -> list[pd.DataFrame]:
 
 def together(model, targets, seeds, config=CONFIG):
     """Dream every (target, seed) in its own thread, all through one Lockstep."""
-    lockstep, results, errors = Lockstep(), {}, []
+    jobs = [(t, s) for t in targets for s in seeds]
+    lockstep, results, errors = Lockstep(expected=len(jobs)), {}, []
 
     def one(i: int, target: str, seed: int) -> None:
         try:
@@ -33,7 +34,6 @@ def together(model, targets, seeds, config=CONFIG):
         except BaseException as e:  # noqa: BLE001  (re-raised below, in the test's thread)
             errors.append(e)
 
-    jobs = [(t, s) for t in targets for s in seeds]
     threads = [threading.Thread(target=one, args=(i, t, s)) for i, (t, s) in enumerate(jobs)]
     for thread in threads:
         thread.start()

@@ -179,7 +179,8 @@ def test_prefix_reuse_within_a_sliding_window_shorter_than_the_prompt(family, to
 @pytest.mark.parametrize("template", [None, "Once upon a time {prompt}"])
 def test_the_unembedding_only_sees_contiguous_hidden_states(template, tiny_llama):
     """A strided input makes the lm_head matmul copy its weight per batch row
-    (docs/performance.md#contiguous-rows): every scoring path hands it contiguous hidden states."""
+    (docs/performance.md#contiguous-rows): every scoring path, and the model's continuations, hand it
+    contiguous hidden states."""
     seen = []
     hook = tiny_llama.adapter.unembed.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
     try:
@@ -192,6 +193,8 @@ def test_the_unembedding_only_sees_contiguous_hidden_states(template, tiny_llama
         scorer.score_children(parents, children, parent, pos)
         scorer.score(children)
         gradient(scorer, children, torch.ones(3))
+        scorer.logprobs_after(children)  # beam starts, LM swaps
+        scorer.continuations(children, pos)  # pair edits
     finally:
         hook.remove()
     assert seen and all(seen)

@@ -325,6 +325,7 @@ def test_cli_sweep_bad_input_is_one_line(tmp_path):
     for args, match in (
         (["--targets", "neuron:L1.N9-3"], "range"),
         (["--targets", "neuron:L1.N3", "--seeds", "x"], "seeds"),
+        (["--targets", "neuron:L1.N3", "--no-corpus", "--corpus", "bundled"], "--no-corpus"),
     ):
         r = subprocess.run(
             [sys.executable, "-m", "reverie", "sweep", "--out", str(tmp_path / "s"), *args],
@@ -426,3 +427,18 @@ def test_sweep_can_start_from_a_scan(tiny_dir, tmp_path):
         assert run.config.init_ids[3] in mine and run.config.init_ids[0] == ()
     with pytest.raises(ConfigError, match="starts"):  # the same folder, other starts
         reverie.sweep(model, "neuron:L0.N3", "0", tmp_path / "sw", config, report=False)
+
+
+def test_sweep_from_the_model_alone(tiny_dir, tmp_path):
+    """corpus=None (`reverie sweep --no-corpus`): no run has windows; sweep.json keeps it, so the folder
+    refuses a rerun with a corpus."""
+    model = reverie.load_model(tiny_dir)
+    (tmp_path / "c.txt").write_text("The cat sat on the mat while the dog slept by the warm fire in the old house.")
+    config = EPOConfig(iters=2, check_retokenization=False, **SMALL)
+    index = reverie.sweep(model, "neuron:L0.N3", "0", tmp_path / "sw", config, report=False, corpus=None)
+    assert list(index["status"]) == ["done"]
+    run = reverie.load_run(tmp_path / "sw" / "runs" / slug("neuron:L0.N3") / "seed0")
+    assert run.windows is None and run.config.init_ids == ()
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["starts"] == "none"
+    with pytest.raises(ConfigError, match="starts"):
+        reverie.sweep(model, "neuron:L0.N3", "0", tmp_path / "sw", config, report=False, corpus=tmp_path / "c.txt")

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ReverieError
+from ..errors import ConfigError, ReverieError
 from ..lm.targets import usage
 from .corpus import index as index_corpus
 from .corpus import scan as scan_corpus
@@ -328,12 +328,17 @@ def sweep(
             "can read)."
         ),
     ),
+    no_corpus: bool = typer.Option(
+        False, "--no-corpus", help="No real text: every dream starts from the model alone (--start beam unless given)."
+    ),
     init_from: Path | None = typer.Option(None, "--init-from", hidden=True, help="Deprecated: --corpus SCAN_DIR."),
 ) -> None:
     """Dream many targets x seeds (in this process or on Ray); resumable; writes OUT/index.parquet and index.html."""
     from ..sweeps.sweep import sweep as run_sweep
 
     config = epo_config(epo)
+    if no_corpus and (corpus != "auto" or init_from is not None):
+        raise ConfigError("--no-corpus dreams from the model alone: drop --corpus (or --no-corpus)")
     if init_from is not None:
         console.print("note: --init-from is deprecated: use --corpus SCAN_DIR", soft_wrap=True, markup=False)
     display = SweepDisplay(enabled=not quiet)
@@ -355,7 +360,7 @@ def sweep(
             dtype=dtype,
             device=device,
             progress=display,
-            corpus=str(init_from) if init_from is not None else corpus,
+            corpus=None if no_corpus else str(init_from) if init_from is not None else corpus,
             together=together,
         )
     finally:

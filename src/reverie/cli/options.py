@@ -93,7 +93,7 @@ def per_run_options(
         help=(
             "γ: selection adds γ nats to a prompt's cross-entropy per unit of its junk share (tokens with no "
             "letter, or repeating an earlier one) above that of typical text; the reported cross-entropy stays "
-            "the model's."
+            "the model's (0: the paper's)."
         ),
     ),
     template: str | None = typer.Option(

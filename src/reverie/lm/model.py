@@ -269,14 +269,12 @@ class Model:
     def text_config(self) -> Any:
         return _config(self.hf)
 
-    def use_eager_attention(self) -> str | None:
-        """Attention probabilities are only materialised by the eager implementation. Returns the
-        implementation it replaced (None: it was eager already)."""
+    def attention_implementation(self, name: str) -> str:
+        """Switch the transformers attention implementation to `name`; return the one it replaced."""
         before = getattr(self.hf.config, "_attn_implementation", "eager")
-        if before == "eager":
-            return None
-        lm: Any = self.hf  # a transformers model
-        lm.set_attn_implementation("eager")
+        if before != name:
+            lm: Any = self.hf  # a transformers model
+            lm.set_attn_implementation(name)
         return before
 
     @property
@@ -310,9 +308,8 @@ class Model:
 
     @contextlib.contextmanager
     def capture(self, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-        """Within the block, every forward pass stores the named hook points into the yielded dict. Attention
-        patterns need eager attention, for the block only: the model's passes afterwards run as before
-        (what a dream of one target computes does not depend on the targets dreamed before it)."""
+        """Within the block, every forward pass stores the named hook points into the yielded dict (attention
+        patterns: eager attention within the block only, so no dream depends on the targets dreamed before)."""
         cache: dict[str, torch.Tensor] = {}
         handles, replaced = [], None
         a = self.adapter
@@ -332,8 +329,8 @@ class Model:
                 handles.append(a.part(a.mlp_out, layer, name).register_forward_hook(_store_output(cache, name, 0)))
             elif point == "hook_attn_out":
                 handles.append(a.part(a.attn, layer, name).register_forward_hook(_store_output(cache, name, 0)))
-            else:  # attn.hook_pattern: [batch, head, query, key]
-                replaced = self.use_eager_attention() or replaced
+            else:  # attn.hook_pattern: [batch, head, query, key]; only eager attention materialises it
+                replaced = replaced or self.attention_implementation("eager")
                 handles.append(a.part(a.attn, layer, name).register_forward_hook(_store_output(cache, name, 1)))
         try:
             yield cache
@@ -341,8 +338,7 @@ class Model:
             for h in handles:
                 h.remove()
             if replaced is not None:
-                lm: Any = self.hf
-                lm.set_attn_implementation(replaced)
+                self.attention_implementation(replaced)
 
 
 def _store_input(cache: dict, name: str):
@@ -361,9 +357,6 @@ def _store_output(cache: dict, name: str, index: int):
         cache[name] = output
 
     return hook
-
-
-# ----------------------------------------------------------------------------------- loading
 
 
 def load_model(

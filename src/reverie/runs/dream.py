@@ -178,10 +178,10 @@ def dream(
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
     model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
-    scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
     with contextlib.ExitStack() as leaving:
         if lockstep is not None:  # the other targets dreamed together stop waiting for this one
             leaving.callback(lockstep.leave)
+        scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
         target = scorer.target
         _check_memory(model, scorer, config)
         windows, start = windows_for(
@@ -254,10 +254,10 @@ def resume(
         if model is None:
             model = load_model(saved["model"], dtype=saved.get("dtype"))
         model = as_model(model)
-        scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
         with contextlib.ExitStack() as leaving:
             if lockstep is not None:  # the other targets dreamed together stop waiting for this one
                 leaving.callback(lockstep.leave)
+            scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
             target = scorer.target
             _check_memory(model, scorer, config)
             if state is not None and int(state.population.max()) >= model.adapter.embed_weight.shape[0]:

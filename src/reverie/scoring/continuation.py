@@ -38,8 +38,8 @@ class Continuation:
         for chunk in prompts.split(self.batch_size) if len(prompts) else (prompts,):
             ids = torch.cat([context.expand(len(chunk), -1), chunk], 1).to(self.model.device)
             with torch.inference_mode():
-                hidden = self.model.trunk(ids)[:, -1]
-                logprobs = self.model.head(hidden[:, None])[:, 0].float().log_softmax(-1)
+                hidden = self.model.trunk(ids)[:, -1].contiguous()  # (performance.md#contiguous-rows)
+                logprobs = self.model.head(hidden).float().log_softmax(-1)
             out.append(logprobs[:, allowed].cpu())
         return torch.cat(out)
 
@@ -55,7 +55,7 @@ class Continuation:
             ids = torch.cat([before.expand(len(chunk), -1), chunk], 1).to(device)
             with torch.inference_mode():
                 hidden = self.model.trunk(ids)[torch.arange(len(ids), device=device), (len(before) + at).to(device)]
-                logits = self.model.head(hidden[:, None])[:, 0].float()[:, allowed]
+                logits = self.model.head(hidden).float()[:, allowed]
             out.append(self.vocab.allowed[logits.argmax(-1).cpu()])
         return torch.cat(out)
 

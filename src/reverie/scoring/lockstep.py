@@ -77,9 +77,11 @@ class Rowwise(Target):
 class Lockstep:
     """The meeting point of the members' passes. Members join from their own threads (`member`, through
     `make_scorer(..., lockstep=)`), and leave when their search ends (`leave`, from the same thread);
-    `stop` makes every waiting and later pass raise KeyboardInterrupt (the sweep's Ctrl-C)."""
+    `stop` makes every waiting and later pass raise KeyboardInterrupt (the sweep's Ctrl-C). `expected`:
+    how many threads will search here at first (the sweep's K); no pass runs before each of them has
+    joined or left, so that the first passes do not depend on which thread started first."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 0) -> None:
         self.cond = threading.Condition()
         self.target = Rowwise()
         self.shared: PackedScorer | None = None
@@ -88,6 +90,8 @@ class Lockstep:
         self.asked: dict[int, tuple[str, tuple]] = {}  # member -> (kind of pass, arguments)
         self.answers: dict[int, object] = {}
         self.stopped = False
+        self.arriving = expected  # threads still to join or leave before the first pass
+        self.arrived: set[int] = set()
         self.passes = 0  # shared passes run, for benchmarks and tests
         self.asks = 0  # passes the members asked for
 
@@ -113,15 +117,24 @@ class Lockstep:
                     )
             index = len(self.target.parts)
             self.target.parts.append(objective.target)
+            self.arrive()
             self.threads[threading.get_ident()] = index
             self.members.append(Member(self, index, objective))
             return self.members[-1]
 
     def leave(self) -> None:
-        """The calling thread's member has finished searching: the others no longer wait for it."""
+        """The calling thread's member has finished searching (or failed before joining): the others no
+        longer wait for it. Leaving twice is leaving once."""
         with self.cond:
+            self.arrive()
             self.threads.pop(threading.get_ident(), None)
             self.cond.notify_all()
+
+    def arrive(self) -> None:
+        """(Under the lock.) The calling thread is one of the `expected` ones, counted once."""
+        if threading.get_ident() not in self.arrived:
+            self.arrived.add(threading.get_ident())
+            self.arriving -= 1
 
     def stop(self) -> None:
         with self.cond:
@@ -137,7 +150,7 @@ class Lockstep:
                 if self.stopped:
                     self.asked.pop(member, None)
                     raise KeyboardInterrupt
-                if set(self.threads.values()) <= set(self.asked):
+                if self.arriving <= 0 and set(self.threads.values()) <= set(self.asked):
                     self.run()
                 else:
                     self.cond.wait()

@@ -43,8 +43,8 @@ class EPOConfig:
     init_prompt: str | None = None
     fluency: tuple[tuple[str, float], ...] = ()  # (model spec or "self", weight): whose CE is fluency; () = self
     repetition_penalty: float = 0.0  # ρ: selection subtracts ρ · (fraction of tokens repeating an earlier one)
-    junk_penalty: float = 0.0  # γ: selection adds γ nats to CE per unit of junk share above the
-    #   allowance (tokens without a letter or repeating one): epo.py
+    junk_penalty: float = 8.0  # γ: selection adds γ nats to CE per unit of junk share above the
+    #   allowance (tokens without a letter or repeating one): epo.py (the paper's: 0)
     avoid_ids: tuple[int, ...] = ()  # tokens of earlier dreams (diverse dreams)...
     avoid_penalty: float = 0.0  # ...selection subtracts this · (fraction of tokens among them)
     template: str | None = None  # fixed context around the prompt, e.g. "Once upon a time {prompt}"
@@ -67,8 +67,8 @@ class EPOConfig:
 
     @classmethod
     def paper(cls, **kwargs) -> EPOConfig:
-        """The paper's EPO: random starts and every child's token from the gradient's top-k."""
-        return cls(**{"starts": "random", "lm_children": 0.0, **kwargs})
+        """The paper's EPO: random starts, every child's token from the gradient's top-k, no junk penalty."""
+        return cls(**{"starts": "random", "lm_children": 0.0, "junk_penalty": 0.0, **kwargs})
 
     @classmethod
     def gcg(cls, penalty: float = 0.0, **kwargs) -> EPOConfig:

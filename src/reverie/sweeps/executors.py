@@ -28,6 +28,8 @@ from ..search.config import EPOConfig
 from .index import write_index
 from .specs import Job
 
+NO_CORPUS = "none"  # a sweep's corpus=None as sweep.json and the jobs keep it (paths there are absolute)
+
 # ---------------------------------------------------------------- one job (in this process or in an actor)
 
 
@@ -73,7 +75,7 @@ def run_job(
                 out=path,
                 callback=callback,
                 checkpoint_every=checkpoint_every,
-                corpus=AUTO if starts is None else starts,
+                corpus=AUTO if starts is None else None if starts == NO_CORPUS else starts,
                 lockstep=lockstep,
             )
     except Exception as e:  # any failure is recorded, the sweep goes on
@@ -239,10 +241,17 @@ def run_together(
 ) -> None:
     """Like `run_local`, `together` jobs at a time, each in its own thread, their passes batched
     (`scoring.Lockstep`): a thread that finishes a job takes the next one."""
-    lockstep, queue, lock = Lockstep(), deque(todo), threading.Lock()
+    threads = min(together, len(todo))
+    lockstep, queue, lock = Lockstep(expected=threads), deque(todo), threading.Lock()
     interrupted = threading.Event()
 
     def worker() -> None:
+        try:
+            work()
+        finally:
+            lockstep.leave()  # a thread that found no job left counts as arrived
+
+    def work() -> None:
         while not interrupted.is_set():
             with lock:
                 if not queue:
@@ -269,17 +278,17 @@ def run_together(
                 if not again:
                     break
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(together, len(todo)))]
-    for thread in threads:
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for thread in workers:
         thread.start()
     try:
-        for thread in threads:
+        for thread in workers:
             while thread.is_alive():
                 thread.join(0.2)  # a short wait, so that Ctrl-C reaches this thread
     except KeyboardInterrupt:
         interrupted.set()
         lockstep.stop()
-        for thread in threads:
+        for thread in workers:
             thread.join()
         raise
     if interrupted.is_set():

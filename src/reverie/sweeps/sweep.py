@@ -30,7 +30,7 @@ from ..lm.model import BUNDLED, Model, bundled_path, dtype_name, load_model
 from ..runs.rundir import finished
 from ..search.config import EPOConfig
 from ..version import __version__
-from .executors import SweepEvent, Tracker, import_ray, run_job, run_local, run_ray, run_together
+from .executors import NO_CORPUS, SweepEvent, Tracker, import_ray, run_job, run_local, run_ray, run_together
 from .index import write_index
 from .specs import expand_targets, make_jobs, parse_seeds
 
@@ -131,7 +131,7 @@ def sweep(
     dtype: str | None = None,
     device: str | None = None,
     progress: Callable[[SweepEvent], None] | None = None,
-    corpus: str | Path | None = None,
+    corpus: str | Path | None = AUTO,
     starts: str | Path | None = None,
     together: int = 1,
 ) -> pd.DataFrame:
@@ -144,13 +144,13 @@ def sweep(
     tried `retries` more times (bad input such as a target the model lacks is not retried), then
     recorded as failed; the sweep goes on. `report` writes each run's report.html (attribution, plots)
     when it finishes. `progress` gets a `SweepEvent` as jobs start, iterate and end. `corpus`: where
-    each dream's windows come from, as for `dream` (default "auto"; a `reverie scan` folder or a corpus
-    must be one every node can read); `starts` is its old name. `together`: with the local executor,
+    each dream's windows come from, as for `dream` ("auto"; None: the model alone; a `reverie scan`
+    folder or a corpus must be one every node can read); `starts` is its old name. `together`: with the local executor,
     how many jobs run at once, their model passes batched into one (`scoring.Lockstep`; the packed
     scorer; each job's steps are those it takes alone, docs/design.md#lockstep).
     """
-    corpus = starts if corpus is None else corpus
-    starts = None if corpus in (None, AUTO) else corpus
+    corpus = corpus if starts is None else starts
+    starts = NO_CORPUS if corpus is None else None if corpus == AUTO else corpus  # as sweep.json keeps it
     config = config or EPOConfig()
     if config.time_budget is not None:
         raise ConfigError("a sweep's runs have no time budget: give iterations (iters) instead")
@@ -180,7 +180,7 @@ def sweep(
 
     targets = expand_targets(targets, n_layers)
     seeds = parse_seeds(seeds)
-    if starts is not None:
+    if starts not in (None, NO_CORPUS):
         from ..evidence.scan import read_scan
         from ..evidence.windows import is_scan
 
