@@ -236,9 +236,10 @@ def test_a_selectivity_dream_raises_a_and_keeps_b_below_its_bound(tiny_llama):
 @pytest.mark.slow
 def test_a_selectivity_dream_on_the_bundled_model(bundled):
     """A real pair from one layer (B: the neuron of L9 that rises most when A alone is dreamed, as
-    bench/selectivity.py picks them), 15 iterations: A rises from the start while B stays below its bound."""
+    bench/selectivity.py picks them, under the config they were picked with: no junk penalty), 15
+    iterations: A rises from the start while B stays below its bound."""
     a_start, x, (a_plain, b_plain), (a_selective, b_selective) = selectivity(
-        bundled, "neuron:L9.N1196", "neuron:L9.N163", EPOConfig(iters=15, seed=0)
+        bundled, "neuron:L9.N1196", "neuron:L9.N163", EPOConfig(iters=15, seed=0, junk_penalty=0.0)
     )
     assert a_plain > a_start and b_plain > x
     assert a_selective > a_start and b_selective <= x + 0.05

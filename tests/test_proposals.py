@@ -43,7 +43,7 @@ def new_tokens_logprob(scorer, parents, children, parent, pos):
 @pytest.mark.slow
 def test_sampled_starts_are_fluent_text_the_model_writes(bundled):
     random = EPO(make_scorer(bundled, "neuron:L3.N492", EPOConfig.paper(**SMALL)), EPOConfig.paper(**SMALL))
-    config = EPOConfig(**SMALL, starts="sampled")
+    config = EPOConfig(**SMALL, starts="sampled", junk_penalty=0.0)  # selection by L_λ alone, as checked below
     epo = EPO(make_scorer(bundled, "neuron:L3.N492", config), config)
     first = epo.history.frame(epo.vocab.decode)
     assert len(first) == SAMPLES_PER_SLOT * 4 and first["kept"].sum() >= 1
@@ -60,7 +60,7 @@ def test_sampled_starts_are_fluent_text_the_model_writes(bundled):
 @pytest.mark.slow
 def test_lm_children_take_tokens_the_model_finds_likely(bundled):
     def one_step(lm_children):
-        config = EPOConfig(**{**SMALL, "iters": 1}, lm_children=lm_children)
+        config = EPOConfig(**{**SMALL, "iters": 1}, lm_children=lm_children, junk_penalty=0.0)
         scorer = make_scorer(bundled, "neuron:L3.N492", config)
         epo = EPO(scorer, config)
         parents = epo.state.population.clone()
