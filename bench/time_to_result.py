@@ -5,6 +5,7 @@ in reverie (`EPOConfig.paper()`) and the authors' own `epo()` (Confirm-Solutions
     python bench/time_to_result.py --dreamy third_party/dreamy [--neurons ../shared/bench/neurons.txt] \
         [--iters 30] [--seed 0] [--index-tokens 100000] [--configs default paper authors] \
         [--out bench/results/time-to-result.json]
+    python bench/time_to_result.py --table bench/results/time-to-result.json
 
 One process, the bundled model loaded once (dtype auto). The feature index of the bundled corpus (its
 first `--index-tokens` tokens) is built first, once, and not counted: every run is compared with the same
@@ -93,8 +94,23 @@ def run_authors(dreamy, model, spec: str, iters: int, seed: int, window) -> dict
     }
 
 
+def table(path: str) -> None:
+    """Per config: neurons with a result within the run, median seconds to it (over those), median seconds
+    per run; a markdown table for docs/performance.md."""
+    import pandas as pd
+
+    rows = pd.DataFrame(json.loads(Path(path).read_text())["rows"])
+    print("| config | neurons | result within the run | median s to the result | median s per run |")
+    print("|---|---|---|---|---|")
+    for name, group in rows.groupby("config", sort=False):
+        beaten = group["seconds_to_beat"].dropna()
+        median = f"{beaten.median():.1f}" if len(beaten) else "–"
+        print(f"| {name} | {len(group)} | {len(beaten)} | {median} | {group['seconds'].median():.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", default=None, help="print the table of a results file and stop")
     ap.add_argument("--dreamy", default=None, help="a checkout of github.com/Confirm-Solutions/dreamy")
     ap.add_argument("--neurons", default=str(HERE.parent.parent / "shared" / "bench" / "neurons.txt"))
     ap.add_argument("--iters", type=int, default=30)
@@ -103,6 +119,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["default", "paper", "authors"])
     ap.add_argument("--out", default="bench/results/time-to-result.json")
     args = ap.parse_args()
+    if args.table:
+        return table(args.table)
     import torch
 
     import reverie
