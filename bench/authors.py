@@ -101,17 +101,8 @@ def timed(module):
     return phases
 
 
-def run_authors(dreamy, phases, model, target, config, iters: int, seed: int) -> list[dict]:
-    """One run of the authors' epo(); per iteration: seconds and phases (selection etc.: the rest)."""
-    cache_run = neuron_cache_run(model, *neuron_of(target))
-    marks, snapshots = [], []
-
-    def callback(i, state, last_runtime, history, final=False):
-        marks.append(time.perf_counter())
-        snapshots.append(dict(phases))
-        return False
-
-    settle()
+def call_epo(dreamy, cache_run, model, config, iters: int, seed: int, callback) -> None:
+    """The authors' `epo()` at `config`'s settings (the paper's), on the loaded model's weights."""
     dreamy.epo(
         cache_run,
         model.hf,
@@ -128,6 +119,20 @@ def run_authors(dreamy, phases, model, target, config, iters: int, seed: int) ->
         seed=seed,
         callback=callback,
     )
+
+
+def run_authors(dreamy, phases, model, target, config, iters: int, seed: int) -> list[dict]:
+    """One run of the authors' epo(); per iteration: seconds and phases (selection etc.: the rest)."""
+    cache_run = neuron_cache_run(model, *neuron_of(target))
+    marks, snapshots = [], []
+
+    def callback(i, state, last_runtime, history, final=False):
+        marks.append(time.perf_counter())
+        snapshots.append(dict(phases))
+        return False
+
+    settle()
+    call_epo(dreamy, cache_run, model, config, iters, seed, callback)
     rows = []
     for j in range(1, len(marks)):
         seconds = marks[j] - marks[j - 1]

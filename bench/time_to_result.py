@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from authors import SETTINGS, load_dreamy, neuron_cache_run, neuron_of
+from authors import SETTINGS, call_epo, load_dreamy, neuron_cache_run, neuron_of
 from speed import cpu_flags
 
 HERE = Path(__file__).resolve().parent
@@ -70,22 +70,7 @@ def run_authors(dreamy, model, spec: str, iters: int, seed: int, window) -> dict
                 found["seconds"], found["iteration"] = time.perf_counter() - start, i
         return False
 
-    dreamy.epo(
-        cache_run,
-        model.hf,
-        model.tokenizer,
-        seq_len=config.length,
-        population_size=config.population,
-        iters=iters,
-        explore_per_pop=config.children,
-        batch_size=SETTINGS["batch_size"],
-        topk=config.top_k,
-        x_penalty_min=config.penalty_min,
-        x_penalty_max=config.penalty_max,
-        restart_frequency=config.restart_every,
-        seed=seed,
-        callback=callback,
-    )
+    call_epo(dreamy, cache_run, model, config, iters, seed, callback)
     return {
         "seconds_to_beat": found.get("seconds"),
         "iteration_to_beat": found.get("iteration"),

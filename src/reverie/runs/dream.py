@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from ..lm import memory
 from ..lm.foreign import as_model
 from ..lm.model import Model, dtype_name, load_model
 from ..lm.targets import Target
-from ..scoring import Lockstep, make_scorer
+from ..scoring import Lockstep, Scorer, make_scorer
 from ..search.config import EPOConfig, as_config
 from ..search.epo import EPO, EPOState, Step
 from ..search.frontier import best_at, best_rows, pareto, summary
@@ -178,12 +178,8 @@ def dream(
     if isinstance(model, str):
         model = load_model(model, dtype=dtype, device=device)
     model = as_model(model)  # a TransformerLens or nnsight model is wrapped (lm.foreign)
-    with contextlib.ExitStack() as leaving:
-        if lockstep is not None:  # the other targets dreamed together stop waiting for this one
-            leaving.callback(lockstep.leave)
-        scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
+    with _searching(model, target, config, fluency_models, lockstep) as scorer:
         target = scorer.target
-        _check_memory(model, scorer, config)
         windows, start = windows_for(
             model, target, corpus, length=config.length, notice=notice, progress=progress, index=index
         )
@@ -254,12 +250,8 @@ def resume(
         if model is None:
             model = load_model(saved["model"], dtype=saved.get("dtype"))
         model = as_model(model)
-        with contextlib.ExitStack() as leaving:
-            if lockstep is not None:  # the other targets dreamed together stop waiting for this one
-                leaving.callback(lockstep.leave)
-            scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
+        with _searching(model, target, config, fluency_models, lockstep) as scorer:
             target = scorer.target
-            _check_memory(model, scorer, config)
             if state is not None and int(state.population.max()) >= model.adapter.embed_weight.shape[0]:
                 raise RunDirError(
                     f"{run_dir.path / 'checkpoint.safetensors'} holds token ids past {model.spec}'s "
@@ -289,6 +281,19 @@ def _check_memory(model: Model, scorer, config: EPOConfig) -> None:
         model, config.population, config.length, scorer.batch_size, children=config.children, device=model.device
     )
     memory.check(need, model.device)
+
+
+@contextlib.contextmanager
+def _searching(model: Model, target, config: EPOConfig, fluency_models, lockstep: Lockstep | None) -> Iterator[Scorer]:
+    """A dream's scorer, its memory checked; with a lockstep, the thread leaves it when the block ends, however
+    it ends (the targets dreamed together then stop waiting for this one)."""
+    try:
+        scorer = make_scorer(model, target, config, fluency_models=fluency_models, lockstep=lockstep)
+        _check_memory(model, scorer, config)
+        yield scorer
+    finally:
+        if lockstep is not None:
+            lockstep.leave()
 
 
 def load_run(path: str | Path) -> DreamResult:
