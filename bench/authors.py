@@ -3,7 +3,7 @@
 
     git clone https://github.com/Confirm-Solutions/dreamy third_party/dreamy     # git-ignored, never copied in
     python bench/authors.py --dreamy third_party/dreamy [--model bundled] [--target neuron:L9.N402] \
-        [--dtypes fp32 bf16] [--iters 50] [--rounds 1] [--out bench/results/authors.json]
+        [--dtypes fp32 bf16] [--iters 50] [--rounds 1] [--horizons 1 2] [--out bench/results/authors.json]
 
 Both run the paper's settings (M = 8, r = 32, k = 512, n = 12, λ from 0.1 to 10, a restart every
 `restart_every` iterations, batch 256) on the same loaded model, interleaved: for each round and dtype,
@@ -18,7 +18,9 @@ the choice of candidates, the children's forward, and selection with bookkeeping
 authors' phases are timed by wrapping their module's `token_grads`, `evaluate_fitness` and
 `GradientSelector.mutate`; an iteration is the time between two calls of their per-iteration callback.
 reverie's come from `EPO.step()`. The floor is `bench/speed.py`'s: one plain forward of the 256 × 12
-children with full logits.
+children with full logits. With `--horizons`, reverie also runs with each cross-entropy horizon
+(`EPOConfig.paper(ce_horizon=h)`, an approximation: docs/performance.md#cross-entropy-horizon), after
+its exact run, from the same seed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -143,8 +146,6 @@ def run_authors(dreamy, phases, model, target, config, iters: int, seed: int) ->
 
 
 def run_reverie(scorer, config, iters: int, seed: int) -> list[dict]:
-    from dataclasses import replace
-
     from reverie import EPO
 
     settle()
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--horizons", type=int, nargs="*", default=[], help="also reverie with these ce_horizon")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -209,43 +211,54 @@ def main() -> None:
         model = reverie.load_model(args.model, dtype=dtype)
         target = as_target(args.target, model)
         scorer = make_scorer(model, target, config)
+        approximate = {h: make_scorer(model, target, replace(config, ce_horizon=h)) for h in args.horizons}
         difference = check_same_objective(neuron_cache_run(model, *neuron_of(target)), scorer, scorer.vocab)
         children = config.population * config.children
         floor = time_floor(model, scorer.vocab, children, config.length, children, repeats=5)
-        loaded[dtype] = (model, target, scorer, difference, floor)
+        loaded[dtype] = (model, target, scorer, difference, floor, approximate)
         print(json.dumps({"dtype": dtype, "objective_difference": difference, "floor_seconds": floor}), flush=True)
-    runs = {(dtype, code): [] for dtype in args.dtypes for code in ("authors", "reverie")}
+    codes = ["authors", "reverie", *(f"reverie h={h}" for h in args.horizons)]
+    runs = {(dtype, code): [] for dtype in args.dtypes for code in codes}
     for r in range(args.rounds):
         for dtype in args.dtypes:
-            model, target, scorer, _, _ = loaded[dtype]
+            model, target, scorer, _, _, approximate = loaded[dtype]
             runs[dtype, "authors"] += run_authors(dreamy, phases, model, target, config, args.iters, args.seed + r)
             runs[dtype, "reverie"] += run_reverie(scorer, config, args.iters, args.seed + r)
-            for code in ("authors", "reverie"):
+            for h, approximating in approximate.items():
+                runs[dtype, f"reverie h={h}"] += run_reverie(
+                    approximating, replace(config, ce_horizon=h), args.iters, args.seed + r
+                )
+            for code in codes:
                 print(json.dumps({"round": r, "dtype": dtype, "code": code, **summary(runs[dtype, code])}), flush=True)
     table = []
     for dtype in args.dtypes:
-        a, b = summary(runs[dtype, "authors"]), summary(runs[dtype, "reverie"])
+        a = summary(runs[dtype, "authors"])
         floor = loaded[dtype][4]
-        table.append(
-            {
-                "dtype": dtype,
-                "authors": a,
-                "reverie": b,
-                "floor_seconds": floor,
-                "objective_difference": loaded[dtype][3],
-                "ratio": a["seconds_per_iteration"] / b["seconds_per_iteration"],
-                "reverie_over_floor": b["seconds_per_iteration"] / floor,
-            }
-        )
+        for code in codes[1:]:
+            b = summary(runs[dtype, code])
+            table.append(
+                {
+                    "dtype": dtype,
+                    "code": code,
+                    "authors": a,
+                    "reverie": b,
+                    "floor_seconds": floor,
+                    "objective_difference": loaded[dtype][3],
+                    "ratio": a["seconds_per_iteration"] / b["seconds_per_iteration"],
+                    "reverie_over_floor": b["seconds_per_iteration"] / floor,
+                }
+            )
     print(
-        f"{'dtype':<6}{'authors s/it':>13}{'reverie s/it':>13}{'ratio':>7}{'rev/floor':>10}  phases authors | reverie"
+        f"{'dtype':<6}{'code':<12}{'authors s/it':>13}{'reverie s/it':>13}{'ratio':>7}{'rev/floor':>10}"
+        "  phases authors | reverie"
     )
     for t in table:
         pa = " ".join(f"{k}={v:.3f}" for k, v in t["authors"]["phases"].items())
         pb = " ".join(f"{k}={v:.3f}" for k, v in t["reverie"]["phases"].items())
         print(
-            f"{t['dtype']:<6}{t['authors']['seconds_per_iteration']:>13.3f}{t['reverie']['seconds_per_iteration']:>13.3f}"
-            f"{t['ratio']:>6.2f}x{t['reverie_over_floor']:>10.2f}  {pa} | {pb}"
+            f"{t['dtype']:<6}{t['code']:<12}{t['authors']['seconds_per_iteration']:>13.3f}"
+            f"{t['reverie']['seconds_per_iteration']:>13.3f}{t['ratio']:>6.2f}x{t['reverie_over_floor']:>10.2f}"
+            f"  {pa} | {pb}"
         )
     result = {
         "machine": f"{torch.get_num_threads()} threads, flags {' '.join(cpu_flags())}",

@@ -188,6 +188,7 @@ EVERY_OPTION = {
     "lm_guidance": ["--lm-guidance", "0.2"],
     "lm_children": ["--lm-children", "0.25"],
     "pair_rate": ["--pair-rate", "0.3"],
+    "ce_horizon": ["--ce-horizon", "2"],
 }
 DREAM_ONLY = {"seed": ["--seed", "4"], "time_budget": ["--time-budget", "60"]}
 

@@ -164,6 +164,14 @@ def per_run_options(
             "against it)."
         ),
     ),
+    ce_horizon: int | None = typer.Option(
+        DEFAULTS.ce_horizon,
+        "--ce-horizon",
+        help=(
+            "Approximate for speed: a child's cross-entropy terms more than this many tokens after its swap "
+            "are its parent's (members' scores stay exact; off by default; docs/performance.md#cross-entropy-horizon)."
+        ),
+    ),
 ) -> None:
     """Never called: its parameters are the per-run EPO options that `epo_options` gives a command."""
 

@@ -41,13 +41,24 @@ class Packed:
     stores their keys and values into `kv` (layer index -> [M, kv heads, n, d]) before the children
     read them, so the parents need no pass of their own, and later rows reuse `kv`."""
 
-    def __init__(self, kv: dict, parent: torch.Tensor, pos: torch.Tensor, n: int, lead: int = 0, weights: bool = False):
+    def __init__(
+        self,
+        kv: dict,
+        parent: torch.Tensor,
+        pos: torch.Tensor,
+        n: int,
+        lead: int = 0,
+        weights: bool = False,
+        stop: torch.Tensor | None = None,
+    ):
         self.kv, self.n, self.lead = kv, n, lead
         self.above: tuple[int, Packed] | None = None  # (block, layout of the blocks after it)
         self.weights = weights  # also return attention probabilities [1, heads, T, n]
         pos = torch.cat([pos.new_zeros(lead), pos])  # entries: the leading parents, then the children
         self.parent = torch.cat([parent.new_zeros(lead), parent])
-        own = n - pos  # tokens each entry runs itself
+        # each child runs its positions pos .. stop - 1 (all n by default); the leading parents run all n
+        self.stop = torch.full_like(pos, n) if stop is None else torch.cat([pos.new_full((lead,), n), stop])
+        own = self.stop - pos  # tokens each entry runs itself
         self.entry = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), own)  # [T]
         start = torch.cumsum(own, 0) - own
         self.position = pos[self.entry] + torch.arange(len(self.entry), device=pos.device) - start[self.entry]
@@ -67,9 +78,13 @@ class Packed:
         """Where each child's token at `position` (at or after its mutated position) lies in the row."""
         return self.start + position - self.pos
 
-    def shortened(self) -> Packed:
-        """The same entries without their tokens at the last position, n − 1 (`last_dropped_above`)."""
-        return Packed(self.kv, self.parent[self.lead :], self.pos, self.n - 1, self.lead, self.weights)
+    def shortened(self, horizon: int | None = None) -> Packed:
+        """The same entries without their tokens at the last position, n − 1 (`last_dropped_above`), and,
+        with a `horizon`, without each child's tokens from its mutated position + horizon on."""
+        stop = self.stop[self.lead :].clamp_max(self.n - 1)
+        if horizon is not None:
+            stop = stop.minimum(self.pos + horizon)
+        return Packed(self.kv, self.parent[self.lead :], self.pos, self.n - 1, self.lead, self.weights, stop)
 
     def gather(self, parents: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
         """The packed row of token ids: [1, T]."""
@@ -171,19 +186,22 @@ def packed_attention(
 
 
 @contextlib.contextmanager
-def last_dropped_above(model: Model, layout: Packed, block: int | None):
+def last_dropped_above(model: Model, layout: Packed, block: int | None, horizon: int | None = None):
     """Within the block, the model's blocks after `block` run without each entry's token at the last
     position: the layout's `shortened()` row, which the context yields (with `block` None, every block
     runs every token and the context yields `layout` itself). Where every read at the last
     position is at or below `block` (a neuron in layer 2 of 30), the last position's states above it
     feed nothing: causal attention never looks forward, and the cross-entropy reads the positions
     before it. Each such block's per-token inputs (hidden states, position ids and embeddings) are cut
-    to the shortened row; whether a model takes this is checked once on a probe (`capabilities.FastPath`)."""
+    to the shortened row; whether a model takes this is checked once on a probe (`capabilities.FastPath`).
+    With a `horizon`, the blocks after `block` also leave out each child's tokens from its mutated
+    position + horizon on: what the cross-entropy would read there is then not computed (the
+    approximation of `PackedScorer`'s horizon; exact without one)."""
     if block is None:
         yield layout
         return
-    short = layout.shortened()
-    keep = (layout.position < layout.n - 1).nonzero()[:, 0]
+    short = layout.shortened(horizon)
+    keep = (layout.position < short.stop[layout.entry]).nonzero()[:, 0]
     tokens = len(layout.position)
 
     def cut(module, args, kwargs):

@@ -67,11 +67,14 @@ class FastPath:
         return compiling() and bool(norms(self.model)) and probe_fused(self.model)
 
     @contextlib.contextmanager
-    def run(self, layout: Packed | Rows | None = None, drop_above: int | None = None) -> Iterator[Packed | Rows | None]:
+    def run(
+        self, layout: Packed | Rows | None = None, drop_above: int | None = None, horizon: int | None = None
+    ) -> Iterator[Packed | Rows | None]:
         """Within the block, passes of the model run on `layout` (if given), with the last position
         dropped above block `drop_above` (if given, for a packed layout; the context then yields the
-        shortened layout of the blocks above it), and with fused norms where the model takes them and
-        the pass takes no gradients."""
+        shortened layout of the blocks above it; with a `horizon`, also each child's tokens from its
+        mutated position + horizon on: `attention.last_dropped_above`), and with fused norms where the
+        model takes them and the pass takes no gradients."""
         with contextlib.ExitStack() as stack:
             if not torch.is_grad_enabled() and self.fuses:  # probe first: the probe runs the plain model
                 stack.enter_context(fused_norms(self.model))
@@ -79,7 +82,7 @@ class FastPath:
                 stack.enter_context(attention(self.model, layout))
             if drop_above is not None:
                 assert isinstance(layout, Packed)  # a position is dropped from packed children only
-                layout = stack.enter_context(last_dropped_above(self.model, layout, drop_above))
+                layout = stack.enter_context(last_dropped_above(self.model, layout, drop_above, horizon))
             yield layout
 
 

@@ -6,6 +6,7 @@ A `Scorer` answers these questions about prompts (token ids) for one model, targ
     score(ids)                                  -> (f, CE) per prompt
     score_children(parents, children, parent, pos) -> (f, CE) per child; child j equals
                                                    parents[parent[j]] before position pos[j]
+                                                   (CE approximate where `approximates`: a horizon)
     gradient_parts(ids)                         -> (d f, d CE) with respect to the one-hot tokens,
                                                    over the allowed tokens: [B, n, A] each
     top_k(prompts, penalties, k, beta)          -> per prompt, the k allowed tokens per position whose
@@ -17,6 +18,8 @@ A `Scorer` answers these questions about prompts (token ids) for one model, targ
                                                    each prompt, over the allowed tokens: [B, A]
     continuations(prompts, positions)           -> the most likely allowed token after each prompt's
                                                    first positions[j] + 1 tokens: [B] ids
+    approximates                                -> whether score_children's CEs are approximate
+                                                   (docs/design.md#cross-entropy-horizon)
 
 `make_scorer` builds one: `PlainScorer` (plain.py) is the paper's algorithm written plainly, the spec;
 `PackedScorer` (packed.py) is the fast path, tested to take the same steps. Either is wrapped in
@@ -52,6 +55,9 @@ class Scorer(Protocol):
     vocab: Vocabulary
     objective: Objective
     batch_size: int
+
+    @property
+    def approximates(self) -> bool: ...
 
     def score(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -109,10 +115,17 @@ def make_scorer(
     longest = max(length, options.longest or length)
     model.check_length(len(objective.before) + longest + len(objective.after))
     batch_size = options.batch_size or auto_batch_size(model, length)
+    if options.horizon is not None and (name != "packed" or lockstep is not None):
+        raise ConfigError(
+            "the cross-entropy horizon is the packed scorer's, one target at a time: drop ce_horizon, "
+            "scorer='plain' or together"
+        )
     if lockstep is not None:
         if name != "packed":
             raise ConfigError("targets dreamed together need the packed scorer: drop scorer='plain'")
         return BackingOff(lockstep.member(objective, batch_size))
+    if name == "packed":
+        return BackingOff(PackedScorer(objective, batch_size, options.horizon))
     return BackingOff(SCORERS[name](objective, batch_size))
 
 

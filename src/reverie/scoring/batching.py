@@ -50,6 +50,10 @@ class BackingOff:
     def batch_size(self, value: int) -> None:
         self.scorer.batch_size = value
 
+    @property
+    def approximates(self) -> bool:
+        return self.scorer.approximates
+
     def score(self, ids):
         return self.retry(self.scorer.score, ids)
 

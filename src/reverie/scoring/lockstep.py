@@ -255,6 +255,7 @@ class Member(PackedScorer):
         self.gradients = {}
         self.candidates = {}
         self.keeps_logprobs = False
+        self.horizon = None  # exact: the cross-entropy horizon is refused with lockstep (`make_scorer`)
 
     def path(self) -> tuple:
         """What decides how the scorer runs this target's passes (passes of one path run together)."""

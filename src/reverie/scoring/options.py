@@ -31,6 +31,7 @@ class ScoringOptions:
     longest: int | None = None  # the longest prompt insertions may make (None: fixed length)
     batch_size: int | None = None  # prompts per forward pass; None = from free memory
     scorer: ScorerName = "packed"
+    horizon: int | None = None  # children's cross-entropy terms beyond it come from the parent (approximate)
 
 
 class HasScoringOptions(Protocol):

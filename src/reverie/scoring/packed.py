@@ -33,8 +33,9 @@ from .objective import Objective, by_length, embed_scale, next_token_rows, top_k
 class PackedScorer(Continuation):
     name: ScorerName = "packed"
 
-    def __init__(self, objective: Objective, batch_size: int):
+    def __init__(self, objective: Objective, batch_size: int, horizon: int | None = None):
         self.objective, self.batch_size = objective, batch_size
+        self.horizon = horizon  # children's cross-entropy terms beyond it come from the parent (`approximates`)
         self.model, self.target, self.vocab = objective.model, objective.target, objective.vocab
         self.fast = FastPath.of(self.model)
         # per model whose cross-entropy counts: the allowed tokens' embeddings [A, d] and the embedding scale
@@ -70,6 +71,15 @@ class PackedScorer(Continuation):
         model whose attention runs packed (`FastPath.packs`)."""
         return self.target.position == -1 and not self.objective.others and self.fast.packs
 
+    @property
+    def approximates(self) -> bool:
+        """Whether `score_children`'s cross-entropies are approximate: with a horizon h, where the blocks
+        above the target's run without the last position (`deepest_block_read`), a child's terms for its
+        tokens after its mutated position p + h are its parent's (the same tokens, read after the
+        parent's prefix); those blocks then run only on each child's positions p … p + h − 1. Its f is
+        exact (docs/design.md#cross-entropy-horizon)."""
+        return self.horizon is not None and self.reuses_prefix and self.deepest_block_read() is not None
+
     def score_children(
         self, parents: torch.Tensor, children: torch.Tensor, parent: torch.Tensor, pos: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +88,11 @@ class PackedScorer(Continuation):
         The children run only from their mutated position on (the template's text before the prompt
         is part of the shared prefix), packed into one row (`attention.Packed`) on top of their
         parents' keys and values (the parents lead the first row), and take their prefix's
-        cross-entropy terms from their parents' logits. Same results as `score` within dtype tolerance."""
+        cross-entropy terms from their parents' logits. Same results as `score` within dtype tolerance
+        (the cross-entropy approximate where `approximates`)."""
         if not self.reuses_prefix:
             return self.score(children)
+        horizon = self.horizon if self.approximates else None
         o = self.objective
         parents, parent = torch.unique(
             parents[parent], dim=0, return_inverse=True
@@ -101,14 +113,14 @@ class PackedScorer(Continuation):
                 # capture first: reading attention patterns selects eager attention, which the layout then replaces
                 with (
                     self.model.capture(list(self.target.hooks)) as hooks,
-                    self.fast.run(packed, drop_above=block) as out,
+                    self.fast.run(packed, drop_above=block, horizon=horizon) as out,
                 ):
                     assert isinstance(out, Packed)  # the layout of the blocks above `block` (or `packed`)
                     row = packed.gather(full_parents, full_children[chunk])
                     hidden = self.model.trunk(row, position_ids=packed.position[None])[0]  # the tokens of `out`
                 if i == 0:  # the children's prefix terms, from the parents' positions that predict tokens first..n-1
                     h = hidden[: m * out.n].unflatten(0, (m, out.n))[:, L + first - 1 : L + n - 1].contiguous()
-                    prefix = prefix_logprobs(self.model, h, parents, children, parent, pos, first)
+                    prefix = prefix_logprobs(self.model, h, parents, children, parent, pos, first, horizon)
                 read = packed.at(L + n - 1)  # the target reads each child's last prompt token, as if unpacked
                 hooks = {
                     name: t[0].transpose(0, 1)[read, :, None, L : L + n]
@@ -300,12 +312,14 @@ def prefix_logprobs(
     parent: torch.Tensor,
     pos: torch.Tensor,
     first: int,
+    horizon: int | None = None,
 ) -> torch.Tensor:
     """Σ_{first ≤ j ≤ pos} log p(child's token j | the parent's tokens before it) per child: the prefix terms
     of the children's cross-entropy, from the parents' final hidden states [M, n − first, d] at the positions
     that predict tokens first … n − 1. A child's tokens before pos are its parent's, so each parent position
     is unembedded once (tiled, never [M, n, V] fp32 log-probabilities), for its own token and the new tokens
-    of the children mutated there (docs/performance.md#large-vocabularies)."""
+    of the children mutated there (docs/performance.md#large-vocabularies). With a `horizon` h, plus the
+    parent's own terms for the tokens j > pos + h (the approximation of `PackedScorer.approximates`)."""
     m, width = hidden.shape[:2]
     at = pos >= first  # children whose new token has a prefix term
     row = parent * width + (pos - first).clamp_min(0)  # the parent position predicting it
@@ -321,7 +335,11 @@ def prefix_logprobs(
     own = lp[:, 0].view(m, width).cumsum(1)  # Σ_{first ≤ j ≤ i} log p(parent's token j)
     before = own[parent, (pos - first - 1).clamp_min(0)].where(pos > first, 0)  # j < pos: the parent's tokens
     new = lp[row, column.where(at, 0)].where(at, 0)  # j = pos: the child's own token
-    return before + new
+    if horizon is None:
+        return before + new
+    last = pos + horizon - first  # the parent's terms after the child's last computed one (j = pos + h)
+    after = (own[:, -1][parent] - own[parent, last.clamp(0, width - 1)]).where(last < width - 1, 0)
+    return before + new + after
 
 
 @contextlib.contextmanager

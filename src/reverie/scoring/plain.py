@@ -20,6 +20,7 @@ from .objective import Objective, by_length, embed_scale, next_token_rows, top_k
 
 class PlainScorer(Continuation):
     name: ScorerName = "plain"
+    approximates = False  # every score is the model's own
 
     def __init__(self, objective: Objective, batch_size: int):
         self.objective, self.batch_size = objective, batch_size

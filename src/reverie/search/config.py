@@ -64,6 +64,8 @@ class EPOConfig:
     word_start: bool = False  # prompts begin with a word, not inside one (lm.vocab.starts_word)
     batch_size: int | None = None  # prompts per forward pass; None = from free memory
     scorer: ScorerName = "packed"  # "packed" (the fast path) or "plain" (the paper's, the spec): scoring/
+    ce_horizon: int | None = None  # an approximation for speed: a child's cross-entropy terms more than
+    #   this many tokens after its swap are its parent's; members' scores stay exact (None: exact)
 
     @classmethod
     def paper(cls, **kwargs) -> EPOConfig:
@@ -93,6 +95,7 @@ class EPOConfig:
             longest,
             self.batch_size,
             self.scorer,
+            self.ce_horizon,
         )
 
     def slot_penalties(self) -> torch.Tensor:
@@ -108,7 +111,7 @@ class EPOConfig:
         """Check every option (also after `dataclasses.replace` and in `from_dict`): ConfigError if one is wrong."""
         for f in fields(self):
             setattr(self, f.name, _conform(f, getattr(self, f.name)))
-        for name in ("population", "children", "top_k", "top_k_start", "length", "batch_size"):
+        for name in ("population", "children", "top_k", "top_k_start", "length", "batch_size", "ce_horizon"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.length < 2:

@@ -149,6 +149,9 @@ class EPO:
             f_child, ce_child = self.score(children.ids, s.population, children.parent, children.pos)
         with phases("selection"):  # 4. each slot: the best of parents ∪ children under its own λ
             new = self.selection.survivors(s.population, s.f, s.ce, children.ids, f_child, ce_child, self.penalties)
+            if self.scorer.approximates:  # a cross-entropy horizon: members' scores are the model's own
+                new.f, new.ce = self.score.exact(new.population)
+                f_child, ce_child = self.score.recorded(children.ids)  # approximate CEs: NaN in the history
         with phases("bookkeeping"):  # 5. restart: every T_restart iterations, one λ_r fills every slot
             iteration, stale = s.iteration + 1, 0 if new.improved else s.stale + 1
             restarted = self._restart_penalty(iteration, stale)

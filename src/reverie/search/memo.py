@@ -3,6 +3,8 @@ rebuilds the memo from its history)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..scoring import Scorer
@@ -13,11 +15,19 @@ from .history import History
 class Memo:
     """`memo(ids, parents, parent, pos)`: f and CE of each row [B, n] (PAD-padded rows of several lengths
     allowed). Children (given their parents, parent index and mutated position) run only from the mutated
-    position on; prompts failing a constraint get f = −∞ and CE NaN (never computed, never selected)."""
+    position on; prompts failing a constraint get f = −∞ and CE NaN (never computed, never selected).
+
+    Where the scorer's children's cross-entropies are approximate (`Scorer.approximates`: a horizon),
+    the memo knows which are: `exact` scores those again in full when selection keeps them, and
+    `recorded` gives the history NaN for the others (never on a frontier). A run's history then holds
+    only the model's own values; a resumed run scores the children it left out again."""
 
     def __init__(self, scorer: Scorer, history: History):
         self.scorer, self.vocab = scorer, scorer.vocab
-        self.seen: dict[tuple[int, ...], tuple[float, float]] = {k: (f, ce) for k, f, ce in history.items()}
+        self.seen: dict[tuple[int, ...], tuple[float, float]] = {
+            k: (f, ce) for k, f, ce in history.items() if not (math.isnan(ce) and math.isfinite(f))
+        }
+        self.approximate: set[tuple[int, ...]] = set()  # prompts whose CE in `seen` is approximate
 
     def __call__(
         self,
@@ -37,26 +47,46 @@ class Memo:
             ok = self.vocab.ok(ids[rows])
             if ok.any():
                 rows_ok = rows[ok]
-                f[ok], ce[ok] = self.through_model(
+                f[ok], ce[ok], approximate = self.through_model(
                     ids[rows_ok],
                     parents,
                     None if parent is None else parent[rows_ok],
                     None if pos is None else pos[rows_ok],
                 )
+                if approximate:
+                    self.approximate.update(k for k, good in zip(first, ok.tolist()) if good)
             self.seen.update(zip(first, zip(f.tolist(), ce.tolist())))
         fs, ces = zip(*(self.seen[k] for k in keys))
         return torch.tensor(fs), torch.tensor(ces)
 
-    def through_model(self, ids: torch.Tensor, parents, parent, pos) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's f and CE of new prompts: children over their parents' prefix where they have them,
-        prompts of several lengths one length at a time."""
+    def exact(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f and CE of each row, those whose CE is approximate scored again in full first."""
+        keys = [tuple(t for t in r if t != PAD) for r in ids.tolist()]
+        again = list(dict.fromkeys(k for k in keys if k in self.approximate))
+        for length in sorted({len(k) for k in again}):
+            group = [k for k in again if len(k) == length]
+            f, ce = self.scorer.score(torch.tensor(group))
+            self.seen.update(zip(group, zip(f.tolist(), ce.tolist())))
+            self.approximate.difference_update(group)
+        fs, ces = zip(*(self.seen[k] for k in keys))
+        return torch.tensor(fs), torch.tensor(ces)
+
+    def recorded(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f and CE of each row as the history keeps them: CE NaN where it is approximate."""
+        keys = [tuple(t for t in r if t != PAD) for r in ids.tolist()]
+        fs, ces = zip(*((self.seen[k][0], math.nan if k in self.approximate else self.seen[k][1]) for k in keys))
+        return torch.tensor(fs), torch.tensor(ces)
+
+    def through_model(self, ids: torch.Tensor, parents, parent, pos) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The model's f and CE of new prompts, and whether the CEs are approximate: children over their
+        parents' prefix where they have them, prompts of several lengths one length at a time."""
         if (ids == PAD).any():
             n = lengths(ids)
             f, ce = torch.empty(len(ids)), torch.empty(len(ids))
             for length in n.unique().tolist():
                 same = (n == length).nonzero()[:, 0]
                 f[same], ce[same] = self.scorer.score(ids[same, :length])
-            return f, ce
+            return f, ce, False
         if parents is None or parent is None or pos is None or (parents == PAD).any():
-            return self.scorer.score(ids)
-        return self.scorer.score_children(parents, ids, parent, pos)
+            return *self.scorer.score(ids), False
+        return *self.scorer.score_children(parents, ids, parent, pos), self.scorer.approximates
