@@ -65,7 +65,7 @@ def run(args) -> None:
                     continue
                 options = dict(options)
                 make = EPOConfig.paper if options.pop("paper", 0) else EPOConfig
-                config = make(seed=seed, iters=args.iters, **options)
+                config = make(**{"seed": seed, "iters": args.iters, **options})  # a variant may set its own iters
                 start = time.perf_counter()
                 result = reverie.dream(model, spec, config, corpus=None if args.corpus == "none" else args.corpus)
                 seconds = time.perf_counter() - start
