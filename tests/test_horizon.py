@@ -99,6 +99,7 @@ def test_a_run_with_a_horizon_records_only_the_models_own_scores(tiny_llama):
     assert len(kept) and kept["cross_entropy"].notna().all()  # every member's score is the model's own
     left = h[(h["iteration"] > 0) & ~h["kept"] & torch.isfinite(torch.tensor(h["activation"].to_numpy())).numpy()]
     assert left["cross_entropy"].isna().any()  # children selection did not keep: their approximation not recorded
+    assert left["cross_entropy"].notna().any()  # ...but those that may be on the frontier are scored in full
     f_pop, ce_pop = exact.score(epo.state.population)
     assert torch.allclose(epo.state.ce, ce_pop, atol=1e-4, rtol=1e-4)
     assert h["activation"].max() > h[h["iteration"] == 0]["activation"].max()

@@ -151,6 +151,7 @@ class EPO:
             new = self.selection.survivors(s.population, s.f, s.ce, children.ids, f_child, ce_child, self.penalties)
             if self.scorer.approximates:  # a cross-entropy horizon: members' scores are the model's own
                 new.f, new.ce = self.score.exact(new.population)
+                self.score.exact(children.ids[self.score.contenders(f_child, ce_child, c.population)])
                 f_child, ce_child = self.score.recorded(children.ids)  # approximate CEs: NaN in the history
         with phases("bookkeeping"):  # 5. restart: every T_restart iterations, one λ_r fills every slot
             iteration, stale = s.iteration + 1, 0 if new.improved else s.stale + 1

@@ -18,9 +18,10 @@ class Memo:
     position on; prompts failing a constraint get f = −∞ and CE NaN (never computed, never selected).
 
     Where the scorer's children's cross-entropies are approximate (`Scorer.approximates`: a horizon),
-    the memo knows which are: `exact` scores those again in full when selection keeps them, and
-    `recorded` gives the history NaN for the others (never on a frontier). A run's history then holds
-    only the model's own values; a resumed run scores the children it left out again."""
+    the memo knows which are: `exact` scores those again in full (the children selection keeps, and the
+    `contenders` no exact score dominates), and `recorded` gives the history NaN for the others (never
+    on a frontier). A run's history then holds only the model's own values; a resumed run scores the
+    children it left out again."""
 
     def __init__(self, scorer: Scorer, history: History):
         self.scorer, self.vocab = scorer, scorer.vocab
@@ -28,6 +29,10 @@ class Memo:
             k: (f, ce) for k, f, ce in history.items() if not (math.isnan(ce) and math.isfinite(f))
         }
         self.approximate: set[tuple[int, ...]] = set()  # prompts whose CE in `seen` is approximate
+        self.front = torch.empty(0, 2)  # the exact scores' Pareto frontier: (CE, f) rows, CE ascending
+        self.tracks_front = scorer.approximates  # only an approximating run asks for `contenders`
+        if self.tracks_front and self.seen:
+            self.extend_front(*torch.tensor(list(self.seen.values())).T)
 
     def __call__(
         self,
@@ -55,6 +60,8 @@ class Memo:
                 )
                 if approximate:
                     self.approximate.update(k for k, good in zip(first, ok.tolist()) if good)
+                elif self.tracks_front:
+                    self.extend_front(f, ce)
             self.seen.update(zip(first, zip(f.tolist(), ce.tolist())))
         fs, ces = zip(*(self.seen[k] for k in keys))
         return torch.tensor(fs), torch.tensor(ces)
@@ -68,8 +75,28 @@ class Memo:
             f, ce = self.scorer.score(torch.tensor(group))
             self.seen.update(zip(group, zip(f.tolist(), ce.tolist())))
             self.approximate.difference_update(group)
-        fs, ces = zip(*(self.seen[k] for k in keys))
-        return torch.tensor(fs), torch.tensor(ces)
+            self.extend_front(f, ce)
+        return torch.tensor([self.seen[k][0] for k in keys]), torch.tensor([self.seen[k][1] for k in keys])
+
+    def contenders(self, f: torch.Tensor, ce: torch.Tensor, limit: int) -> torch.Tensor:
+        """The rows (at most `limit`, the most activating) whose (f, CE) no exact score dominates (f' ≥ f
+        and CE' ≤ CE): the approximate children that may belong on the frontier."""
+        ok = torch.isfinite(f) & torch.isfinite(ce)
+        if len(self.front):
+            at = torch.searchsorted(self.front[:, 0].contiguous(), ce.clamp_min(-1e30), right=True) - 1
+            best = self.front[at.clamp_min(0), 1].where(at >= 0, -torch.inf)
+            ok &= f > best
+        rows = ok.nonzero()[:, 0]
+        return rows[f[rows].argsort(descending=True)[:limit]]
+
+    def extend_front(self, f: torch.Tensor, ce: torch.Tensor) -> None:
+        """Add exact scores to the frontier `contenders` compares with."""
+        points = torch.cat([self.front, torch.stack([ce.float(), f.float()], 1)])
+        points = points[torch.isfinite(points).all(1)]
+        points = points[torch.argsort(points[:, 1], descending=True, stable=True)]
+        points = points[torch.argsort(points[:, 0], stable=True)]  # CE ascending, f descending among ties
+        running = torch.cat([points.new_full((1,), -torch.inf), points[:, 1].cummax(0).values[:-1]])
+        self.front = points[points[:, 1] > running]
 
     def recorded(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f and CE of each row as the history keeps them: CE NaN where it is approximate."""
