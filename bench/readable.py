@@ -18,7 +18,7 @@ holds.
 `table` pools files: per (corpus, variant), neurons won with seeds merged and per seed, the median
 margin, the median real-word share of the best dream at cross-entropy <= 5 (and of the best windows),
 and, paired with the baseline variant on the same (neuron, seed, corpus), wins/losses of the best
-activation at the window's cross-entropy with a two-sided sign test.
+activation at the window's cross-entropy and at cross-entropy <= 5, each with a two-sided sign test.
 """
 
 from __future__ import annotations
@@ -148,6 +148,12 @@ def table(args) -> None:
                 wins, losses = int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
                 row[f"vs {args.baseline}"] = f"{wins}/{losses}"
                 row["sign p"] = f"{sign_test(wins, losses):.3f}"
+                five = v.set_index(["target", "seed"])["ce5_activation"].fillna(-math.inf)
+                base5 = group[group["variant"] == args.baseline].set_index(["target", "seed"])["ce5_activation"]
+                diff5 = five[both] - base5.fillna(-math.inf)[both]
+                wins5, losses5 = int((diff5 > 1e-9).sum()), int((diff5 < -1e-9).sum())
+                row[f"at CE <= 5 vs {args.baseline}"] = f"{wins5}/{losses5}"
+                row["sign p, CE <= 5"] = f"{sign_test(wins5, losses5):.3f}"
             rows.append(row)
     frame = pd.DataFrame(rows).fillna("")
     if args.markdown:  # a table for docs/performance.md

@@ -20,8 +20,6 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 SETTINGS = dict(population=8, children=32, top_k=512, length=12, batch_size=256)
 
 

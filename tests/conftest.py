@@ -183,6 +183,18 @@ def gradient(scorer, ids: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor
     return df - penalties[:, None, None].float() * dce
 
 
+def mutants(scorer, parents: int, children: int, length: int, seed: int):
+    """Random parents and one-token mutants of them: (parents, children, parent index, mutated position)."""
+    gen = torch.Generator().manual_seed(seed)
+    tops = scorer.vocab.random_prompts(parents, length, gen)
+    parent, pos = torch.randint(parents, (children,), generator=gen), torch.randint(length, (children,), generator=gen)
+    kids = tops[parent].clone()
+    kids[torch.arange(children), pos] = scorer.vocab.allowed[
+        torch.randint(len(scorer.vocab.allowed), (children,), generator=gen)
+    ]
+    return tops, kids, parent, pos
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Debian's chromium driven by Playwright, for the pages' tests (skipped without it, except on CI)."""

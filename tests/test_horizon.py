@@ -3,13 +3,14 @@ for speed, whose runs still record only the model's own scores."""
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 import reverie
-from conftest import build_tiny
+from conftest import build_tiny, mutants
 from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.scoring import Lockstep
 from reverie.search.epo import EPO
@@ -27,17 +28,6 @@ def token_logprobs(scorer, ids: torch.Tensor) -> torch.Tensor:
     return logprobs[:, L + j - 1].gather(-1, ids[:, j, None])[..., 0]
 
 
-def mutants(scorer, parents: int, children: int, length: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    tops = scorer.vocab.random_prompts(parents, length, gen)
-    parent, pos = torch.randint(parents, (children,), generator=gen), torch.randint(length, (children,), generator=gen)
-    kids = tops[parent].clone()
-    kids[torch.arange(children), pos] = scorer.vocab.allowed[
-        torch.randint(len(scorer.vocab.allowed), (children,), generator=gen)
-    ]
-    return tops, kids, parent, pos
-
-
 @pytest.mark.parametrize("template", [None, "Once upon a time {prompt}"])
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 def test_a_horizon_takes_a_childs_later_terms_from_its_parent(family, template, tokenizer):
@@ -45,20 +35,21 @@ def test_a_horizon_takes_a_childs_later_terms_from_its_parent(family, template, 
     + h and its parent's after that; its activation is exact; a horizon reaching the end is exact."""
     model = build_tiny(family, tokenizer)
     length = 7
-    exact = make_scorer(model, "neuron:L0.N5", EPOConfig(length=length, batch_size=4, template=template))
+    config = EPOConfig(length=length, batch_size=4, template=template)
+    exact = make_scorer(model, "neuron:L0.N5", config)
     tops, kids, parent, pos = mutants(exact, parents=3, children=20, length=length, seed=1)
     f0, ce0 = exact.score(kids)
     own, theirs = token_logprobs(exact, kids), token_logprobs(exact, tops)[parent]
     j = torch.arange(exact.objective.first, length)
     for h in (1, 2, 3):
-        scorer = make_scorer(model, "neuron:L0.N5", EPOConfig(length=length, batch_size=4, template=template, ce_horizon=h))
+        scorer = make_scorer(model, "neuron:L0.N5", replace(config, ce_horizon=h))
         assert scorer.approximates
         f, ce = scorer.score_children(tops, kids, parent, pos)
         expected = -torch.where(j[None] <= pos[:, None] + h, own, theirs).sum(1) / len(j)
         assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
         assert torch.allclose(ce, expected, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(ce, ce0, atol=1e-3)  # an approximation: the later terms moved
-    whole = make_scorer(model, "neuron:L0.N5", EPOConfig(length=length, batch_size=4, template=template, ce_horizon=length))
+    whole = make_scorer(model, "neuron:L0.N5", replace(config, ce_horizon=length))
     assert torch.allclose(whole.score_children(tops, kids, parent, pos)[1], ce0, atol=1e-4, rtol=1e-4)
 
 
@@ -122,4 +113,4 @@ def test_the_command_line_dreams_with_a_horizon_and_every_file_stays_strict(monk
     history = reverie.load_run(out).history
     assert history["iteration"].max() == 5 and history["cross_entropy"].isna().any()
     for path in out.rglob("*.json"):
-        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} holds {c}"))
+        json.loads(path.read_text(), parse_constant=lambda c, name=path.name: pytest.fail(f"{name} holds {c}"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_tiny, gradient
+from conftest import build_tiny, gradient, mutants
 from reverie import ConfigError, EPOConfig, make_scorer
 from reverie.fast import attention, unembed
 from reverie.fast.capabilities import FastPath
@@ -105,13 +105,7 @@ def test_head_logprobs_equal_fp32_log_softmax(family, compiled, tokenizer, monke
 
 def assert_children_score_as_plain(scorer, parents: int, children: int, length: int, seed: int) -> None:
     """Random parents and one-token mutants of them: score_children equals scoring the children in full."""
-    gen = torch.Generator().manual_seed(seed)
-    tops = scorer.vocab.random_prompts(parents, length, gen)
-    parent, pos = torch.randint(parents, (children,), generator=gen), torch.randint(length, (children,), generator=gen)
-    kids = tops[parent].clone()
-    kids[torch.arange(children), pos] = scorer.vocab.allowed[
-        torch.randint(len(scorer.vocab.allowed), (children,), generator=gen)
-    ]
+    tops, kids, parent, pos = mutants(scorer, parents, children, length, seed)
     f, ce = scorer.score_children(tops, kids, parent, pos)
     f0, ce0 = scorer.score(kids)
     assert torch.allclose(f, f0, atol=1e-4, rtol=1e-4)
