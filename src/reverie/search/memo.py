@@ -41,7 +41,7 @@ class Memo:
         parent: torch.Tensor | None = None,
         pos: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = [tuple(t for t in r if t != PAD) for r in ids.tolist()]
+        keys = prompt_keys(ids)
         first: dict[tuple[int, ...], int] = {}
         for j, k in enumerate(keys):
             if k not in self.seen and k not in first:
@@ -68,7 +68,7 @@ class Memo:
 
     def exact(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f and CE of each row, those whose CE is approximate scored again in full first."""
-        keys = [tuple(t for t in r if t != PAD) for r in ids.tolist()]
+        keys = prompt_keys(ids)
         again = list(dict.fromkeys(k for k in keys if k in self.approximate))
         for length in sorted({len(k) for k in again}):
             group = [k for k in again if len(k) == length]
@@ -100,7 +100,7 @@ class Memo:
 
     def recorded(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f and CE of each row as the history keeps them: CE NaN where it is approximate."""
-        keys = [tuple(t for t in r if t != PAD) for r in ids.tolist()]
+        keys = prompt_keys(ids)
         fs, ces = zip(*((self.seen[k][0], math.nan if k in self.approximate else self.seen[k][1]) for k in keys))
         return torch.tensor(fs), torch.tensor(ces)
 
@@ -117,3 +117,8 @@ class Memo:
         if parents is None or parent is None or pos is None or (parents == PAD).any():
             return *self.scorer.score(ids), False
         return *self.scorer.score_children(parents, ids, parent, pos), self.scorer.approximates
+
+
+def prompt_keys(ids: torch.Tensor) -> list[tuple[int, ...]]:
+    """Each row's tokens without padding: the memo's key of a prompt."""
+    return [tuple(t for t in r if t != PAD) for r in ids.tolist()]
